@@ -1,0 +1,222 @@
+"""The pytest side of fmllm's checks: a check is a test, its outcome is a finding.
+
+A check is a test function marked with :func:`check` that takes the ``report`` fixture. It
+records measured values, then ends in one of four ways:
+
+* ``report.ok("...")`` (or returning normally) → ``pass``;
+* ``report.warn("...", fix=...)`` → ``warn`` (pytest shows it as passed, so CI stays green);
+* ``report.fail("...", fix=...)`` → ``fail`` (pytest failure; the finding is the JUnit message);
+* ``report.skip("why")`` or a fixture that skips → ``skip`` with the reason.
+
+Anything else that raises — in the test or in a fixture it uses — is ``crash``: the check did
+not complete, and that is never shown as pass or fail.
+
+Results are collected on the pytest config (``results(config)``) and, with
+``--fmllm-report FILE``, streamed as JSON lines (``collected``, ``start``, ``result`` events) so
+the TUI can show them as they come.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, NoReturn
+
+import pytest
+
+from fmllm_tui.findings import CheckResult, Fix
+from fmllm_tui.redact import mask_data, mask_text
+
+RESULTS_KEY = pytest.StashKey[list[CheckResult]]()
+STREAM_KEY = pytest.StashKey[Any]()
+ITEM_KEY = pytest.StashKey[dict[str, Any]]()
+
+
+def check(id: str, title: str, category: str, severity: str = "error") -> pytest.MarkDecorator:
+    """Mark a test as an fmllm check with its stable id, title, category and severity."""
+    return pytest.mark.fmllm_check(id=id, title=title, category=category, severity=severity)
+
+
+class CheckOutcome(Exception):
+    """Raised by Report.fail/warn to end a check with a finding."""
+
+    status = "fail"
+
+    def __init__(self, finding: str, fix: Fix | None = None):
+        super().__init__(finding)
+        self.finding = finding
+        self.fix = fix
+
+
+class CheckPassed(CheckOutcome):
+    status = "pass"
+
+
+class CheckFailed(CheckOutcome):
+    status = "fail"
+
+
+class CheckWarned(CheckOutcome):
+    status = "warn"
+
+
+class Report:
+    """What a check hands back: measured values, a finding and maybe a fix."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.finding: str = ""
+        self.fix: Fix | None = None
+
+    def set(self, **values: Any) -> None:
+        """Record measured values (shown in --json under "values")."""
+        self.values.update(values)
+
+    def ok(self, finding: str) -> NoReturn:
+        """End the check as passed with this finding."""
+        __tracebackhide__ = True
+        raise CheckPassed(finding)
+
+    def fail(self, finding: str, fix: Fix | None = None) -> NoReturn:
+        __tracebackhide__ = True
+        raise CheckFailed(finding, fix)
+
+    def warn(self, finding: str, fix: Fix | None = None) -> NoReturn:
+        __tracebackhide__ = True
+        raise CheckWarned(finding, fix)
+
+    def skip(self, reason: str) -> NoReturn:
+        __tracebackhide__ = True
+        pytest.skip(reason)
+
+
+def results(config: pytest.Config) -> list[CheckResult]:
+    return config.stash.setdefault(RESULTS_KEY, [])
+
+
+def check_id(item: pytest.Item) -> str | None:
+    mark = item.get_closest_marker("fmllm_check")
+    if mark is None:
+        return None
+    base = mark.kwargs["id"]
+    callspec = getattr(item, "callspec", None)
+    return f"{base}[{callspec.id}]" if callspec is not None else base
+
+
+def _emit(config: pytest.Config, event: dict[str, Any]) -> None:
+    stream = config.stash.get(STREAM_KEY, None)
+    if stream is not None:
+        stream.write(json.dumps(event, default=str) + "\n")
+        stream.flush()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "fmllm_check(id, title, category, severity): an fmllm health check")
+    path = config.getoption("fmllm_report", None)
+    if path:
+        config.stash[STREAM_KEY] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in unconfigure
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    stream = config.stash.get(STREAM_KEY, None)
+    if stream is not None:
+        stream.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    only = config.getoption("fmllm_only", None) or []
+    if only:
+        keep, drop = [], []
+        for it in items:
+            cid = check_id(it) or ""
+            base = cid.split("[", 1)[0]
+            if any(cid == o or base == o or base.startswith(o.rstrip(".") + ".") for o in only):
+                keep.append(it)
+            else:
+                drop.append(it)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    metas = []
+    for it in session.items:
+        mark = it.get_closest_marker("fmllm_check")
+        if mark is not None:
+            metas.append({**mark.kwargs, "id": check_id(it), "nodeid": it.nodeid})
+    session.config.stash[ITEM_KEY] = {"checks": metas}
+    _emit(session.config, {"event": "collected", "checks": metas})
+
+
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    cid = check_id(item)
+    if cid is not None:
+        item.stash[ITEM_KEY] = {"t0": time.perf_counter(), "status": None}
+        _emit(item.config, {"event": "start", "id": cid, "ts": time.time()})
+
+
+@pytest.fixture
+def report() -> Report:
+    """The check's report: values, finding and fix."""
+    return Report()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
+    outcome = yield
+    rep: pytest.TestReport = outcome.get_result()
+    mark = item.get_closest_marker("fmllm_check")
+    if mark is None:
+        return
+    state = item.stash.setdefault(ITEM_KEY, {"t0": time.perf_counter(), "status": None})
+    rpt: Report | None = getattr(item, "funcargs", {}).get("report")  # type: ignore[attr-defined]
+
+    if call.when in ("setup", "call") and state["status"] is None:
+        exc = call.excinfo
+        if exc is None:
+            if call.when == "call":
+                state["status"] = "pass"
+                state["finding"] = (rpt.finding if rpt else "") or "ok"
+        elif exc.errisinstance(pytest.skip.Exception):
+            state["status"] = "skip"
+            reason = str(exc.value.msg if hasattr(exc.value, "msg") else exc.value)
+            state["finding"] = f"skipped: {reason}"
+        elif exc.errisinstance(CheckOutcome):
+            value: CheckOutcome = exc.value  # type: ignore[assignment]
+            state["status"] = value.status
+            state["finding"] = value.finding
+            state["fix"] = value.fix
+            if value.status in ("warn", "pass"):
+                rep.outcome = "passed"
+                rep.longrepr = None
+                rep.sections.append(("fmllm warning", value.finding))
+            else:
+                rep.longrepr = mask_text(f"[{check_id(item)}] {value.finding}")
+        else:
+            state["status"] = "crash"
+            where = "while preparing" if call.when == "setup" else "while running"
+            state["finding"] = f"crashed {where}: {type(exc.value).__name__}: {exc.value}"
+
+    if call.when == "teardown":
+        status = state.get("status") or "crash"
+        finding = state.get("finding") or "the check did not complete"
+        dur = time.perf_counter() - state.get("t0", time.perf_counter())
+        kw = mark.kwargs
+        result = CheckResult(
+            id=check_id(item) or kw["id"],
+            title=kw["title"],
+            category=kw["category"],
+            severity=kw.get("severity", "error"),
+            status=status,
+            finding=mask_text(finding),
+            values=mask_data(rpt.values if rpt else {}),
+            fix=state.get("fix"),
+            duration_s=dur,
+            nodeid=item.nodeid,
+        )
+        results(item.config).append(result)
+        _emit(item.config, {"event": "result", "result": result.to_json()})

@@ -1,0 +1,143 @@
+"""Fixtures for fmllm's checks: the config, the GPU, the planning target, the model.
+
+Options (also settable through the environment for CI):
+  --fmllm-config PATH   (FMLLM_CONFIG)   the config.yaml to check (default ./config.yaml)
+  --fmllm-gpu NAME      (FMLLM_GPU)      plan for a named GPU instead of this machine's
+  --fmllm-vram SIZE     (FMLLM_VRAM)     plan for a memory budget, e.g. 10GiB
+  --fmllm-log FILE                       extra training logs to scan (repeatable)
+  --fmllm-offline                        never touch the network (also HF_HUB_OFFLINE=1)
+  --fmllm-test                           also run the minimal fine-tuning test
+  --fmllm-only ID                        run only these check ids (repeatable; prefixes work)
+  --fmllm-report FILE                    stream results as JSON lines (for the TUI)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# The plugin's hooks and the `report` fixture, registered through this conftest so that
+# `pytest checks/` needs no entry point (pytest_plugins is not allowed in a nested conftest).
+from checks._plugin import (  # noqa: F401
+    pytest_collection_finish,
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_runtest_makereport,
+    pytest_runtest_setup,
+    pytest_unconfigure,
+    report,
+)
+from fmllm_tui.config import ConfigError, LoadedConfig, load_config, parse_size
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("fmllm", "fmllm checks")
+    g.addoption("--fmllm-config", dest="fmllm_config", default=None, help="config.yaml to check")
+    g.addoption("--fmllm-gpu", dest="fmllm_gpu", default=None, help="plan for this GPU (e.g. 'RTX 3080')")
+    g.addoption("--fmllm-vram", dest="fmllm_vram", default=None, help="plan for this memory budget (e.g. 10GiB)")
+    g.addoption("--fmllm-log", dest="fmllm_log", action="append", default=[], help="training log to scan")
+    g.addoption("--fmllm-offline", dest="fmllm_offline", action="store_true", default=False)
+    g.addoption("--fmllm-test", dest="fmllm_test", action="store_true", default=False, help="run the minimal fine-tune")
+    g.addoption("--fmllm-only", dest="fmllm_only", action="append", default=[], help="only these check ids")
+    g.addoption("--fmllm-report", dest="fmllm_report", default=None, help="stream results as JSON lines")
+
+
+@dataclass
+class Options:
+    config_path: Path
+    gpu: str | None
+    vram: str | None
+    logs: list[str] = field(default_factory=list)
+    offline: bool = False
+    run_test: bool = False
+
+
+@pytest.fixture(scope="session")
+def options(pytestconfig: pytest.Config) -> Options:
+    cfg = pytestconfig.getoption("fmllm_config") or os.environ.get("FMLLM_CONFIG") or "config.yaml"
+    offline = bool(pytestconfig.getoption("fmllm_offline")) or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "TRUE", "yes")
+    return Options(
+        config_path=Path(cfg),
+        gpu=pytestconfig.getoption("fmllm_gpu") or os.environ.get("FMLLM_GPU") or None,
+        vram=pytestconfig.getoption("fmllm_vram") or os.environ.get("FMLLM_VRAM") or None,
+        logs=list(pytestconfig.getoption("fmllm_log") or []),
+        offline=offline,
+        run_test=bool(pytestconfig.getoption("fmllm_test")),
+    )
+
+
+@pytest.fixture(scope="session")
+def config_or_error(options: Options) -> LoadedConfig | ConfigError:
+    try:
+        return load_config(options.config_path)
+    except ConfigError as e:
+        return e
+
+
+@pytest.fixture(scope="session")
+def loaded(config_or_error: LoadedConfig | ConfigError) -> LoadedConfig:
+    """The loaded config; checks that need it skip when it cannot be read."""
+    if isinstance(config_or_error, ConfigError):
+        pytest.skip("the config could not be read (see check config.valid)")
+    return config_or_error
+
+
+@pytest.fixture(scope="session")
+def inventory() -> Any:
+    """What NVML says about this machine's GPUs (never raises)."""
+    from fmllm_tui import gpu
+
+    return gpu.probe()
+
+
+@dataclass
+class Target:
+    """The GPU the run is planned for: this machine's, or one the person named."""
+
+    name: str
+    budget_bytes: int
+    total_bytes: int | None
+    compute_capability: tuple[int, int] | None
+    planning: bool  # True when the person named a GPU/size instead of this machine's
+    source: str
+    device_index: int | None = None
+
+
+@pytest.fixture(scope="session")
+def planning(options: Options, config_or_error: Any) -> tuple[str | None, str | None]:
+    """(gpu name, vram) the person plans for, from the command line or the config; (None, None)
+    when the run is checked against this machine's GPU."""
+    view = None if isinstance(config_or_error, ConfigError) else config_or_error.view
+    gpu_name = options.gpu or (view.fmllm.target_gpu if view else None)
+    vram = options.vram or (view.fmllm.vram if view else None)
+    return gpu_name, vram
+
+
+@pytest.fixture(scope="session")
+def target(options: Options, planning: tuple[str | None, str | None], inventory: Any) -> Target:
+    """The planning target: --gpu/--vram, fmllm.target_gpu/vram, else the first local GPU."""
+    gpu_name, vram = planning
+    if gpu_name:
+        from fmllm_tui import gpudb
+
+        card = gpudb.lookup(gpu_name)
+        budget = parse_size(vram) if vram else card.usable_bytes
+        src = "--gpu" if options.gpu else "fmllm.target_gpu"
+        return Target(card.name, budget, card.memory_bytes, card.compute_capability, True, src)
+    if vram:
+        try:
+            budget = parse_size(vram)
+        except ValueError as e:
+            pytest.fail(f"--vram: {e}")
+        cc = None
+        if inventory.ok and inventory.devices:
+            cc = inventory.devices[0].compute_capability
+        return Target(f"{budget / 2**30:.1f} GiB budget", budget, budget, cc, True, "--vram" if options.vram else "fmllm.vram")
+    if inventory.ok and inventory.devices:
+        d = inventory.devices[0]
+        return Target(d.name, d.free_bytes, d.total_bytes, d.compute_capability, False, "nvml", d.index)
+    pytest.skip("no GPU to plan for: this machine has none (see gpu.devices); name one with --gpu 'RTX 3090' or --vram 24GiB")

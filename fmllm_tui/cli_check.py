@@ -1,0 +1,368 @@
+"""fmllm-check: the headless doctor. Runs the checks, prints findings, applies fixes.
+
+Exit codes: 0 nothing failed (warnings allowed), 1 a check failed, 2 usage error or unreadable
+config, 3 a check crashed or could not run, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TextIO
+
+from fmllm_tui import __version__
+from fmllm_tui.exitcodes import ExitCode
+from fmllm_tui.findings import Change, CheckResult, summarize
+from fmllm_tui.redact import mask_text
+
+GLYPHS = {"pass": "✓", "warn": "!", "fail": "✗", "skip": "-", "crash": "☠"}
+ASCII = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP", "crash": "CRASH"}
+COLORS = {"pass": "32", "warn": "33", "fail": "31", "skip": "90", "crash": "35"}
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 on its own; keep the one-line form
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(ExitCode.USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="fmllm-check",
+        description="Check that a QLoRA fine-tune will fit and run on your GPU, explain why not, and fix the config.",
+        epilog="Exit codes: 0 ok (warnings allowed), 1 a check failed, 2 usage error or unreadable config, "
+        "3 a check crashed or could not run, 130 interrupted. README: fmllm-check.",
+    )
+    p.add_argument("--version", action="version", version=f"fmllm {__version__}")
+    p.add_argument("--config", "-c", metavar="PATH", help="config file (default: $FMLLM_CONFIG or ./config.yaml)")
+    p.add_argument("--fix", action="store_true", help="apply the config fixes of failing and warning checks, then check again")
+    p.add_argument("--dry-run", action="store_true", help="with --fix/--preset: print the diff, write nothing")
+    p.add_argument("--undo", action="store_true", help="restore the config from its last backup and exit")
+    p.add_argument("--test", action="store_true", help="also run the minimal fine-tuning test")
+    p.add_argument("--only", nargs="+", metavar="ID", default=[], help="run only these checks (ids or prefixes, e.g. gpu)")
+    p.add_argument("--list-checks", action="store_true", help="list every check and exit")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    p.add_argument("--junitxml", metavar="FILE", help="also write a JUnit XML report")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--gpu", metavar="NAME", help="plan for this GPU instead of this machine's (e.g. 'RTX 3080')")
+    g.add_argument("--vram", metavar="SIZE", help="plan for this much GPU memory (e.g. 10GiB)")
+    p.add_argument("--log", nargs="+", metavar="FILE", default=[], help="training logs to diagnose")
+    p.add_argument("--offline", action="store_true", help="never use the network (the Hub cache and the catalogue only)")
+    p.add_argument("--preset", metavar="NAME", help="apply a named profile (see --list-presets) before checking")
+    p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+    p.add_argument("--recommend", action="store_true", help="which catalogue models fit this GPU, with which settings")
+    p.add_argument("--report", metavar="FILE", help=argparse.SUPPRESS)  # JSON-lines stream for the TUI
+    return p
+
+
+def _use_ascii(stream: TextIO) -> bool:
+    return bool(os.environ.get("NO_COLOR")) or not stream.isatty()
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    return json.dumps(v)
+
+
+def format_change(c: Change) -> str:
+    return f"{c.key}: {_fmt_value(c.from_) if c.from_ is not None else '(unset)'} -> {_fmt_value(c.to)}"
+
+
+def render_human(results: list[CheckResult], stream: TextIO, *, header: str = "") -> None:
+    plain = _use_ascii(stream)
+    w = stream.write
+    if header:
+        w(header + "\n")
+    width = max((len(r.id) for r in results), default=10)
+    for r in results:
+        if plain:
+            tag = f"[{ASCII[r.status]}]".ljust(8)
+        else:
+            tag = f"\x1b[{COLORS[r.status]}m{GLYPHS[r.status]}\x1b[0m"
+        first = r.finding.splitlines()[0] if r.finding else ""
+        w(f"{tag} {r.id.ljust(width)}  {r.title}\n")
+        if r.status != "pass":
+            for line in r.finding.splitlines() or [first]:
+                w(f"      {line}\n")
+            if r.fix and r.status in ("fail", "warn"):
+                if r.fix.changes:
+                    w(f"      fix ({r.fix.id}):\n")
+                    for c in r.fix.changes:
+                        w(f"        {format_change(c)}\n")
+                    w("        apply with: fmllm-check --fix\n")
+                if r.fix.shell:
+                    w(f"      run: {r.fix.shell}\n")
+                if r.fix.summary:
+                    w(f"      ({r.fix.summary})\n")
+        elif first:
+            w(f"      {first}\n")
+    s = summarize(results)
+    w(
+        f"\n{s['pass']} passed, {s['warn']} warnings, {s['fail']} failed, {s['skip']} skipped, "
+        f"{s['crash']} crashed\n"
+    )
+
+
+def exit_code_for(results: list[CheckResult], config_ok: bool) -> ExitCode:
+    s = summarize(results)
+    if not config_ok:
+        return ExitCode.USAGE
+    if s["crash"]:
+        return ExitCode.CRASHED
+    if s["fail"]:
+        return ExitCode.FAILED
+    return ExitCode.OK
+
+
+def environment_info(inventory_json: dict[str, Any] | None = None) -> dict[str, Any]:
+    def ver(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    pkgs = ["torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "textual",
+            "huggingface_hub", "ruamel.yaml", "nvidia-ml-py", "pytest", "liger-kernel", "flash-attn"]
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {p: ver(p) for p in pkgs},
+        "hf_endpoint": os.environ.get("HF_ENDPOINT", "https://huggingface.co"),
+        "hf_token_set": bool(os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")),
+        "hf_hub_offline": os.environ.get("HF_HUB_OFFLINE"),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "terminal": {"TERM": os.environ.get("TERM"), "COLORTERM": os.environ.get("COLORTERM"),
+                     "NO_COLOR": bool(os.environ.get("NO_COLOR"))},
+    }
+    return env
+
+
+def _config_ok(results: list[CheckResult]) -> bool:
+    return not any(r.id == "config.valid" and r.status == "fail" for r in results)
+
+
+def collect_fix_changes(results: list[CheckResult]) -> tuple[list[tuple[str, list[Change]]], list[str]]:
+    """Config changes to apply (fixer id, changes) and shell commands to print."""
+    edits: list[tuple[str, list[Change]]] = []
+    shells: list[str] = []
+    for r in results:
+        if r.status not in ("fail", "warn") or r.fix is None:
+            continue
+        if r.fix.changes and r.fix.safe:
+            edits.append((r.fix.id, r.fix.changes))
+        if r.fix.shell:
+            shells.append(r.fix.shell)
+    return edits, shells
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("\nfmllm-check: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
+    from fmllm_tui.config import ConfigError, default_config_path, load_config, parse_size
+
+    args = build_parser().parse_args(argv)
+    config_path = Path(args.config) if args.config else default_config_path()
+    if args.dry_run and not (args.fix or args.preset):
+        print("fmllm-check: error: --dry-run goes with --fix or --preset", file=sys.stderr)
+        return ExitCode.USAGE
+    if args.vram:
+        try:
+            parse_size(args.vram)
+        except ValueError as e:
+            print(f"fmllm-check: error: --vram: {e}", file=sys.stderr)
+            return ExitCode.USAGE
+    if args.gpu:
+        from fmllm_tui import gpudb
+
+        try:
+            gpudb.lookup(args.gpu)
+        except LookupError as e:
+            print(f"fmllm-check: error: --gpu: {e}", file=sys.stderr)
+            return ExitCode.USAGE
+    for log in args.log:
+        if not Path(log).is_file():
+            print(f"fmllm-check: error: --log {log}: no such file", file=sys.stderr)
+            return ExitCode.USAGE
+
+    if args.list_presets:
+        from fixes import PRESETS
+
+        for name, pre in PRESETS.items():
+            print(f"{name:16} {pre.description}")
+        return ExitCode.OK
+
+    if args.undo:
+        from fixes import FixError, undo
+
+        try:
+            used = undo(config_path)
+        except FixError as e:
+            print(e.render() if hasattr(e, "render") else str(e), file=sys.stderr)
+            return ExitCode.USAGE
+        print(f"restored {config_path} from {used}")
+        return ExitCode.OK
+
+    from fmllm_tui.checkrun import RunOptions, list_checks, run_checks
+
+    opts = RunOptions(
+        config=str(config_path), gpu=args.gpu, vram=args.vram, logs=list(args.log), offline=args.offline,
+        run_test=args.test, only=list(args.only), junitxml=args.junitxml, report_stream=args.report,
+    )
+    if args.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+
+    if args.list_checks:
+        metas = list_checks(opts)
+        if args.json:
+            print(json.dumps(metas, indent=2))
+        else:
+            for m in metas:
+                print(f"{m['id']:28} {m['category']:8} {m['severity']:8} {m['title']}")
+        return ExitCode.OK
+
+    if args.recommend:
+        return _recommend(args, config_path)
+
+    if args.preset:
+        from fixes import FixError, PRESETS, apply_changes, preset_changes
+
+        if args.preset not in PRESETS:
+            print(f"fmllm-check: error: --preset: unknown preset {args.preset!r}; choose from: "
+                  f"{', '.join(PRESETS)}", file=sys.stderr)
+            return ExitCode.USAGE
+        try:
+            loaded = load_config(config_path)
+            changes = preset_changes(loaded, args.preset)
+            res = apply_changes(config_path, changes, dry_run=args.dry_run, expected_raw=loaded.raw)
+        except ConfigError as e:
+            print(e.render(), file=sys.stderr)
+            return ExitCode.USAGE
+        except FixError as e:
+            print(e.render() if hasattr(e, "render") else str(e), file=sys.stderr)
+            return ExitCode.USAGE
+        out = sys.stderr if args.json else sys.stdout
+        print(mask_text(res.diff) or f"preset {args.preset}: the config already matches", file=out)
+        if res.backup_path:
+            print(f"backup: {res.backup_path} (undo with fmllm-check --undo)", file=out)
+        if args.dry_run:
+            return ExitCode.OK
+
+    outcome = run_checks(opts)
+    results = outcome.results
+    before = results
+    fix_report: dict[str, Any] | None = None
+
+    if args.fix:
+        edits, shells = collect_fix_changes(results)
+        fix_report = {"applied": [], "shell": shells, "diff": "", "backup": None}
+        if edits:
+            from fixes import FixError, apply_changes
+
+            merged: dict[str, Change] = {}
+            for _fid, changes in edits:
+                for c in changes:
+                    merged[c.key] = c  # later fixes see and override earlier ones on the same key
+            try:
+                cur = load_config(config_path)
+                res = apply_changes(config_path, list(merged.values()), dry_run=args.dry_run, expected_raw=cur.raw)
+            except ConfigError as e:
+                print(e.render(), file=sys.stderr)
+                return ExitCode.USAGE
+            except FixError as e:
+                print(e.render() if hasattr(e, "render") else str(e), file=sys.stderr)
+                return ExitCode.USAGE
+            fix_report.update(applied=[fid for fid, _ in edits], diff=res.diff,
+                              backup=str(res.backup_path) if res.backup_path else None)
+            out = sys.stderr if args.json else sys.stdout
+            if args.dry_run:
+                print("--dry-run: these changes would be made (nothing written):", file=out)
+            print(mask_text(res.diff), file=out)
+            if res.backup_path:
+                print(f"backup: {res.backup_path} (undo with fmllm-check --undo)", file=out)
+            if not args.dry_run:
+                outcome = run_checks(opts)
+                results = outcome.results
+        for cmd in shells:
+            print(f"not a config change; run: {cmd}", file=sys.stderr if args.json else sys.stdout)
+
+    config_ok = _config_ok(results)
+    code = exit_code_for(results, config_ok)
+    if args.json:
+        doc: dict[str, Any] = {
+            "fmllm_version": __version__,
+            "config": str(config_path),
+            "environment": environment_info(),
+            "checks": [r.to_json() for r in results],
+            "summary": summarize(results),
+            "exit_code": int(code),
+        }
+        if fix_report is not None:
+            doc["fix"] = fix_report
+            doc["before"] = {"summary": summarize(before)}
+        print(json.dumps(doc, indent=2, default=str))
+    else:
+        header = f"fmllm-check {__version__} · {config_path}"
+        if args.gpu or args.vram:
+            header += f" · planning for {args.gpu or args.vram}"
+        if fix_report is not None and not args.dry_run and fix_report["applied"]:
+            sb, sa = summarize(before), summarize(results)
+            header += (f"\nbefore --fix: {sb['fail']} failed, {sb['warn']} warnings; "
+                       f"after: {sa['fail']} failed, {sa['warn']} warnings")
+        render_human(results, sys.stdout, header=header)
+        if not config_ok:
+            bad = next(r for r in results if r.id == "config.valid")
+            print(bad.finding, file=sys.stderr)
+    return int(code)
+
+
+def _recommend(args: argparse.Namespace, config_path: Path) -> int:
+    from fmllm_tui.config import ConfigError, load_config, parse_size
+
+    try:
+        loaded = load_config(config_path)
+    except ConfigError as e:
+        print(e.render(), file=sys.stderr)
+        return ExitCode.USAGE
+    from fmllm_tui import fitsearch, gpu, gpudb
+
+    if args.gpu:
+        card = gpudb.lookup(args.gpu)
+        budget, name = card.usable_bytes, card.name
+    elif args.vram:
+        budget, name = parse_size(args.vram), args.vram
+    else:
+        inv = gpu.probe()
+        if not inv.ok or not inv.devices:
+            print("fmllm-check: error: --recommend needs a GPU here, or --gpu NAME / --vram SIZE", file=sys.stderr)
+            return ExitCode.USAGE
+        budget, name = inv.devices[0].free_bytes, inv.devices[0].name
+    recs = fitsearch.recommend(budget, loaded.view)
+    if args.json:
+        print(json.dumps({"gpu": name, "budget_bytes": budget, "recommendations": [r.to_json() for r in recs]},
+                         indent=2, default=str))
+        return ExitCode.OK
+    print(f"Models of fmllm's catalogue on {name} ({budget / 2**30:.1f} GiB):")
+    for r in recs:
+        print(r.describe())
+    return ExitCode.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
