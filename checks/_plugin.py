@@ -103,6 +103,19 @@ def check_id(item: pytest.Item) -> str | None:
     return f"{base}[{callspec.id}]" if callspec is not None else base
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Options of the checks (also settable through FMLLM_CONFIG, FMLLM_GPU, FMLLM_VRAM)."""
+    g = parser.getgroup("fmllm", "fmllm checks")
+    g.addoption("--fmllm-config", dest="fmllm_config", default=None, help="config.yaml to check")
+    g.addoption("--fmllm-gpu", dest="fmllm_gpu", default=None, help="plan for this GPU (e.g. 'RTX 3080')")
+    g.addoption("--fmllm-vram", dest="fmllm_vram", default=None, help="plan for this memory budget (e.g. 10GiB)")
+    g.addoption("--fmllm-log", dest="fmllm_log", action="append", default=[], help="training log to scan")
+    g.addoption("--fmllm-offline", dest="fmllm_offline", action="store_true", default=False)
+    g.addoption("--fmllm-test", dest="fmllm_test", action="store_true", default=False, help="run the minimal fine-tune")
+    g.addoption("--fmllm-only", dest="fmllm_only", action="append", default=[], help="only these check ids")
+    g.addoption("--fmllm-report", dest="fmllm_report", default=None, help="stream results as JSON lines")
+
+
 def _emit(config: pytest.Config, event: dict[str, Any]) -> None:
     stream = config.stash.get(STREAM_KEY, None)
     if stream is not None:

@@ -23,6 +23,7 @@ import pytest
 # The plugin's hooks and the `report` fixture, registered through this conftest so that
 # `pytest checks/` needs no entry point (pytest_plugins is not allowed in a nested conftest).
 from checks._plugin import (  # noqa: F401
+    pytest_addoption,
     pytest_collection_finish,
     pytest_collection_modifyitems,
     pytest_configure,
@@ -32,18 +33,6 @@ from checks._plugin import (  # noqa: F401
     report,
 )
 from fmllm_tui.config import ConfigError, LoadedConfig, load_config, parse_size
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    g = parser.getgroup("fmllm", "fmllm checks")
-    g.addoption("--fmllm-config", dest="fmllm_config", default=None, help="config.yaml to check")
-    g.addoption("--fmllm-gpu", dest="fmllm_gpu", default=None, help="plan for this GPU (e.g. 'RTX 3080')")
-    g.addoption("--fmllm-vram", dest="fmllm_vram", default=None, help="plan for this memory budget (e.g. 10GiB)")
-    g.addoption("--fmllm-log", dest="fmllm_log", action="append", default=[], help="training log to scan")
-    g.addoption("--fmllm-offline", dest="fmllm_offline", action="store_true", default=False)
-    g.addoption("--fmllm-test", dest="fmllm_test", action="store_true", default=False, help="run the minimal fine-tune")
-    g.addoption("--fmllm-only", dest="fmllm_only", action="append", default=[], help="only these check ids")
-    g.addoption("--fmllm-report", dest="fmllm_report", default=None, help="stream results as JSON lines")
 
 
 @dataclass

@@ -409,7 +409,15 @@ def _line_col_of_offset(text: str, offset: int) -> tuple[int, int]:
 
 def read_text(path: Path) -> tuple[bytes, str]:
     """Read a config file's bytes and text, turning every OS/encoding failure into ConfigError."""
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except PermissionError:
+        raise ConfigError(
+            path,
+            [Problem("permission denied: fmllm cannot reach this file (a folder above it is not readable)",
+                     hint=f"check the folders' owner and mode: ls -ld {path.parent}")],
+        ) from None
+    if not exists:
         if path.is_symlink():
             raise ConfigError(path, [Problem("the file is a symbolic link to a missing file")])
         raise ConfigError(

@@ -1,0 +1,211 @@
+"""The config model: both layouts, interpolation, and every bad form of the file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fmllm_tui.config import ConfigError, load_config, parse_size
+
+ROOT = Path(__file__).resolve().parents[1]
+
+NESTED = """\
+paths:
+  data_dir: data
+  ft_combined_data_file: ${paths.data_dir}/train.jsonl
+database:            # a section fmllm does not know
+  password: hunter2
+fine_tuning:
+  base_model_name: Qwen/Qwen2.5-7B-Instruct
+  lora:
+    r: 8
+    alpha: 16
+  training:
+    per_device_train_batch_size: 2
+"""
+
+FLAT = """\
+base_model_name: meta-llama/Llama-3.1-8B-Instruct
+lora:
+  r: 16
+quantization:
+  use_4bit: true
+training:
+  max_seq_length: 2048
+paths:
+  ft_combined_data_file: /abs/train.jsonl
+"""
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "config.yaml") -> Path:
+    p = tmp_path / name
+    if isinstance(text, bytes):
+        p.write_bytes(text)
+    else:
+        p.write_text(text)
+    return p
+
+
+def load_error(path: Path) -> ConfigError:
+    before = path.read_bytes() if path.is_file() else None
+    with pytest.raises(ConfigError) as ei:
+        load_config(path)
+    if before is not None:
+        assert path.read_bytes() == before, "loading must never write the file"
+    return ei.value
+
+
+def test_shipped_config_loads():
+    cfg = load_config(ROOT / "config.yaml")
+    v = cfg.view
+    assert cfg.layout == "nested"
+    assert v.base_model_name == "Qwen/Qwen2.5-7B-Instruct"
+    assert v.quantization.use_4bit and v.quantization.use_nested_quant
+    assert v.quantization.bnb_4bit_compute_dtype == "float16"
+    assert (v.lora.r, v.lora.alpha, v.lora.dropout) == (8, 8, 0.1)
+    assert v.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    t = v.training
+    assert (t.per_device_train_batch_size, t.gradient_accumulation_steps, t.max_seq_length) == (1, 8, 1024)
+    assert t.gradient_checkpointing and t.optim == "paged_adamw_32bit" and t.learning_rate == 2e-4
+    assert v.data_file and Path(v.data_file).is_file(), "the shipped config points at the shipped sample data"
+
+
+def test_nested_layout_and_interpolation(tmp_path):
+    cfg = load_config(write(tmp_path, NESTED))
+    assert cfg.layout == "nested"
+    assert cfg.view.training.per_device_train_batch_size == 2
+    assert cfg.view.data_file == str((tmp_path / "data" / "train.jsonl").resolve())
+    assert cfg.file_key("training.max_seq_length") == "fine_tuning.training.max_seq_length"
+    assert cfg.file_key("paths.data_dir") == "paths.data_dir"
+    assert cfg.file_key("fmllm.attn_implementation") == "fmllm.attn_implementation"
+    assert cfg.position("lora.r") == (9, 8)
+
+
+def test_flat_layout(tmp_path):
+    cfg = load_config(write(tmp_path, FLAT))
+    assert cfg.layout == "flat"
+    assert cfg.view.lora.r == 16 and cfg.view.training.max_seq_length == 2048
+    assert cfg.file_key("lora.r") == "lora.r"
+    assert cfg.view.data_file == "/abs/train.jsonl"
+
+
+def test_env_interpolation(tmp_path, monkeypatch):
+    monkeypatch.setenv("FMLLM_TEST_MODEL", "Qwen/Qwen2.5-0.5B")
+    cfg = load_config(write(tmp_path, "base_model_name: ${oc.env:FMLLM_TEST_MODEL}\nlora: {r: 4}\n"))
+    assert cfg.view.base_model_name == "Qwen/Qwen2.5-0.5B"
+
+
+def test_unknown_sections_are_kept_and_ignored(tmp_path):
+    text = NESTED + "webserver:\n  port: 8080\n  when: 2024-01-01\n"
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.doc["webserver"]["port"] == 8080
+    assert cfg.text == text
+
+
+@pytest.mark.parametrize(
+    "text, line, col, words",
+    [
+        ("fine_tuning:\n  lora:\n    r: 8\n   alpha: [1,\n", 4, 4, ["invalid YAML"]),
+        ("fine_tuning:\n  base_model_name: m\n  lora:\n    r: eight\n", 4, 8, ["fine_tuning.lora.r", "'eight'", "whole number"]),
+        ("fine_tuning:\n  base_model_name: m\n  lora:\n    r: 0\n", 4, 8, ["fine_tuning.lora.r", ">= 1"]),
+        ("fine_tuning:\n  base_model_name: m\n  training:\n    learning_rate: -1\n", 4, 20, ["learning_rate", "> 0"]),
+        ("fine_tuning:\n  base_model_name: m\n  training:\n    max_seq_length: 10\n", 4, 21, ["max_seq_length", ">= 32"]),
+        ("fine_tuning:\n  base_model_name: m\n  lora:\n    lora_alpha: 16\n", 4, 5, ["unknown key 'lora_alpha'", "did you mean 'alpha'"]),
+        ("fine_tuning:\n  base_model_name: m\n  lora:\n    r: 8\n    r: 16\n", 5, 5, ["duplicate key 'r'", "line 4"]),
+        ("fine_tuning:\n  base_model_name: m\n  lora:\n    r: true\n", 4, 8, ["lora.r", "not true/false"]),
+        ("fine_tuning:\n  base_model_name: m\n  training:\n    optim: paged_adamw_32\n", 4, 12, ["optim", "did you mean 'paged_adamw_32bit'"]),
+        ("fine_tuning:\n  base_model_name: m\n  quantization:\n    use_4bit: maybe\n", 4, 15, ["use_4bit", "true or false"]),
+        ("fine_tuning:\n  base_model_name: m\n  lora: 8\n", 3, 9, ["fine_tuning.lora", "expected a section"]),
+        ("paths:\n  ft_combined_data_file: ${paths.nope}/x.jsonl\nbase_model_name: m\nlora: {r: 4}\n", 2, 26, ["cannot resolve", "paths.nope"]),
+        ("fine_tuning:\n  lora:\n    r: 8\n", None, None, ["model id is missing"]),
+        ("just a string\n", 1, 1, ["top level must be a mapping"]),
+        ("database:\n  host: x\n", 1, 1, ["no fine-tuning settings found"]),
+    ],
+    ids=["invalid-yaml", "wrong-type", "r-zero", "lr-negative", "seq-too-small", "unknown-key", "duplicate-key",
+         "bool-for-int", "bad-choice", "bad-bool", "section-not-mapping", "bad-interpolation", "missing-model",
+         "not-a-mapping", "no-fine-tuning"],
+)
+def test_bad_values_are_located(tmp_path, text, line, col, words):
+    path = write(tmp_path, text)
+    err = load_error(path)
+    msg = err.render()
+    first = err.problems[0]
+    if line is not None:
+        assert (first.line, first.column) == (line, col), msg
+        assert f"{path}:{line}:{col}:" in msg
+    for w in words:
+        assert w in msg, msg
+    assert "Traceback" not in msg
+    assert "did not change the file" in msg
+
+
+def test_several_problems_are_all_reported_in_file_order(tmp_path):
+    path = write(tmp_path, "fine_tuning:\n  base_model_name: m\n  training:\n    max_seq_length: 10\n  lora:\n    r: 0\n")
+    err = load_error(path)
+    assert [p.line for p in err.problems] == [4, 6]
+
+
+def test_missing_file(tmp_path):
+    err = load_error(tmp_path / "nope.yaml")
+    assert "no such file" in err.render() and "--config" in err.render()
+    assert not (tmp_path / "nope.yaml").exists()
+
+
+def test_directory_given(tmp_path):
+    err = load_error(tmp_path)
+    assert "directory" in err.render()
+
+
+def test_empty_file(tmp_path):
+    for text in ("", "\n\n", "# only a comment\n"):
+        err = load_error(write(tmp_path, text))
+        assert "empty" in err.render()
+
+
+def test_not_utf8(tmp_path):
+    path = write(tmp_path, b"fine_tuning:\n  base_model_name: caf\xe9\n")
+    err = load_error(path)
+    assert "not UTF-8" in err.render()
+    assert (err.problems[0].line, err.problems[0].column) == (2, 23)
+
+
+def test_binary_file(tmp_path):
+    err = load_error(write(tmp_path, b"fine_tuning:\x00\x01\n"))
+    assert "NUL" in err.render()
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and shutil.which("setpriv") is None, reason="needs a non-root user to make a file unreadable")
+def test_unreadable_file():
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="fmllm-unreadable-"))
+    folder.chmod(0o755)  # traversable by the unprivileged user; only the file is closed
+    path = write(folder, NESTED)
+    path.chmod(0o000)
+    code = (
+        "import sys\nfrom fmllm_tui.config import load_config, ConfigError\n"
+        "try:\n    load_config(sys.argv[1])\nexcept ConfigError as e:\n    print(e.render()); sys.exit(2)\n"
+    )
+    cmd = [sys.executable, "-c", code, str(path)]
+    if os.geteuid() == 0:  # root reads anything: drop to nobody for this one call
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    path.chmod(0o644)
+    shutil.rmtree(folder)
+    assert proc.returncode == 2, proc.stderr
+    assert "permission denied" in proc.stdout
+
+
+def test_parse_size():
+    assert parse_size("10GiB") == 10 * 2**30
+    assert parse_size("10GB") == 10 * 2**30  # GPU memory "GB" means GiB to people
+    assert parse_size("16000MiB") == 16000 * 2**20
+    assert parse_size("24") == 24 * 2**30
+    for bad in ("ten", "-3GiB", "0", "10XB", ""):
+        with pytest.raises(ValueError):
+            parse_size(bad)
