@@ -1,0 +1,153 @@
+"""The training data file: does it parse as JSONL of the configured format, and how long are
+its examples in tokens? Streaming, no torch; the tokenizer (``tokenizers``) only when a local
+``tokenizer.json`` exists for the model."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Fields each data_format needs (required, optional).
+FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "instruction": (("instruction", "output"), ("input",)),
+    "prompt_completion": (("prompt", "completion"), ()),
+    "chat": (("messages",), ()),
+}
+# Chat-template and special-token overhead per example when no tokenizer renders it.
+TEMPLATE_OVERHEAD_TOKENS = 12
+CHARS_PER_TOKEN = 3.6  # English-heavy BPE vocabularies; only used without a tokenizer
+MAX_PROBLEMS = 20
+
+
+@dataclass
+class DataReport:
+    path: str
+    data_format: str
+    rows: int = 0
+    problems: list[tuple[int, str]] = field(default_factory=list)  # (line, message)
+    lengths: list[int] = field(default_factory=list)
+    tokenizer: str | None = None  # where token counts came from; None = estimated from characters
+
+    @property
+    def ok(self) -> bool:
+        return self.rows > 0 and not self.problems
+
+    def share_over(self, max_len: int) -> float:
+        if not self.lengths:
+            return 0.0
+        return sum(1 for n in self.lengths if n > max_len) / len(self.lengths)
+
+
+def example_text(row: dict[str, Any], data_format: str) -> str:
+    """The text an example contributes to a training sequence (before the chat template)."""
+    if data_format == "instruction":
+        parts = [row.get("instruction", ""), row.get("input", "") or "", row.get("output", "")]
+        return "\n".join(p for p in parts if p)
+    if data_format == "prompt_completion":
+        return f"{row.get('prompt', '')}{row.get('completion', '')}"
+    return "\n".join(str(m.get("content", "")) for m in row.get("messages", []) if isinstance(m, dict))
+
+
+def validate_row(row: Any, data_format: str) -> str | None:
+    """What is wrong with one parsed JSONL row, or None."""
+    if not isinstance(row, dict):
+        return f"expected a JSON object, found {type(row).__name__}"
+    required, optional = FORMATS[data_format]
+    missing = [f for f in required if f not in row]
+    if missing:
+        have = ", ".join(sorted(row)) or "no fields"
+        guess = guess_format(row)
+        hint = f"; it looks like data_format: {guess}" if guess and guess != data_format else ""
+        return f"missing field(s) {', '.join(missing)} for data_format {data_format} (found {have}){hint}"
+    if data_format == "chat":
+        msgs = row["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            return "'messages' must be a non-empty list of {role, content}"
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                return f"messages[{i}] must be an object with 'role' and 'content'"
+            if m["role"] not in ("system", "user", "assistant", "tool"):
+                return f"messages[{i}].role is {m['role']!r}; expected system, user, assistant or tool"
+        if not any(m["role"] == "assistant" for m in msgs):
+            return "no assistant message: nothing to learn from this example"
+        return None
+    for f in (*required, *optional):
+        if f in row and row[f] is not None and not isinstance(row[f], str):
+            return f"field {f!r} must be text, found {type(row[f]).__name__}"
+    target = "output" if data_format == "instruction" else "completion"
+    if not str(row.get(target) or "").strip():
+        return f"field {target!r} is empty: nothing to learn from this example"
+    return None
+
+
+def guess_format(row: dict[str, Any]) -> str | None:
+    for name, (required, _) in FORMATS.items():
+        if all(f in row for f in required):
+            return name
+    return None
+
+
+def find_tokenizer_file(model: str) -> str | None:
+    """A local tokenizer.json for the model: in its directory, or in the Hub cache (no network)."""
+    p = Path(os.path.expanduser(model))
+    if p.is_dir():
+        t = p / "tokenizer.json"
+        return str(t) if t.is_file() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(model, "tokenizer.json")
+        return hit if isinstance(hit, str) else None
+    except Exception:  # an id the cache cannot even parse
+        return None
+
+
+def inspect_data(path: str, data_format: str, *, model: str | None = None, limit: int | None = None) -> DataReport:
+    """Read the JSONL file once: count rows, collect problems (with line numbers) and lengths."""
+    rep = DataReport(path=path, data_format=data_format)
+    tok = None
+    tok_file = find_tokenizer_file(model) if model else None
+    if tok_file:
+        try:
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_file(tok_file)
+            rep.tokenizer = tok_file
+        except Exception:
+            tok = None
+    texts: list[str] = []
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if limit is not None and rep.rows >= limit:
+                break
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                rep.problems.append((lineno, "not UTF-8 text"))
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                rep.problems.append((lineno, f"invalid JSON: {e.msg} at column {e.colno}"))
+                if len(rep.problems) >= MAX_PROBLEMS:
+                    break
+                continue
+            err = validate_row(row, data_format)
+            if err:
+                rep.problems.append((lineno, err))
+                if len(rep.problems) >= MAX_PROBLEMS:
+                    break
+                continue
+            rep.rows += 1
+            texts.append(example_text(row, data_format))
+    if tok is not None:
+        for enc in tok.encode_batch(texts, add_special_tokens=True):
+            rep.lengths.append(len(enc.ids) + TEMPLATE_OVERHEAD_TOKENS)
+    else:
+        rep.lengths = [int(len(t) / CHARS_PER_TOKEN) + TEMPLATE_OVERHEAD_TOKENS for t in texts]
+    return rep
