@@ -94,6 +94,7 @@ class Target:
     planning: bool  # True when the person named a GPU/size instead of this machine's
     source: str
     device_index: int | None = None
+    card: Any = None  # the gpudb card (speed model, bf16) when known
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +117,7 @@ def target(options: Options, planning: tuple[str | None, str | None], inventory:
         card = gpudb.lookup(gpu_name)
         budget = parse_size(vram) if vram else card.usable_bytes
         src = "--gpu" if options.gpu else "fmllm.target_gpu"
-        return Target(card.name, budget, card.memory_bytes, card.compute_capability, True, src)
+        return Target(card.name, budget, card.memory_bytes, card.compute_capability, True, src, card=card)
     if vram:
         try:
             budget = parse_size(vram)
@@ -127,6 +128,47 @@ def target(options: Options, planning: tuple[str | None, str | None], inventory:
             cc = inventory.devices[0].compute_capability
         return Target(f"{budget / 2**30:.1f} GiB budget", budget, budget, cc, True, "--vram" if options.vram else "fmllm.vram")
     if inventory.ok and inventory.devices:
+        from fmllm_tui import gpudb
+
         d = inventory.devices[0]
-        return Target(d.name, d.free_bytes, d.total_bytes, d.compute_capability, False, "nvml", d.index)
+        return Target(d.name, d.free_bytes, d.total_bytes, d.compute_capability, False, "nvml", d.index,
+                      card=gpudb.match_nvml(d.name, d.total_bytes))
     pytest.skip("no GPU to plan for: this machine has none (see gpu.devices); name one with --gpu 'RTX 3090' or --vram 24GiB")
+
+
+# Model findings a known public model can survive: the runner can still fetch it later.
+SOFT_KINDS = ("unreachable", "offline_missing")
+# Findings where the model exists but cannot be fetched yet: planning can still use the catalogue.
+CATALOGUE_KINDS = (*SOFT_KINDS, "gated_no_token", "gated_no_access", "invalid_token")
+
+
+@pytest.fixture(scope="session")
+def model_status(loaded, options):
+    from fmllm_tui import hub
+
+    v = loaded.view
+    return hub.check_model(v.base_model_name, revision=v.fmllm.revision, offline=options.offline or None)
+
+
+@pytest.fixture(scope="session")
+def architecture(loaded, model_status):
+    """(config.json dict, where it came from) or (None, "none")."""
+    from fmllm_tui import catalogue
+
+    if model_status.config is not None:
+        return model_status.config, {"local_dir": "local", "hub": "hub"}.get(model_status.kind, "cache")
+    if model_status.kind in CATALOGUE_KINDS:
+        arch = catalogue.get_architecture(loaded.view.base_model_name)
+        if arch is not None:
+            return arch, "catalogue"
+    return None, "none"
+
+
+@pytest.fixture(scope="session")
+def data_report(loaded):
+    from fmllm_tui.datafile import inspect_data
+
+    path = loaded.view.data_file
+    if not path or not os.path.isfile(path):
+        return None
+    return inspect_data(path, loaded.view.data_format, model=loaded.view.base_model_name)

@@ -4,19 +4,7 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 from checks._plugin import check
-
-
-@pytest.fixture(scope="session")
-def data_report(loaded):
-    from fmllm_tui.datafile import inspect_data
-
-    path = loaded.view.data_file
-    if not path or not os.path.isfile(path):
-        return None
-    return inspect_data(path, loaded.view.data_format, model=loaded.view.base_model_name)
 
 
 @check("data.file", "Training data parses", "data")

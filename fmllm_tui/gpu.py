@@ -264,6 +264,7 @@ def _explain_init_error(e: Exception) -> str:
 
 def torch_build_info() -> dict[str, Any]:
     """torch's version and CUDA build, read from its files without importing torch."""
+    import importlib.util
     from importlib import metadata
 
     try:
@@ -272,17 +273,16 @@ def torch_build_info() -> dict[str, Any]:
         return {"installed": False}
     info: dict[str, Any] = {"installed": True, "version": version, "cuda": None, "source": "metadata"}
     try:
-        dist = metadata.distribution("torch")
-        for f in dist.files or []:
-            if str(f).replace("\\", "/") == "torch/version.py":
-                text = Path(str(dist.locate_file(f))).read_text()
-                for line in text.splitlines():
-                    if line.startswith("cuda") and "=" in line:
-                        val = line.split("=", 1)[1].strip().strip("'\"")
-                        info["cuda"] = None if val in ("None", "") else val
-                        info["source"] = "torch/version.py"
-                break
-    except Exception:
+        spec = importlib.util.find_spec("torch")  # locates the package; does not import it
+        origin = spec.origin if spec else None
+        if origin:
+            text = (Path(origin).parent / "version.py").read_text()
+            for line in text.splitlines():
+                if line.startswith("cuda") and "=" in line:
+                    val = line.split("=", 1)[1].strip().strip("'\"")
+                    info["cuda"] = None if val in ("None", "") else val
+                    info["source"] = "torch/version.py"
+    except (OSError, ValueError):
         pass
     if "+cpu" in version:
         info["cuda"] = None

@@ -1,0 +1,135 @@
+"""Does the fine-tune fit the GPU, and does it use it? Plus the host: disk for checkpoints, RAM for loading."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+
+from checks._plugin import check
+from checks.test_config import planned_fix
+
+GiB = 1024**3
+
+
+def _gib(b: float) -> str:
+    return f"{b / GiB:.2f} GiB"
+
+
+def _mode(view, inventory) -> tuple[str, int]:
+    d = view.fmllm.distributed
+    n = d.num_processes or (len(inventory.devices) if inventory.ok and inventory.devices else 1)
+    if d.mode in ("ddp", "fsdp"):
+        return d.mode, max(1, n)
+    return "single", 1
+
+
+@check("config.fit", "The run fits the GPU memory", "memory")
+def test_config_fit(report, loaded, target, architecture, data_report, inventory):
+    from fmllm_tui import fitsearch, memory
+
+    arch, source = architecture
+    if arch is None:
+        report.skip("the model's architecture is unknown (see model.available), so its memory cannot be predicted")
+    v = loaded.view
+    mode, n = _mode(v, inventory)
+    pred = memory.predict(v, arch, mode=mode, n_gpus=n)
+    lengths = data_report.lengths if data_report is not None and data_report.rows else None
+    fit = fitsearch.fit(v, arch, target.budget_bytes, example_lengths=lengths, gpu=target.card, mode=mode, n_gpus=n)
+    report.set(
+        predicted_peak_bytes=pred.peak_process_bytes,
+        predicted_peak_allocated_bytes=pred.peak_allocated_bytes,
+        predicted_range_bytes=[pred.low_bytes, pred.high_bytes],
+        budget_bytes=target.budget_bytes,
+        margin_bytes=fit.margin_bytes,
+        breakdown=pred.breakdown,
+        gpu=target.name,
+        budget_source=target.source,
+        recipe=pred.recipe,
+        loss=pred.loss,
+        architecture_source=source,
+        mode=mode,
+        n_gpus=n,
+        fit={"fits": fit.fits, "changes": fit.changes, "speedup": fit.speedup,
+             "predicted_peak_after_bytes": fit.prediction_after.peak_process_bytes,
+             "truncated_share": fit.truncated_share},
+    )
+    head = (f"predicted peak {_gib(pred.peak_process_bytes)} (range {_gib(pred.low_bytes)}-{_gib(pred.high_bytes)}) "
+            f"on {target.name} with {_gib(target.budget_bytes)} available")
+    fix = None
+    if fit.changes:
+        lines = "; ".join(f"{c['key']} {c['from']} -> {c['to']} ({c['why']})" for c in fit.changes)
+        fix = planned_fix(loaded, "memory.fit", {"changes": fit.changes}, summary=lines)
+    if not fit.fits_now:
+        if fit.fits:
+            report.fail(f"does not fit: {head}. {fit.message}", fix)
+        more = ""
+        if mode == "single":
+            more = (" It needs more GPU memory than one card has: try a smaller model (fmllm-check --recommend), "
+                    "or several GPUs with fmllm.distributed.mode: fsdp (preset 70b-multi-gpu).")
+        report.fail(f"does not fit, even with every memory saving: {head}. {fit.message}{more}")
+    if fix is not None and fit.speedup >= 1.3:
+        report.warn(f"fits with room to spare: {head}. {fit.message} Predicted {fit.speedup:.1f}x the tokens/s.", fix)
+    report.ok(f"fits: {head}; margin kept {_gib(fit.margin_bytes)}")
+
+
+@check("host.disk", "Disk space for checkpoints", "host", severity="warning")
+def test_disk(report, loaded, architecture, data_report):
+    from fmllm_tui import memory
+
+    v = loaded.view
+    out = v.output_dir or "outputs"
+    probe = out
+    while probe and not os.path.exists(probe):
+        parent = os.path.dirname(probe.rstrip("/"))
+        if parent == probe:
+            break
+        probe = parent
+    free = shutil.disk_usage(probe or ".").free
+    arch, _ = architecture
+    if arch is None:
+        report.skip("the model's architecture is unknown, so checkpoint sizes cannot be estimated")
+    lora_params = memory.predict(v, arch).breakdown.get("lora_weights", 0) // 4  # fp32 adapter weights
+    # adapter (fp32) + AdamW state (2 x fp32) + scheduler/rng/trainer state (small)
+    per_ckpt = lora_params * 4 + (lora_params * 8 if "adam" in v.training.optim else lora_params * 4) + 2 * 2**20
+    t = v.training
+    rows = data_report.rows if data_report is not None else 0
+    steps = t.max_steps if t.max_steps > 0 else math.ceil(max(rows, 1) / v.effective_batch * t.num_train_epochs)
+    n_ckpt = max(1, math.ceil(steps / t.save_steps))
+    if t.save_total_limit:
+        n_ckpt = min(n_ckpt, t.save_total_limit)
+    need = per_ckpt * (n_ckpt + 1) + lora_params * 4  # +1 while the next one is written, + final adapter
+    report.set(output_dir=out, free_bytes=free, checkpoint_bytes=per_ckpt, checkpoints=n_ckpt, needed_bytes=need,
+               lora_params=lora_params)
+    if free < need:
+        fix = planned_fix(loaded, "training.save_total_limit", {}) if not t.save_total_limit else None
+        report.fail(f"{_gib(free)} free at {probe}, but {n_ckpt} checkpoint(s) of {per_ckpt / 2**20:.0f} MiB need "
+                    f"{_gib(need)}: training would die with 'No space left on device' while saving. Free space, "
+                    "move the output dir, or keep fewer checkpoints (training.save_total_limit).", fix)
+    report.ok(f"{_gib(free)} free at {probe}; {n_ckpt} checkpoint(s) of {per_ckpt / 2**20:.0f} MiB need {_gib(need)}")
+
+
+@check("host.ram", "Host RAM for loading the model", "host", severity="warning")
+def test_ram(report, loaded, architecture):
+    import psutil
+
+    from fmllm_tui import memory
+
+    arch, _ = architecture
+    if arch is None:
+        report.skip("the model's architecture is unknown, so its load size cannot be estimated")
+    v = loaded.view
+    params = memory.param_count(arch)
+    # Shards are read one at a time (safetensors, low_cpu_mem_usage); Hub shards are <= ~5 GB.
+    shard = min(params * 2, 5 * 10**9)
+    need = shard + 2 * GiB  # the Python process, tokenizer, datasets
+    if v.fmllm.distributed.cpu_offload:
+        need += params // 2  # 4-bit parameters held in RAM by FSDP offload
+    if v.fmllm.offload_embeddings == "on":
+        need += int(arch.get("vocab_size", 0)) * int(arch.get("hidden_size", 0)) * 2
+    avail = psutil.virtual_memory().available
+    report.set(available_bytes=avail, needed_bytes=need, params=params)
+    if avail < need:
+        report.warn(f"{_gib(avail)} of RAM available, loading needs about {_gib(need)}: the kernel may kill the "
+                    "run while loading shards ('Killed'). Close other programs or add swap.")
+    report.ok(f"{_gib(avail)} of RAM available; loading needs about {_gib(need)}")

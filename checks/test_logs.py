@@ -1,0 +1,66 @@
+"""Log checks: known fine-tuning failures in training logs, each with its cause and fix."""
+
+from __future__ import annotations
+
+import os
+
+from checks._plugin import check
+from fmllm_tui.findings import Change, Fix
+
+
+def _logs_to_scan(options, loaded) -> list[tuple[str, str]]:
+    """(path, where it came from): every --log FILE, plus the latest fmllm run of this config."""
+    out = [(p, "--log") for p in options.logs]
+    try:
+        from fmllm_tui.runner.launch import latest_run_dir
+
+        latest = latest_run_dir(loaded)
+    except Exception:  # no run yet, or an unreadable runs folder: nothing to add
+        latest = None
+    if latest is not None:
+        log = os.path.join(str(latest), "train.log")
+        if os.path.isfile(log) and log not in [p for p, _ in out]:
+            out.append((log, "latest run"))
+    return out
+
+
+def _fix_for(hit, loaded) -> Fix | None:
+    fx = hit.fix or {}
+    if not fx:
+        return None
+    fid = fx.get("id")
+    changes: list[Change] = []
+    if fid and fid != "memory.fit":  # memory.fit needs the fit search: config.fit carries its exact changes
+        try:
+            from fixes import plan_fix
+
+            changes = plan_fix(loaded, fid, {"hit": hit.values, "changes": fx.get("changes", [])})
+        except Exception:  # a fixer that cannot plan from a log alone: keep the advice
+            changes = []
+    return Fix(id=fid or "log.command", changes=changes, shell=fx.get("shell"), summary=fx.get("summary", ""))
+
+
+@check("logs.scan", "Training logs show no known failure", "logs")
+def test_logs(report, options, loaded, architecture):
+    from fmllm_tui.logdiag import scan_file
+
+    logs = _logs_to_scan(options, loaded)
+    report.set(files=[p for p, _ in logs], hits=[])
+    if not logs:
+        report.skip("no training log to scan: pass --log FILE, or run fmllm-run first")
+    arch, _ = architecture
+    vocab = int(arch["vocab_size"]) if arch and arch.get("vocab_size") else None
+    hits = []
+    for path, _src in logs:
+        hits.extend(scan_file(path, vocab_size=vocab))
+    report.set(hits=[h.to_json() for h in hits])
+    errors = [h for h in hits if h.severity == "error"]
+    if not hits:
+        report.ok(f"no known failure in {len(logs)} log(s)")
+    top = (errors or hits)[0]
+    lines = [f"{h.file}:{h.line}: [{h.pattern}] {h.cause}" + (f" (x{h.count})" if h.count > 1 else "") for h in hits[:5]]
+    text = f"{len(hits)} known problem(s) in the logs:\n" + "\n".join(lines)
+    fix = _fix_for(top, loaded)
+    if errors:
+        report.fail(text, fix)
+    report.warn(text, fix)
