@@ -1,0 +1,1201 @@
+"""Training-log diagnosis: why did the run die, in plain words, with the fix.
+
+``scan_file(path)`` / ``scan_lines(lines)`` read a log of any size in one streaming pass and
+return :class:`Hit` objects: the failure (pattern id from :data:`PATTERNS`), file:line, the
+matched excerpt (secrets masked), its cause with the numbers the log gave, and the fix.
+
+How it stays fast and flat on a 1 GB log: the input is read in large binary blocks; a handful of
+literal "trigger" strings (``Traceback (most recent call last)``, ``rror``, ``Killed``, ``nan``,
+``Warning``…) are searched with C-speed ``bytes.find``; only the lines they hit (plus a short
+window after them, and the whole traceback after a traceback header) are decoded and matched
+against the detailed regexes. Loss dicts and progress bars are sampled per block (first/last
+entries and the ones just before each hit), which is enough for the multi-line analyses (NaN
+after N finite steps, loss flat at ln(vocab), OOM at a late step, eval vs train phase). Big files
+are split across a few worker processes (MAX_WORKERS); results are merged in file order, and
+they are the same as a single streaming pass.
+
+No torch, transformers or textual imports: this runs in the headless doctor.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fmllm_tui.logpatterns import (
+    BY_ID,
+    FIX_ALLOC_CONF,
+    FIX_DTYPE_FP16_OFF,
+    FIX_LR,
+    FIX_OTHER_PROCESS,
+    PATTERNS,
+    SIZE,
+    Pattern,
+    fix,
+    human,
+    pip_name,
+    size_bytes,
+)
+from fmllm_tui.redact import mask_data, mask_text
+
+__all__ = ["Hit", "PATTERNS", "Pattern", "scan_file", "scan_lines", "TRIGGERS"]
+
+# --------------------------------------------------------------------------------------------
+# Public result type
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Hit:
+    """One diagnosed failure in a log, de-duplicated over its repeats."""
+
+    pattern: str
+    file: str
+    line: int  # first line (1-based)
+    last_line: int
+    count: int
+    excerpt: str
+    cause: str
+    severity: str
+    fix: dict[str, Any] | None
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain-JSON form (the shape fmllm-check --json and the TUI use)."""
+        return {
+            "pattern": self.pattern,
+            "file": self.file,
+            "line": self.line,
+            "last_line": self.last_line,
+            "excerpt": self.excerpt,
+            "count": self.count,
+            "cause": self.cause,
+            "fix": self.fix,
+            "severity": self.severity,
+            "values": self.values,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Block scanning (pure bytes work; runs in worker processes for big files)
+# --------------------------------------------------------------------------------------------
+
+#: Literal strings that make a line worth decoding. Every pattern's wording contains one of these
+#: (tests check it); an exception line that ends a traceback is always decoded (the traceback
+#: header is a trigger and its window is walked to the exception line).
+TRIGGERS: tuple[bytes, ...] = (
+    b"Traceback (most recent call last)",
+    b"rror",  # FooError:, CUDA error:, 'c10::Error', [Errno 28], error writing ...
+    b"Killed",  # the shell's line when the OOM killer struck
+    b"nan",  # {'loss': nan, ...} / 'grad_norm': 'nan' (transformers >= 4.5x prints strings)
+    b"Warning",  # UserWarning/FutureWarning lines from warnings.warn
+    b"Watchdog caught collective",
+    b"were not initialized from the model checkpoint",
+    b"Token indices sequence length is longer",
+    b"because they were offloaded to the",
+    b"Segmentation fault",
+    b"only supports torch.float16",  # flash-attn with an fp32 model (a logger warning)
+)
+_TB_HEADER = TRIGGERS[0]
+
+BLOCK = 8 << 20  # bytes per block
+LOOKAHEAD = 256 << 10  # bytes past a block's end available for windows after a hit
+CTX_LINES = 16  # lines kept after an ordinary hit (multi-line messages)
+CTX_LINES_LONG = 120  # after a ChildFailedError report header
+CTX_WARN_LINES = 3  # after a warning or other non-error hit
+TB_MAX_LINES = 600  # longest traceback window walked
+LOSS_SAMPLES = 64  # loss dicts kept from each end of a block
+BACK_WINDOW = 64 << 10  # how far back to look for the progress bar / loss before an error
+MAX_LINE = 8192  # bytes of one line decoded at most
+LOSS_TAIL = 512  # loss samples kept (the most recent) for the loss analyses
+PARALLEL_MIN = 64 << 20  # files at least this big are split over worker processes
+MAX_WORKERS = 4  # worker processes for big files (bounded: each holds ~2 blocks in flight)
+
+# record kinds
+CTX, HIT, BAR, LOSS = 0, 1, 2, 3
+
+_EXC_LINE_B = re.compile(
+    rb"^\s*(?:\[(?:rank|default)\d+\]:\s?)?(?:[A-Za-z_]\w*\.)*(?:[A-Z]\w*)?(?:Error|Exception|Exit|Interrupt|Failure|Invalid|Iteration)\b(?::|\s*$)"
+)
+_LOSS_KEYS = (b"'loss': ", b'"loss": ')
+
+
+def _segment(data: bytes, pos: int, lo: int, hi: int) -> tuple[int, int]:
+    """Bounds of the CR/LF-delimited segment around ``pos`` inside [lo, hi).
+
+    Looks for the newline first, then for a CR only inside that line, so the cost is the
+    line's length, not the distance to the next CR somewhere in the block.
+    """
+    nl = data.rfind(b"\n", lo, pos)
+    start = nl + 1 if nl != -1 else lo
+    cr = data.rfind(b"\r", start, pos)
+    a = cr + 1 if cr != -1 else start
+    n = data.find(b"\n", pos, hi)
+    lim = n if n != -1 else hi
+    r = data.find(b"\r", pos, lim)
+    return a, (r if r != -1 else lim)
+
+
+def _line_text(data: bytes, a: int, b: int) -> bytes:
+    """A whole \\n-line as a terminal shows it: the last non-empty CR segment."""
+    chunk = data[a : min(b, a + 4 * MAX_LINE)]
+    if b"\r" in chunk:
+        parts = [p for p in chunk.split(b"\r") if p.strip()]
+        chunk = parts[-1] if parts else b""
+    return chunk[:MAX_LINE]
+
+
+class _NlCounter:
+    """Counts newlines in slices of one block (bytes.count: faster here than a numpy mask)."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def count(self, a: int, b: int) -> int:
+        return self.data.count(b"\n", a, b) if b > a else 0
+
+
+def _scan_chunk(data: bytes, s: int, e: int, eof: bool) -> tuple[int, list[tuple[int, int, bytes, int]]]:
+    """Find the interesting lines whose start lies in data[s:e].
+
+    Returns (newlines in [s, e), records) where a record is (offset, rel_line, text, kind) and
+    rel_line counts newlines between s and the record. ``data`` may extend past ``e`` (lookahead
+    for windows); ``eof`` says whether it ends the input.
+    """
+    end_all = len(data)
+    hits: dict[int, tuple[int, bytes, int]] = {}  # seg_start -> (seg_end, text, kind)
+    queue: list[tuple[int, bool]] = []  # (line start of a HIT, is a traceback header to walk)
+
+    def add(a: int, b: int, kind: int) -> None:
+        old = hits.get(a)
+        text = old[1] if old is not None else data[a : min(b, a + MAX_LINE)]
+        if kind == CTX and old is None and a >= e and any(t in text for t in TRIGGERS):
+            # a window line past the block's end: the next block will not look at it again
+            # (the engine's watermark skips it), so it is judged here like any trigger line
+            kind = HIT
+        if old is None or (old[2] != HIT and kind == HIT):
+            hits[a] = (b, text, kind)
+            if kind == HIT:
+                la = data.rfind(b"\n", 0, a) + 1
+                queue.append((la, _TB_HEADER in text and (old is None or a >= e)))
+
+    for trig in TRIGGERS:
+        pos = data.find(trig, s, e)
+        while pos != -1:
+            a, b = _segment(data, pos, s, end_all)
+            add(a, b, HIT)
+            nxt = max(b, pos + len(trig))
+            if nxt >= e:
+                break
+            pos = data.find(trig, nxt, e)
+
+    # windows after hits (the whole traceback after a header), and the progress bar / loss
+    # dict just before error-ish hits
+    done: set[tuple[int, bool]] = set()
+    back_done = s
+    while queue:
+        item = queue.pop()
+        if item in done:
+            continue
+        done.add(item)
+        la, is_header = item
+        ln_end = data.find(b"\n", la, end_all)
+        if ln_end == -1:
+            continue
+        if is_header:
+            _walk_traceback(data, ln_end, end_all, add, eof)
+            continue
+        first = data[la : min(ln_end, la + MAX_LINE)]
+        if _TB_HEADER in first:
+            queue.append((la, True))
+        if b"ChildFailed" in first or b"FAILED" in first:
+            n_ctx = CTX_LINES_LONG
+        elif b"rror" in first or b"Killed" in first:
+            n_ctx = CTX_LINES
+        else:
+            n_ctx = CTX_WARN_LINES  # a warning's message may start on the next line
+        p = ln_end + 1
+        for _ in range(n_ctx):
+            if p >= end_all:
+                break
+            q = data.find(b"\n", p, min(end_all, p + 4 * MAX_LINE))
+            if q == -1:
+                if not eof and p + 4 * MAX_LINE >= end_all:
+                    break  # the line runs past the data we have: never keep half a line
+                q = min(end_all, p + 4 * MAX_LINE)
+            if p not in hits:
+                add(p, q, CTX)
+                if hits[p][2] == CTX:
+                    hits[p] = (q, _line_text(data, p, q), CTX)
+            p = q + 1
+        if la < e and (b"rror" in first or b"nan" in first or b"Killed" in first):
+            # up to the end of the hit's line: tqdm often draws on the same line, before a CR
+            lo = max(back_done if back_done <= la else s, la - BACK_WINDOW, s)
+            _bars_before(data, lo, ln_end, add)
+            for key in _LOSS_KEYS:
+                lp = data.rfind(key, lo, ln_end)
+                if lp != -1:
+                    a, b = _segment(data, lp, lo, ln_end)
+                    add(a, b, LOSS)
+            back_done = ln_end
+
+    # samples: the last progress bar of the block, loss dicts from both ends
+    lo = max(s, e - BACK_WINDOW)
+    bar = data.rfind(b"%|", lo, e)
+    if bar != -1:
+        a, b = _segment(data, bar, s, end_all)
+        if a >= s:
+            add(a, b, BAR)
+    for key in _LOSS_KEYS:
+        found: list[int] = []
+        pos = data.find(key, s, e)
+        while pos != -1 and len(found) < LOSS_SAMPLES:
+            found.append(pos)
+            pos = data.find(key, pos + 8, e)
+        if not found:
+            continue
+        stop = found[-1] + 8
+        hi = e
+        for _ in range(LOSS_SAMPLES):
+            pos = data.rfind(key, stop, hi)
+            if pos == -1:
+                break
+            found.append(pos)
+            hi = pos
+        for pos in found:
+            a, b = _segment(data, pos, s, end_all)
+            add(a, b, LOSS)
+        break  # one loss style per block is enough
+
+    counter = _NlCounter(data)
+    records: list[tuple[int, int, bytes, int]] = []
+    prev, rel = s, 0
+    for a in sorted(hits):
+        if a < s:
+            continue
+        b, text, kind = hits[a]
+        if a >= e and kind not in (CTX, HIT):
+            continue
+        rel += counter.count(prev, a)
+        prev = a
+        records.append((a, rel, text, kind))
+    nl = rel + counter.count(prev, e) if prev <= e else counter.count(s, e)
+    return nl, records
+
+
+def _walk_traceback(data: bytes, p: int, end_all: int, add: Callable[[int, int, int], None], eof: bool) -> None:
+    """From the end of a traceback header's line, keep every line up to and just past the exception."""
+    p += 1
+    after_exc = -1
+    for _ in range(TB_MAX_LINES):
+        if p >= end_all:
+            return
+        q = data.find(b"\n", p, min(end_all, p + 4 * MAX_LINE))
+        if q == -1:
+            if not eof and p + 4 * MAX_LINE >= end_all:
+                return  # the line runs past the data we have: never keep half a line
+            q = min(end_all, p + 4 * MAX_LINE)
+        text = _line_text(data, p, q)
+        if after_exc >= 0:
+            add(p, q, CTX)
+            after_exc += 1
+            if after_exc >= CTX_LINES:
+                return
+        elif _EXC_LINE_B.match(text) and not text[:1].isspace():
+            add(p, q, HIT)
+            after_exc = 0
+        else:
+            add(p, q, CTX)
+        p = q + 1
+
+
+_BAR_TOTAL = re.compile(rb"\|\s*\d+/(\d+)\s*\[")
+
+
+def _bars_before(data: bytes, lo: int, hi: int, add: Callable[[int, int, int], None]) -> None:
+    """The last progress bar before an error, and the last one of a different bar before it
+    (the training bar under an evaluation bar), so the phase and step can be told."""
+    first_total = None
+    pos = data.rfind(b"%|", lo, hi)
+    for _ in range(400):
+        if pos == -1:
+            return
+        a, b = _segment(data, pos, lo, hi)
+        m = _BAR_TOTAL.search(data, a, b)
+        total = m.group(1) if m else None
+        if first_total is None:
+            first_total = total or b""
+            add(a, b, BAR)
+        elif total is not None and total != first_total:
+            add(a, b, BAR)
+            return
+        pos = data.rfind(b"%|", lo, a)
+
+
+def _scan_range(path: str, s: int, e: int, size: int, lookahead: int) -> tuple[int, int, int, list[tuple[int, int, bytes, int]]]:
+    """Worker entry: scan the lines starting in [s, e) of a file. Returns absolute offsets."""
+    lo = max(0, s - 1)
+    with open(path, "rb") as f:
+        f.seek(lo)
+        data = f.read(e - lo + lookahead)
+    eof = lo + len(data) >= size
+    # align both ends to line starts exactly as the neighbouring blocks do
+    if s == 0:
+        rs = 0
+    else:
+        k = data.find(b"\n", 0, e - lo)
+        rs = k + 1 if k != -1 else s - lo
+    rel_e = e - lo
+    if e >= size:
+        re_ = len(data)
+    else:
+        k = data.find(b"\n", rel_e - 1)
+        re_ = k + 1 if k != -1 else (len(data) if eof else rel_e)
+    if rs > re_:
+        rs = re_
+    nl, recs = _scan_chunk(data, rs, re_, eof)
+    return lo + rs, lo + re_, nl, [(lo + a, rel, t, k) for a, rel, t, k in recs]
+
+
+# --------------------------------------------------------------------------------------------
+# Line cleaning and parsing helpers (main process)
+# --------------------------------------------------------------------------------------------
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")
+_CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_RANK = re.compile(r"^\s*\[(?:rank|default)(\d+)\]:\s?")
+_FRAME = re.compile(
+    r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+)(?:, in (?P<func>\S+))?'
+    r"|^\s*[│|]\s*(?P<rfile>\S+\.py):(?P<rline>\d+) in (?P<rfunc>[\w<>.]+)"
+    r"|^\s*File (?P<ifile>\S+\.py):(?P<iline>\d+), in (?P<ifunc>[\w<>.]+)"
+)
+_EXC = re.compile(
+    r"^(?:[A-Za-z_]\w*\.)*(?P<type>(?:[A-Z]\w*)?(?:Error|Exception|Exit|Interrupt|Failure|Invalid|Iteration)|KeyboardInterrupt)(?::\s?(?P<msg>.*))?$"
+)
+_SPAN_PATTERNS = [p for p in PATTERNS if p.span]
+_CHAIN = ("During handling of the above exception", "The above exception was the direct cause")
+_BAR_ANY = re.compile(r"(?P<desc>[A-Za-z][\w ()=.,-]*?)?:?\s*(?P<pct>\d{1,3})%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)")
+_NUM = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+|nan|NaN|-?inf|-?Infinity)"
+_DICT_VAL = {
+    k: re.compile(r"['\"]" + k + r"['\"]:\s*'?(" + _NUM + r")")
+    for k in ("loss", "grad_norm", "epoch", "learning_rate", "step", "global_step", "current_steps")
+}
+_SITE = re.compile(r"(?:site|dist)-packages[/\\]([A-Za-z_]\w*)")
+_STDLIB_HINT = re.compile(r"[/\\]lib[/\\]python\d\.\d+[/\\](?!site-packages|dist-packages)")
+
+# frame function names that say which phase a traceback happened in (innermost wins)
+_PHASE_FUNCS = {
+    "eval": {"evaluate", "evaluation_loop", "prediction_step", "prediction_loop", "_evaluate", "predict",
+             "eval_step", "evaluation_step", "_run_evaluation"},
+    "save": {"_save_checkpoint", "save_model", "_save", "save_pretrained", "save_state", "_save_tpu",
+             "_save_optimizer_and_scheduler", "get_state_dict", "save_checkpoint", "save_file"},
+    "loading": {"from_pretrained", "_load_pretrained_model", "load_state_dict", "load_checkpoint_and_dispatch",
+                "_load_state_dict_into_meta_model", "dispatch_model", "load_checkpoint_in_model", "load_model",
+                "prepare_model_for_kbit_training", "_load_state_dict_into_model", "get_peft_model", "load_shard_file",
+                "_materialize_copy", "create_quantized_param", "convert_and_load_state_dict_in_model"},
+    "train": {"training_step", "_inner_training_loop", "compute_loss", "backward", "train_step", "optimizer_step"},
+}
+
+
+def _clean(raw: bytes) -> str:
+    """Decode (bad UTF-8 replaced), drop ANSI colour codes and control characters."""
+    text = raw.decode("utf-8", "replace")
+    if "\x1b" in text:
+        text = _ANSI.sub("", text)
+    if "\r" in text:
+        parts = [p for p in text.split("\r") if p.strip()]
+        text = parts[-1] if parts else ""
+    return _CTRL.sub("", text).rstrip()
+
+
+def _split_rank(text: str) -> tuple[str, str]:
+    m = _RANK.match(text)
+    if m:
+        return m.group(1), text[m.end():]
+    return "", text
+
+
+def _fnum(s: str) -> float | None:
+    try:
+        return float(s)
+    except ValueError:
+        return None
+
+
+def _package_of(path: str) -> str | None:
+    m = _SITE.search(path)
+    if m:
+        return m.group(1)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Run state: what the scanner learned so far, in file order
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Frame:
+    file: str
+    line: int
+    func: str
+
+
+@dataclass
+class _Tb:
+    frames: list[_Frame] = field(default_factory=list)
+    start: int = 0
+    chain: int = 0
+    open: bool = True
+    closed_at: int = -1
+    chained_next: bool = False
+
+
+@dataclass
+class _Bar:
+    desc: str
+    n: int
+    total: int
+    line: int
+
+
+@dataclass
+class _Loss:
+    line: int
+    value: float
+    epoch: float | None
+    step: int | None
+    grad_norm: float | None
+
+
+class _Ctx:
+    """What an extractor sees: the line, the lines after it, and the run state."""
+
+    def __init__(self, engine: _Engine, line: str, line_no: int, rank: str, idx: int, recs: list[Any]):
+        self.engine = engine
+        self.line = line
+        self.line_no = line_no
+        self.rank = rank
+        self._idx = idx
+        self._recs = recs
+        self._after: list[str] | None = None
+
+    @property
+    def after(self) -> list[str]:
+        """Cleaned text of the consecutive lines after this one (rank prefix removed)."""
+        if self._after is None:
+            out: list[str] = []
+            want = self.line_no + 1
+            for j in range(self._idx + 1, min(len(self._recs), self._idx + 1 + CTX_LINES_LONG)):
+                ln, txt = self._recs[j][0], self._recs[j][1]
+                if ln < want:
+                    continue
+                if ln > want:
+                    break
+                out.append(_split_rank(txt)[1])
+                want += 1
+            self._after = out
+        return self._after
+
+    @property
+    def frames(self) -> list[_Frame]:
+        tb = self.engine.tbs.get(self.rank)
+        if tb and (tb.open or tb.closed_at >= self.line_no - 2):
+            return tb.frames
+        return []
+
+    def culprit(self) -> dict[str, Any]:
+        return _culprit(self.frames)
+
+    def phase(self) -> str:
+        return self.engine.phase(self.frames)
+
+    def rank_exception(self, rank: int) -> str | None:
+        return self.engine.rank_exc.get(str(rank))
+
+
+def _culprit(frames: list[_Frame]) -> dict[str, Any]:
+    """Innermost frame, and the innermost library (non-torch, non-stdlib) frame's package."""
+    if not frames:
+        return {}
+    last = frames[-1]
+    out: dict[str, Any] = {"file": last.file, "line": last.line, "function": last.func}
+    for fr in reversed(frames):
+        pkg = _package_of(fr.file)
+        if pkg and pkg not in ("torch", "torchvision", "typing_extensions", "_pytest", "pluggy"):
+            out["package"] = pkg
+            out["package_frame"] = f"{fr.file}:{fr.line} in {fr.func}"
+            break
+        if not pkg and not _STDLIB_HINT.search(fr.file) and not fr.file.startswith("<"):
+            out["user_frame"] = f"{fr.file}:{fr.line} in {fr.func}"
+            break
+    pkg0 = _package_of(last.file)
+    if pkg0:
+        out.setdefault("innermost_package", pkg0)
+    return out
+
+
+class _Engine:
+    """Consumes records in file order and builds the hits."""
+
+    def __init__(self, name: str, vocab_size: int | None):
+        self.name = name
+        self.vocab_size = vocab_size
+        self.hits: dict[tuple[str, str], Hit] = {}
+        self.tbs: dict[str, _Tb] = {}
+        self.chain_counter = 0
+        self.explained_chains: set[int] = set()
+        # unexplained exceptions, merged by (type, last frame) as they come: flat memory
+        self.provisional: dict[tuple[str, str], tuple[set[int], Hit]] = {}
+        self.rank_exc: dict[str, str] = {}
+        self.last_bar: _Bar | None = None
+        self.last_train_bar: _Bar | None = None
+        self.bar_totals: Counter[int] = Counter()
+        # loss samples: the first few and a bounded tail keep memory flat on any log size
+        self.loss_head: list[_Loss] = []
+        self.losses: deque[_Loss] = deque(maxlen=LOSS_TAIL)
+        self.loss_count = 0
+        self.finite_count = 0
+        self.nan_first: _Loss | None = None
+        self.nan_key = ""
+        self.nan_count = 0
+        self.nan_last = 0
+        self.nan_excerpt = ""
+        self.finite_before_nan = 0
+        self.nan_bar_step: int | None = None
+        self.last_finite: _Loss | None = None
+        self.vocab_from_log: int | None = None
+        self.match_cache: dict[str, list[tuple[Pattern, re.Match[str]]]] = {}
+        self.prev_frame_line: dict[str, int] = {}
+        self.watermark = -1  # highest byte offset already processed
+
+    # ---- state updates ------------------------------------------------------------------
+    def _bar(self, body: str, line_no: int) -> None:
+        found = _BAR_ANY.findall(body)  # several bar updates glued on one line: the last one counts
+        if not found:
+            return
+        desc_, _pct, n_, total_ = found[-1]
+        desc = (desc_ or "").strip()
+        n, total = int(n_), int(total_)
+        bar = _Bar(desc, n, total, line_no)
+        self.last_bar = bar
+        if not desc and total > 0:
+            self.bar_totals[total] += 1
+            train_total = self.train_total()
+            if train_total is None or total == train_total:
+                self.last_train_bar = bar
+
+    def train_total(self) -> int | None:
+        if not self.bar_totals:
+            return None
+        # the training bar is the one updated most; ties go to the larger total
+        return max(self.bar_totals.items(), key=lambda kv: (kv[1], kv[0]))[0]
+
+    def _loss(self, body: str, line_no: int) -> None:
+        if "eval_loss" in body and "'loss'" not in body and '"loss"' not in body:
+            return
+        m = _DICT_VAL["loss"].search(body)
+        gm = _DICT_VAL["grad_norm"].search(body)
+        if not m and not gm:
+            return
+        val = _fnum(m.group(1)) if m else None
+        gn = _fnum(gm.group(1)) if gm else None
+        em = _DICT_VAL["epoch"].search(body)
+        step = None
+        for k in ("step", "global_step", "current_steps"):
+            sm = _DICT_VAL[k].search(body)
+            if sm:
+                step = int(float(sm.group(1)))
+                break
+        rec = _Loss(line_no, val if val is not None else math.nan, _fnum(em.group(1)) if em else None, step, gn)
+        if self.losses and self.losses[-1].line >= line_no:
+            return
+        bad_loss = val is not None and not math.isfinite(val)
+        bad_gn = gn is not None and not math.isfinite(gn)
+        if bad_loss or bad_gn:
+            if self.nan_first is None:
+                self.nan_first = rec
+                self.nan_key = "loss" if bad_loss else "grad_norm"
+                self.finite_before_nan = self.finite_count
+                self.nan_bar_step = self.last_train_bar.n if self.last_train_bar is not None else None
+                self.nan_excerpt = body
+            self.nan_count += 1
+            self.nan_last = line_no
+        elif val is not None:
+            self.last_finite = rec if self.nan_first is None else self.last_finite
+        if val is not None:
+            self.losses.append(rec)
+            self.loss_count += 1
+            if math.isfinite(rec.value):
+                self.finite_count += 1
+                if len(self.loss_head) < 8:
+                    self.loss_head.append(rec)
+
+    def phase(self, frames: list[_Frame]) -> str:
+        for fr in reversed(frames):
+            func = fr.func.rsplit(".", 1)[-1]  # IPython writes Trainer.training_step
+            for phase, names in _PHASE_FUNCS.items():
+                if func in names:
+                    return phase
+        bar = self.last_bar
+        if bar is not None:
+            d = bar.desc.lower()
+            if "eval" in d or "predict" in d:
+                return "eval"
+            if "loading" in d or "checkpoint shards" in d or "fetching" in d:
+                return "loading" if self.last_train_bar is None or self.last_train_bar.line < bar.line else "train"
+            tt = self.train_total()
+            if not bar.desc and tt is not None and bar.total != tt and self.last_train_bar is not None \
+                    and self.last_train_bar.n < self.last_train_bar.total:
+                return "eval"
+        return "train"
+
+    def step(self) -> int | None:
+        if self.last_train_bar is not None:
+            return self.last_train_bar.n
+        for rec in reversed(self.losses):
+            if rec.step is not None:
+                return rec.step
+        return None
+
+    # ---- tracebacks ---------------------------------------------------------------------
+    def _traceback(self, rank: str, body: str, line_no: int) -> tuple[bool, bool]:
+        """Update traceback state. Returns (is_frame_or_source_line, closes_a_traceback)."""
+        tb = self.tbs.get(rank)
+        if "Traceback (most recent call last)" in body:
+            chained = tb is not None and tb.chained_next and line_no - tb.closed_at < 6
+            if not chained:
+                self.chain_counter += 1
+            self.tbs[rank] = _Tb(start=line_no, chain=self.chain_counter)
+            return True, False
+        if any(c in body for c in _CHAIN):
+            if tb is not None:
+                tb.chained_next = True
+            return True, False
+        fm = _FRAME.match(body)
+        if fm:
+            file = fm.group("file") or fm.group("rfile") or fm.group("ifile") or ""
+            ln = int(fm.group("line") or fm.group("rline") or fm.group("iline") or 0)
+            func = fm.group("func") or fm.group("rfunc") or fm.group("ifunc") or "?"
+            if tb is None or not tb.open:
+                self.chain_counter += 1
+                tb = self.tbs[rank] = _Tb(start=line_no, chain=self.chain_counter)
+            tb.frames.append(_Frame(file, ln, func))
+            self.prev_frame_line[rank] = line_no
+            return True, False
+        if body[:1].isspace() and self.prev_frame_line.get(rank, -9) >= line_no - 3 and tb is not None and tb.open:
+            return True, False  # source line under a frame, or ^^^^ markers
+        if tb is not None and tb.open and body and not body[:1].isspace():
+            em = _EXC.match(body.strip())
+            if em:
+                tb.open = False
+                tb.closed_at = line_no
+                return False, True
+        return False, False
+
+    # ---- hits ---------------------------------------------------------------------------
+    def add(self, pid: str, key: str, line_no: int, excerpt: str, cause: str, severity: str,
+            fix_: dict[str, Any] | None, values: dict[str, Any]) -> Hit:
+        k = (pid, key)
+        h = self.hits.get(k)
+        cause, values = mask_text(cause), mask_data(values)  # causes quote log text: no tokens in them
+        if h is None:
+            h = Hit(pid, self.name, line_no, line_no, 1, _excerpt(excerpt), cause, severity, fix_, values)
+            self.hits[k] = h
+        else:
+            h.count += 1
+            h.last_line = max(h.last_line, line_no)
+            if len(values) > len(h.values):  # a later repeat that says more (a path, a repo id)
+                h.values, h.fix, h.cause = values, fix_, cause
+        return h
+
+    def record(self, recs: list[Any], idx: int) -> None:
+        line_no, text, kind = recs[idx]
+        rank, body = _split_rank(text)
+        if not body:
+            return
+        if "%|" in body:
+            self._bar(body, line_no)
+        if ("loss" in body or "grad_norm" in body) and ("'" in body or '"' in body):
+            self._loss(body, line_no)
+        is_tb_line, closes = self._traceback(rank, body, line_no)
+        if closes or (kind == HIT and rank and not is_tb_line and _EXC.match(body.strip())):
+            self.rank_exc.setdefault(rank, body.strip()[:200])
+        if kind != HIT or (is_tb_line and not closes):
+            return
+        self._match(recs, idx, rank, body, line_no, closes)
+
+    def _match(self, recs: list[Any], idx: int, rank: str, body: str, line_no: int, closes: bool) -> None:
+        text = body.strip()
+        if (re.search(r"(?:Warning|Error|Exception):\s*$", text) or "terminate called after throwing" in text) \
+                and idx + 1 < len(recs) and recs[idx + 1][0] == line_no + 1:
+            text = text + " " + _split_rank(recs[idx + 1][1])[1].strip()
+        matches = self.match_cache.get(text)
+        if matches is None:
+            matches = []
+            for p in PATTERNS:
+                if p.rx is None or (p.needles and not any(n in text for n in p.needles)):
+                    continue
+                m = p.rx.search(text)
+                if m:
+                    matches.append((p, m))
+            if len(self.match_cache) > 4096:
+                self.match_cache.clear()
+            self.match_cache[text] = matches
+        ctx = _Ctx(self, text, line_no, rank, idx, recs)
+        if "rror" in text:
+            done = {p.id for p, _m in matches}
+            for p in _SPAN_PATTERNS:
+                if p.id in done or p.rx is None:
+                    continue
+                joined = " ".join([text, *[a.strip() for a in ctx.after[: p.span]]])
+                if p.needles and not any(n in joined for n in p.needles):
+                    continue
+                m2 = p.rx.search(joined)
+                if m2:
+                    matches = [*matches, (p, m2)]
+        tb = self.tbs.get(rank)
+        chain = tb.chain if tb is not None and (tb.open or tb.closed_at == line_no) else None
+        explained = False
+        for p, m in matches:
+            if p.id == "cuda_oom":
+                results = _oom(m, ctx)
+            elif p.extract is not None:
+                r = p.extract(m, ctx)
+                results = [] if r is None else [(p.id, r), *r.pop("extra", [])]
+            else:
+                results = [(p.id, {})]
+            for pid, r in results:
+                pat = BY_ID[pid]
+                cause = r.get("cause", pat.cause) + r.get("cause_suffix", "")
+                values = dict(r.get("values", {}))
+                if closes:
+                    c = ctx.culprit()
+                    if c:
+                        values.setdefault("raised_in", f"{c['file']}:{c['line']} in {c['function']}")
+                sev = r.get("severity", pat.severity)
+                self.add(pid, str(r.get("key", "")), line_no, r.get("excerpt", text), cause, sev,
+                         r.get("fix", pat.fix), values)
+                if sev == "error" or closes:
+                    explained = True  # a specific pattern on the exception line itself explains it
+        if explained and chain is not None:
+            self.explained_chains.add(chain)
+        if closes and not explained and chain is not None:
+            self._exception(text, line_no, chain, ctx)
+
+    def _exception(self, text: str, line_no: int, chain: int, ctx: _Ctx) -> None:
+        em = _EXC.match(text)
+        if not em:
+            return
+        etype, msg = em.group("type"), (em.group("msg") or "").strip()
+        c = ctx.culprit()
+        if etype == "KeyError" and any(f.file.endswith("configuration_auto.py") for f in ctx.frames):
+            # CONFIG_MAPPING[model_type] failed: this transformers predates the architecture
+            pat = BY_ID["transformers_too_old"]
+            self.add(pat.id, "", line_no, text, f"{pat.cause} (model type {msg})", pat.severity, pat.fix,
+                     {"model_type": msg.strip("'\"")})
+            self.explained_chains.add(chain)
+            return
+        values: dict[str, Any] = {"exception": etype, "message": mask_text(msg[:300])}
+        values.update({k: v for k, v in c.items()})
+        where = f" in {c['function']} ({c['file']}:{c['line']})" if c else ""
+        cause = f"{etype}: {msg[:200]}" + (f" — raised{where}" if where else "")
+        pkg = c.get("package")
+        if pkg:
+            cause += f"; the innermost library frame is in {pkg} ({c['package_frame']})"
+        fx: dict[str, Any] | None
+        version_skew = (
+            (etype == "TypeError" and re.search(r"unexpected keyword argument|got multiple values|takes \d+ positional", msg))
+            or (etype == "AttributeError" and "has no attribute" in msg)
+            or (etype == "ImportError" and "cannot import name" in msg)
+        )
+        im = re.search(r"cannot import name '[\w.]+' from '([\w.]+)'", msg)
+        if im:
+            pkg = im.group(1).split(".")[0]
+        if version_skew and pkg:
+            fx = fix(None, f"{pkg} and the libraries calling it are at versions that don't match; upgrade them together",
+                     shell=f"pip install -U {pip_name(pkg)}")
+            cause += " — typically libraries at mismatched versions"
+        else:
+            spot = c.get("user_frame") or c.get("package_frame") or (f"{c['file']}:{c['line']}" if c else "the last frame")
+            fx = fix(None, f"start from {spot}: that is where it failed")
+        key = f"{etype}:{c.get('file', '')}:{c.get('line', '')}"
+        h = Hit("exception", self.name, line_no, line_no, 1, _excerpt(text), mask_text(cause), "error", fx,
+                mask_data(values))
+        k = ("exception", key)
+        old = self.provisional.get(k)
+        if old is None:
+            self.provisional[k] = ({chain}, h)
+        else:
+            old[0].add(chain)
+            old[1].count += 1
+            old[1].last_line = max(old[1].last_line, line_no)
+
+    # ---- end of input ---------------------------------------------------------------------
+    def finish(self) -> list[Hit]:
+        for key, (chains, h) in self.provisional.items():
+            if chains <= self.explained_chains:
+                continue  # every occurrence was explained by a specific pattern in its chain
+            self.hits.setdefault(key, h)
+        self._loss_findings()
+        out = list(self.hits.values())
+        out.sort(key=lambda h: (0 if h.severity == "error" else 1, h.line, h.pattern))
+        return out
+
+    def _loss_findings(self) -> None:
+        fx: dict[str, Any] | None
+        if self.nan_first is not None:
+            first = self.nan_first
+            n = self.finite_before_nan
+            values: dict[str, Any] = {"key": self.nan_key, "finite_logs_before": n, "nan_logs": self.nan_count}
+            where: list[str] = []
+            if first.step is not None:
+                where.append(f"step {first.step}")
+            elif self.nan_bar_step is not None:
+                where.append(f"around step {self.nan_bar_step}")
+                values["step"] = self.nan_bar_step
+            if first.epoch is not None:
+                where.append(f"epoch {first.epoch:g}")
+            at = f" at {', '.join(where)}" if where else ""
+            if first.epoch is not None:
+                values["epoch"] = first.epoch
+            if first.step is not None:
+                values["step"] = first.step
+            if n == 0:
+                cause = (f"the {self.nan_key} was NaN from the first logged step{at}: the forward pass overflows "
+                         "(fp16) or the weights / compute dtype are broken")
+                fx = FIX_DTYPE_FP16_OFF
+            else:
+                lf = self.last_finite
+                cause = (f"the {self.nan_key} became NaN{at} after {n} finite loss log{'s' if n != 1 else ''}"
+                         + (f" (last finite loss {lf.value:g} at line {lf.line})" if lf else "")
+                         + ": training diverged (learning rate too high, or fp16 overflow)")
+                if lf is not None:
+                    values["last_finite_loss"] = lf.value
+                    values["last_finite_line"] = lf.line
+                grads = [x.grad_norm for x in self.losses if x.grad_norm is not None and math.isfinite(x.grad_norm)
+                         and x.line < first.line]
+                if len(grads) >= 3 and grads[-1] > 10 * (sorted(grads)[len(grads) // 2] or 1e-9):
+                    cause += f"; grad_norm grew to {grads[-1]:g} just before"
+                fx = FIX_LR
+            h = self.add("loss_nan", "", first.line, self.nan_excerpt, cause, "error", fx, values)
+            h.count = self.nan_count
+            h.last_line = self.nan_last
+            return
+        finite = [x for x in self.losses if math.isfinite(x.value)]
+        head_src = self.loss_head or finite
+        if len(finite) >= 3 and all(x.value == 0.0 for x in finite[-3:]):
+            k = len(finite) - 1
+            while k > 0 and finite[k - 1].value == 0.0:
+                k -= 1
+            first = finite[k]
+            self.add("loss_zero", "", first.line, f"'loss': 0.0 (from line {first.line})",
+                     f"the logged loss is exactly 0 for {len(finite) - k} logs from line {first.line}: every label is "
+                     "masked (response template not found) or fp16 broke the loss", "warning",
+                     BY_ID["loss_zero"].fix, {"zero_logs": len(finite) - k}).last_line = finite[-1].line
+            return
+        if len(finite) < 8:
+            return
+        tail = finite[-min(20, len(finite)):]
+        vals = [x.value for x in tail]
+        mean = sum(vals) / len(vals)
+        spread = max(vals) - min(vals)
+        vocab = self.vocab_size or self.vocab_from_log
+        if spread > max(0.08 * mean, 0.15):
+            return
+        if vocab:
+            ln_v = math.log(vocab)
+            if abs(mean - ln_v) > max(0.5, 0.06 * ln_v):
+                return
+        elif not (6.5 <= mean <= 13.0):
+            return
+        else:
+            ln_v = mean
+        head = [x.value for x in head_src[:5]]
+        head_mean = sum(head) / len(head)
+        values = {"plateau_loss": round(mean, 4), "ln_vocab": round(ln_v, 4), "logs": self.finite_count,
+                  "first_loss": head_src[0].value}
+        if vocab:
+            values["vocab_size"] = vocab
+        else:
+            values["vocab_size_estimate"] = int(round(math.exp(mean)))
+        vtxt = f"ln({vocab}) = {ln_v:.2f}" if vocab else f"ln(vocab) ≈ {mean:.2f}, a vocabulary of ~{int(round(math.exp(mean)))} tokens"
+        if head_mean < mean - 1.0:
+            cause = (f"the loss rose from {head_mean:.2f} to a flat {mean:.2f} = {vtxt}: the model collapsed to "
+                     "uniform predictions (learning rate too high, or fp16 overflow)")
+            fx = FIX_LR
+        else:
+            cause = (f"the loss sits flat at {mean:.2f} = {vtxt} from the start: the model predicts every token "
+                     "as equally likely, so it is not learning (weights not loaded / random, nothing trainable, "
+                     "or learning rate 0)")
+            fx = BY_ID["loss_flat"].fix
+        self.add("loss_flat", "", tail[0].line, f"loss ≈ {mean:.3f} over {len(tail)} logs", cause, "error", fx,
+                 values).last_line = tail[-1].line
+
+
+def _excerpt(text: str, limit: int = 300) -> str:
+    t = mask_text(text.strip())
+    return t if len(t) <= limit else t[: limit - 1] + "…"
+
+
+# --------------------------------------------------------------------------------------------
+# CUDA OOM: numbers, phase, late step, fragmentation, other processes
+# --------------------------------------------------------------------------------------------
+
+_OOM_NEW = re.compile(
+    rf"Tried to allocate (?P<try>{SIZE})\.? ?GPU (?P<gpu>\d+) has a total capacity of (?P<total>{SIZE}) of which "
+    rf"(?P<free>{SIZE}) is free\.(?P<procs>.*?)Of the allocated memory (?P<alloc>{SIZE}) is allocated by PyTorch,"
+    rf"(?: with (?P<priv>{SIZE}) allocated in private pools \(e\.g\., CUDA Graphs\),)? and (?P<unalloc>{SIZE}) is reserved"
+    rf" by PyTorch but unallocated"
+)
+_OOM_OLD = re.compile(
+    rf"Tried to allocate (?P<try>{SIZE}) \(GPU (?P<gpu>\d+); (?P<total>{SIZE}) total capacity; (?P<alloc>{SIZE}) already "
+    rf"allocated; (?P<free>{SIZE}) free;(?: (?P<allowed>{SIZE}) allowed;)? (?P<reserved>{SIZE}) reserved in total by PyTorch"
+)
+_OOM_TRY = re.compile(rf"Tried to allocate (?P<try>{SIZE})")
+_PROC = re.compile(rf"Process (?P<pid>\d+) has (?P<mem>{SIZE}) memory in use")
+_THIS_PROC = re.compile(rf"this process has (?P<mem>{SIZE}) memory in use")
+
+
+def _oom(m: re.Match[str], ctx: _Ctx) -> list[tuple[str, dict[str, Any]]]:
+    """The OOM hit (id by phase) plus fragmentation / other-process findings from its numbers."""
+    joined = " ".join([ctx.line, *[a.strip() for a in ctx.after[:6]]])
+    joined = re.sub(r"\s+", " ", joined)
+    v: dict[str, Any] = {}
+    nm = _OOM_NEW.search(joined)
+    om = _OOM_OLD.search(joined) if not nm else None
+    if nm:
+        v.update(
+            tried_to_allocate_bytes=size_bytes(nm.group("try")), gpu=int(nm.group("gpu")),
+            total_bytes=size_bytes(nm.group("total")), free_bytes=size_bytes(nm.group("free")),
+            allocated_bytes=size_bytes(nm.group("alloc")), reserved_unallocated_bytes=size_bytes(nm.group("unalloc")),
+        )
+        v["reserved_bytes"] = (v["allocated_bytes"] or 0) + (v["reserved_unallocated_bytes"] or 0) + (size_bytes(nm.group("priv")) or 0)
+        procs = [{"pid": int(p.group("pid")), "bytes": size_bytes(p.group("mem"))} for p in _PROC.finditer(nm.group("procs"))]
+        this = _THIS_PROC.search(nm.group("procs"))
+        if procs:
+            v["processes"] = procs
+        if this:
+            v["this_process_bytes"] = size_bytes(this.group("mem"))
+        v["other_process_bytes"] = _other_process_bytes(procs, v.get("this_process_bytes"), v["reserved_bytes"])
+    elif om:
+        reserved = size_bytes(om.group("reserved")) or 0
+        alloc = size_bytes(om.group("alloc")) or 0
+        v.update(
+            tried_to_allocate_bytes=size_bytes(om.group("try")), gpu=int(om.group("gpu")),
+            total_bytes=size_bytes(om.group("total")), free_bytes=size_bytes(om.group("free")),
+            allocated_bytes=alloc, reserved_bytes=reserved, reserved_unallocated_bytes=max(0, reserved - alloc),
+        )
+    else:
+        tm = _OOM_TRY.search(joined)
+        if tm:
+            v["tried_to_allocate_bytes"] = size_bytes(tm.group("try"))
+    phase = ctx.phase()
+    step = ctx.engine.step()
+    v["phase"] = phase
+    if step is not None:
+        v["step"] = step
+    logs_before = ctx.engine.loss_count
+    late = phase == "train" and ((step is not None and step >= 20) or (step is None and logs_before >= 10))
+    pid = {"eval": "cuda_oom_eval", "loading": "cuda_oom_loading", "save": "cuda_oom_save"}.get(phase, "cuda_oom")
+    if late:
+        pid = "cuda_oom_late"
+    nums = ""
+    if v.get("tried_to_allocate_bytes") is not None:
+        nums = f"tried to allocate {human(v['tried_to_allocate_bytes'])}"
+        if v.get("total_bytes"):
+            nums += f" with {human(v.get('free_bytes'))} free of {human(v['total_bytes'])}"
+        if v.get("reserved_bytes"):
+            nums += f"; PyTorch held {human(v['reserved_bytes'])}"
+    where = {"eval": "while evaluating", "loading": "while loading the model", "save": "while saving a checkpoint",
+             "train": "in a training step"}[phase]
+    cause = f"CUDA ran out of memory {where}"
+    if step is not None and phase == "train":
+        cause += " (the first step)" if step == 0 else f" (step {step})"
+    if nums:
+        cause += f": {nums}"
+    if pid == "cuda_oom_late":
+        cause += (f". It ran {step if step is not None else logs_before} steps{'' if step is not None else ' (logs)'} fine "
+                  "first, so one long batch is the outlier: cap max_seq_length or drop the longest examples rather "
+                  "than shrinking the batch")
+    elif pid == "cuda_oom_eval":
+        cause += ". Training steps fit; the evaluation batch does not: lower per_device_eval_batch_size"
+    total = v.get("total_bytes") or 0
+    other = v.get("other_process_bytes") or 0
+    other_flag = bool(total and other >= max(512 * 1024**2, int(0.05 * total)))
+    if other_flag:
+        cause += f". Other processes held {human(other)} of this GPU: free it first, then see if the run fits"
+    elif pid == "cuda_oom":
+        cause += ". The batch's activations do not fit"
+    culprit = ctx.culprit()
+    if culprit:
+        v["raised_in"] = f"{culprit['file']}:{culprit['line']} in {culprit['function']}"
+    out: list[tuple[str, dict[str, Any]]] = [(pid, {"values": v, "cause": cause, "key": ""})]
+    unalloc = v.get("reserved_unallocated_bytes") or 0
+    tried = v.get("tried_to_allocate_bytes") or 0
+    if total and unalloc >= max(tried, int(0.05 * total)):
+        out.append(("cuda_oom_fragmentation", {
+            "values": {k: v.get(k) for k in ("reserved_unallocated_bytes", "tried_to_allocate_bytes", "total_bytes")},
+            "cause": (f"{human(unalloc)} was reserved by PyTorch but unallocated — more than the "
+                      f"{human(tried)} it needed — so the cache is fragmented"),
+            "fix": FIX_ALLOC_CONF, "severity": "warning"}))
+    if other_flag:
+        out.append(("gpu_other_process", {
+            "values": {"other_process_bytes": other, "total_bytes": total, "processes": v.get("processes")},
+            "cause": (f"other processes held {human(other)} of the GPU's {human(total)} when it ran out"
+                      + (": freeing them would have left room" if other + (v.get("free_bytes") or 0) >= tried else "")),
+            "fix": FIX_OTHER_PROCESS}))
+    return out
+
+
+def _other_process_bytes(procs: list[dict[str, Any]], this: int | None, reserved: int) -> int:
+    """Memory held by processes other than the training one.
+
+    With "this process has X" in the message, every "Process N" is another process. Without it
+    (containers hide our own pid), our process is the entry that best covers PyTorch's reserved
+    memory; the rest belong to others.
+    """
+    if not procs:
+        return 0
+    if this is not None:
+        return sum(p["bytes"] or 0 for p in procs)
+    if len(procs) == 1:
+        return 0
+    cands = [p for p in procs if (p["bytes"] or 0) >= 0.9 * reserved] or procs
+    own = min(cands, key=lambda p: abs((p["bytes"] or 0) - reserved))
+    return sum(p["bytes"] or 0 for p in procs if p is not own)
+
+
+# --------------------------------------------------------------------------------------------
+# Drivers
+# --------------------------------------------------------------------------------------------
+
+_Result = tuple[int, list[tuple[int, int, bytes, int]]]
+
+
+def _feed(engine: _Engine, line0: int, records: list[tuple[int, int, bytes, int]]) -> None:
+    recs: list[tuple[int, str, int]] = []
+    last: tuple[int, str] | None = None
+    for off, rel, text, kind in records:
+        if off <= engine.watermark:
+            continue  # already seen as lookahead of the previous block
+        item = (line0 + rel + 1, _clean(text))
+        if item == last:
+            continue
+        last = item
+        recs.append((item[0], item[1], kind))
+        engine.watermark = off
+    for i in range(len(recs)):
+        engine.record(recs, i)
+
+
+def _stream_blocks(chunks: Iterable[bytes]) -> Iterator[_Result]:
+    """Cut a byte stream into line-aligned blocks (with lookahead) and scan each."""
+    buf = b""
+    base = 0
+    for chunk in chunks:
+        if not chunk:
+            continue
+        buf += chunk
+        while len(buf) >= BLOCK + LOOKAHEAD:
+            cut = buf.rfind(b"\n", 0, len(buf) - LOOKAHEAD) + 1
+            if cut <= 0:
+                cut = len(buf) - LOOKAHEAD  # one giant line: split it
+            nl, recs = _scan_chunk(buf, 0, cut, False)
+            yield nl, [(base + a, rel, t, k) for a, rel, t, k in recs]
+            buf = buf[cut:]
+            base += cut
+    if buf:
+        nl, recs = _scan_chunk(buf, 0, len(buf), True)
+        yield nl, [(base + a, rel, t, k) for a, rel, t, k in recs]
+
+
+def _file_blocks(path: str, size: int) -> Iterator[_Result]:
+    """Scan a big regular file's blocks in worker processes, results in file order."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    import threading
+
+    workers = max(1, min(MAX_WORKERS, (os.cpu_count() or 1)))
+    methods = mp.get_all_start_methods()
+    # fork is cheapest, but not from a process with other threads (the TUI scans from a worker)
+    if "fork" in methods and threading.active_count() == 1:
+        method = "fork"
+    else:
+        method = "forkserver" if "forkserver" in methods else "spawn"
+    ranges = [(s, min(size, s + BLOCK)) for s in range(0, size, BLOCK)]
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method)) as ex:
+        pending: list[Any] = []
+        it = iter(ranges)
+        for s, e in it:
+            pending.append(ex.submit(_scan_range, path, s, e, size, LOOKAHEAD))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            fut = pending.pop(0)
+            _s, _e, nl, recs = fut.result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(ex.submit(_scan_range, path, nxt[0], nxt[1], size, LOOKAHEAD))
+            yield nl, [(off, rel, t, k) for off, rel, t, k in recs]
+
+
+def _run(name: str, blocks: Iterable[_Result], vocab_size: int | None) -> list[Hit]:
+    engine = _Engine(name, vocab_size)
+    lines = 0
+    for nl, records in blocks:
+        _feed(engine, lines, records)
+        lines += nl
+    return engine.finish()
+
+
+def scan_file(path: str | os.PathLike[str], *, vocab_size: int | None = None) -> list[Hit]:
+    """Diagnose a training log file. Raises OSError (FileNotFoundError, IsADirectoryError, …)
+    when it cannot be read; any content, binary included, is scanned without error."""
+    p = os.fspath(path)
+    size = os.path.getsize(p)
+    if os.path.isdir(p):
+        raise IsADirectoryError(p)
+    if size >= PARALLEL_MIN and (os.cpu_count() or 1) > 1 and os.path.isfile(p):
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return _run(p, _file_blocks(p, size), vocab_size)
+        except (BrokenProcessPool, PermissionError, NotImplementedError):
+            pass  # no worker processes here (sandbox, no /dev/shm): one streaming pass instead
+
+    def chunks() -> Iterator[bytes]:
+        with open(p, "rb") as f:
+            while True:
+                b = f.read(BLOCK)
+                if not b:
+                    return
+                yield b
+
+    return _run(p, _stream_blocks(chunks()), vocab_size)
+
+
+def scan_lines(lines: Iterable[str | bytes], name: str = "<log>", *, vocab_size: int | None = None) -> list[Hit]:
+    """Diagnose log lines (one item per line, with or without its newline) from any source."""
+
+    def chunks() -> Iterator[bytes]:
+        parts: list[bytes] = []
+        size = 0
+        for ln in lines:
+            b = ln if isinstance(ln, bytes) else str(ln).encode("utf-8", "replace")
+            if not b.endswith((b"\n", b"\r")):
+                b += b"\n"
+            parts.append(b)
+            size += len(b)
+            if size >= BLOCK:
+                yield b"".join(parts)
+                parts, size = [], 0
+        if parts:
+            yield b"".join(parts)
+
+    return _run(name, _stream_blocks(chunks()), vocab_size)

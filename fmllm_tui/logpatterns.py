@@ -1,0 +1,907 @@
+"""The table of training-log failure patterns that :mod:`fmllm_tui.logdiag` scans for.
+
+Each :class:`Pattern` names one failure: the regex that finds it on a (cleaned) log line, the
+cause in plain words, its severity and its fix (a fixer id with config changes, or the exact
+shell command when the remedy is not a config change). Patterns whose ``rx`` is ``None`` are
+*derived*: the engine emits them from several lines or from another pattern's numbers (an OOM
+in evaluation, NaN loss after N finite steps, loss flat at ln(vocab), …).
+
+Wordings follow several library versions (torch 1.13-2.x OOM formats, transformers 4.3x-5.x,
+bitsandbytes 0.39-0.50, huggingface_hub 0.x-1.x); see shared/research/finetune-runners-and-errors.md §2.
+No torch/transformers imports here: this module is plain data and regexes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# --------------------------------------------------------------------------------------------
+# Fixes
+# --------------------------------------------------------------------------------------------
+
+
+def fix(
+    fix_id: str | None,
+    summary: str,
+    changes: list[tuple[str, Any]] | None = None,
+    shell: str | None = None,
+) -> dict[str, Any]:
+    """A fix in the JSON shape Hit.fix uses: canonical config keys in ``changes``."""
+    return {
+        "id": fix_id,
+        "changes": [{"key": k, "to": v} for k, v in (changes or [])],
+        "shell": shell,
+        "summary": summary,
+    }
+
+
+FIX_MEMORY = fix(
+    "memory.fit",
+    "make the step fit: batch 1 with more gradient accumulation, gradient checkpointing on, "
+    "then a shorter max_seq_length (fmllm-check plans the numbers)",
+    [
+        ("training.per_device_train_batch_size", "halve"),
+        ("training.gradient_accumulation_steps", "double"),
+        ("training.gradient_checkpointing", True),
+    ],
+)
+FIX_MEMORY_LOAD = fix(
+    "memory.fit",
+    "the weights alone do not fit in GPU memory: load the model in 4-bit, pick a smaller model "
+    "or a bigger GPU, and make sure nothing else holds the GPU",
+    [("quantization.use_4bit", True)],
+)
+FIX_EVAL_BATCH = fix(
+    "training.eval_batch",
+    "evaluation ran out of memory, not training: lower the eval batch and leave the train batch alone",
+    [("training.per_device_eval_batch_size", "halve")],
+)
+FIX_SEQ_LEN = fix(
+    "training.max_seq_length",
+    "it ran out of memory after many good steps: one long batch is the outlier, not the batch size; "
+    "cap max_seq_length or drop the longest examples from the data",
+    [("training.max_seq_length", "halve")],
+)
+FIX_ALLOC_CONF = fix(
+    "env.alloc_conf",
+    "the allocator's cache is fragmented: let PyTorch grow segments instead of splitting them",
+    shell="export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True",
+)
+FIX_SAVE_OOM = fix(
+    "env.alloc_conf",
+    "saving needs GPU memory on top of the training state: set expandable segments; under FSDP "
+    "save a sharded state dict; or save less often",
+    shell="export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True",
+)
+FIX_OTHER_PROCESS = fix(
+    None,
+    "another process holds GPU memory: stop it (or pick another GPU with CUDA_VISIBLE_DEVICES)",
+    shell="nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv",
+)
+FIX_DTYPE_BF16_OFF = fix(
+    "dtype.compute",
+    "this GPU has no bf16: train in fp16 with fp16 compute dtype (or fp32 on very old GPUs)",
+    [("training.bf16", False), ("training.fp16", True), ("quantization.bnb_4bit_compute_dtype", "float16")],
+)
+FIX_DTYPE_FP16_OFF = fix(
+    "dtype.compute",
+    "fp16 overflows or keeps fp16 trainable weights: use bf16 if the GPU has it (Ampere or newer), else fp32 adapters",
+    [("training.fp16", False), ("training.bf16", True), ("quantization.bnb_4bit_compute_dtype", "bfloat16")],
+)
+FIX_DTYPE_MATCH = fix(
+    "dtype.compute",
+    "make the compute dtype match the mixed-precision setting (bf16 with bfloat16, fp16 with float16)",
+    [("quantization.bnb_4bit_compute_dtype", "match training precision")],
+)
+FIX_SDPA = fix(
+    "attn.sdpa",
+    "use PyTorch's built-in SDPA attention instead of flash-attn (nearly as fast, no extra wheel)",
+    [("fmllm.attn_implementation", "sdpa")],
+)
+FIX_GC_REENTRANT = fix(
+    "training.gc_reentrant",
+    "use non-reentrant gradient checkpointing so gradients reach the LoRA adapters",
+    [("training.gradient_checkpointing_kwargs", {"use_reentrant": False})],
+)
+FIX_GC_REENTRANT_TRUE = fix(
+    "training.gc_reentrant",
+    "QLoRA under ZeRO-3/FSDP needs reentrant checkpointing (TRL forces it for the same reason)",
+    [("training.gradient_checkpointing_kwargs", {"use_reentrant": True})],
+)
+FIX_PAD = fix(
+    "tokenizer.pad_token",
+    "give the tokenizer a pad token that is already in its vocabulary (the eos token works)",
+    [("fmllm.pad_token", "eos_token")],
+)
+FIX_LR = fix(
+    "training.learning_rate",
+    "lower the learning rate (and keep warmup and max_grad_norm on)",
+    [("training.learning_rate", "halve")],
+)
+FIX_MODEL_ID = fix(
+    "model.id",
+    "check base_model_name: a Hub id is owner/name exactly as on huggingface.co, or a local folder with config.json",
+    [("base_model_name", "an existing model id or local path")],
+)
+FIX_ADAPTER = fix(
+    "model.adapter",
+    "a 4-bit model can't be trained directly: attach LoRA adapters",
+    [("use_adapter", True)],
+)
+FIX_FSDP = fix(
+    "distributed.fsdp_storage",
+    "FSDP needs the 4-bit weights stored in the model dtype (bnb_4bit_quant_storage=bfloat16) and "
+    "use_orig_params=false; bitsandbytes >= 0.43",
+)
+FIX_SAVE_LIMIT = fix(
+    "training.save_total_limit",
+    "the disk is full: keep fewer checkpoints, and check free space where the run writes",
+    [("training.save_total_limit", 2)],
+    shell="df -h .",
+)
+FIX_BNB = fix(None, "reinstall bitsandbytes for this CUDA and check it loads", shell="pip install -U bitsandbytes && python -m bitsandbytes")
+FIX_LOGIN = fix(None, "accept the model's licence on its Hub page, then log in with a token that has access", shell="huggingface-cli login")
+FIX_NCCL = fix(
+    None,
+    "one rank is stuck or slow: find it with NCCL_DEBUG=INFO, tokenize the data before launch, "
+    "raise ddp_timeout, and on PCIe consumer GPUs keep NCCL P2P to NVLink",
+    shell="export NCCL_DEBUG=INFO NCCL_P2P_LEVEL=NVL",
+)
+FIX_HOST_RAM = fix(
+    None,
+    "the machine ran out of RAM and the kernel killed the process: fewer dataloader/preprocessing "
+    "workers, add swap, load with low_cpu_mem_usage/safetensors (check with: dmesg | grep -i 'killed process')",
+    shell="free -h",
+)
+FIX_TORCH_CUDA = fix(
+    None,
+    "install a PyTorch build whose CUDA kernels cover this GPU (RTX 50-series needs CUDA 12.8 builds)",
+    shell="pip install -U torch --index-url https://download.pytorch.org/whl/cu128",
+)
+FIX_CUDA_DEBUG = fix(
+    None,
+    "CUDA errors are reported late; rerun with synchronous launches to see the real failing call",
+    shell="export CUDA_LAUNCH_BLOCKING=1",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Sizes and small helpers used by extractors
+# --------------------------------------------------------------------------------------------
+
+SIZE = r"[\d.]+ ?(?:bytes|[KMGTP]i?B)"
+_UNIT = {"bytes": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4,
+         "PiB": 1024**5, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4, "PB": 1000**5}
+
+
+def size_bytes(text: str | None) -> int | None:
+    """'2.00 GiB' -> 2147483648; None when it isn't a size."""
+    if not text:
+        return None
+    m = re.match(r"\s*([\d.]+) ?(bytes|[KMGTP]i?B)", text)
+    if not m:
+        return None
+    try:
+        return int(float(m.group(1)) * _UNIT[m.group(2)])
+    except (ValueError, KeyError):
+        return None
+
+
+def human(n: int | float | None) -> str:
+    """Bytes as '1.50 GiB' (the way torch prints them)."""
+    if n is None:
+        return "?"
+    n = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{int(n)} bytes" if unit == "bytes" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+PIP_NAMES = {
+    "flash_attn": "flash-attn", "flash_attn_2_cuda": "flash-attn", "sklearn": "scikit-learn",
+    "PIL": "pillow", "yaml": "pyyaml", "cv2": "opencv-python", "google": "protobuf",
+    "sentencepiece": "sentencepiece", "bitsandbytes": "bitsandbytes", "peft": "peft", "trl": "trl",
+    "transformers": "transformers", "accelerate": "accelerate", "datasets": "datasets",
+    "deepspeed": "deepspeed", "xformers": "xformers", "liger_kernel": "liger-kernel",
+    "protobuf": "protobuf", "tiktoken": "tiktoken", "einops": "einops",
+}
+
+
+def pip_name(module: str) -> str:
+    """The pip package that provides an importable top-level module."""
+    top = module.split(".")[0]
+    return PIP_NAMES.get(top, top.replace("_", "-"))
+
+
+# --------------------------------------------------------------------------------------------
+# The pattern type
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One failure the scanner knows: how it reads in a log, why it happens and what fixes it."""
+
+    id: str
+    severity: str  # "error" | "warning"
+    title: str
+    cause: str
+    fix: dict[str, Any] | None
+    rx: re.Pattern[str] | None = None  # None: derived by the engine from several lines
+    needles: tuple[str, ...] = ()  # cheap substring test before the regex (any one must be present)
+    extract: Callable[..., dict[str, Any] | None] | None = None
+    span: int = 0  # following lines joined to the hit line before matching (messages split over lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "severity": self.severity, "title": self.title, "cause": self.cause,
+                "fix": self.fix, "derived": self.rx is None}
+
+
+def _p(id: str, severity: str, title: str, cause: str, fix_: dict[str, Any] | None, rx: str | None,
+       needles: tuple[str, ...] = (), extract: Callable[..., dict[str, Any] | None] | None = None,
+       flags: int = 0, span: int = 0) -> Pattern:
+    return Pattern(id, severity, title, cause, fix_, re.compile(rx, flags) if rx else None, needles, extract, span)
+
+
+# --------------------------------------------------------------------------------------------
+# Extractors for single-line patterns (the OOM extractor lives in logdiag: it needs run state)
+# --------------------------------------------------------------------------------------------
+
+_REPO_URL = re.compile(r"huggingface\.co/(?:api/models/)?([\w.-]+/[\w.-]+?)(?:/resolve/|/tree/|/revision/|[\s.'\"]*$|\.\s|[\s'\"])")
+_REPO_NAMED = re.compile(r"(?:[Mm]odel|[Rr]epo(?:sitory)?)\s+[`'\"]?([\w.-]+/[\w.-]+?)[`'\"]?(?:\s+is|\.\s|[\s,:]|$)")
+
+
+def _repo_id(ctx: Any) -> dict[str, Any]:
+    """Hub repo id from the line or the lines after it (URLs or 'model X is restricted')."""
+    for text in [ctx.line, *ctx.after[:8]]:
+        for rx in (_REPO_URL, _REPO_NAMED):
+            m = rx.search(text)
+            if m and m.group(1) not in ("docs/huggingface_hub", "docs/transformers"):
+                return {"repo_id": m.group(1)}
+    m = re.search(r"^(?:OSError: )?([\w.-]+(?:/[\w.-]+)?) is not a local folder", ctx.line)
+    if m:
+        return {"repo_id": m.group(1)}
+    return {}
+
+
+def _x_repo(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    values = _repo_id(ctx)
+    out: dict[str, Any] = {"values": values, "key": values.get("repo_id", "")}
+    if values.get("repo_id"):
+        out["cause_suffix"] = f" (repo: {values['repo_id']})"
+    return out
+
+
+def _x_gated(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    out = _x_repo(m, ctx)
+    text = " ".join([ctx.line, *ctx.after[:8]])
+    if re.search(r"awaiting a review|not in the authorized list|403", text):
+        out["values"]["access"] = "pending or refused"
+        out["cause"] = ("the model is gated and your access request is pending or was refused (403): "
+                        "logging in again will not help until the owners approve it")
+    elif re.search(r"401|must be authenticated|log ?in", text, re.I):
+        out["values"]["access"] = "not authenticated"
+    return out
+
+
+def _x_missing_module(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    mod = next(g for g in m.groups() if g)
+    if m.group(2):
+        mod = mod.lower()
+    pkg = pip_name(mod)
+    f = fix(None, f"install the missing package '{pkg}'", shell=f"pip install {pkg}")
+    if mod.split(".")[0] in ("flash_attn", "flash_attn_2_cuda"):
+        f = FIX_SDPA
+    return {"values": {"module": mod, "package": pkg}, "key": mod, "fix": f,
+            "cause": f"Python module '{mod}' is not installed in this environment (pip package '{pkg}')"}
+
+
+def _x_nccl(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    v: dict[str, Any] = {}
+    text = ctx.line
+    for name, rx in (("op", r"OpType=(\w+)"), ("timeout_ms", r"Timeout\(ms\)=(\d+)"),
+                     ("ran_ms", r"ran for (\d+) milliseconds"), ("rank", r"\[Rank (\d+)\]"),
+                     ("seq", r"SeqNum=(\d+)")):
+        mm = re.search(rx, text)
+        if mm:
+            v[name] = int(mm.group(1)) if mm.group(1).isdigit() else mm.group(1)
+    cause = "a collective operation (all-reduce/broadcast) waited past the NCCL timeout: one rank never joined"
+    if "op" in v or "timeout_ms" in v:
+        cause += f" ({v.get('op', 'op ?')}, timeout {int(v.get('timeout_ms', 0)) // 1000}s)"
+    return {"values": v, "cause": cause, "key": ""}
+
+
+def _x_device_mismatch(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    devs = re.findall(r"\b(cuda:\d+|cpu|meta|mps)\b", ctx.line)
+    uniq = list(dict.fromkeys(devs))
+    v = {"devices": uniq} if uniq else {}
+    cause = "tensors of one operation sit on different devices"
+    if uniq:
+        cause += f" ({' and '.join(uniq)})"
+    if "cpu" in uniq or "meta" in uniq:
+        cause += ": part of the model was offloaded (device_map='auto' ran out of GPU memory) or a batch was not moved to the GPU"
+    elif len(uniq) > 1:
+        cause += ": the model was spread over several GPUs (device_map='auto') while running one process per GPU"
+    return {"values": v, "cause": cause}
+
+
+def _x_no_kernel(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    v: dict[str, Any] = {}
+    mm = re.search(r"(?:^|:\s)([^:]+?) with CUDA capability (sm_\d+)", ctx.line)
+    if mm:
+        v = {"gpu": mm.group(1).strip(" :"), "arch": mm.group(2)}
+    text = " ".join(ctx.after[:3])
+    sup = re.search(r"supports CUDA capabilities ([\w ]+?)\.", text + " " + ctx.line)
+    if sup:
+        v["supported"] = sup.group(1).split()
+    cause = "this PyTorch build has no CUDA kernels for the GPU"
+    if v.get("arch"):
+        cause += f" ({v.get('gpu', 'GPU')} is {v['arch']})"
+    return {"values": v, "cause": cause}
+
+
+def _x_flat_param(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    dts = re.findall(r"torch\.(\w+)", ctx.line)
+    return {"values": {"dtypes": dts} if dts else {}}
+
+
+def _x_target_modules(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    mods = re.findall(r"'([\w.]+)'", m.group(0) + ctx.line)
+    return {"values": {"modules": sorted(set(mods))} if mods else {}}
+
+
+def _x_seq_len(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    return {"values": {"length": int(m.group(1)), "model_max": int(m.group(2))},
+            "cause": f"an example tokenizes to {m.group(1)} tokens, more than the model's {m.group(2)}: it will be cut, or fail"}
+
+
+def _x_disk(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
+    if "</torch_" in ctx.line or "/dev/shm" in ctx.line:
+        return None  # shared memory, not the disk: shm_exhausted owns it
+    path = None
+    mm = re.search(r"No space left on device:? ['\"]?([^'\"\s]+)", ctx.line)
+    if mm:
+        path = mm.group(1)
+    v = {"path": path} if path else {}
+    f = dict(FIX_SAVE_LIMIT)
+    if path:
+        import os.path as _osp
+
+        d = path if path.endswith("/") else _osp.dirname(path) or "."
+        f["shell"] = f"df -h {d}"
+        if ".cache/huggingface" in path:
+            f = fix(None, "the Hugging Face cache filled the disk: move it to a bigger disk (HF_HOME) or clear old models",
+                    shell="huggingface-cli delete-cache")
+    return {"values": v, "fix": f}
+
+
+def _x_sigkill(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    text = m.group(0)
+    if "DefaultCPUAllocator" in text or "MemoryError" in text:
+        mm = re.search(r"allocate (\d+) bytes", ctx.line)
+        v = {"tried_to_allocate_bytes": int(mm.group(1))} if mm else {}
+        return {"values": v, "cause": "host RAM ran out: a CPU memory allocation failed"
+                + (f" ({human(v['tried_to_allocate_bytes'])})" if v else "")}
+    return {"values": {"signal": 9}}
+
+
+def _x_signal(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    mm = re.search(r"got signal: (\d+)", ctx.line)
+    sig = int(mm.group(1)) if mm else None
+    names = {1: "SIGHUP: the terminal or SSH session that started it closed",
+             15: "SIGTERM: something stopped it (a job scheduler, a time limit, or kill)",
+             2: "SIGINT: Ctrl-C"}
+    if sig is None:
+        return {}
+    return {"values": {"signal": sig}, "key": str(sig),
+            "cause": f"the launcher got signal {sig} — " + names.get(sig, "an external signal stopped the run")}
+
+
+def _x_data(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    v: dict[str, Any] = {}
+    for text in [ctx.line, *ctx.after[:6]]:
+        mm = re.search(r"in row (\d+)|line (\d+) column (\d+)", text)
+        if mm:
+            if mm.group(1):
+                v["row"] = int(mm.group(1))
+            else:
+                v["line"], v["column"] = int(mm.group(2)), int(mm.group(3))
+            break
+    out: dict[str, Any] = {"values": v}
+    if v:
+        where = f"row {v['row']}" if "row" in v else f"line {v['line']}, column {v['column']}"
+        out["cause_suffix"] = f" (parser stopped at {where})"
+    return out
+
+
+def _x_cuda_error(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
+    msg = m.group(1).strip()
+    low = msg.lower()
+    if "out of memory" in low or "no kernel image" in low or "device-side assert" in low:
+        return None  # owned by cuda_oom / no_kernel_image / token_id_out_of_range
+    v: dict[str, Any] = {"cuda_error": msg}
+    out: dict[str, Any] = {"values": v, "key": msg[:60]}
+    culprit = ctx.culprit()
+    if culprit.get("package") in ("bitsandbytes", "flash_attn", "xformers", "triton", "deepspeed", "liger_kernel"):
+        pkg = culprit["package"]
+        v["package"] = pkg
+        out["cause"] = (f"a CUDA kernel from {pkg} failed ({msg}); the last frame is in {pkg}: "
+                        f"a build that doesn't match this GPU/CUDA, or a bug in that version")
+        out["fix"] = fix(None, f"reinstall {pip_name(pkg)} built for this torch/CUDA", shell=f"pip install -U --force-reinstall {pip_name(pkg)}")
+        if pkg == "flash_attn":
+            out["fix"] = FIX_SDPA
+    return out
+
+
+def _x_token_range(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    if "device-side assert" in m.group(0):
+        return {"cause": "a CUDA kernel assertion failed: almost always a token or label id outside the vocabulary "
+                         "(a new pad token without resized embeddings, or labels out of range); rerun with "
+                         "CUDA_LAUNCH_BLOCKING=1 to see the exact call"}
+    return {}
+
+
+def _x_path(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    path = next((g for g in m.groups() if g), None)
+    if not path:
+        return {}
+    return {"values": {"path": path}, "key": path, "cause_suffix": f": {path}"}
+
+
+def _x_child_failed(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    """torch.distributed.elastic's failure report: which ranks died, how, and which went first."""
+    lines = ctx.after[:120]
+    failures: list[dict[str, Any]] = []
+    root: int | None = None
+    section = None
+    cur: dict[str, Any] | None = None
+    for raw in lines:
+        s = raw.strip()
+        if s.startswith("Failures:"):
+            section = "failures"
+            continue
+        if s.startswith("Root Cause"):
+            section = "root"
+            continue
+        if re.match(r"^\[\d+\]:", s):
+            cur = {"section": section}
+            failures.append(cur)
+            continue
+        if cur is None:
+            continue
+        mm = re.match(r"^rank\s*:\s*(\d+)", s)
+        if mm:
+            cur["rank"] = int(mm.group(1))
+            if section == "root":
+                root = cur["rank"]
+        mm = re.match(r"^exitcode\s*:\s*(-?\d+)", s)
+        if mm:
+            cur["exitcode"] = int(mm.group(1))
+        mm = re.search(r"Signal (\d+) \((\w+)\)", s)
+        if mm:
+            cur["signal"] = mm.group(2)
+        if s.startswith("=====") and cur is not None and section == "root":
+            break
+    ranks = sorted({f["rank"] for f in failures if "rank" in f})
+    codes = {f["rank"]: f.get("exitcode") for f in failures if "rank" in f}
+    v: dict[str, Any] = {"ranks": ranks, "exitcodes": codes}
+    if root is not None:
+        v["first_failed_rank"] = root
+    root_code = codes.get(root) if root is not None else None
+    root_fail = next((f for f in failures if f.get("rank") == root and f.get("section") == "root"), None)
+    sigs = [root_fail["signal"]] if root_fail and root_fail.get("signal") else (
+        [] if root_fail else [f.get("signal") for f in failures if f.get("signal")])
+    n = len(ranks)
+    cause = f"{n} rank{'s' if n != 1 else ''} of the distributed run died" if n else "the distributed launcher reports failed ranks"
+    if ranks:
+        cause += f" (ranks {', '.join(map(str, ranks))})"
+    if root is not None:
+        cause += f"; rank {root} failed first"
+        if root_code is not None:
+            cause += f" with exit code {root_code}"
+    fx: dict[str, Any] | None = fix(None, "read the first failed rank's own error above this report: the others died because it did")
+    extra: list[tuple[str, dict[str, Any]]] = []
+    if root_code == -9 or "SIGKILL" in sigs:
+        cause += ": SIGKILL, almost always the Linux OOM killer (host RAM ran out)"
+        fx = FIX_HOST_RAM
+        killed = [r for r, c in codes.items() if c == -9]
+        extra.append(("host_oom", {"values": {"signal": 9, "ranks": killed},
+                                   "cause": f"rank{'s' if len(killed) != 1 else ''} {', '.join(map(str, killed))} "
+                                            "got SIGKILL: the Linux OOM killer, because host RAM ran out"}))
+    elif root_code == -6 or "SIGABRT" in sigs:
+        cause += ": SIGABRT, typically the NCCL watchdog tearing the process down after a timeout"
+        fx = FIX_NCCL
+    exc = ctx.rank_exception(root) if root is not None else None
+    if exc:
+        v["first_error"] = exc
+        cause += f"; its error: {exc}"
+    return {"values": v, "cause": cause, "fix": fx, "extra": extra}
+
+
+# --------------------------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------------------------
+
+ERR = "error"
+WARN = "warning"
+
+PATTERNS: list[Pattern] = [
+    # ---- GPU memory -------------------------------------------------------------------------
+    _p("cuda_oom", ERR, "CUDA out of memory in a training step",
+       "the GPU ran out of memory in a training step: the batch's activations do not fit",
+       FIX_MEMORY,
+       r"(?:CUDA|HIP|XPU) out of memory\. Tried to allocate|OutOfMemoryError: (?:CUDA|HIP) out of memory"
+       r"|CUDA (?:driver )?error: out of memory|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_NOT_ENOUGH_MEMORY|cudaErrorMemoryAllocation",
+       ("out of memory", "ALLOC_FAILED", "NOT_ENOUGH_MEMORY", "cudaErrorMemoryAllocation")),
+    _p("cuda_oom_eval", ERR, "CUDA out of memory during evaluation",
+       "the GPU ran out of memory while evaluating (the eval batch or its logits), not while training",
+       FIX_EVAL_BATCH, None),
+    _p("cuda_oom_loading", ERR, "CUDA out of memory while loading the model",
+       "the GPU ran out of memory while loading the weights: the model does not fit as loaded",
+       FIX_MEMORY_LOAD, None),
+    _p("cuda_oom_save", ERR, "CUDA out of memory while saving a checkpoint",
+       "the GPU ran out of memory while saving a checkpoint (gathering the state dict)",
+       FIX_SAVE_OOM, None),
+    _p("cuda_oom_late", ERR, "CUDA out of memory at a late step",
+       "the GPU ran out of memory after many successful steps: one unusually long batch, not the batch size",
+       FIX_SEQ_LEN, None),
+    _p("cuda_oom_fragmentation", WARN, "GPU memory fragmentation",
+       "a large share of PyTorch's reserved memory was free but fragmented, so the allocation failed anyway",
+       FIX_ALLOC_CONF, None),
+    _p("gpu_other_process", ERR, "another process holds GPU memory",
+       "another process was holding a large part of the GPU's memory when training ran out",
+       FIX_OTHER_PROCESS, None),
+    _p("mps_oom", ERR, "MPS (Apple GPU) out of memory",
+       "the Apple GPU ran out of memory", FIX_MEMORY,
+       r"MPS backend out of memory", ("MPS backend out of memory",)),
+    _p("auto_batch_exhausted", ERR, "auto batch size reached zero",
+       "auto_find_batch_size halved the batch down to zero: even batch 1 does not fit",
+       fix("memory.fit", "even batch size 1 does not fit: shorten max_seq_length, use 4-bit and gradient checkpointing",
+           [("training.max_seq_length", "halve"), ("training.gradient_checkpointing", True), ("quantization.use_4bit", True)]),
+       r"No executable batch size found, reached zero", ("No executable batch size",)),
+    _p("modules_offloaded", ERR, "model modules dispatched to CPU or disk",
+       "the quantized model does not fit on the GPU, so device_map put some modules on the CPU or disk",
+       FIX_MEMORY_LOAD,
+       r"Some modules are dispatched on the CPU or the disk|Some parameters are on the meta device because they were offloaded to the (?:cpu|disk)"
+       r"|offloaded to the (?:cpu|disk)|Cannot copy out of meta tensor; no data|Tensor on device meta is not on the expected device",
+       ("dispatched on the CPU", "offloaded to the", "meta tensor", "device meta")),
+    # ---- host -------------------------------------------------------------------------------
+    _p("host_oom", ERR, "host RAM exhausted (process killed)",
+       "the process was killed by the operating system, almost always because the machine ran out of RAM",
+       FIX_HOST_RAM,
+       r"(?:^|[\]\s|>])Killed\s*$|^Killed(?:\s|$)|exitcode\s*:\s*-9\b|Signal 9 \(SIGKILL\) received"
+       r"|died with <Signals\.SIGKILL: 9>|killed by signal: Killed|terminated with signal SIGKILL"
+       r"|Out of memory: Killed process|\bMemoryError\s*$|DefaultCPUAllocator: (?:not enough memory|can't allocate memory)"
+       r"|Cannot allocate memory \(12\)|\[Errno 12\] Cannot allocate memory",
+       ("Killed", "-9", "SIGKILL", "MemoryError", "DefaultCPUAllocator", "Cannot allocate memory"), _x_sigkill),
+    _p("disk_full", ERR, "disk full",
+       "the disk ran out of space while writing (checkpoints, dataset cache or model download)",
+       FIX_SAVE_LIMIT,
+       r"No space left on device|\[Errno 28\]|StorageFull|PytorchStreamWriter failed writing file|unexpected pos \d+ vs \d+"
+       r"|Disk quota exceeded|Not enough disk space\. Needed",
+       ("No space left", "Errno 28", "StorageFull", "PytorchStreamWriter", "unexpected pos", "Disk quota", "disk space"), _x_disk),
+    # ---- bitsandbytes -----------------------------------------------------------------------
+    _p("bnb_setup", ERR, "bitsandbytes set-up failed",
+       "bitsandbytes could not load its CUDA library (CPU-only build loaded, CUDA mismatch, or torch without CUDA)",
+       FIX_BNB,
+       r"CUDA Setup failed despite GPU being available|libbitsandbytes_cpu\.(?:so|dll|dylib)|compiled without GPU support"
+       r"|bitsandbytes library load error|Could not load bitsandbytes native library|native library functionality but it's not available"
+       r"|CUDA SETUP: (?:Problem|Required library version not found|Something unexpected happened)|argument of type 'WindowsPath' is not iterable",
+       ("CUDA Setup", "libbitsandbytes_cpu", "without GPU support", "bitsandbytes", "CUDA SETUP", "native library", "WindowsPath")),
+    _p("bnb_cuda_binary_missing", ERR, "no bitsandbytes binary for this CUDA",
+       "bitsandbytes has no binary for the CUDA version this torch uses (torch's CUDA is newer than the bnb wheel)",
+       FIX_BNB, r"Configured (?:CUDA|ROCm) binary not found|libbitsandbytes_cuda\d+\w*\.so: cannot open|VERSION MISMATCH",
+       ("binary not found", "libbitsandbytes_cuda", "VERSION MISMATCH")),
+    _p("bnb_native_missing", ERR, "bitsandbytes native functions missing",
+       "bitsandbytes loaded without its native library, so 4-bit quantization functions are missing",
+       FIX_BNB, r"'NoneType' object has no attribute 'c(?:quantize|dequantize|get_managed_ptr|prefetch|gemm)\w*'"
+       r"|object has no attribute 'cquantize_blockwise", ("NoneType", "cquantize")),
+    _p("bnb_not_installed", ERR, "bitsandbytes missing or too old",
+       "4-bit/8-bit loading needs bitsandbytes, which is missing or too old",
+       FIX_BNB, r"Using `bitsandbytes` (?:4|8)-bit quantization requires|the latest version of bitsandbytes"
+       r"|Using `load_in_(?:4|8)bit=True` requires Accelerate"
+       r"|needs bitsandbytes, which is not installed|bitsandbytes is not installed|No package metadata was found for bitsandbytes"
+       r"|module 'bitsandbytes(?:\.nn)?' has no attribute",
+       ("bitsandbytes",)),
+    # ---- Hub ---------------------------------------------------------------------------------
+    _p("hub_gated", ERR, "gated model: no access",
+       "the model is gated: its licence has not been accepted on the Hub, or no token with access was used",
+       FIX_LOGIN,
+       r"GatedRepoError|Cannot access gated repo|You are trying to access a gated repo|is a gated repository|"
+       r"Access to model [\w./-]+ is restricted|awaiting a review from the repo authors",
+       ("gated", "Gated", "restricted", "awaiting a review"), _x_gated),
+    _p("hub_not_found", ERR, "model not found on the Hub",
+       "the model id does not exist on the Hub (a typo), or it is private and no token was given",
+       FIX_MODEL_ID,
+       r"RepositoryNotFoundError|Repository Not Found for url|is not a local folder and is not a valid model identifier"
+       r"|does not appear to have a file named (?:config\.json|pytorch_model\.bin|model\.safetensors)"
+       r"|Can't load (?:tokenizer|the configuration of|the model) for '|Incorrect path_or_model_id: '"
+       r"|Repo id must (?:be in the form|use alphanumeric chars)",
+       ("Not Found", "NotFound", "not a valid model identifier", "does not appear to have a file named", "Can't load",
+        "Incorrect path_or_model_id", "Repo id must"), _x_repo),
+    _p("hub_revision_not_found", ERR, "revision not found",
+       "the requested revision (branch, tag or commit) does not exist for this model",
+       fix(None, "set fmllm.revision to a branch, tag or commit that exists (or remove it)", [("fmllm.revision", None)]),
+       r"RevisionNotFoundError|Revision Not Found for url|is not a valid git identifier \(branch name, tag name or commit id\)",
+       ("Revision", "valid git identifier"), _x_repo),
+    _p("hub_unreachable", ERR, "Hugging Face Hub unreachable",
+       "the Hub could not be reached (no network, proxy, or offline mode) and the files are not in the local cache",
+       fix(None, "download the model once where there is network (or point base_model_name at a local copy); "
+                 "HF_HUB_OFFLINE=1 only works with a full cache", shell="huggingface-cli download <model-id>"),
+       r"We couldn't connect to '?https?://huggingface\.co|LocalEntryNotFoundError|outgoing traffic has been disabled"
+       r"|Cannot find the requested files in the (?:local|disk) cache|HTTPSConnectionPool\(host='(?:huggingface\.co|cdn-lfs[\w.-]*|cas-bridge[\w.-]*)'"
+       r"|(?:ConnectError|ConnectTimeout|ReadTimeout|ConnectionError|SSLError|ProxyError)\b.*huggingface\.co|Max retries exceeded with url: /api/models"
+       r"|Temporary failure in name resolution.*huggingface|Failed to resolve 'huggingface\.co'|50[0234] Server Error.*huggingface\.co",
+       ("huggingface", "LocalEntryNotFoundError", "outgoing traffic", "requested files in the")),
+    _p("hub_auth_invalid", ERR, "invalid Hugging Face token",
+       "the Hugging Face token is invalid or expired",
+       fix(None, "log in again with a valid token (or fix HF_TOKEN)", shell="huggingface-cli login"),
+       r"Invalid (?:user token|credentials in Authorization header)|Invalid token passed"
+       r"|401 Client Error: Unauthorized for url: https://huggingface\.co/api/whoami",
+       ("Invalid", "api/whoami"), span=6),
+    _p("hub_rate_limited", ERR, "Hub rate limit",
+       "the Hub refused requests for going over its rate limit (429)",
+       fix(None, "log in (authenticated requests have a higher limit) and retry later", shell="huggingface-cli login"),
+       r"429 Client Error|Too Many Requests for url", ("429", "Too Many Requests")),
+    _p("trust_remote_code", ERR, "model needs trust_remote_code",
+       "the model ships its own Python code, which runs only if you allow it",
+       fix(None, "read the model's code on the Hub, then allow it (it runs on your machine)", [("fmllm.trust_remote_code", True)]),
+       r"contains custom code which must be executed|set the option `trust_remote_code=True`|Please pass the argument `trust_remote_code=True`",
+       ("trust_remote_code", "custom code")),
+    _p("transformers_too_old", ERR, "transformers does not know this architecture",
+       "the model's architecture is newer than the installed transformers",
+       fix(None, "upgrade transformers", shell="pip install -U transformers"),
+       r"Transformers does not recognize this architecture|does not recognize this architecture"
+       r"|The checkpoint you are trying to load has model type `[\w-]+`|Tokenizer class \w+ does not exist or is not currently imported"
+       r"|`rope_scaling` must be a dictionary with (?:with )?two fields",
+       ("recognize this architecture", "has model type", "does not exist or is not currently imported", "rope_scaling")),
+    _p("weights_corrupt", ERR, "weights file unreadable",
+       "a weights file is truncated or is a Git LFS pointer instead of the real file (interrupted download)",
+       fix(None, "delete the broken file from the cache and download it again", shell="huggingface-cli download <model-id> --force-download"),
+       r"HeaderTooLarge|MetadataIncompleteBuffer|invalid load key, '[^']*'|PytorchStreamReader failed reading zip archive",
+       ("HeaderTooLarge", "MetadataIncompleteBuffer", "invalid load key", "PytorchStreamReader")),
+    _p("weights_not_initialized", WARN, "some weights were newly initialized",
+       "some weights were not in the checkpoint and start random: fine for a new head, wrong for a causal LM's layers",
+       FIX_MODEL_ID,
+       r"were not initialized from the model checkpoint at",
+       ("were not initialized",)),
+    # ---- attention ---------------------------------------------------------------------------
+    _p("flash_attn_missing", ERR, "flash-attn not installed",
+       "flash_attention_2 was requested but the flash-attn package is not installed or not usable here",
+       FIX_SDPA,
+       r"FlashAttention2? has been toggled on, but it cannot be used|flash_attn seems to be not installed"
+       r"|package for FlashAttention\d? doesn't seem to be installed|Flash Attention 2 is not available|FlashAttention2? is not available on CPU",
+       ("FlashAttention", "flash_attn", "Flash Attention")),
+    _p("flash_attn_unsupported_gpu", ERR, "flash-attn needs an Ampere or newer GPU",
+       "flash-attn only runs on Ampere or newer GPUs (not T4, V100, RTX 20xx)",
+       FIX_SDPA, r"FlashAttention only supports Ampere GPUs or newer|FlashAttention(?:2)? (?:only )?supports? .*(?:sm8x|sm_8|Ampere)",
+       ("FlashAttention",)),
+    _p("flash_attn_abi", ERR, "flash-attn binary does not match torch",
+       "the flash-attn wheel was built for another torch/CUDA (undefined symbol)",
+       FIX_SDPA, r"flash_attn\w*.*undefined symbol|undefined symbol.*flash_attn", ("undefined symbol",)),
+    _p("flash_attn_dtype", WARN, "flash-attn with fp32 weights",
+       "flash attention only runs in fp16/bf16 but the model is in float32",
+       FIX_DTYPE_MATCH, r"Flash Attention 2(?:\.0)? only supports torch\.float16 and torch\.bfloat16|FlashAttention only support fp16 and bf16 data type",
+       ("only supports torch.float16", "only support fp16")),
+    # ---- precision ---------------------------------------------------------------------------
+    _p("bf16_unsupported", ERR, "bf16 not supported here",
+       "bf16 was requested but this GPU (pre-Ampere) or this torch build cannot do it",
+       FIX_DTYPE_BF16_OFF,
+       r"Your setup doesn't support bf16/(?:gpu|cpu)|bf16 requested, but AMP is not supported|bf16 precision was requested but not available"
+       r"|bf16 mixed precision requires PyTorch >= 1\.10 and a supported device|does not support bfloat16 compilation natively"
+       r"|Bfloat16 is only supported on GPUs with compute capability of at least 8\.0",
+       ("bf16", "bfloat16", "Bfloat16")),
+    _p("bf16_matmul_unsupported", ERR, "bf16 matmul unsupported",
+       "cuBLAS on this GPU cannot multiply bf16 matrices",
+       FIX_DTYPE_BF16_OFF, r"CUBLAS_STATUS_NOT_SUPPORTED when calling .*CUDA_R_16BF|CUBLAS_STATUS_NOT_SUPPORTED.*bf16",
+       ("CUBLAS_STATUS_NOT_SUPPORTED",)),
+    _p("fp16_unscale", ERR, "FP16 gradients with fp16 AMP",
+       "trainable weights are in fp16 while fp16 mixed precision is on; the grad scaler refuses to unscale them",
+       FIX_DTYPE_FP16_OFF, r"Attempting to unscale FP16 gradients", ("unscale FP16",)),
+    _p("dtype_mismatch", ERR, "dtype mismatch in a matmul",
+       "two tensors of one operation have different dtypes (compute dtype vs mixed precision setting)",
+       FIX_DTYPE_MATCH,
+       r"expected (?:mat1 and mat2|m1 and m2) to have the same dtype|expected scalar type (?:Half|Float|BFloat16) but found (?:Half|Float|BFloat16)"
+       r"|Input type \(\S+\) and weight type \(\S+\) should be the same|self and mat2 must have the same dtype",
+       ("same dtype", "expected scalar type", "should be the same")),
+    _p("bnb_compute_dtype_slow", WARN, "4-bit compute dtype float32",
+       "bnb_4bit_compute_dtype is float32 while inputs are 16-bit: slow and memory-hungry",
+       fix("dtype.compute", "set the 4-bit compute dtype to the training precision", [("quantization.bnb_4bit_compute_dtype", "bfloat16")]),
+       r"Input type into Linear4bit is torch\.(?:float16|bfloat16), but bnb_4bit_compute_dtype=torch\.float32",
+       ("Input type into Linear4bit",)),
+    # ---- gradients / checkpointing ---------------------------------------------------------
+    _p("no_grad_checkpointing", ERR, "no gradient with checkpointing + LoRA",
+       "with reentrant gradient checkpointing and a frozen base model, no input requires grad, so the loss has no grad_fn",
+       FIX_GC_REENTRANT,
+       r"element 0 of tensors does not require grad and does not have a grad_fn", ("does not require grad",)),
+    _p("gc_inputs_no_grad", WARN, "checkpointing inputs have no grad",
+       "reentrant gradient checkpointing got inputs without requires_grad: the LoRA adapters inside will get no gradient",
+       FIX_GC_REENTRANT, r"None of the inputs have requires_grad=True", ("requires_grad=True",)),
+    _p("ddp_reentrant", ERR, "DDP with reentrant checkpointing",
+       "DDP saw a parameter marked ready twice: reentrant gradient checkpointing under DDP",
+       FIX_GC_REENTRANT,
+       r"Expected to mark a variable ready only once|Expected to have finished reduction in the prior iteration",
+       ("mark a variable ready", "finished reduction")),
+    _p("checkpoint_metadata", ERR, "recomputed tensors differ (checkpointing)",
+       "non-reentrant checkpointing recomputed tensors with different metadata (QLoRA under ZeRO-3/FSDP)",
+       FIX_GC_REENTRANT_TRUE,
+       r"Recomputed values for the following tensors have different metadata|CheckpointError: torch\.utils\.checkpoint",
+       ("Recomputed values", "CheckpointError")),
+    # ---- tokenizer / data ------------------------------------------------------------------
+    _p("pad_token_missing", ERR, "tokenizer has no pad token",
+       "batches must be padded but the tokenizer has no pad token",
+       FIX_PAD, r"Asking to pad but the tokenizer does not have a padding token|tokenizer does not have a padding token",
+       ("padding token",)),
+    _p("token_id_out_of_range", ERR, "token id outside the vocabulary",
+       "a token or label id is outside the embedding/vocabulary (a new pad token without resized embeddings, or bad labels)",
+       FIX_PAD,
+       r"index out of range in self|srcIndex < srcSelectDimSize|Assertion `t >= 0 && t < n_classes` failed|Target -?\d+ is out of bounds"
+       r"|CUDA error: device-side assert triggered",
+       ("index out of range in self", "srcSelectDimSize", "n_classes", "out of bounds", "device-side assert"), _x_token_range),
+    _p("sequence_too_long", WARN, "examples longer than the model's context",
+       "some examples tokenize to more tokens than the model's maximum length",
+       fix("training.max_seq_length", "cap max_seq_length at the model's context and truncate or drop longer examples",
+           [("training.max_seq_length", "model context length")]),
+       r"Token indices sequence length is longer than the specified maximum sequence length for this model \((\d+) > (\d+)\)",
+       ("Token indices",), _x_seq_len),
+    _p("chat_template_missing", ERR, "no chat template",
+       "the data is chat-formatted but the tokenizer has no chat template",
+       fix(None, "use data_format: instruction, or a model/tokenizer that has a chat template", [("data_format", "instruction")]),
+       r"tokenizer\.chat_template is not set|chat_template is not set and no template argument|Cannot use chat template functions because",
+       ("chat_template", "chat template")),
+    _p("no_loss_returned", ERR, "model returned no loss",
+       "the batches carry no labels, so the model returned logits but no loss",
+       fix(None, "the data collator must produce labels: check data_format matches the data file's fields", [("data_format", "match the data")]),
+       r"The model did not return a loss from the inputs", ("did not return a loss",)),
+    _p("unpadded_batch", ERR, "batch of unequal lengths",
+       "examples of different lengths were batched without padding/truncation",
+       fix("training.max_seq_length", "pad and truncate every example to max_seq_length", [("training.max_seq_length", "set")]),
+       r"Unable to create tensor, you should probably activate truncation and/or padding", ("Unable to create tensor",)),
+    _p("lora_target_modules", ERR, "LoRA target modules not found",
+       "lora.target_modules names modules that this architecture does not have",
+       fix(None, "use 'all-linear' or this model's module names", [("lora.target_modules", "all-linear")]),
+       r"Target modules? .* not found in the base model|Please specify `target_modules` in `peft_config`",
+       ("not found in the base model", "target_modules"), _x_target_modules),
+    _p("quantized_no_adapter", ERR, "quantized model without adapter",
+       "a purely quantized (4/8-bit) model cannot be trained without adapters",
+       FIX_ADAPTER,
+       r"You cannot perform fine-tuning on purely quantized models|The model you want to train is loaded in 8-bit precision",
+       ("purely quantized", "loaded in 8-bit precision")),
+    _p("resume_checkpoint_missing", ERR, "resume checkpoint not found",
+       "resume_from_checkpoint points at a folder with no valid checkpoint",
+       fix(None, "resume from an existing checkpoint-N folder, or start fresh"),
+       r"Can't find a valid checkpoint at|No valid checkpoint found in output directory", ("valid checkpoint",)),
+    # ---- loss ----------------------------------------------------------------------------
+    _p("loss_nan", ERR, "loss is NaN", "the loss (or gradient norm) became NaN: the run diverged",
+       FIX_LR, None),
+    _p("loss_zero", WARN, "loss is exactly 0",
+       "the logged loss is exactly 0: every label is masked (the response template is not found), or fp16 broke the loss",
+       fix("dtype.compute", "check the labels are not all -100 (fmllm-check data); if training in fp16 switch to bf16",
+           [("training.fp16", False), ("training.bf16", True)]), None),
+    _p("loss_flat", ERR, "loss flat at ln(vocab)",
+       "the loss stays at ln(vocab size): the model predicts every token as equally likely, so it is not learning",
+       fix(None, "check the weights loaded (no 'newly initialized' warnings for the LM) and learning_rate > 0"), None),
+    _p("fp16_overflow", ERR, "fp16 loss scale collapsing",
+       "fp16 gradients keep overflowing and the loss scale keeps dropping", FIX_DTYPE_FP16_OFF,
+       r"Current loss scale already at minimum", ("loss scale",)),
+    # ---- distributed -------------------------------------------------------------------------
+    _p("nccl_timeout", ERR, "NCCL collective timeout",
+       "a collective operation waited past the NCCL timeout: one rank never joined", FIX_NCCL,
+       r"Watchdog caught collective operation timeout|Some NCCL operations have failed or timed out|NCCL communicator was aborted"
+       r"|ProcessGroupNCCL.*[Tt]imed? ?out|Timed out waiting \d+ms for recv operation|DistStoreError: Timed out|RendezvousTimeoutError",
+       ("Watchdog caught", "NCCL", "Timed out", "timed out", "Rendezvous"), _x_nccl),
+    _p("nccl_error", ERR, "NCCL error",
+       "NCCL failed (driver, P2P/shared-memory or network problem between GPUs)", FIX_NCCL,
+       r"NCCL error in:|ncclUnhandledCudaError|ncclSystemError|ncclInternalError|ncclInvalidUsage|ncclRemoteError|NCCL Error \d"
+       r"|DistBackendError: NCCL error|retrieving ncclUniqueId from",
+       ("NCCL", "nccl")),
+    _p("fsdp_4bit", ERR, "FSDP with 4-bit weights",
+       "FSDP tried to flatten the uint8 4-bit weights together with float ones",
+       FIX_FSDP,
+       r"Cannot flatten integer dtype tensors|Must flatten tensors with uniform dtype but got|Must flatten tensors with uniform `requires_grad`",
+       ("flatten",), _x_flat_param),
+    _p("zero3_device_map", ERR, "ZeRO-3 with device_map",
+       "DeepSpeed ZeRO-3 cannot load a model with a device_map / low_cpu_mem_usage",
+       fix(None, "drop device_map/low_cpu_mem_usage when launching with ZeRO-3 (or use FSDP)"),
+       r"DeepSpeed Zero-3 is not compatible with .*device_map", ("Zero-3",)),
+    _p("device_mismatch", ERR, "tensors on different devices",
+       "tensors of one operation sit on different devices",
+       fix(None, "with one process per GPU load each copy on its own GPU (device_map={'': local_rank}); "
+                 "if part of the model was offloaded, make it fit on the GPU"),
+       r"Expected all tensors to be on the same device|You can't train a model that has been loaded in 8-bit precision on a different device"
+       r"|You can't train a model that has been loaded with `device_map='auto'` in any distributed mode",
+       ("same device", "different device", "distributed mode"), _x_device_mismatch),
+    _p("ranks_failed", ERR, "distributed ranks died",
+       "ranks of the distributed run died", None,
+       r"torch\.distributed\.elastic\.multiprocessing\.errors\.ChildFailedError|^ChildFailedError\b", ("ChildFailedError",),
+       _x_child_failed),
+    _p("port_in_use", ERR, "rendezvous port already in use",
+       "the distributed launcher's port is taken (another run is still alive, or another service uses it)",
+       fix(None, "stop the old run or pick another port", [("fmllm.distributed.main_process_port", "a free port, e.g. 29501")]),
+       r"Address already in use|The server socket has failed to listen on any local network address|EADDRINUSE",
+       ("already in use", "failed to listen", "EADDRINUSE")),
+    _p("shm_exhausted", ERR, "shared memory (/dev/shm) exhausted",
+       "DataLoader workers pass batches through /dev/shm, which is too small here (Docker's default is 64 MB)",
+       fix(None, "give the container more shared memory (docker run --shm-size=16g / --ipc=host) or use fewer dataloader workers"),
+       r"insufficient shared memory \(shm\)|unable to write to file </torch_\d+|DataLoader worker \(pid \d+\) is killed by signal: Bus error"
+       r"|Error while creating shared memory segment",
+       ("shared memory", "</torch_", "Bus error")),
+    # ---- launch / process ------------------------------------------------------------------
+    _p("signal_hangup", ERR, "run stopped by a signal (terminal closed?)",
+       "the launcher got SIGHUP/SIGTERM: the terminal or SSH session closed, or a scheduler stopped the job",
+       fix(None, "run detached (fmllm-run does; or tmux/nohup) so a dropped SSH session does not stop training"),
+       r"SignalException: Process \d+ got signal: (\d+)|got signal: (?:1|15)\b", ("got signal",), _x_signal),
+    _p("interrupted", WARN, "interrupted by the user",
+       "the run was stopped with Ctrl-C (KeyboardInterrupt): not a failure of the run itself", None,
+       r"^KeyboardInterrupt\b|^\s*KeyboardInterrupt\s*$", ("KeyboardInterrupt",)),
+    _p("launcher_failed", WARN, "launcher reports the training process failed",
+       "the launcher (accelerate/subprocess) only reports that the training process exited non-zero; the real error is above it",
+       None, r"CalledProcessError: Command .* (?:returned non-zero exit status -?\d+|died with <Signals\.\w+: \d+>)", ("CalledProcessError",)),
+    # ---- files and data --------------------------------------------------------------------
+    _p("file_not_found", ERR, "file not found",
+       "a file or folder the run needs does not exist",
+       fix(None, "check the paths in the config (paths.*, base_model_name) against what is on disk"),
+       r"(?:FileNotFoundError|OSError): \[Errno 2\] No such file or directory: '([^']+)'|FileNotFoundError: Unable to find '([^']+)'"
+       r"|FileNotFoundError: Couldn't find (?:a dataset script|any data file) at ([^\s,]+)",
+       ("No such file", "Unable to find", "Couldn't find"), _x_path),
+    _p("permission_denied", ERR, "permission denied",
+       "the run may not write (or read) a path: wrong owner, read-only mount, or another user's cache",
+       fix(None, "write to a folder you own (output_dir, HF_HOME) or fix its permissions"),
+       r"(?:PermissionError|OSError): \[Errno 13\] Permission denied: '([^']+)'|PermissionError at ([^\s]+) when downloading"
+       r"|OSError: \[Errno 30\] Read-only file system: '([^']+)'",
+       ("Permission denied", "PermissionError", "Read-only file system"), _x_path),
+    _p("data_invalid", ERR, "data file could not be parsed",
+       "the training data file is not valid JSON/JSONL/CSV (a bad line, mixed types in a column, or the wrong format)",
+       fix(None, "fix the bad line of the data file (fmllm-check data points at it)", [("data_format", "match the data")]),
+       r"ArrowInvalid: JSON parse error|JSONDecodeError|DatasetGenerationError|An error occurred while generating the dataset"
+       r"|Couldn't cast array of type|ArrowInvalid: .*(?:Column|straddling|parse)",
+       ("ArrowInvalid", "JSONDecodeError", "DatasetGenerationError", "generating the dataset", "Couldn't cast"), _x_data),
+    _p("sft_text_field", ERR, "SFTTrainer gets no text field",
+       "TRL's SFTTrainer was given neither a text field nor a formatting function for this data",
+       fix(None, "set data_format to match the data file's fields", [("data_format", "match the data")]),
+       r"you didn't pass a `dataset_text_field` or `formatting_func`|You passed `packing=False` to the SFTTrainer",
+       ("dataset_text_field", "packing=False")),
+    _p("tokenizers_too_old", ERR, "tokenizers library too old for this tokenizer.json",
+       "the installed tokenizers cannot read this model's tokenizer.json (it was saved by a newer version)",
+       fix(None, "upgrade tokenizers and transformers together", shell="pip install -U tokenizers transformers"),
+       r"data did not match any variant of untagged enum (?:ModelWrapper|PyPreTokenizerTypeWrapper|PyNormalizerTypeWrapper)",
+       ("untagged enum",)),
+    # ---- GPU / CUDA environment --------------------------------------------------------------
+    _p("no_kernel_image", ERR, "no kernel image for this GPU",
+       "this PyTorch build has no CUDA kernels for the GPU's architecture", FIX_TORCH_CUDA,
+       r"no kernel image is available for execution on the device|with CUDA capability sm_\d+ is not compatible with the current PyTorch installation",
+       ("no kernel image", "CUDA capability"), _x_no_kernel),
+    _p("no_cuda", ERR, "no usable CUDA GPU",
+       "torch sees no usable CUDA GPU (CPU-only torch build, missing driver, or CUDA_VISIBLE_DEVICES hides it)",
+       fix(None, "check the driver and that torch is a CUDA build", shell="nvidia-smi && python -c 'import torch; print(torch.version.cuda, torch.cuda.is_available())'"),
+       r"Torch not compiled with CUDA enabled|Found no NVIDIA driver on your system|No CUDA GPUs are available|No GPU found\. A GPU is needed for quantization"
+       r"|CUDA driver initialization failed|torch\.cuda\.is_available\(\) is False|NVIDIA driver on your system is too old|CUDA driver version is insufficient for CUDA runtime version"
+       r"|fp16 mixed precision requires a GPU|can only be used on CUDA(?: or MLU or NPU)?(?: devices)?",
+       ("CUDA", "NVIDIA", "GPU", "cuda")),
+    _p("cuda_error", ERR, "CUDA error",
+       "a CUDA call failed; CUDA reports errors asynchronously, so the frame shown may not be the real culprit",
+       FIX_CUDA_DEBUG,
+       r"CUDA error: ([^\n]{3,200}?)(?:\n|$|\s+CUDA kernel errors)", ("CUDA error",), _x_cuda_error),
+    _p("segfault", ERR, "native crash (segmentation fault)",
+       "a native library crashed the process (often a bitsandbytes, flash-attn or driver mismatch)",
+       fix(None, "rerun with Python's fault handler to see which library crashed", shell="export PYTHONFAULTHANDLER=1"),
+       r"Segmentation fault|Fatal Python error: Segmentation fault|SIGSEGV", ("Segmentation fault", "SIGSEGV")),
+    _p("module_missing", ERR, "Python module missing",
+       "a required Python package is not installed", None,
+       r"No module named '([\w.]+)'|requires the (\w+) library but it was not found"
+       r"|requires the following packages that were not found in your environment: ([\w.-]+)",
+       ("No module named", "library but it was not found", "packages that were not found"), _x_missing_module),
+    _p("exception", ERR, "unhandled exception",
+       "the run stopped on an exception that fmllm has no specific pattern for; the last frame shows where", None, None),
+]
+
+BY_ID: dict[str, Pattern] = {p.id: p for p in PATTERNS}
+if len(BY_ID) != len(PATTERNS):  # pragma: no cover - guards the table itself
+    raise RuntimeError("duplicate pattern ids in PATTERNS")
+
+__all__ = ["BY_ID", "PATTERNS", "Pattern", "fix", "human", "pip_name", "size_bytes"]

@@ -1,0 +1,525 @@
+"""Log diagnosis: every pattern against real-world wordings, the multi-line analyses, the numbers
+extracted from OOM messages, negatives, and hostile input (binary, CR-only bars, ANSI, bad UTF-8,
+truncated last line, CRLF, blocks split mid-traceback, the multi-process path)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fmllm_tui import logdiag
+from fmllm_tui.logdiag import PATTERNS, Hit, scan_file, scan_lines
+
+LOGS = Path(__file__).parent / "data" / "logs"
+ALL_LOGS = sorted(LOGS.glob("*.log"))
+POSITIVE = [p for p in ALL_LOGS if not p.name.startswith("neg__")]
+NEGATIVE = [p for p in ALL_LOGS if p.name.startswith("neg__")]
+GiB = 1024**3
+MiB = 1024**2
+
+FIX_IDS = {None, "memory.fit", "training.eval_batch", "training.max_seq_length", "dtype.compute", "attn.sdpa",
+           "training.gc_reentrant", "tokenizer.pad_token", "training.learning_rate", "model.id", "model.adapter",
+           "distributed.fsdp_storage", "training.save_total_limit", "env.alloc_conf"}
+
+
+def fixof(h: Hit) -> dict[str, Any]:
+    assert h.fix is not None, f"{h.pattern} has no fix"
+    return h.fix
+
+
+def ids(hits: list[Hit]) -> set[str]:
+    return {h.pattern for h in hits}
+
+
+def hit(hits: list[Hit], pid: str) -> Hit:
+    found = [h for h in hits if h.pattern == pid]
+    assert found, f"{pid} not in {[h.pattern for h in hits]}"
+    return found[0]
+
+
+# ---- the table ---------------------------------------------------------------------------------
+
+
+def test_table_is_complete_and_well_formed() -> None:
+    assert len(PATTERNS) >= 30
+    seen = set()
+    for p in PATTERNS:
+        assert p.id not in seen
+        seen.add(p.id)
+        assert p.severity in ("error", "warning")
+        assert p.cause and p.title
+        if p.fix is not None:
+            assert set(p.fix) == {"id", "changes", "shell", "summary"}
+            assert p.fix["id"] in FIX_IDS, p.fix["id"]
+            assert p.fix["summary"]
+            for ch in p.fix["changes"]:
+                assert set(ch) == {"key", "to"}
+                # canonical names: section.key, or one of the top-level settings
+                assert "." in ch["key"] or ch["key"] in ("base_model_name", "use_adapter", "data_format")
+        json.dumps(p.to_json())
+
+
+@pytest.mark.parametrize("pid", [p.id for p in PATTERNS])
+def test_every_pattern_has_two_real_excerpts(pid: str) -> None:
+    files = [p for p in POSITIVE if p.name.split("__")[0] == pid]
+    assert len(files) >= 2, f"pattern {pid} needs at least two excerpts in tests/data/logs"
+
+
+# ---- each excerpt finds its pattern --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", POSITIVE, ids=[p.name for p in POSITIVE])
+def test_excerpt_finds_its_pattern(path: Path) -> None:
+    pid = path.name.split("__")[0]
+    hits = scan_file(path)
+    assert pid in ids(hits), f"{path.name}: got {[(h.pattern, h.line) for h in hits]}"
+    h = hit(hits, pid)
+    assert h.file == str(path)
+    assert 1 <= h.line <= h.last_line
+    assert h.count >= 1
+    assert h.cause and h.excerpt and len(h.excerpt) <= 300
+    assert "\x1b" not in h.excerpt
+    assert h.severity in ("error", "warning")
+    d = h.to_json()
+    assert set(d) == {"pattern", "file", "line", "last_line", "excerpt", "count", "cause", "fix", "severity", "values"}
+    json.dumps(d)
+    if h.fix is not None:
+        assert fixof(h)["id"] in FIX_IDS
+        assert fixof(h)["summary"]
+
+
+@pytest.mark.parametrize("path", NEGATIVE, ids=[p.name for p in NEGATIVE])
+def test_lookalikes_are_not_failures(path: Path) -> None:
+    hits = scan_file(path)
+    assert hits == [], [(h.pattern, h.line, h.excerpt) for h in hits]
+
+
+# ---- OOM numbers and phases -----------------------------------------------------------------------
+
+
+def test_oom_new_wording_numbers() -> None:
+    h = hit(scan_file(LOGS / "cuda_oom__torch25_train_step.log"), "cuda_oom")
+    v = h.values
+    assert v["tried_to_allocate_bytes"] == int(1.96 * GiB)
+    assert v["total_bytes"] == int(23.64 * GiB)
+    assert v["free_bytes"] == int(1.03 * GiB)
+    assert v["reserved_unallocated_bytes"] == int(346.58 * MiB)
+    assert v["this_process_bytes"] == int(22.60 * GiB)
+    assert v["other_process_bytes"] == 0
+    assert v["phase"] == "train" and v["step"] == 1
+    assert v["gpu"] == 0
+    assert h.line == 19
+    assert "1.96 GiB" in h.cause and "23.64 GiB" in h.cause
+    assert fixof(h)["id"] == "memory.fit"
+    assert "accelerate" not in v.get("raised_in", "") or v["raised_in"]
+
+
+def test_oom_old_wording_numbers() -> None:
+    h = hit(scan_file(LOGS / "cuda_oom__torch20_old_wording.log"), "cuda_oom")
+    v = h.values
+    assert v["tried_to_allocate_bytes"] == 172 * MiB
+    assert v["total_bytes"] == int(14.75 * GiB)
+    assert v["allocated_bytes"] == int(13.48 * GiB)
+    assert v["free_bytes"] == int(64.81 * MiB)
+    assert v["reserved_bytes"] == int(13.66 * GiB)
+    assert v["reserved_unallocated_bytes"] == int(13.66 * GiB) - int(13.48 * GiB)
+
+
+def test_eval_oom_fixes_the_eval_batch_not_the_train_batch() -> None:
+    for name in ("cuda_oom_eval__prediction_step.log", "cuda_oom_eval__eval_bar_no_frames.log"):
+        hits = scan_file(LOGS / name)
+        h = hit(hits, "cuda_oom_eval")
+        assert h.values["phase"] == "eval"
+        assert fixof(h)["id"] == "training.eval_batch"
+        assert [c["key"] for c in fixof(h)["changes"]] == ["training.per_device_eval_batch_size"]
+        assert "cuda_oom" not in ids(hits)
+
+
+def test_loading_and_saving_oom_phases() -> None:
+    for name in ("cuda_oom_loading__from_pretrained.log", "cuda_oom_loading__shards_bar_old.log"):
+        h = hit(scan_file(LOGS / name), "cuda_oom_loading")
+        assert h.values["phase"] == "loading"
+    for name in ("cuda_oom_save__save_checkpoint.log", "cuda_oom_save__save_model_old.log"):
+        h = hit(scan_file(LOGS / name), "cuda_oom_save")
+        assert h.values["phase"] == "save"
+        assert fixof(h)["shell"].startswith("export PYTORCH_CUDA_ALLOC_CONF=")
+
+
+def test_late_step_oom_points_at_sequence_length() -> None:
+    h = hit(scan_file(LOGS / "cuda_oom_late__step_700.log"), "cuda_oom_late")
+    assert h.values["step"] == 701
+    assert fixof(h)["id"] == "training.max_seq_length"
+    assert "701" in h.cause
+    early = hit(scan_file(LOGS / "cuda_oom__torch25_train_step.log"), "cuda_oom")
+    assert early.values["step"] == 1
+
+
+def test_fragmentation_and_other_process_findings() -> None:
+    hits = scan_file(LOGS / "cuda_oom_fragmentation__large_unallocated.log")
+    frag = hit(hits, "cuda_oom_fragmentation")
+    assert frag.severity == "warning"
+    assert fixof(frag)["shell"] == "export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"
+    assert frag.values["reserved_unallocated_bytes"] == int(3.71 * GiB)
+    assert "cuda_oom" in ids(hits)
+    assert "cuda_oom_fragmentation" not in ids(scan_file(LOGS / "cuda_oom__torch25_train_step.log"))
+
+    other = hit(scan_file(LOGS / "gpu_other_process__two_processes.log"), "gpu_other_process")
+    assert other.values["other_process_bytes"] == int(9.88 * GiB)
+    assert "nvidia-smi" in fixof(other)["shell"]
+    # container: two "Process N" entries, ours is the one matching PyTorch's reserved memory
+    other2 = hit(scan_file(LOGS / "gpu_other_process__container_pids.log"), "gpu_other_process")
+    assert other2.values["other_process_bytes"] == int(31.20 * GiB)
+    # one "Process N" entry that is our own process (spec example): not another process
+    line = ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+            "23.64 GiB of which 1.12 GiB is free. Process 1234 has 22.50 GiB memory in use. Of the allocated memory "
+            "20.1 GiB is allocated by PyTorch, and 1.9 GiB is reserved by PyTorch but unallocated.")
+    hits = scan_lines([line])
+    assert "gpu_other_process" not in ids(hits)
+    assert hit(hits, "cuda_oom").values["other_process_bytes"] == 0
+
+
+def test_oom_split_over_lines_is_still_read() -> None:
+    lines = ["torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity",
+             "of 8.00 GiB of which 0 bytes is free. Of the allocated memory 14.51 GiB is allocated by PyTorch,",
+             "and 15.90 MiB is reserved by PyTorch but unallocated."]
+    v = hit(scan_lines(lines), "cuda_oom").values
+    assert v["free_bytes"] == 0 and v["total_bytes"] == 8 * GiB and v["tried_to_allocate_bytes"] == 20 * MiB
+
+
+# ---- multi-line analyses --------------------------------------------------------------------------
+
+
+def test_nan_after_finite_steps() -> None:
+    h = hit(scan_file(LOGS / "loss_nan__after_finite_steps.log"), "loss_nan")
+    assert h.values["finite_logs_before"] == 4
+    assert h.values["last_finite_loss"] == pytest.approx(1.8893)
+    assert h.line == 7 and h.last_line == 9 and h.count == 3
+    assert "after 4 finite" in h.cause and "grad_norm grew" in h.cause
+    assert fixof(h)["id"] == "training.learning_rate"
+    h0 = hit(scan_file(LOGS / "loss_nan__zero_loss_nan_grad.log"), "loss_nan")
+    assert h0.values["finite_logs_before"] == 0 and h0.values["key"] == "grad_norm"
+    assert fixof(h0)["id"] == "dtype.compute"
+
+
+def test_flat_loss_at_ln_vocab() -> None:
+    h = hit(scan_file(LOGS / "loss_flat__collapsed_lr.log", vocab_size=32000), "loss_flat")
+    assert h.values["ln_vocab"] == pytest.approx(10.3735, abs=1e-3)
+    assert fixof(h)["id"] == "training.learning_rate"
+    assert "rose" in h.cause
+    h2 = hit(scan_file(LOGS / "loss_flat__random_weights.log", vocab_size=128256), "loss_flat")
+    assert "from the start" in h2.cause
+    # without the vocab size it still sees a plateau at a plausible ln(vocab)
+    h3 = hit(scan_file(LOGS / "loss_flat__random_weights.log"), "loss_flat")
+    assert 100_000 < h3.values["vocab_size_estimate"] < 160_000
+    # a vocab that does not fit the plateau: no finding
+    assert "loss_flat" not in ids(scan_file(LOGS / "loss_flat__random_weights.log", vocab_size=1000))
+    # a healthy, decreasing loss: no finding
+    assert "loss_flat" not in ids(scan_file(LOGS / "neg__successful_run.log", vocab_size=32000))
+
+
+def test_traceback_last_frame_names_the_culprit() -> None:
+    h = hit(scan_file(LOGS / "exception__keyerror_user_code.log"), "exception")
+    assert h.values["exception"] == "KeyError"
+    assert h.values["file"] == "/home/u/prep.py" and h.values["line"] == 21
+    assert h.values["function"] == "format_example"
+    assert "format_example" in h.cause
+    skew = hit(scan_file(LOGS / "exception__typeerror_version_skew.log"), "exception")
+    assert skew.values["package"] == "trl"
+    assert fixof(skew)["shell"] == "pip install -U trl"
+    # a generic CUDA error whose last frames are in bitsandbytes names bitsandbytes
+    cu = hit(scan_file(LOGS / "cuda_error__illegal_access_bnb.log"), "cuda_error")
+    assert cu.values["package"] == "bitsandbytes"
+    assert "bitsandbytes" in fixof(cu)["shell"]
+
+
+def test_specific_error_suppresses_generic_exception() -> None:
+    hits = scan_file(LOGS / "hub_not_found__typo.log")
+    assert "exception" not in ids(hits)
+    h = hit(hits, "hub_not_found")
+    assert h.values["repo_id"] == "meta-lama/Llama-3.1-8B"
+
+
+def test_ranks_dying_one_by_one() -> None:
+    h = hit(scan_file(LOGS / "ranks_failed__four_ranks.log"), "ranks_failed")
+    assert h.values["ranks"] == [1, 2, 3]
+    assert h.values["first_failed_rank"] == 2
+    assert h.values["exitcodes"][1] == -6
+    assert "illegal memory access" in h.values.get("first_error", "")
+    k = hit(scan_file(LOGS / "ranks_failed__sigkill_two.log"), "ranks_failed")
+    assert k.values["first_failed_rank"] == 1 and "OOM killer" in k.cause
+    assert "host_oom" not in ids(scan_file(LOGS / "neg__successful_run.log"))
+
+
+def test_nccl_timeout_values() -> None:
+    h = hit(scan_file(LOGS / "nccl_timeout__watchdog_torch2.log"), "nccl_timeout")
+    assert h.values["op"] == "ALLREDUCE" and h.values["timeout_ms"] == 600000
+    assert "NCCL_DEBUG=INFO" in fixof(h)["shell"]
+
+
+def test_disk_full_points_df_at_the_directory() -> None:
+    h = hit(scan_file(LOGS / "disk_full__errno28_checkpoint.log"), "disk_full")
+    assert fixof(h)["id"] == "training.save_total_limit"
+    assert fixof(h)["shell"] == "df -h /mnt/work/out/checkpoint-1400"
+
+
+def test_gated_repo_values_and_secret_masking() -> None:
+    hits = scan_file(LOGS / "hub_gated__transformers_oserror.log")
+    h = hit(hits, "hub_gated")
+    assert h.values["repo_id"] == "meta-llama/Llama-2-7b-hf"
+    assert fixof(h)["shell"] == "huggingface-cli login"
+    pending = hit(scan_file(LOGS / "hub_gated__hub1x_pending.log"), "hub_gated")
+    assert "pending" in pending.cause
+    line = "OSError: You are trying to access a gated repo. token=hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123"
+    (g,) = [x for x in scan_lines([line]) if x.pattern == "hub_gated"]
+    assert "hf_AbCd" not in g.excerpt and "hf_***" in g.excerpt
+    lines = ["Traceback (most recent call last):", '  File "/home/u/t.py", line 3, in <module>',
+             "TypeError: login() got an unexpected keyword argument 'tokn' (token=hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123)"]
+    (e,) = scan_lines(lines)
+    assert "hf_AbCd" not in json.dumps(e.to_json())
+
+
+def test_dedup_counts_first_and_last_line() -> None:
+    hits = scan_file(LOGS / "flash_attn_unsupported_gpu__v100_rank.log")
+    h = hit(hits, "flash_attn_unsupported_gpu")
+    assert (h.line, h.last_line, h.count) == (1, 2, 2)
+
+
+# ---- hostile input -------------------------------------------------------------------------------
+
+OOM = (b"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+       b"23.64 GiB of which 1.12 GiB is free. Including non-PyTorch memory, this process has 22.50 GiB memory in use. "
+       b"Of the allocated memory 20.10 GiB is allocated by PyTorch, and 1.90 GiB is reserved by PyTorch but unallocated.")
+
+
+def test_binary_garbage_ansi_bad_utf8_cr_and_truncation(tmp_path: Path) -> None:
+    garbage = bytes(b for b in range(256) if b not in (10, 13)) * 40 + b"\x00\xff\xfe" * 500
+    data = (garbage + b"\n"
+            + b"".join(b"\r %d%%|#   | %d/100 [00:0%d<00:10, 1.0it/s]" % (i, i, i % 10) for i in range(1, 40))
+            + b"\x1b[31m" + OOM + b"\x1b[0m\r\n"
+            + b"caf\xe9 \xc3\x28 invalid utf8 \xed\xa0\x80\r\n"
+            + b"Killed")  # truncated last line, no newline
+    p = tmp_path / "hostile.log"
+    p.write_bytes(data)
+    hits = scan_file(p)
+    assert {"cuda_oom_late", "host_oom"} <= ids(hits)
+    oom = hit(hits, "cuda_oom_late")
+    assert oom.line == 2 and "\x1b" not in oom.excerpt and oom.values["step"] == 39
+    assert hit(hits, "host_oom").line == 4
+
+
+def test_cr_progress_bar_on_the_error_line_gives_the_step() -> None:
+    bars = "".join(f"\r {i}%|#   | {i}/100 [00:{i:02d}<00:10, 1.0it/s]" for i in range(1, 31))
+    lines = ["{'loss': 1.2, 'grad_norm': 0.3, 'learning_rate': 0.0002, 'epoch': 0.1}", bars + "\r" + OOM.decode(),
+             "{'loss': 1.1, 'grad_norm': 0.3, 'learning_rate': 0.0002, 'epoch': 0.2}"] + [
+             "{'loss': 1.0, 'grad_norm': 0.3, 'learning_rate': 0.0002, 'epoch': 0.3}"] * 50 + [
+             " 99%|####| 99/100 [01:40<00:01, 1.0it/s]"]
+    h = hit(scan_lines(lines), "cuda_oom_late")
+    assert h.values["step"] == 30 and h.line == 2
+
+
+def test_crlf_line_numbers(tmp_path: Path) -> None:
+    p = tmp_path / "win.log"
+    p.write_bytes(b"line one\r\nline two\r\n" + OOM + b"\r\nlast\r\n")
+    (h,) = [x for x in scan_file(p) if x.pattern == "cuda_oom"]
+    assert h.line == 3 and "\r" not in h.excerpt and h.excerpt.startswith("torch.OutOfMemoryError")
+
+
+def test_empty_and_missing_files(tmp_path: Path) -> None:
+    p = tmp_path / "empty.log"
+    p.write_bytes(b"")
+    assert scan_file(p) == []
+    with pytest.raises(FileNotFoundError):
+        scan_file(tmp_path / "nope.log")
+    with pytest.raises(IsADirectoryError):
+        scan_file(tmp_path)
+    assert scan_lines([]) == []
+
+
+def test_scan_lines_accepts_str_and_bytes() -> None:
+    hits = scan_lines(["{'loss': 1.2, 'epoch': 0.1}", b"ValueError: Attempting to unscale FP16 gradients.\n"], name="paste")
+    h = hit(hits, "fp16_unscale")
+    assert h.file == "paste" and h.line == 2
+
+
+def _concat(tmp_path: Path) -> Path:
+    big = tmp_path / "all.log"
+    with open(big, "wb") as f:
+        for path in ALL_LOGS:
+            f.write(path.read_bytes())
+            f.write(b"\n" + b"{'loss': 1.0, 'grad_norm': 0.3, 'learning_rate': 0.0002, 'epoch': 0.5}\n" * 3)
+    return big
+
+
+def _summary(hits: list[Hit]) -> list[tuple[str, int, int, int]]:
+    return sorted((h.pattern, h.line, h.last_line, h.count) for h in hits)
+
+
+def test_tiny_blocks_give_the_same_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    big = _concat(tmp_path)
+    ref = _summary(scan_file(big))
+    assert len(ref) > 40
+    monkeypatch.setattr(logdiag, "BLOCK", 3000)
+    monkeypatch.setattr(logdiag, "LOOKAHEAD", 65536)  # windows must fit in the lookahead
+    assert _summary(scan_file(big)) == ref
+    assert _summary(scan_lines(big.read_bytes().splitlines(keepends=True), name=str(big))) == ref
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the fork-based worker path is exercised on Linux")
+def test_parallel_path_matches_streaming(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    big = _concat(tmp_path)
+    ref = _summary(scan_file(big))
+    monkeypatch.setattr(logdiag, "BLOCK", 5000)
+    monkeypatch.setattr(logdiag, "LOOKAHEAD", 65536)
+    monkeypatch.setattr(logdiag, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(logdiag.os, "cpu_count", lambda: 2)
+    assert _summary(scan_file(big)) == ref
+    # from a thread (as the TUI calls it) the workers are started without fork
+    import threading
+
+    out: list[list[Hit]] = []
+    t = threading.Thread(target=lambda: out.append(scan_file(big)))
+    t.start()
+    t.join(120)
+    assert out and _summary(out[0]) == ref
+
+
+# ---- details that the cause and fix depend on -------------------------------------------------------
+
+
+def test_first_failed_rank_decides_the_cause() -> None:
+    h = hit(scan_file(LOGS / "ranks_failed__four_ranks.log"), "ranks_failed")
+    assert "SIGABRT" not in h.cause and "SIGKILL" not in h.cause  # rank 2 (first) exited with code 1
+    assert "rank 2 failed first" in h.cause
+
+
+def test_shared_memory_is_not_the_disk() -> None:
+    hits = scan_file(LOGS / "shm_exhausted__torch_file.log")
+    assert ids(hits) == {"shm_exhausted"}
+
+
+def test_values_for_gpu_arch_data_row_signal_and_cpu_allocation() -> None:
+    k = hit(scan_file(LOGS / "no_kernel_image__rtx5090.log"), "no_kernel_image")
+    assert k.values["gpu"] == "NVIDIA GeForce RTX 5090" and k.values["arch"] == "sm_120"
+    assert "sm_90" in k.values["supported"]
+    d = hit(scan_file(LOGS / "data_invalid__json_parse.log"), "data_invalid")
+    assert d.values.get("line") == 2 or d.values.get("row") == 117
+    s = hit(scan_file(LOGS / "signal_hangup__ssh_closed.log"), "signal_hangup")
+    assert s.values["signal"] == 1 and "SIGHUP" in s.cause
+    c = hit(scan_file(LOGS / "host_oom__cpu_allocator.log"), "host_oom")
+    assert c.values["tried_to_allocate_bytes"] == 28311552000 and "allocation failed" in c.cause
+    m = hit(scan_file(LOGS / "module_missing__peft.log"), "module_missing")
+    assert fixof(m)["shell"] == "pip install peft"
+    assert fixof(hit(scan_file(LOGS / "module_missing__flash_attn.log"), "module_missing"))["id"] == "attn.sdpa"
+
+
+def test_other_process_changes_the_oom_advice() -> None:
+    h = hit(scan_file(LOGS / "gpu_other_process__two_processes.log"), "cuda_oom")
+    assert "Other processes held 9.88 GiB" in h.cause
+
+
+def test_errors_sort_before_warnings() -> None:
+    hits = scan_file(LOGS / "no_grad_checkpointing__peft_gc.log")
+    assert [h.pattern for h in hits] == ["no_grad_checkpointing", "gc_inputs_no_grad"]
+
+
+def test_string_formatted_trainer_logs() -> None:
+    h = hit(scan_file(LOGS / "loss_nan__tf5_string_values.log"), "loss_nan")
+    assert h.values["finite_logs_before"] == 3 and h.values["step"] == 35
+    assert h.values["last_finite_loss"] == pytest.approx(1.791)
+
+
+def test_ipython_traceback_phase() -> None:
+    lines = ["---------------------------------------------------------------------------",
+             "OutOfMemoryError                          Traceback (most recent call last)",
+             "Cell In[7], line 2",
+             "      1 trainer = Trainer(model=model, args=args, train_dataset=ds, eval_dataset=ev)",
+             "----> 2 trainer.train()",
+             "",
+             "File /usr/local/lib/python3.10/dist-packages/transformers/trainer.py:4061, in Trainer.prediction_step(self, model, inputs)",
+             "   4060 with torch.no_grad():",
+             "-> 4061     outputs = model(**inputs)",
+             "",
+             "OutOfMemoryError: CUDA out of memory. Tried to allocate 1.95 GiB. GPU 0 has a total capacity of 14.75 GiB "
+             "of which 1.02 GiB is free. Process 881 has 13.72 GiB memory in use. Of the allocated memory 13.50 GiB is "
+             "allocated by PyTorch, and 95.12 MiB is reserved by PyTorch but unallocated."]
+    h = hit(scan_lines(lines), "cuda_oom_eval")
+    assert h.line == 11 and h.values["phase"] == "eval"
+
+
+def _all_fixes() -> list[dict[str, Any]]:
+    from fmllm_tui import logpatterns
+
+    fixes = [p.fix for p in PATTERNS if p.fix] + [v for k, v in vars(logpatterns).items() if k.startswith("FIX_")]
+    return [f for f in fixes if f]
+
+
+def test_fix_changes_name_real_config_settings() -> None:
+    from pydantic import BaseModel
+
+    from fmllm_tui.config import FineTuneConfig
+
+    for f in _all_fixes():
+        for ch in f["changes"]:
+            model: type[BaseModel] = FineTuneConfig
+            parts = ch["key"].split(".")
+            for i, part in enumerate(parts):
+                assert part in model.model_fields, f"{ch['key']} is not a config setting"
+                ann = model.model_fields[part].annotation
+                if i < len(parts) - 1:
+                    assert isinstance(ann, type) and issubclass(ann, BaseModel), ch["key"]
+                    model = ann
+
+
+@pytest.mark.parametrize(("line", "pid"), [
+    ("RuntimeError: CUDA out of memory. Tried to allocate 2.00 MiB (GPU 0; 3.95 GiB total capacity; 3.35 GiB already "
+     "allocated; 1.19 MiB free; 3.40 GiB reserved in total by PyTorch)", "cuda_oom"),
+    ("torch.OutOfMemoryError: HIP out of memory. Tried to allocate 1.00 GiB. GPU 0 has a total capacity of 63.98 GiB of "
+     "which 0 bytes is free. Of the allocated memory 62.1 GiB is allocated by PyTorch, and 1.2 GiB is reserved by "
+     "PyTorch but unallocated.", "cuda_oom"),
+    ("AttributeError: module 'bitsandbytes.nn' has no attribute 'Linear4bit'", "bnb_not_installed"),
+    ("ValueError: `rope_scaling` must be a dictionary with two fields, `type` and `factor`, got {'factor': 8.0, "
+     "'rope_type': 'llama3'}", "transformers_too_old"),
+    ("NotImplementedError: Cannot copy out of meta tensor; no data!", "modules_offloaded"),
+    ("ncclRemoteError: A call failed possibly due to a network error or a remote process exiting prematurely.", "nccl_error"),
+    ("OSError: Can't load tokenizer for 'llama-7b'. If you were trying to load it from "
+     "'https://huggingface.co/models', make sure you don't have a local directory with the same name.", "hub_not_found"),
+    ("huggingface_hub.errors.HFValidationError: Repo id must be in the form 'repo_name' or 'namespace/repo_name': "
+     "'/content/drive/MyDrive/llama'. Use `repo_type` argument if needed.", "hub_not_found"),
+    ("OSError: [Errno 122] Disk quota exceeded: '/home/u/out/checkpoint-200/adapter_model.safetensors'", "disk_full"),
+    ("OSError: Not enough disk space. Needed: 14.23 GiB (download: 5.01 GiB, generated: 9.22 GiB)", "disk_full"),
+    ("OSError: [Errno 12] Cannot allocate memory", "host_oom"),
+    ("ImportError: This modeling file requires the following packages that were not found in your environment: "
+     "flash_attn. Run `pip install flash_attn`", "module_missing"),
+    ("ValueError: fp16 mixed precision requires a GPU (not 'mps').", "no_cuda"),
+    ("requests.exceptions.SSLError: HTTPSConnectionPool(host='huggingface.co', port=443): Max retries exceeded",
+     "hub_unreachable"),
+])
+def test_more_real_wordings(line: str, pid: str) -> None:
+    noise = ["{'loss': '1.234', 'grad_norm': '0.5', 'learning_rate': '0.0002', 'epoch': '0.1'}",
+             " 12%|█▏        | 12/100 [00:24<02:56,  2.00s/it]"]
+    assert pid in ids(scan_lines([*noise, line, *noise]))
+
+
+def test_unknown_model_type_keyerror_means_old_transformers() -> None:
+    lines = ["Traceback (most recent call last):",
+             '  File "/usr/local/lib/python3.10/site-packages/transformers/models/auto/configuration_auto.py", line 1034, in from_pretrained',
+             "    config_class = CONFIG_MAPPING[config_dict[\"model_type\"]]",
+             '  File "/usr/local/lib/python3.10/site-packages/transformers/models/auto/configuration_auto.py", line 736, in __getitem__',
+             "    raise KeyError(key)",
+             "KeyError: 'qwen2'"]
+    hits = scan_lines(lines)
+    assert ids(hits) == {"transformers_too_old"}
+    assert hit(hits, "transformers_too_old").values["model_type"] == "qwen2"
+
+
+def test_engine_imports_no_torch_or_textual() -> None:
+    import subprocess
+
+    code = ("import sys, fmllm_tui.logdiag as d; d.scan_lines(['RuntimeError: CUDA error: out of memory']); "
+            "print(sorted(m for m in ('torch', 'textual', 'transformers', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
