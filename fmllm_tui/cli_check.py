@@ -342,6 +342,7 @@ def _recommend(args: argparse.Namespace, config_path: Path) -> int:
         return ExitCode.USAGE
     from fmllm_tui import fitsearch, gpu, gpudb
 
+    card = None
     if args.gpu:
         card = gpudb.lookup(args.gpu)
         budget, name = card.usable_bytes, card.name
@@ -353,7 +354,8 @@ def _recommend(args: argparse.Namespace, config_path: Path) -> int:
             print("fmllm-check: error: --recommend needs a GPU here, or --gpu NAME / --vram SIZE", file=sys.stderr)
             return ExitCode.USAGE
         budget, name = inv.devices[0].free_bytes, inv.devices[0].name
-    recs = fitsearch.recommend(budget, loaded.view)
+        card = gpudb.match_nvml(inv.devices[0].name, inv.devices[0].total_bytes)
+    recs = fitsearch.recommend(budget, loaded.view, gpu=card)
     if args.json:
         print(json.dumps({"gpu": name, "budget_bytes": budget, "recommendations": [r.to_json() for r in recs]},
                          indent=2, default=str))

@@ -1,0 +1,143 @@
+"""Fit the memory model's few constants to bench/memory_points.json and print the error table.
+
+    python bench/memory_calibrate.py            # error table with the constants in memory.py
+    python bench/memory_calibrate.py --fit      # least-squares constants, then the table with them
+    python bench/memory_calibrate.py --markdown # the table as markdown (for bench/RESULTS.md)
+
+Fitted (everything else in fmllm_tui/memory.py is derived from shapes and autograd's rules):
+  RUNTIME_MISC_BYTES   allocated bytes no component explains (median residual of torch's peak)
+  RESERVE_LOSS, RESERVE_LAYER, RESERVE_BASE
+                       reserved - allocated = LOSS x the loss's bf16 logits block
+                                            + LAYER x one layer's backward transient + BASE
+                                            (+ the derived workspace stranding, see memory.py)
+                       on points without eager attention or expandable segments
+  RESERVE_EAGER        on the eager-attention points, the rest fixed
+  RESERVE_LAYER_EXPANDABLE, RESERVE_BASE_EXPANDABLE  on points run with expandable_segments:True
+  (each: minimax of the relative process-peak error over a grid, constants >= 0)
+CUDA_CONTEXT_BYTES is read off directly: process peak - reserved peak on points without paged state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fmllm_tui import memory as m  # noqa: E402
+
+GiB = 1 << 30
+
+
+def _with(**consts: float):
+    """Context manager: temporarily set memory-model constants."""
+
+    class _Ctx:
+        def __enter__(self):
+            self.old = {k: getattr(m, k) for k in consts}
+            for k, v in consts.items():
+                setattr(m, k, v)
+
+        def __exit__(self, *exc):
+            for k, v in self.old.items():
+                setattr(m, k, v)
+
+    return _Ctx()
+
+
+def _terms(points: list[dict], archs: dict, misc: int) -> list[tuple]:
+    """Per point: the reserve terms the constants multiply, the rest of the prediction, the measurement."""
+    zero = {"RESERVE_LOSS": 0, "RESERVE_LAYER": 0, "RESERVE_LAYER_EXPANDABLE": 0, "RESERVE_EAGER": 0,
+            "RESERVE_BASE": 0, "RESERVE_BASE_EXPANDABLE": 0}
+    rows = []
+    for p in points:
+        inp, arch = m.point_inputs(p), archs[p["model"]]
+        with _with(RUNTIME_MISC_BYTES=misc, **zero):
+            bare = m.predict_inputs(inp, arch).peak_process_bytes  # includes the derived stranding
+        terms = []
+        for one in ("RESERVE_LOSS", "RESERVE_LAYER", "RESERVE_EAGER"):
+            ones = {one: 1, "RESERVE_LAYER_EXPANDABLE": 1} if one == "RESERVE_LAYER" else {one: 1}
+            with _with(RUNTIME_MISC_BYTES=misc, **{**zero, **ones}):
+                terms.append(m.predict_inputs(inp, arch).peak_process_bytes - bare)
+        rows.append((*terms, bool(inp.expandable_segments), bare, p["measured"]["process_peak_bytes"]))
+    return rows
+
+
+def fit(points: list[dict], archs: dict) -> dict[str, float]:
+    """Constants from the recorded points, each fitted on the points it governs (minimax error)."""
+    misc_res = []
+    for p in points:
+        with _with(RUNTIME_MISC_BYTES=0):
+            pr = m.predict_inputs(m.point_inputs(p), archs[p["model"]])
+        misc_res.append(p["measured"]["peak_allocated_bytes"] - pr.peak_allocated_bytes)
+    misc = int(statistics.median(misc_res))
+    rows = _terms(points, archs, misc)
+
+    def worst(rl: float, ry: float, re: float, rb: float, rye: float, rbe: float, subset) -> tuple[float, float]:
+        errs = [(bare + rl * lt + (rye if exp else ry) * yt + re * et + (rbe if exp else rb) - meas) / meas
+                for lt, yt, et, exp, bare, meas in subset]
+        return max(abs(e) for e in errs), sum(e * e for e in errs)
+
+    plain_rows = [r for r in rows if not r[3] and not r[2]]
+    rl, ry, rb = min(((a / 20, b / 20, c / 100 * GiB) for a in range(0, 61) for b in range(0, 21) for c in range(0, 31, 2)),
+                     key=lambda k: worst(k[0], k[1], 0, k[2], 0, 0, plain_rows))
+    eager_rows = [r for r in rows if r[2]]
+    re = (min((x / 10 for x in range(0, 61)), key=lambda v: worst(rl, ry, v, rb, 0, 0, eager_rows))
+          if eager_rows else m.RESERVE_EAGER)
+    exp_rows = [r for r in rows if r[3]]
+    rye, rbe = (min(((a / 100, c / 100 * GiB) for a in range(0, 41) for c in range(0, 31)),
+                    key=lambda k: worst(rl, ry, re, rb, k[0], k[1], exp_rows))
+                if exp_rows else (m.RESERVE_LAYER_EXPANDABLE, m.RESERVE_BASE_EXPANDABLE))
+    return {"RUNTIME_MISC_BYTES": misc, "RESERVE_LOSS": rl, "RESERVE_LAYER": ry, "RESERVE_BASE": int(rb),
+            "RESERVE_EAGER": re, "RESERVE_LAYER_EXPANDABLE": rye, "RESERVE_BASE_EXPANDABLE": int(rbe)}
+
+
+def table(points: list[dict], archs: dict, markdown: bool = False) -> float:
+    """Print predicted vs measured per point; return the worst |process error|."""
+    worst = 0.0
+    head = ("point", "recipe", "alloc meas", "alloc pred", "err", "process meas", "process pred", "err")
+    if markdown:
+        print("| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
+    else:
+        print(f"{head[0]:40} {head[1]:7} {'alloc m/p GiB':>15} {'err':>6} {'process m/p GiB':>17} {'err':>6}")
+    for p in points:
+        pr = m.predict_inputs(m.point_inputs(p), archs[p["model"]])
+        meas = p["measured"]
+        am, ap = meas["peak_allocated_bytes"], pr.peak_allocated_bytes
+        pm, pp = meas["process_peak_bytes"], pr.peak_process_bytes
+        ea, ep = (ap - am) / am * 100, (pp - pm) / pm * 100
+        worst = max(worst, abs(ep))
+        if markdown:
+            print(f"| {p['id']} | {p['recipe']} | {am / GiB:.2f} | {ap / GiB:.2f} | {ea:+.1f}% | "
+                  f"{pm / GiB:.2f} | {pp / GiB:.2f} | {ep:+.1f}% |")
+        else:
+            print(f"{p['id']:40} {p['recipe']:7} {am / GiB:7.2f}/{ap / GiB:6.2f} {ea:+5.1f}% "
+                  f"{pm / GiB:8.2f}/{pp / GiB:7.2f} {ep:+5.1f}%")
+    print(f"worst |process error|: {worst:.1f}%")
+    return worst
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--points", default=None, help="path of memory_points.json (default: bench/)")
+    ap.add_argument("--fit", action="store_true", help="fit the constants and show the table with them")
+    ap.add_argument("--markdown", action="store_true")
+    args = ap.parse_args()
+    points, archs = m.load_points(args.points)
+    if args.fit:
+        consts = fit(points, archs)
+        for k, v in consts.items():
+            shown = f"{v / GiB:.4f} GiB" if k.endswith("BYTES") or k == "RESERVE_BASE" else f"{v:.4f}"
+            print(f"{k} = {shown}")
+        with _with(**consts):
+            table(points, archs, args.markdown)
+        return 0
+    table(points, archs, args.markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1044 @@
+"""Peak GPU memory of a (Q)LoRA fine-tune, predicted per component from config.json and the
+training settings. Pure Python: no torch, microseconds per prediction.
+
+What is modelled (bytes, per GPU):
+
+* weights: 4-bit linears (packed nf4/fp4 plus absmax constants, nested or not), the 16-bit rest
+  (embeddings, untied lm_head, norms, biases; fp32 after ``prepare_model_for_kbit_training``),
+  input embeddings moved to the CPU by fmllm's offload;
+* LoRA weights, gradients and optimizer state (AdamW 32-bit, 8-bit, paged: bitsandbytes pages
+  only tensors of >= 1e5 elements, into managed memory that NVML counts and torch does not);
+* saved activations: one hidden state per layer with gradient checkpointing, every layer's saved
+  tensors without it (autograd's save rules for HF decoder layers, SDPA/flash vs eager's s**2);
+* transients at the two moments that can hold the peak: the loss (full-vocabulary fp32 logits
+  for the plain HF loss, one chunk for fmllm's chunked loss, a few MB for liger's fused loss)
+  and the backward of the first recomputed layer (its saved tensors, the MLP's gradients and
+  bitsandbytes' dequantized weight);
+* the CUDA context and the caching allocator's reserve (NVML sees both, torch does not).
+
+Outputs: the breakdown at the peak moment, the peak as torch counts it (max allocated), the
+process peak as NVML sees it (the memory the training process takes, CUDA context included),
+a range, and an estimate of tokens per second (a simple overhead + compute model).
+
+Recipes (``recipe=``):
+
+* ``fmllm``: fmllm's runner (fmllm_tui/runner/lean.py, loss.py): 4-bit per config, no
+  ``prepare_model_for_kbit_training``, input grads enabled, non-reentrant checkpointing, fp32
+  adapters, SDPA; with liger-kernel installed its RMSNorm/SwiGLU/RoPE kernels and fused linear
+  cross-entropy, else the model's layers and a chunked cross-entropy (2**25 logits a chunk);
+  untied input embeddings of 256 MiB or more on the CPU (offload_embeddings: auto);
+  PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True.
+* ``plain``: Trainer/SFTTrainer with ``prepare_model_for_kbit_training`` (4-bit only) and the HF
+  loss (``logits.float()`` then cross-entropy over the whole vocabulary).
+* ``noprep``: plain without ``prepare_model_for_kbit_training`` (``enable_input_require_grads``).
+* ``lean``: noprep plus liger-kernel's patches (fused linear CE, RMSNorm, SwiGLU, RoPE).
+
+Calibration. Everything is derived from shapes and autograd's save rules except the constants
+in the "Calibration" block below (context, runtime misc, the allocator's reserve terms, the
+paged-state factor, and the throughput constants). bench/memory_points.json holds the measured
+points (anchor runs on an H200 and probe runs on an H100: 34 points over Qwen2.5 0.5B-14B,
+Qwen3-1.7B, Llama-3.2-3B/3.1-8B, Mistral-7B; plain, noprep, lean and fmllm-like recipes); with
+the constants fitted on all of them every process peak is within 2% (tests/test_memory.py
+asserts 5%); fitted on the 17 anchor points alone, the 17 probe points land within -3%..+7%.
+torch's allocated peak, which uses no fitted reserve term, is within 2.3% on every point.
+Refit with ``python bench/memory_calibrate.py --fit`` after adding points.
+
+Not calibrated by measurement yet (the range is widened): DDP/FSDP, eager attention beyond two
+points, full fine-tuning, fp32 compute, fmllm's chunked loss, other CUDA/driver stacks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # hints only: no import cost at run time
+    from fmllm_tui.config import FineTuneConfig
+    from fmllm_tui.gpudb import GpuCard
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+# --------------------------------------------------------------------------------------------
+# Calibration: every constant that was fitted or measured rather than derived. Recalibrate with
+# bench/memory_calibrate.py after adding points to bench/memory_points.json.
+# --------------------------------------------------------------------------------------------
+
+#: NVML process memory minus torch's reserved peak: CUDA context, loaded kernels, cuBLAS/cuBLASLt
+#: handles. Measured 0.75 GiB (to 0.01) on every point without paged state, H200 and H100 alike
+#: (driver 580, torch 2.11+cu130, lazy module loading).
+CUDA_CONTEXT_BYTES = int(0.75 * GiB)
+#: How far the context may differ on other GPUs, drivers and CUDA builds (widens the range only).
+CUDA_CONTEXT_SPREAD = int(0.25 * GiB)
+#: Allocated bytes no component explains: cuBLAS workspaces, inputs, rotary tables, loader leftovers
+#: (median residual of torch's peak over the points; the 4-bit weights alone were measured
+#: 0.015-0.03 GiB above the packed sizes).
+RUNTIME_MISC_BYTES = int(0.077 * GiB)
+#: The caching allocator's reserve (torch reserved peak - allocated peak), summed from:
+#: * RESERVE_LOSS x the loss's bf16 logits block: the log-softmax gradient needs a new fp32 block
+#:   while only the freed bf16 block is free (derived: 1.0), plus cached blocks it cannot reuse;
+#: * one fp32 logits block more (2 x the bf16 block, derived) when cuBLAS's backward-thread
+#:   workspace lands in a freed logits block: best fit puts it in the smallest free block that
+#:   holds it, which is a logits block when every cached layer block is smaller than the
+#:   workspace (small models; seen in allocator snapshots of Qwen2.5-0.5B vs Llama-3.1-8B);
+#: * RESERVE_LAYER x one layer's backward transient (blocks cached from the recompute;
+#:   RESERVE_LAYER_EXPANDABLE with expandable_segments:True, where freed blocks are reused more);
+#: * RESERVE_EAGER x one layer's fp32 attention scores (eager attention only);
+#: * RESERVE_BASE (RESERVE_BASE_EXPANDABLE with expandable_segments:True, as fmllm's runner sets).
+#: Fitted on bench/memory_points.json with bench/memory_calibrate.py --fit.
+RESERVE_LOSS = 0.95
+RESERVE_LAYER = 0.35
+RESERVE_LAYER_EXPANDABLE = 0.01
+RESERVE_EAGER = 1.7
+RESERVE_BASE = int(0.04 * GiB)
+RESERVE_BASE_EXPANDABLE = int(0.05 * GiB)
+#: torch's default cuBLAS workspace per handle (CUBLAS_WORKSPACE_CONFIG): ":4096:8" on compute
+#: capability 9.0 and newer, ":4096:2:16:8" before. Unknown GPU: the larger (the safer plan).
+CUBLAS_WORKSPACE_HOPPER = 32 * MiB
+CUBLAS_WORKSPACE_OLDER = 8 * MiB + 128 * 1024
+#: bitsandbytes' paged optimizer state as NVML counts it, per byte of state (managed memory).
+#: Fitted on the two points with sizeable paged state (0.37 GiB seen for 0.19 and 0.31 GiB of state).
+PAGED_NVML_FACTOR = 1.4
+#: Relative model error used for the range (the calibration target; widened for uncalibrated paths).
+RANGE_REL = 0.05
+
+# Derived constants (physics, not fitted) ------------------------------------------------------
+#: Plain HF loss: fp32 log-softmax output + its incoming gradient + the gradient it produces are
+#: alive together in backward (the bf16 logits were freed with the model outputs): 12 B per logit.
+#: The anchor points' slope (2.04 MB per token for Qwen2.5-7B noprep) confirms it.
+PLAIN_LOSS_BYTES_PER_LOGIT = 12
+#: fmllm's pure-torch chunked cross-entropy (fmllm_tui/runner/loss.py): each chunk holds
+#: CHUNKED_LOSS_ELEMENTS logits (2**25: 128 MiB in fp32), recomputed in backward; within a chunk the
+#: bytes per logit are the plain loss's (assumed until the runner's own points are recorded).
+CHUNKED_LOSS_ELEMENTS = 2**25
+CHUNKED_LOSS_BYTES_PER_LOGIT = 12
+#: The runner's offload_embeddings: auto moves untied input embeddings of at least this size.
+OFFLOAD_AUTO_MIN_BYTES = 256 * MiB
+#: liger's fused linear cross-entropy: bytes per logit of its chunk (bf16 logits + fp32 work).
+LIGER_LOSS_BYTES_PER_LOGIT = 8
+#: bitsandbytes' paged optimizer: tensors smaller than this stay in ordinary torch memory.
+PAGED_MIN_NUMEL = 100_000
+#: bitsandbytes 8-bit optimizers keep 32-bit state for tensors smaller than this.
+OPTIM_8BIT_MIN_NUMEL = 4096
+#: NCCL communicator buffers per process for DDP/FSDP (not calibrated here).
+NCCL_BYTES = int(0.5 * GiB)
+
+# Throughput model (relative speeds; calibrated on the H200 anchor runs, Qwen2.5-7B/14B) -------
+#: Share of the card's dense 16-bit tensor throughput that training matmuls reach.
+MATMUL_EFFICIENCY = 0.45
+#: Host-side cost per decoder layer per pass (forward, backward, recompute), seconds.
+OVERHEAD_LAYER_S = 1.45e-3
+#: Extra host+dequantize cost per 4-bit linear per pass, seconds.
+OVERHEAD_4BIT_LINEAR_S = 0.236e-3
+#: Extra cost per LoRA adapter per pass (dropout, A, B, scale, add), seconds.
+OVERHEAD_LORA_S = 0.15e-3
+#: Optimizer cost per trainable tensor per optimizer step, seconds.
+OVERHEAD_OPTIM_TENSOR_S = 25e-6
+#: Soft maximum of host overhead and GPU time (the GPU works while the host launches).
+OVERLAP_P = 4.0
+#: Fallback GPU for speed estimates when none is named: dense 16-bit TFLOP/s and memory GB/s.
+DEFAULT_TFLOPS = 989.0
+DEFAULT_BANDWIDTH_GBS = 4800.0
+
+RECIPES = ("fmllm", "plain", "noprep", "lean")
+MODES = ("single", "ddp", "fsdp")  # "auto" is read as single: the runner's default is one GPU
+OPTIMIZERS_8BIT = {"adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit"}
+_ROLES_ATTN_IN = ("q", "k", "v", "qkv")
+_ROLES_MLP_IN = ("gate", "up", "gate_up")
+_NAME_TO_ROLE = {
+    "q_proj": "q",
+    "k_proj": "k",
+    "v_proj": "v",
+    "o_proj": "o",
+    "gate_proj": "gate",
+    "up_proj": "up",
+    "down_proj": "down",
+    "qkv_proj": "qkv",
+    "gate_up_proj": "gate_up",
+}
+
+
+class ArchitectureError(ValueError):
+    """A config.json the memory model cannot use; the message names the field and what to do."""
+
+
+# --------------------------------------------------------------------------------------------
+# Architecture
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """The shapes of a dense decoder-only transformer, read from its config.json."""
+
+    model_type: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    fused_qkv: bool = False
+    fused_gate_up: bool = False
+    norms_per_layer: int = 2
+    qk_norm: bool = False
+    logit_softcap: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any] | ArchSpec) -> ArchSpec:
+        """Read a config.json-like dict (``text_config`` of multimodal configs is used)."""
+        if isinstance(cfg, ArchSpec):
+            return cfg
+        if not isinstance(cfg, dict):
+            raise ArchitectureError(f"expected a config.json mapping, got {type(cfg).__name__}")
+        if "hidden_size" not in cfg and isinstance(cfg.get("text_config"), dict):
+            cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type", cfg.get("model_type"))}
+        for moe_key in ("num_experts", "num_local_experts", "n_routed_experts"):
+            if cfg.get(moe_key):
+                raise ArchitectureError(
+                    f"config.json has {moe_key}={cfg[moe_key]}: mixture-of-experts models are not "
+                    "modelled yet; fmllm's memory plan covers dense decoder models"
+                )
+
+        def need(key: str) -> int:
+            value = cfg.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ArchitectureError(
+                    f"config.json field {key!r} is {value!r}; expected a positive whole number "
+                    "(is this a decoder-only causal LM config?)"
+                )
+            return value
+
+        model_type = str(cfg.get("model_type") or "")
+        hidden = need("hidden_size")
+        heads = need("num_attention_heads")
+        kv_raw = cfg.get("num_key_value_heads")
+        kv = need("num_key_value_heads") if kv_raw is not None else heads
+        hd_raw = cfg.get("head_dim")
+        head_dim = need("head_dim") if hd_raw is not None else hidden // heads
+        if head_dim <= 0 or heads % kv:
+            raise ArchitectureError(
+                f"config.json: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv}"
+            )
+        tied = cfg.get("tie_word_embeddings")
+        if tied is None:
+            tied = model_type.startswith("gemma")
+        gemma4 = model_type.startswith("gemma2") or model_type.startswith("gemma3")
+        return cls(
+            model_type=model_type,
+            hidden=hidden,
+            intermediate=need("intermediate_size"),
+            layers=need("num_hidden_layers"),
+            heads=heads,
+            kv_heads=kv,
+            head_dim=head_dim,
+            vocab=need("vocab_size"),
+            tied=bool(tied),
+            qkv_bias=model_type == "qwen2" or bool(cfg.get("attention_bias")),
+            o_bias=bool(cfg.get("attention_bias")) and model_type != "qwen2",
+            mlp_bias=bool(cfg.get("mlp_bias")),
+            fused_qkv=model_type == "phi3",
+            fused_gate_up=model_type == "phi3",
+            norms_per_layer=4 if gemma4 else 2,
+            qk_norm=model_type in ("qwen3", "gemma3", "gemma3_text", "olmo2"),
+            logit_softcap=bool(cfg.get("final_logit_softcapping")),
+        )
+
+    # Shapes ------------------------------------------------------------------------------------
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    def roles(self) -> tuple[str, ...]:
+        """The linear layers of one decoder layer, by role."""
+        attn = ("qkv",) if self.fused_qkv else ("q", "k", "v")
+        mlp = ("gate_up",) if self.fused_gate_up else ("gate", "up")
+        return (*attn, "o", *mlp, "down")
+
+    def shape(self, role: str) -> tuple[int, int]:
+        """(in_features, out_features) of a linear role."""
+        h, i = self.hidden, self.intermediate
+        return {
+            "q": (h, self.q_dim),
+            "k": (h, self.kv_dim),
+            "v": (h, self.kv_dim),
+            "qkv": (h, self.q_dim + 2 * self.kv_dim),
+            "o": (self.q_dim, h),
+            "gate": (h, i),
+            "up": (h, i),
+            "gate_up": (h, 2 * i),
+            "down": (i, h),
+        }[role]
+
+
+@dataclass(frozen=True)
+class _ArchSums:
+    """Sizes derived once per architecture (the search calls predict hundreds of times)."""
+
+    linear_params: int  # per layer
+    linear_4bit_bytes: dict[tuple[str, bool], int]  # (quant_type, nested) -> bytes for all layers
+    other_params: int  # biases and norms, all layers plus the final norm
+    embed_params: int
+    head_params: int
+    max_linear: int  # largest d_in*d_out (the dequantized weight buffer)
+    matmul_params: int  # all layers' linear params (for FLOPs)
+    total_params: int
+
+
+def _quant_bytes(n: int, nested: bool) -> int:
+    """Bytes of one bitsandbytes 4-bit weight of n elements: packed + absmax (+ nested state)."""
+    blocks = -(-n // 64)
+    packed = -(-n // 2)
+    if nested:
+        # uint8 absmax per 64, fp32 absmax per 256 blocks, the 256-entry fp32 code table.
+        return packed + blocks + 4 * -(-blocks // 256) + 1024 + 64
+    return packed + 4 * blocks + 64
+
+
+@lru_cache(maxsize=256)
+def _sums(arch: ArchSpec) -> _ArchSums:
+    per_layer = 0
+    q_nested = 0
+    q_plain = 0
+    max_lin = 0
+    for role in arch.roles():
+        d_in, d_out = arch.shape(role)
+        n = d_in * d_out
+        per_layer += n
+        max_lin = max(max_lin, n)
+        q_nested += _quant_bytes(n, True)
+        q_plain += _quant_bytes(n, False)
+    bias = 0
+    if arch.qkv_bias:
+        bias += arch.q_dim + 2 * arch.kv_dim
+    if arch.o_bias:
+        bias += arch.hidden
+    if arch.mlp_bias:
+        bias += 2 * arch.intermediate + arch.hidden
+    norms = arch.norms_per_layer * arch.hidden + (2 * arch.head_dim if arch.qk_norm else 0)
+    other = arch.layers * (bias + norms) + arch.hidden
+    embed = arch.vocab * arch.hidden
+    head = 0 if arch.tied else embed
+    quant = {}
+    for qt in ("nf4", "fp4"):
+        quant[(qt, True)] = arch.layers * q_nested
+        quant[(qt, False)] = arch.layers * q_plain
+    return _ArchSums(
+        linear_params=per_layer,
+        linear_4bit_bytes=quant,
+        other_params=other,
+        embed_params=embed,
+        head_params=head,
+        max_linear=max_lin,
+        matmul_params=arch.layers * per_layer,
+        total_params=arch.layers * per_layer + other + embed + head,
+    )
+
+
+def param_count(arch: dict[str, Any] | ArchSpec) -> int:
+    """Parameters of the model a config describes (e.g. Qwen2.5-7B -> 7,615,616,512)."""
+    return _sums(ArchSpec.from_config(arch)).total_params
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """Everything a prediction depends on, as plain values (cheap to vary with ``replace``)."""
+
+    seq_len: int = 1024
+    micro_batch: int = 1
+    grad_accum: int = 1
+    gradient_checkpointing: bool = True
+    use_4bit: bool = True
+    quant_type: str = "nf4"
+    nested_quant: bool = True
+    compute_dtype: str = "bfloat16"
+    use_adapter: bool = True
+    lora_r: int = 8
+    lora_targets: tuple[str, ...] | str = ("q_proj", "k_proj", "v_proj", "o_proj")
+    lora_dropout: float = 0.05
+    optim: str = "paged_adamw_32bit"
+    recipe: str = "fmllm"
+    attn: str = "sdpa"
+    loss: str = "auto"  # fmllm recipe: auto | liger | chunked | plain
+    offload_embeddings: str = "off"  # fmllm recipe: auto | on | off
+    liger_layers: bool | None = None  # liger RMSNorm/SwiGLU/RoPE; None: lean yes, fmllm when installed
+    padded: bool | None = None  # batches carry padding (a mask: SDPA repeats k/v); None: micro_batch > 1 and not packing
+    packing: bool = False
+    mode: str = "single"
+    n_gpus: int = 1
+    cpu_offload: bool = False  # FSDP: parameters and optimizer state on the CPU
+    expandable_segments: bool | None = None  # PYTORCH_CUDA_ALLOC_CONF; None: on for the fmllm recipe
+    compute_capability: tuple[int, int] | None = None  # the GPU's; None: planned as Hopper
+    tflops: float | None = None  # the GPU's dense 16-bit TFLOP/s, for the speed estimate
+    bandwidth_gbs: float | None = None
+
+    @property
+    def tokens(self) -> int:
+        """Tokens per micro-batch (every example at full length: the worst batch)."""
+        return self.seq_len * self.micro_batch
+
+
+@dataclass
+class Prediction:
+    """A memory prediction. ``breakdown`` sums to ``peak_process_bytes``."""
+
+    breakdown: dict[str, int]
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+    peak_process_bytes: int
+    low_bytes: int
+    high_bytes: int
+    tokens_per_step: int
+    tokens_per_micro_batch: int
+    tokens_per_second: float
+    relative_speed: float  # tokens/s over the model's compute-bound speed on this card (<= 1)
+    peak_phase: str  # "loss" | "layer backward"
+    recipe: str
+    loss: str
+    notes: list[str] = field(default_factory=list)
+    inputs: PlanInputs | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["inputs"] = asdict(self.inputs) if self.inputs else None
+        return d
+
+    def describe(self) -> str:
+        """A few lines for people: the peak, the range and the biggest components."""
+        parts = sorted(self.breakdown.items(), key=lambda kv: -kv[1])
+        top = ", ".join(f"{k} {v / GiB:.2f}" for k, v in parts[:6] if v > 0)
+        return (
+            f"predicted process peak {self.peak_process_bytes / GiB:.2f} GiB "
+            f"(range {self.low_bytes / GiB:.2f}-{self.high_bytes / GiB:.2f}; torch allocated "
+            f"{self.peak_allocated_bytes / GiB:.2f}; peak during the {self.peak_phase}); GiB: {top}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_targets(targets: tuple[str, ...] | list[str] | str, arch: ArchSpec) -> tuple[tuple[str, ...], list[str]]:
+    """LoRA target names -> linear roles of this architecture, and notes on names that differ."""
+    notes: list[str] = []
+    if isinstance(targets, str):
+        if targets == "all-linear":
+            return arch.roles(), notes
+        targets = (targets,)
+    roles: list[str] = []
+    unknown: list[str] = []
+    for name in targets:
+        leaf = str(name).rsplit(".", 1)[-1]
+        role = _NAME_TO_ROLE.get(leaf)
+        if role is None:
+            unknown.append(str(name))
+            continue
+        if arch.fused_qkv and role in ("q", "k", "v"):
+            role = "qkv"
+        elif not arch.fused_qkv and role == "qkv":
+            roles.extend(r for r in ("q", "k", "v") if r not in roles)
+            continue
+        if arch.fused_gate_up and role in ("gate", "up"):
+            role = "gate_up"
+        elif not arch.fused_gate_up and role == "gate_up":
+            roles.extend(r for r in ("gate", "up") if r not in roles)
+            continue
+        if role not in roles:
+            roles.append(role)
+    if unknown:
+        notes.append(
+            f"LoRA target(s) {', '.join(unknown)} are not linear layers of a {arch.model_type or 'this'} "
+            "decoder layer; they were left out of the plan (peft stops with 'Target modules ... not found')"
+        )
+    fused = [t for t in targets if _NAME_TO_ROLE.get(str(t).rsplit(".", 1)[-1]) in ("q", "k", "v", "gate", "up")]
+    if fused and (arch.fused_qkv or arch.fused_gate_up):
+        notes.append(
+            f"{arch.model_type} fuses q/k/v into qkv_proj and gate/up into gate_up_proj: planned "
+            "with the fused layers (name them so in target_modules)"
+        )
+    return tuple(roles), notes
+
+
+def _lora_tensors(arch: ArchSpec, roles: tuple[str, ...], r: int) -> list[int]:
+    """Element counts of every LoRA tensor (A and B of each adapted layer), all layers."""
+    one_layer: list[int] = []
+    for role in roles:
+        d_in, d_out = arch.shape(role)
+        one_layer.append(r * d_in)
+        one_layer.append(d_out * r)
+    return one_layer * arch.layers
+
+
+def _optimizer_bytes(optim: str, numels: list[int], state_bytes: int = 4) -> tuple[int, int]:
+    """(torch-visible state bytes, paged state bytes as NVML counts them) for these tensors.
+
+    ``state_bytes`` is the size of a 32-bit-optimizer state element for torch's own AdamW (it
+    keeps state in the parameter's dtype); bitsandbytes' 32-bit optimizers always use fp32.
+    """
+    paged = optim.startswith("paged_")
+    base = optim.replace("paged_", "")
+    torch_bytes = 0
+    nvml_paged = 0
+    states = 1 if base.startswith("lion") or base in ("rmsprop", "adagrad") else 2
+    for n in numels:
+        if base in ("adamw_8bit", "adamw_bnb_8bit", "lion_8bit"):
+            if n < OPTIM_8BIT_MIN_NUMEL:
+                b = 4 * states * n
+            else:
+                b = states * (n + 4 * -(-n // 256))  # uint8 state + fp32 absmax per 256
+        elif base in ("adamw_torch", "adamw_torch_fused"):
+            b = 2 * state_bytes * n
+        elif base in ("adamw_32bit", "lion_32bit"):
+            b = 4 * states * n
+        elif base in ("rmsprop", "adagrad"):
+            b = state_bytes * n
+        elif base == "adafactor":
+            b = 4 * n // 16 + 64  # factored second moments (rows + columns): tiny
+        else:  # sgd: no momentum by default
+            b = 0
+        if paged and n >= PAGED_MIN_NUMEL and b:
+            nvml_paged += b
+        else:
+            torch_bytes += b
+    return torch_bytes, int(PAGED_NVML_FACTOR * nvml_paged)
+
+
+_liger_cache: dict[str, bool] = {}
+
+
+def liger_available() -> bool:
+    """Whether liger-kernel is installed here (looked up without importing it)."""
+    if "v" not in _liger_cache:
+        import importlib.util
+
+        try:
+            _liger_cache["v"] = importlib.util.find_spec("liger_kernel") is not None
+        except (ImportError, ValueError):
+            _liger_cache["v"] = False
+    return _liger_cache["v"]
+
+
+def resolve_loss(recipe: str, loss: str) -> str:
+    """The loss implementation a recipe runs: plain | chunked | liger (as the runner decides)."""
+    if recipe in ("plain", "noprep"):
+        return "plain"
+    if recipe == "lean":
+        return "liger"
+    if loss == "auto":
+        return "liger" if liger_available() else "chunked"
+    return loss
+
+
+def resolve_liger_layers(inp: PlanInputs) -> bool:
+    """Whether liger's RMSNorm/SwiGLU/RoPE kernels patch the model (fmllm: when installed)."""
+    if inp.liger_layers is not None:
+        return inp.liger_layers
+    if inp.recipe == "lean":
+        return True
+    return inp.recipe == "fmllm" and (liger_available() or inp.loss == "liger")
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+
+
+def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Prediction:
+    """Predict peak memory (and speed) from plain inputs. The fast path the fit search uses."""
+    a = ArchSpec.from_config(arch)
+    s = _sums(a)
+    notes: list[str] = []
+    if inp.recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {inp.recipe!r}")
+    if inp.mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)} (or auto), got {inp.mode!r}")
+    if inp.seq_len < 1 or inp.micro_batch < 1 or inp.n_gpus < 1 or inp.grad_accum < 1:
+        raise ValueError("seq_len, micro_batch, grad_accum and n_gpus must be at least 1")
+
+    h, inter, n_layers, vocab = a.hidden, a.intermediate, a.layers, a.vocab
+    qd, kvd = a.q_dim, a.kv_dim
+    T = inp.tokens
+    seq = inp.seq_len
+    b = inp.micro_batch
+    c = 4 if inp.compute_dtype == "float32" else 2  # compute/model dtype bytes
+    autocast = c == 2
+    quant = inp.use_4bit and inp.use_adapter
+    if inp.use_4bit and not inp.use_adapter:
+        notes.append("a 4-bit model cannot be trained without an adapter (use_adapter: false): planned as 16-bit full fine-tuning")
+    prep = inp.recipe == "plain" and quant  # prepare_model_for_kbit_training: fp32 non-4-bit params
+    liger_layers = resolve_liger_layers(inp)
+    loss_kind = resolve_loss(inp.recipe, inp.loss)
+    if loss_kind != "plain" and a.logit_softcap:
+        loss_kind = "plain"  # the runner's lean loss cannot cap logits: it uses the model's own
+        notes.append("the model caps its logits (final_logit_softcapping): the runner uses the model's own loss")
+    gc = inp.gradient_checkpointing
+    res_b = 4 if prep else c  # residual stream bytes (prep's fp32 embeddings make it fp32)
+    mlp_b = 4 if prep else c  # Linear4bit returns its input's dtype
+    w16 = 4 if prep else c  # bytes of the non-4-bit parameters
+    full_ft = not inp.use_adapter
+    eager = inp.attn == "eager"
+    padded = inp.padded if inp.padded is not None else (b > 1 and not inp.packing)
+    padded_mask = padded and not eager and inp.attn != "flash_attention_2"
+
+    roles, tnotes = resolve_targets(inp.lora_targets, a) if not full_ft else (a.roles(), [])
+    notes.extend(tnotes)
+
+    # ---- static: weights, adapters, optimizer --------------------------------------------
+    bd: dict[str, int] = {}
+    offload = inp.recipe == "fmllm" and (
+        inp.offload_embeddings == "on"
+        or (inp.offload_embeddings == "auto" and s.embed_params * w16 >= OFFLOAD_AUTO_MIN_BYTES)
+    )
+    if offload and a.tied:
+        if inp.offload_embeddings == "on":
+            notes.append("input embeddings are tied to the output head: they cannot be offloaded")
+        offload = False
+    embed_bytes = 0 if offload else s.embed_params * w16
+    if quant:
+        wq = s.linear_4bit_bytes[(inp.quant_type, inp.nested_quant)]
+        packed = s.matmul_params // 2
+        bd["weights_4bit"] = packed
+        bd["quant_constants"] = wq - packed
+        bd["weights_16bit"] = embed_bytes + (s.head_params + s.other_params) * w16
+    else:
+        bd["weights_4bit"] = 0
+        bd["quant_constants"] = 0
+        bd["weights_16bit"] = embed_bytes + (s.head_params + s.other_params + s.matmul_params) * c
+    if offload:
+        notes.append(f"input embeddings on the CPU: {s.embed_params * c / GiB:.2f} GiB off the GPU")
+
+    if full_ft:
+        numels = [d_in * d_out for d_in, d_out in map(a.shape, a.roles())] * a.layers
+        numels += [s.embed_params, s.other_params] + ([s.head_params] if s.head_params else [])
+        n_train = s.total_params
+        bd["lora_weights"] = 0
+        bd["lora_grads"] = n_train * c
+        opt_torch, opt_paged = _optimizer_bytes(inp.optim, numels, state_bytes=c)
+        notes.append("full fine-tuning: planned from autograd's rules, not calibrated by measurement")
+    else:
+        numels = _lora_tensors(a, roles, inp.lora_r)
+        n_train = sum(numels)
+        bd["lora_weights"] = 4 * n_train  # peft keeps adapters in fp32
+        bd["lora_grads"] = 4 * n_train
+        opt_torch, opt_paged = _optimizer_bytes(inp.optim, numels)
+    bd["optimizer_state"] = opt_torch
+    bd["runtime_misc"] = RUNTIME_MISC_BYTES
+    mask_bytes = 0
+    if eager:
+        mask_bytes = c * b * seq * seq  # the 4D float causal mask
+    elif padded_mask:
+        mask_bytes = b * seq * seq  # the 4D bool padding mask SDPA gets
+
+    # ---- multi-GPU ------------------------------------------------------------------------
+    n = inp.n_gpus if inp.mode != "single" else 1
+    gather = 0
+    if inp.mode == "fsdp" and n > 1:
+        # FSDP+QLoRA (bf16 quant storage): parameters, adapters, grads and state sharded;
+        # embeddings/lm_head sit in the root unit and stay gathered; two layer units gathered.
+        layer_w = (bd["weights_4bit"] + bd["quant_constants"]) // n_layers if quant else s.linear_params * c
+        layer_lora = bd["lora_weights"] // n_layers
+        root = embed_bytes + s.head_params * w16
+        sharded_keys = ("weights_4bit", "quant_constants", "lora_weights", "lora_grads", "optimizer_state")
+        for k in sharded_keys:
+            bd[k] = bd[k] // n
+        other16 = bd["weights_16bit"] - root
+        if inp.cpu_offload:
+            for k in sharded_keys:
+                bd[k] = 0
+            other16 = 0
+            notes.append("FSDP CPU offload: sharded parameters and optimizer state live in CPU memory")
+        bd["weights_16bit"] = root + other16 // n
+        gather = 2 * (layer_w + layer_lora)
+        bd["fsdp_gathered_layers"] = gather
+        notes.append(f"FSDP over {n} GPUs: per-GPU prediction, not yet calibrated by measurement")
+    elif inp.mode == "ddp" and n > 1:
+        bd["ddp_grad_buckets"] = bd["lora_grads"]
+        notes.append(f"DDP over {n} GPUs: every GPU holds the whole model; per-GPU prediction, not yet calibrated")
+
+    static = sum(bd.values()) + mask_bytes
+
+    # ---- activations -----------------------------------------------------------------------
+    # Saved tensors per token of one decoder layer (autograd's save rules, HF modules).
+    norm_extra = (a.norms_per_layer - 2) * 4 * h  # Gemma's post-norms, fp32 copies
+    if liger_layers:
+        norm1 = 0 if gc else res_b * h
+        norm2 = res_b * h
+    else:
+        norm1 = 0 if (gc and res_b == 4) else 4 * h
+        norm2 = 4 * h
+    qk = 4 * (qd + kvd) if a.qk_norm else 0
+    if eager:
+        attn = c * 4 * qd + (4 + c) * a.heads * seq
+    else:
+        kv_saved = qd if padded_mask else kvd
+        attn = c * (2 * qd + 2 * kv_saved) + 4 * a.heads
+    mlp = (2 if liger_layers else 3) * mlp_b * inter
+    adapters = 0
+    drop = inp.lora_dropout > 0 and not full_ft
+    shared_in = {"attn": False, "mlp": False}
+    for role in roles:
+        d_in, _ = a.shape(role)
+        group = "attn" if role in _ROLES_ATTN_IN else "mlp" if role in _ROLES_MLP_IN else role
+        if drop:
+            adapters += (c + 1) * d_in  # dropout copy (cast to the compute dtype) + bool mask
+        elif role == "o":
+            pass  # its input, the attention output, is saved by SDPA already
+        elif role == "down":
+            adapters += c * d_in  # the MLP product, otherwise not saved
+        elif prep:
+            adapters += c * d_in  # autocast's bf16 copy of the fp32 input, one per adapter
+        elif not shared_in[group]:
+            adapters += c * d_in
+            shared_in[group] = True
+        if not full_ft:
+            adapters += c * inp.lora_r  # lora_A's output, saved by lora_B
+    per_tok_saved = norm1 + norm2 + norm_extra + qk + attn + mlp + adapters
+    layer_saved = per_tok_saved * T
+
+    deq = 2 * s.max_linear if quant else 0
+    ws_mlp = (1 if liger_layers else 3) * mlp_b * inter * T
+    ws = max(ws_mlp, mlp_b * inter * T + deq) + 2 * res_b * h * T
+    if eager:
+        ws += (4 + c) * a.heads * seq * T
+
+    ckpt = n_layers * res_b * h * T if gc else 0
+
+    # ---- the loss ---------------------------------------------------------------------------
+    final_saved = (res_b if liger_layers else 4) * h * T  # the final norm's saved input
+    if loss_kind == "plain":
+        logits_block = 2 * T * vocab
+        loss_b = PLAIN_LOSS_BYTES_PER_LOGIT * T * vocab
+        if a.logit_softcap:
+            loss_b += 4 * T * vocab  # tanh soft-capping keeps two more bf16 logit copies
+            notes.append("final logit soft-capping adds two bf16 copies of the logits")
+    elif loss_kind == "chunked":
+        chunk = min(T, max(1, CHUNKED_LOSS_ELEMENTS // vocab))
+        logits_block = 2 * chunk * vocab
+        loss_b = CHUNKED_LOSS_BYTES_PER_LOGIT * chunk * vocab + 2 * c * h * T  # + target rows, their grad
+    elif loss_kind == "liger":
+        chunk = 1 << max(0, math.ceil(math.log2(max(1, -(-T // -(-vocab // h))))))
+        logits_block = 2 * chunk * vocab
+        loss_b = LIGER_LOSS_BYTES_PER_LOGIT * chunk * vocab + c * h * T
+    else:
+        raise ValueError(f"loss must be plain, chunked, liger or auto, got {inp.loss!r}")
+    head_copy = s.embed_params * 2 if (prep and autocast) else 0  # autocast's bf16 copy of the fp32 head
+
+    # ---- the two candidate peaks -------------------------------------------------------------
+    if gc:
+        loss_phase = static + ckpt + final_saved + loss_b + head_copy
+        layer_phase = static + ckpt + layer_saved + ws
+    else:
+        all_saved = n_layers * layer_saved
+        cast_copies = 2 * n_train if (autocast and not full_ft) else 0
+        loss_phase = static + all_saved + final_saved + loss_b + head_copy + cast_copies
+        layer_phase = static + all_saved + ws + cast_copies
+    if full_ft:
+        # Full fine-tuning: the optimizer step (foreach temporaries) can peak after backward.
+        layer_phase = max(layer_phase, static + s.total_params * c)
+    peak_alloc = max(loss_phase, layer_phase)
+    phase = "loss" if loss_phase >= layer_phase else "layer backward"
+
+    if phase == "loss":
+        bd["checkpoints" if gc else "activations"] = ckpt if gc else all_saved
+        bd["final_norm"] = final_saved
+        bd["loss"] = loss_b
+        bd["head_autocast_copy"] = head_copy
+        if not gc:
+            bd["lora_autocast_copies"] = cast_copies
+    else:
+        if gc:
+            bd["checkpoints"] = ckpt
+            bd["recomputed_layer"] = layer_saved
+            bd["backward_working_set"] = layer_phase - static - ckpt - layer_saved
+        else:
+            bd["activations"] = all_saved
+            bd["backward_working_set"] = layer_phase - static - all_saved - cast_copies
+            bd["lora_autocast_copies"] = cast_copies
+    if mask_bytes:
+        bd["attention_mask"] = mask_bytes
+    if eager:
+        notes.append(f"eager attention keeps {(4 + c) * a.heads * seq * T / GiB:.2f} GiB of seq x seq scores per layer")
+
+    # ---- what NVML sees -------------------------------------------------------------------------
+    expandable = inp.expandable_segments if inp.expandable_segments is not None else inp.recipe == "fmllm"
+    cc = inp.compute_capability
+    workspace = CUBLAS_WORKSPACE_HOPPER if (cc is None or cc >= (9, 0)) else CUBLAS_WORKSPACE_OLDER
+    # The largest blocks the forward leaves cached: the dequantized weight, an MLP intermediate,
+    # a norm's fp32 copy.
+    layer_block = max(deq, mlp_b * T * inter, 4 * T * h, 4 * b * a.heads * seq * seq if eager else 0)
+    reserve = RESERVE_LOSS * logits_block + (RESERVE_LAYER_EXPANDABLE if expandable else RESERVE_LAYER) * (layer_saved + ws)
+    if layer_block < workspace <= logits_block:
+        reserve += 2 * logits_block
+    if eager:
+        reserve += RESERVE_EAGER * 4 * b * a.heads * seq * seq
+    reserve = int(reserve + (RESERVE_BASE_EXPANDABLE if expandable else RESERVE_BASE))
+    bd["allocator_reserve"] = reserve
+    bd["optimizer_paged"] = opt_paged
+    bd["cuda_context"] = CUDA_CONTEXT_BYTES
+    if n > 1:
+        bd["nccl_buffers"] = NCCL_BYTES
+    bd = {k: int(v) for k, v in bd.items()}
+    # Monotone envelope: past the sequence length where an MLP/norm/score block outgrows the
+    # workspace the stranding stops, and the plan must not say that more tokens need less memory:
+    # never predict less than the stranded plan just below that length.
+    fixed_block = deq
+    if fixed_block < workspace <= layer_block and loss_kind != "liger":
+        per_seq = b * max(mlp_b * inter, 4 * h)
+        s_star = (workspace - 1) // per_seq
+        if eager:
+            s_star = min(s_star, math.isqrt((workspace - 1) // (4 * b * a.heads)))
+        below_peaks = []
+        if 1 <= s_star < seq:
+            below_peaks.append(predict_inputs(replace(inp, seq_len=s_star), a).peak_process_bytes)
+        if b > 1:  # and monotone in the micro-batch: at least the (enveloped) plan one smaller
+            below_peaks.append(predict_inputs(replace(inp, micro_batch=b - 1), a).peak_process_bytes)
+        if below_peaks:
+            extra = max(below_peaks) - sum(bd.values())
+            if extra > 0:
+                bd["allocator_reserve"] += extra
+                reserve += extra
+                notes.append(
+                    "planned with the allocator's pattern just below this length (conservative): shorter "
+                    "sequences strand a freed logits block, this one may not"
+                )
+    peak_reserved = peak_alloc + reserve
+    process = sum(bd.values())
+    # The breakdown holds the peak moment's parts; it sums to the process peak by construction.
+    assert process == peak_reserved + opt_paged + CUDA_CONTEXT_BYTES + (NCCL_BYTES if n > 1 else 0)
+
+    rel = RANGE_REL
+    if inp.recipe == "fmllm" and loss_kind == "chunked":
+        rel += 0.03  # the runner's chunked loss has no measured point yet
+    if inp.mode != "single" and n > 1:
+        rel += 0.10
+    if eager or full_ft or inp.compute_dtype == "float32":
+        rel += 0.10
+    spread = int(rel * process) + CUDA_CONTEXT_SPREAD
+    low = max(0, process - spread)
+    high = process + spread
+
+    tps, rel_speed = _throughput(inp, a, s, roles, quant, n_train, len(numels))
+    per_step = T * inp.grad_accum * n
+    return Prediction(
+        breakdown=bd,
+        peak_allocated_bytes=int(peak_alloc),
+        peak_reserved_bytes=int(peak_reserved),
+        peak_process_bytes=int(process),
+        low_bytes=int(low),
+        high_bytes=int(high),
+        tokens_per_step=per_step,
+        tokens_per_micro_batch=T,
+        tokens_per_second=tps,
+        relative_speed=rel_speed,
+        peak_phase=phase,
+        recipe=inp.recipe,
+        loss=loss_kind,
+        notes=notes,
+        inputs=inp,
+    )
+
+
+def _throughput(
+    inp: PlanInputs, a: ArchSpec, s: _ArchSums, roles: tuple[str, ...], quant: bool, n_train: int, n_tensors: int
+) -> tuple[float, float]:
+    """Tokens per second (estimate) and the share of the compute-bound speed it reaches.
+
+    time per micro-batch = softmax_p(host overhead, GPU time), where
+    host overhead = layers x passes x (per-layer + per-4-bit-linear + per-adapter costs),
+    GPU time = matmul FLOPs / (efficiency x card TFLOP/s) + dequantization traffic;
+    passes = forward + backward (+ a recomputed forward with gradient checkpointing).
+    """
+    T = inp.tokens
+    seq = inp.seq_len
+    tflops = (inp.tflops or DEFAULT_TFLOPS) * 1e12 * MATMUL_EFFICIENCY
+    bw = (inp.bandwidth_gbs or DEFAULT_BANDWIDTH_GBS) * 1e9
+    gc = inp.gradient_checkpointing
+    head = 2 * a.vocab * a.hidden  # lm_head FLOPs per token, forward
+    layers_fwd = 2 * s.matmul_params + a.layers * 2 * seq * a.q_dim  # causal attention ~ s/2 per token
+    lora_fwd = 2 * n_train
+    fwd = layers_fwd + head + lora_fwd
+    bwd = 2 * (layers_fwd + head) + 2 * lora_fwd * 2
+    if not inp.use_adapter:
+        bwd += 2 * (s.matmul_params + a.vocab * a.hidden)  # weight gradients
+    recompute = layers_fwd + lora_fwd if gc else 0
+    flops = T * (fwd + bwd + recompute)
+    passes = 3 if gc else 2
+    deq_traffic = passes * s.matmul_params * 2.5 if quant else 0  # read 4-bit, write 16-bit
+    gpu_t = flops / tflops + deq_traffic / bw
+    n_lin = len(a.roles())
+    per_layer = OVERHEAD_LAYER_S + (OVERHEAD_4BIT_LINEAR_S * n_lin if quant else 0) + OVERHEAD_LORA_S * len(roles)
+    host_t = a.layers * passes * per_layer + OVERHEAD_OPTIM_TENSOR_S * n_tensors / max(1, inp.grad_accum)
+    if inp.recipe == "fmllm" and inp.offload_embeddings in ("on", "auto") and not a.tied:
+        host_t += 1e-3  # CPU lookup and a host-to-device copy per micro-batch
+    t = (host_t**OVERLAP_P + gpu_t**OVERLAP_P) ** (1.0 / OVERLAP_P)
+    ideal = T * (fwd + bwd) / tflops  # compute-bound, no recompute, no host overhead
+    return T / t, min(1.0, ideal / t)
+
+
+# --------------------------------------------------------------------------------------------
+# From a config
+# --------------------------------------------------------------------------------------------
+
+
+def inputs_from_view(
+    view: FineTuneConfig,
+    *,
+    recipe: str | None = None,
+    n_gpus: int = 1,
+    mode: str = "single",
+    seq_len: int | None = None,
+    micro_batch: int | None = None,
+    gpu: GpuCard | None = None,
+) -> tuple[PlanInputs, list[str]]:
+    """Plain inputs from the typed config view, and notes on assumptions made.
+
+    ``gpu`` (a gpudb card) sets the compute capability (cuBLAS workspace) and the speed figures.
+    """
+    t, q, lo, fm = view.training, view.quantization, view.lora, view.fmllm
+    notes: list[str] = []
+    seq = seq_len if seq_len is not None else t.max_seq_length
+    if seq is None:
+        seq = 1024
+        notes.append("training.max_seq_length is not set: planned for 1024 tokens (TRL's default); set it")
+    mb = micro_batch if micro_batch is not None else t.per_device_train_batch_size
+    rec = recipe or fm.memory_recipe
+    if rec not in RECIPES:
+        raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {rec!r}")
+    if mode == "auto":
+        mode = "single"  # the runner trains on one GPU unless distributed.mode is ddp
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)} (or auto), got {mode!r}")
+    gc_kwargs = t.gradient_checkpointing_kwargs or {}
+    if t.gradient_checkpointing and gc_kwargs.get("use_reentrant") is True:
+        notes.append("reentrant checkpointing: planned like non-reentrant (same saved hidden states)")
+    inp = PlanInputs(
+        seq_len=int(seq),
+        micro_batch=int(mb),
+        grad_accum=int(t.gradient_accumulation_steps),
+        gradient_checkpointing=bool(t.gradient_checkpointing),
+        use_4bit=bool(q.use_4bit),
+        quant_type=q.bnb_4bit_quant_type,
+        nested_quant=bool(q.use_nested_quant),
+        compute_dtype=q.bnb_4bit_compute_dtype,
+        use_adapter=bool(view.use_adapter),
+        lora_r=int(lo.r),
+        lora_targets=lo.target_modules if isinstance(lo.target_modules, str) else tuple(lo.target_modules),
+        lora_dropout=float(lo.dropout),
+        optim=t.optim,
+        recipe=rec,
+        attn=fm.attn_implementation,
+        loss=fm.loss,
+        offload_embeddings=fm.offload_embeddings,
+        packing=bool(t.packing),
+        mode=mode,
+        n_gpus=int(n_gpus),
+        cpu_offload=bool(fm.distributed.cpu_offload),
+        tflops=gpu.tflops16 if gpu else None,
+        bandwidth_gbs=gpu.bandwidth_gbs if gpu else None,
+        compute_capability=gpu.compute_capability if gpu else None,
+    )
+    return inp, notes
+
+
+def predict(
+    view: FineTuneConfig,
+    arch: dict[str, Any] | ArchSpec,
+    *,
+    recipe: str | None = None,
+    n_gpus: int = 1,
+    mode: str = "single",
+    seq_len: int | None = None,
+    micro_batch: int | None = None,
+    gpu: GpuCard | None = None,
+) -> Prediction:
+    """Predict the peak memory of training ``view`` on the model ``arch`` (config.json dict).
+
+    ``recipe`` overrides ``fmllm.memory_recipe`` (fmllm | plain | noprep | lean); ``mode`` is
+    single | ddp | fsdp (auto = single) over ``n_gpus``; ``seq_len``/``micro_batch`` override the
+    config's; ``gpu`` (a gpudb card) refines the allocator rule and the speed estimate.
+    Raises ArchitectureError for a config.json it cannot use and ValueError for bad arguments.
+    """
+    inp, notes = inputs_from_view(
+        view, recipe=recipe, n_gpus=n_gpus, mode=mode, seq_len=seq_len, micro_batch=micro_batch, gpu=gpu
+    )
+    pred = predict_inputs(inp, arch)
+    pred.notes[:0] = notes
+    return pred
+
+
+def vary(inp: PlanInputs, **changes: Any) -> PlanInputs:
+    """A copy of ``inp`` with some fields changed (thin wrapper over dataclasses.replace)."""
+    return replace(inp, **changes)
+
+
+# --------------------------------------------------------------------------------------------
+# Measured points (bench/memory_points.json)
+# --------------------------------------------------------------------------------------------
+
+
+def point_inputs(point: dict[str, Any]) -> PlanInputs:
+    """Plan inputs of one recorded point (schema 1 of bench/memory_points.json)."""
+    st = point["settings"]
+    targets = st["target_modules"]
+    return PlanInputs(
+        seq_len=int(st["max_seq_length"]),
+        micro_batch=int(st["micro_batch"]),
+        grad_accum=int(st.get("gradient_accumulation_steps", 1)),
+        gradient_checkpointing=bool(st["gradient_checkpointing"]),
+        use_4bit=bool(st["use_4bit"]),
+        quant_type=st.get("quant_type", "nf4"),
+        nested_quant=bool(st.get("nested_quant", True)),
+        compute_dtype=st.get("compute_dtype", "bfloat16"),
+        use_adapter=bool(st.get("use_adapter", True)),
+        lora_r=int(st["lora_r"]),
+        lora_targets=targets if isinstance(targets, str) else tuple(targets),
+        lora_dropout=float(st["lora_dropout"]),
+        optim=st["optim"],
+        recipe=point["recipe"],
+        attn=st.get("attn_implementation", "sdpa"),
+        loss=st.get("loss", "auto"),
+        offload_embeddings=st.get("offload_embeddings", "off"),
+        liger_layers=st.get("liger_layers"),
+        padded=st.get("padded"),
+        mode=st.get("mode", "single"),
+        n_gpus=int(st.get("n_gpus", 1)),
+        expandable_segments="expandable_segments:true" in str((point.get("env") or {}).get("alloc_conf") or "").lower(),
+        compute_capability=_cc_of(str((point.get("env") or {}).get("gpu") or "")),
+    )
+
+
+def _cc_of(gpu_name: str) -> tuple[int, int] | None:
+    """Compute capability of a recorded point's GPU (via the GPU database), None when unknown."""
+    from fmllm_tui import gpudb  # deferred: only the points loader needs it
+
+    card = gpudb.match_nvml(gpu_name) if gpu_name else None
+    return card.compute_capability if card else None
+
+
+def load_points(path: str | None = None) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The recorded points and their architectures from bench/memory_points.json."""
+    import json
+    from pathlib import Path
+
+    p = Path(path) if path else Path(__file__).resolve().parent.parent / "bench" / "memory_points.json"
+    doc = json.loads(p.read_text(encoding="utf-8"))
+    if doc.get("schema") != 1:
+        raise ValueError(f"{p}: unknown schema {doc.get('schema')!r}; this fmllm reads schema 1")
+    return doc["points"], doc["architectures"]
