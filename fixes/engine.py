@@ -13,12 +13,15 @@ from __future__ import annotations
 import copy
 import difflib
 import io
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from fmllm_tui.config import ConfigError, LoadedConfig, load_config, make_yaml, to_plain
+from fmllm_tui.config import (
+    ConfigError,
+    LoadedConfig,
+    load_config_text,
+    make_yaml,
+    to_plain,
+)
 from fmllm_tui.findings import Change
 from fmllm_tui.redact import mask_text, secret_values
 
@@ -108,34 +111,16 @@ def parse_plain(text: str) -> Any:
 
 
 def load_text(loaded: LoadedConfig, text: str) -> LoadedConfig:
-    """Load and validate ``text`` as if it were ``loaded``'s file, without touching that file.
-
-    The text goes to a private temporary folder; file-relative paths in the view are then
-    resolved against the real config's folder again.
-    """
-    with tempfile.TemporaryDirectory(prefix="fmllm-fix-") as tmp:
-        probe = Path(tmp) / (loaded.path.name or "config.yaml")
-        probe.write_bytes(_encode(loaded, text))
-        try:
-            out = load_config(probe)
-        except ConfigError as e:
-            raise FixError.from_config_error(
-                e,
-                lead="the changed config would not be valid:",
-                shown_path=str(loaded.path),
-                hint="this is a bug in the fix or a conflict between fixes; apply them one at a time",
-            ) from None
-    from fmllm_tui import config as _config  # deferred: private helper, see report
-
-    out.path = loaded.path
-    out.raw = _encode(loaded, text)
-    base = loaded.path.resolve().parent
-    view = out.view
-    view.data_file = _config._resolve_path(base, view.paths.ft_combined_data_file, view.paths.data_dir)
-    view.eval_data_file = _config._resolve_path(base, view.paths.ft_eval_data_file, view.paths.data_dir)
-    dest = os.path.expanduser(view.paths.ft_output_dir or view.paths.output_dir or "outputs")
-    view.output_dir = dest if os.path.isabs(dest) else str((base / dest).resolve())
-    return out
+    """Load and validate ``text`` as if it were ``loaded``'s file, without touching that file."""
+    try:
+        return load_config_text(loaded.path, text, _encode(loaded, text))
+    except ConfigError as e:
+        raise FixError.from_config_error(
+            e,
+            lead="the changed config would not be valid:",
+            shown_path=str(loaded.path),
+            hint="this is a bug in the fix or a conflict between fixes; apply them one at a time",
+        ) from None
 
 
 def _encode(loaded: LoadedConfig, text: str) -> bytes:

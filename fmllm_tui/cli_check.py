@@ -172,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nfmllm-check: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
+    except BrokenPipeError:  # `fmllm-check | head`: the reader left; not an error of ours
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        except OSError:
+            pass
+        return ExitCode.OK
 
 
 def _main(argv: list[str] | None) -> int:
@@ -202,10 +208,9 @@ def _main(argv: list[str] | None) -> int:
             return ExitCode.USAGE
 
     if args.list_presets:
-        from fixes import PRESETS
+        from fixes import list_presets
 
-        for name, pre in PRESETS.items():
-            print(f"{name:16} {pre.description}")
+        print(list_presets())
         return ExitCode.OK
 
     if args.undo:
@@ -241,7 +246,7 @@ def _main(argv: list[str] | None) -> int:
         return _recommend(args, config_path)
 
     if args.preset:
-        from fixes import FixError, PRESETS, apply_changes, preset_changes
+        from fixes import PRESETS, FixError, apply_changes, preset_changes
 
         if args.preset not in PRESETS:
             print(f"fmllm-check: error: --preset: unknown preset {args.preset!r}; choose from: "

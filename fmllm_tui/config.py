@@ -755,6 +755,17 @@ def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
     """Read, parse and validate a config file. Never writes it. Raises ConfigError."""
     p = Path(path)
     raw, text = read_text(p)
+    return load_config_text(p, text, raw)
+
+
+def load_config_text(path: str | os.PathLike[str], text: str, raw: bytes | None = None) -> LoadedConfig:
+    """Parse and validate ``text`` as the contents of ``path`` (which is not read or written).
+
+    Relative paths in the config resolve against ``path``'s folder. Raises ConfigError.
+    """
+    p = Path(path)
+    if raw is None:
+        raw = text.encode("utf-8")
     doc = parse_document(p, text)
     layout = detect_layout(doc)
     if layout is None:
