@@ -1,0 +1,459 @@
+#!/usr/bin/env python3
+"""GPU bench of fmllm's runner: the fmllm recipe against the plain recipe, side by side.
+
+Self-contained: run it from the repository root on a bare H100/H200 with torch, transformers,
+peft, accelerate and nvidia-ml-py present and bitsandbytes, datasets and liger-kernel installed
+(no internet, no Hub). It
+
+1. builds random-weight Qwen2.5-7B / 14B architectures from the explicit config dicts below
+   (bf16 on the GPU, ``save_pretrained`` to ``--model-dir``; reused when already there),
+2. runs each (model, recipe) through the real training process
+   (``python -m fmllm_tui.runner.train``) in a fresh subprocess: 4-bit NF4, LoRA r8 on q/k/v/o,
+   batch 1 × sequence 1024 (every example full length), 8 optimizer steps of 2 micro-batches,
+   paged_adamw_32bit, bf16, loss on every token,
+3. measures the process peak (device memory sampled through NVML every 20 ms, less the idle
+   baseline: the CUDA context included), torch's max allocated/reserved, tokens/s over steps
+   3–8 and the loss of every step,
+4. prints a table and writes JSON to ``$OUT`` (default ./bench_out) after every run, so one
+   failing configuration never loses the others.
+
+Modes:
+    python bench/bench_runner_gpu.py                       # 7B and 14B, fmllm vs plain
+    python bench/bench_runner_gpu.py --models 7b --recipes fmllm,plain,fmllm-noliger,fmllm-fused
+    python bench/bench_runner_gpu.py --matrix cal.json     # calibration: a JSON list of configurations
+    python bench/bench_runner_gpu.py --vram 8GiB,5GiB      # fit proof with a capped allocator
+    python bench/bench_runner_gpu.py --minimal-test        # fmllm-run test on the 7B (the product path)
+
+Each invocation watches ``--budget-s`` (default 540 s) and skips what would not finish in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# The exact shapes of Qwen/Qwen2.5-7B-Instruct, -14B-Instruct and -0.5B-Instruct (config.json).
+ARCHS: dict[str, dict[str, Any]] = {
+    "7b": {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+           "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": False,
+           "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 32768,
+           "use_sliding_window": False},
+    "14b": {"model_type": "qwen2", "hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 48,
+            "num_attention_heads": 40, "num_key_value_heads": 8, "vocab_size": 152064, "tie_word_embeddings": False,
+            "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 32768,
+            "use_sliding_window": False},
+    "0.5b": {"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+             "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
+             "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 32768,
+             "use_sliding_window": False},
+}
+APPROX_BYTES = {"7b": 15.3e9, "14b": 29.6e9, "0.5b": 1.0e9}
+# Recipes: fmllm.memory_recipe plus runner overrides (bench knobs, not config settings).
+RECIPES: dict[str, dict[str, Any]] = {
+    "fmllm": {"memory_recipe": "fmllm"},
+    "plain": {"memory_recipe": "plain"},
+    "fmllm-noliger": {"memory_recipe": "fmllm", "liger_kernels": "off"},
+    "fmllm-chunked": {"memory_recipe": "fmllm", "loss": "chunked"},
+    "fmllm-fused": {"memory_recipe": "fmllm", "optim": "adamw_torch_fused"},
+    "fmllm-nooffload": {"memory_recipe": "fmllm", "offload_embeddings": "off"},
+    "plain-fused": {"memory_recipe": "plain", "optim": "adamw_torch_fused"},
+    "fmllm-prof": {"memory_recipe": "fmllm", "optim": "adamw_torch_fused", "profile": True},
+    "fmllm-reentrant": {"memory_recipe": "fmllm", "gradient_checkpointing_kwargs": {"use_reentrant": True}},
+}
+WORDS = ("alpha beta gamma delta epsilon zeta theta lambda sigma omega river stone cloud paper signal "
+         "matrix vector tensor kernel memory adapter quantize gradient loss token window layer norm "
+         "north south east west seven eleven thirty ninety green amber violet silver").split()
+
+
+def out_dir() -> Path:
+    p = Path(os.environ.get("OUT") or "bench_out")
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Models and data
+# ------------------------------------------------------------------------------------------------
+
+
+def build_model(name: str, dest: Path) -> None:
+    """Random bf16 weights of the architecture, built on the GPU, saved with its tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    from fmllm_tui.runner.smoke import train_tokenizer
+
+    tok = train_tokenizer(synthetic_texts(200), vocab_size=512)
+    cfg = dict(ARCHS[name])
+    model_type = cfg.pop("model_type")
+    cfg.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = AutoConfig.for_model(model_type, **cfg)
+    torch.manual_seed(0)
+    t0 = time.time()
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                               pad_token_id=tok.pad_token_id)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, max_shard_size="5GB")
+    tok.save_pretrained(tmp)
+    (tmp / "fmllm-bench-complete").write_text(json.dumps({"arch": ARCHS[name], "built_s": time.time() - t0}))
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+
+
+def ensure_model(name: str, model_dir: Path, others: list[str]) -> Path:
+    dest = model_dir / f"qwen2.5-{name}-random"
+    if (dest / "fmllm-bench-complete").is_file():
+        return dest
+    model_dir.mkdir(parents=True, exist_ok=True)
+    need = APPROX_BYTES[name] * 1.1 + 2e9
+    free = shutil.disk_usage(model_dir).free
+    if free < need:
+        for other in others:
+            if other != name:
+                victim = model_dir / f"qwen2.5-{other}-random"
+                if victim.exists():
+                    log(f"disk: {free / 1e9:.1f} GB free, removing {victim.name} to make room")
+                    shutil.rmtree(victim, ignore_errors=True)
+        free = shutil.disk_usage(model_dir).free
+        if free < need:
+            raise RuntimeError(f"not enough disk for the {name} model: {free / 1e9:.1f} GB free, need {need / 1e9:.1f}")
+    log(f"building random {name} (bf16 on the GPU, save_pretrained to {dest})")
+    t0 = time.time()
+    subprocess.run([sys.executable, __file__, "--build", name, "--model-dir", str(model_dir)], check=True)
+    log(f"built {name} in {time.time() - t0:.0f}s")
+    return dest
+
+
+def synthetic_texts(n: int, words: int = 60, seed: int = 0) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(words)) for _ in range(n)]
+
+
+def write_data(path: Path, n: int = 64, words: int = 1400) -> Path:
+    """prompt/completion examples long enough that every one is cut at the sequence length."""
+    if path.is_file():
+        return path
+    rows = []
+    for i, text in enumerate(synthetic_texts(n, words, seed=1)):
+        rows.append({"prompt": f"Example {i}: continue the list. ", "completion": text})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# One measured run
+# ------------------------------------------------------------------------------------------------
+
+
+class DeviceSampler:
+    """NVML device 'used' memory every 20 ms in a thread (the device peak)."""
+
+    def __init__(self, index: int = 0):
+        import pynvml
+
+        pynvml.nvmlInit()
+        self.nv = pynvml
+        self.h = pynvml.nvmlDeviceGetHandleByIndex(index)
+        self.peak = 0
+        self.stop_ev = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+
+    def used(self) -> int:
+        return int(self.nv.nvmlDeviceGetMemoryInfo(self.h).used)
+
+    def _run(self) -> None:
+        while not self.stop_ev.is_set():
+            self.peak = max(self.peak, self.used())
+            time.sleep(0.02)
+
+    def __enter__(self) -> DeviceSampler:
+        self.t.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop_ev.set()
+        self.t.join(timeout=2)
+
+
+def run_config(case: dict[str, Any], model_path: Path, data: Path, runs: Path, timeout: float) -> dict[str, Any]:
+    """Run one configuration through the training process; return its measurements."""
+    name = case["name"]
+    rdir = runs / name
+    shutil.rmtree(rdir, ignore_errors=True)
+    rdir.mkdir(parents=True)
+    recipe = dict(RECIPES[case.get("recipe", "fmllm")])
+    recipe.update(case.get("overrides") or {})
+    cfg = {
+        "base_model_name": str(model_path), "data_format": "prompt_completion", "use_adapter": True,
+        "lora": {"r": case.get("r", 8), "alpha": case.get("alpha", 8), "dropout": case.get("dropout", 0.1),
+                 "target_modules": case.get("targets", ["q_proj", "k_proj", "v_proj", "o_proj"])},
+        "quantization": {"use_4bit": True, "bnb_4bit_compute_dtype": "bfloat16", "bnb_4bit_quant_type": "nf4",
+                         "use_nested_quant": True},
+        "training": {"per_device_train_batch_size": case.get("batch", 1),
+                     "gradient_accumulation_steps": case.get("ga", 2), "gradient_checkpointing": True,
+                     "learning_rate": 2e-4, "max_grad_norm": 0.3, "weight_decay": 0.001,
+                     "optim": case.get("optim", "paged_adamw_32bit"), "lr_scheduler_type": "constant",
+                     "warmup_ratio": 0.0, "max_steps": case.get("steps", 8), "logging_steps": 1,
+                     "save_steps": 100000, "max_seq_length": case.get("seq", 1024), "packing": False,
+                     "seed": 42, "report_to": "none"},
+        "fmllm": {"memory_recipe": recipe.pop("memory_recipe"), "loss": "auto", "offload_embeddings": "auto",
+                  "response_only_loss": False, "attn_implementation": "sdpa"},
+        "data_file": str(data),
+    }
+    if "gradient_checkpointing_kwargs" in recipe:  # a config setting, not a runner override
+        cfg["training"]["gradient_checkpointing_kwargs"] = recipe.pop("gradient_checkpointing_kwargs")
+    spec = {"config": cfg, "runner": {"kind": case.get("kind", "train"), "steps": case.get("steps", 8),
+                                      "vram_bytes": case.get("vram_bytes"), "overrides": recipe,
+                                      "sample_generations": 0, "max_new_tokens": 16}}
+    (rdir / "config.json").write_text(json.dumps(spec, indent=2))
+    from fmllm_tui.runner.launch import child_env
+
+    env = {**os.environ, **child_env({"PYTHONPATH": _pythonpath()})}
+    sampler = DeviceSampler()
+    idle = sampler.used()
+    t0 = time.time()
+    rc: int | None = None
+    with sampler, open(rdir / "train.log", "wb") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "fmllm_tui.runner.train", "--run-dir", str(rdir)],
+                                stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = None
+    wall = time.time() - t0
+    res = _read(rdir / "summary.json") or _read(rdir / "result.json") or {}
+    outcome = _read(rdir / "outcome.json") or {}
+    out: dict[str, Any] = {
+        "name": name, "case": case, "rc": rc, "wall_s": wall, "status": outcome.get("status") or ("timeout" if rc is None else "failed"),
+        "message": outcome.get("message"), "idle_used_bytes": idle, "device_peak_bytes": sampler.peak,
+        "process_peak_bytes": max(0, sampler.peak - idle),
+        "torch_max_allocated_bytes": res.get("peak_allocated_bytes"),
+        "torch_max_reserved_bytes": res.get("peak_reserved_bytes"),
+        "inproc_process_peak_bytes": res.get("peak_process_bytes"), "cuda_context_bytes": res.get("cuda_context_bytes"),
+        "load_allocated_bytes": res.get("load_allocated_bytes"),
+        "losses": res.get("losses"), "step_times_s": res.get("step_times_s"), "step_tokens": res.get("step_tokens"),
+        "recipe": res.get("recipe"), "load_s": res.get("load_s"), "versions": res.get("versions"),
+        "device_name": res.get("device_name"),
+    }
+    times, toks = res.get("step_times_s") or [], res.get("step_tokens") or []
+    # Tokens/s over steps 3-8 (indices 2..7), as in the anchor measurements.
+    if len(times) >= 8:
+        out["tokens_per_s"] = sum(toks[2:8]) / sum(times[2:8])
+    elif times:
+        out["tokens_per_s"] = sum(toks) / sum(times)
+    if outcome.get("status") == "oom":
+        out["oom"] = outcome.get("memory")
+    prof = rdir / "profile.txt"
+    if prof.is_file():
+        out["profile_head"] = prof.read_text()[:6000]
+    if out["status"] != "ok":
+        out["log_tail"] = (rdir / "train.log").read_text(errors="replace")[-3000:]
+    return out
+
+
+def _pythonpath() -> str:
+    """This repository first, then whatever PYTHONPATH holds (wheels installed with --target)."""
+    return os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+
+
+def _read(p: Path) -> Any:
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def gib(n: Any) -> str:
+    return f"{n / 2**30:6.2f}" if isinstance(n, (int, float)) else "   n/a"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [f"{'config':34} {'status':8} {'proc GiB':>8} {'alloc':>7} {'resvd':>7} {'tok/s':>8} {'loss first->last':>18}"]
+    for r in results:
+        losses = r.get("losses") or []
+        ls = f"{losses[0]:.3f}->{losses[-1]:.3f}" if losses else "-"
+        tps = r.get("tokens_per_s")
+        lines.append(f"{r['name']:34} {r['status']:8} {gib(r.get('process_peak_bytes')):>8} "
+                     f"{gib(r.get('torch_max_allocated_bytes')):>7} {gib(r.get('torch_max_reserved_bytes')):>7} "
+                     f"{(f'{tps:,.0f}' if tps else '-'):>8} {ls:>18}")
+    return "\n".join(lines)
+
+
+def compare(results: list[dict[str, Any]]) -> list[str]:
+    """fmllm vs plain per model: memory, speed ratio, loss curve difference."""
+    out = []
+    by = {r["name"]: r for r in results}
+    for model in ARCHS:
+        f, p = by.get(f"{model}-fmllm"), by.get(f"{model}-plain")
+        if not (f and p and f["status"] == "ok" and p["status"] == "ok"):
+            continue
+        ratio = (f.get("tokens_per_s") or 0) / (p.get("tokens_per_s") or float("inf"))
+        lf, lp = f.get("losses") or [], p.get("losses") or []
+        diff = max((abs(a - b) for a, b in zip(lf, lp, strict=False)), default=float("nan"))
+        out.append(f"{model}: process peak {gib(f['process_peak_bytes']).strip()} vs plain {gib(p['process_peak_bytes']).strip()} GiB; "
+                   f"tokens/s x{ratio:.2f}; max |loss diff| over {min(len(lf), len(lp))} steps {diff:.4f}")
+    return out
+
+
+def env_report() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_total_bytes"] = torch.cuda.get_device_properties(0).total_memory
+    from importlib import metadata
+
+    for n in ("transformers", "peft", "accelerate", "bitsandbytes", "datasets", "liger-kernel", "nvidia-ml-py"):
+        try:
+            info[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            info[n] = None
+    try:
+        info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                        capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="7b,14b")
+    ap.add_argument("--recipes", default="fmllm,plain")
+    ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--model-dir", default="/tmp/fmllm-bench-models")
+    ap.add_argument("--budget-s", type=float, default=540)
+    ap.add_argument("--runs-dir", default="/tmp/fmllm-bench-runs", help="run folders (logs, metrics, adapters)")
+    ap.add_argument("--matrix", metavar="FILE", help="JSON list of configurations (calibration)")
+    ap.add_argument("--vram", metavar="SIZES", help="comma-separated caps for the fmllm recipe on --models")
+    ap.add_argument("--minimal-test", action="store_true", help="fmllm-run test with the shipped config on the 7B")
+    ap.add_argument("--profile", action="store_true", help="also write a torch.profiler table of steps 4-5")
+    ap.add_argument("--build", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    model_dir = Path(a.model_dir)
+    if a.build:
+        build_model(a.build, model_dir / f"qwen2.5-{a.build}-random")
+        return 0
+    t_start = time.time()
+    out = out_dir()
+    runs = Path(a.runs_dir)
+    runs.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "env": env_report(), "results": []}
+    result_file = out / "bench_runner.json"
+    log(json.dumps(report["env"]))
+    models = [m for m in a.models.split(",") if m]
+    model_dir.mkdir(parents=True, exist_ok=True)
+    data = write_data(model_dir / "bench-data.jsonl")
+    cases: list[dict[str, Any]] = []
+    if a.matrix:
+        for i, c in enumerate(json.loads(Path(a.matrix).read_text())):
+            c.setdefault("name", f"cal{i}-{c.get('model', '7b')}-{c.get('recipe', 'fmllm')}-s{c.get('seq', 1024)}")
+            cases.append(c)
+    elif a.vram:
+        for m in models:
+            for size in a.vram.split(","):
+                from fmllm_tui.config import parse_size
+
+                cases.append({"name": f"{m}-fmllm-vram{size}", "model": m, "recipe": "fmllm", "steps": 4,
+                              "vram_bytes": parse_size(size), "seq": a.seq})
+    else:
+        for m in models:
+            for r in a.recipes.split(","):
+                cases.append({"name": f"{m}-{r}", "model": m, "recipe": r, "seq": a.seq, "steps": a.steps})
+    if a.profile:
+        for c in cases:
+            c.setdefault("overrides", {})["profile"] = True
+    needed = sorted({c.get("model", "7b") for c in cases} | ({"7b"} if a.minimal_test else set()),
+                    key=lambda m: list(ARCHS).index(m))
+    paths: dict[str, Path] = {}
+    for m in needed:
+        if time.time() - t_start > a.budget_s - 120:
+            log(f"budget: skipping the {m} model")
+            continue
+        try:
+            paths[m] = ensure_model(m, model_dir, needed)
+        except Exception as e:  # one model failing to build must not lose the others
+            report["results"].append({"name": f"build-{m}", "status": "failed", "message": str(e)})
+            log(f"build {m} failed: {e}")
+    for case in cases:
+        m = case.get("model", "7b")
+        elapsed = time.time() - t_start
+        per_run = 240 if m == "14b" else 150
+        if m not in paths:
+            report["results"].append({"name": case["name"], "status": "skipped", "message": f"no {m} model"})
+            continue
+        if elapsed + per_run * 0.6 > a.budget_s:
+            report["results"].append({"name": case["name"], "status": "skipped", "message": "time budget"})
+            log(f"budget: skipping {case['name']}")
+            continue
+        log(f"run {case['name']}")
+        try:
+            res = run_config(case, paths[m], data, runs, timeout=max(60.0, a.budget_s - elapsed))
+        except Exception as e:  # keep the other configurations' results
+            res = {"name": case["name"], "status": "crashed", "message": f"{type(e).__name__}: {e}"}
+        report["results"].append(res)
+        result_file.write_text(json.dumps(report, indent=2, default=str))
+        log(f"{case['name']}: {res.get('status')} peak {gib(res.get('process_peak_bytes'))} GiB "
+            f"tok/s {res.get('tokens_per_s')}  {res.get('message') or ''}")
+    if a.minimal_test and "7b" in paths:
+        report["minimal_test"] = minimal_test(paths["7b"], runs)
+    report["comparison"] = compare(report["results"])
+    report["wall_s"] = time.time() - t_start
+    result_file.write_text(json.dumps(report, indent=2, default=str))
+    print(table([r for r in report["results"] if "name" in r]))
+    for line in report["comparison"]:
+        print(line)
+    return 0
+
+
+def minimal_test(model_path: Path, out: Path) -> dict[str, Any]:
+    """The product path on the GPU: the shipped config pointed at the random 7B, through fmllm-run test."""
+    src = (REPO / "config.yaml").read_text()
+    work = out / "mt"
+    work.mkdir(exist_ok=True)
+    cfg = src.replace("base_model_name: Qwen/Qwen2.5-7B-Instruct", f"base_model_name: {model_path}")
+    cfg = cfg.replace("bnb_4bit_compute_dtype: float16", "bnb_4bit_compute_dtype: bfloat16")
+    cfg = cfg.replace("data_dir: data", f"data_dir: {REPO / 'data'}").replace("output_dir: outputs", f"output_dir: {work}")
+    (work / "config.yaml").write_text(cfg)
+    t0 = time.time()
+    p = subprocess.run([sys.executable, "-m", "fmllm_tui.cli_run", "test", "--config", str(work / "config.yaml"),
+                        "--json", "--timeout", "300"], capture_output=True, text=True, cwd=str(REPO),
+                       env={**os.environ, "PYTHONPATH": _pythonpath()})
+    log(f"minimal test rc={p.returncode} in {time.time() - t0:.0f}s")
+    try:
+        rep = json.loads(p.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        rep = {"stdout": p.stdout[-2000:], "stderr": p.stderr[-3000:]}
+    rep["rc"] = p.returncode
+    keep = {k: rep.get(k) for k in ("ok", "status", "problems", "steps", "losses", "peak_bytes", "peak_method",
+                                    "tokens_per_s", "device_name", "generation", "adapter_reloaded", "notes",
+                                    "recipe", "rc", "stdout", "stderr")}
+    print(json.dumps(keep, indent=1, default=str)[:3000])
+    return keep
+
+
+if __name__ == "__main__":
+    sys.exit(main())

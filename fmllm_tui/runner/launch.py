@@ -1,0 +1,576 @@
+"""Launching and managing runs: start (detached), resume, stop, kill, status, follow, latest.
+
+A run is a folder (see :mod:`fmllm_tui.runner.rundir` for its layout). :func:`start` checks what a
+person can get wrong before anything heavy starts (the data, the output folder, the training
+command), writes the folder, and starts the supervisor in its own process session
+(``start_new_session=True``), so the run survives the TUI, the terminal or the SSH connection
+closing. Every command is an argv list: config values never pass through a shell.
+
+No torch here: the parent (``fmllm-check``, ``fmllm-run``, the TUI) stays light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from . import rundir as rd
+from .monitor import JsonlFollower, device_memory
+
+KINDS = ("train", "test")
+MIN_FREE_BYTES = 1 * 1024**3
+
+
+class RunError(Exception):
+    """Something a person can fix before (or instead of) a run; the message says what and how."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Where runs live
+# ------------------------------------------------------------------------------------------------
+
+
+def runs_root(loaded: Any) -> Path:
+    """``fmllm.run_dir`` (the folder runs go in) if set, else ``<output_dir>/runs``."""
+    view = loaded.view
+    base = Path(loaded.path).resolve().parent
+    custom = view.fmllm.run_dir
+    if custom:
+        p = Path(os.path.expanduser(custom))
+        return p if p.is_absolute() else (base / p)
+    out = Path(view.output_dir) if view.output_dir else base / "outputs"
+    return out / "runs"
+
+
+def _config_slug(config_path: str | os.PathLike[str]) -> str:
+    p = Path(config_path).resolve()
+    digest = hashlib.sha1(str(p).encode()).hexdigest()[:8]
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in p.stem)[:40]
+    return f"{stem}-{digest}"
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except FileExistsError:
+        raise RunError(f"cannot create the run folder {path}: a file is in the way; set paths.output_dir "
+                       "(or fmllm.run_dir) to a folder you can write") from None
+    except NotADirectoryError:
+        raise RunError(f"cannot create the run folder {path}: part of that path is a file, not a folder; "
+                       "set paths.output_dir (or fmllm.run_dir) to a folder you can write") from None
+    except OSError as e:
+        raise RunError(f"cannot create the run folder {path}: {e.strerror or e}; set paths.output_dir "
+                       "(or fmllm.run_dir) to a folder you can write") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise RunError(f"cannot write to {path}: permission denied; set paths.output_dir (or fmllm.run_dir) "
+                       "to a folder you can write")
+
+
+def new_run_dir(root: Path, kind: str) -> Path:
+    """A fresh ``<root>/<YYYYmmdd-HHMMSS>-<kind>`` folder, mode 0700."""
+    _make_dir(root)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):
+        name = f"{stamp}-{kind}" + (f"-{i}" if i else "")
+        path = root / name
+        try:
+            path.mkdir(mode=0o700)
+            os.chmod(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise RunError(f"cannot create the run folder {path}: {e.strerror or e}") from None
+    raise RunError(f"cannot find a free run folder name in {root}")
+
+
+def _point_latest(root: Path, run_dir: Path, config_path: str) -> None:
+    for name in ("latest", f"latest-{_config_slug(config_path)}"):
+        link = root / name
+        tmp = root / f".{name}.{os.getpid()}"
+        try:
+            if tmp.is_symlink() or tmp.exists():
+                tmp.unlink()
+            os.symlink(run_dir.name if run_dir.parent == root else str(run_dir), tmp)
+            os.replace(tmp, link)
+        except OSError:
+            pass  # a pointer is a convenience; latest_run() also scans the folder
+
+
+def list_runs(loaded: Any) -> list[Path]:
+    """This config's runs, newest first."""
+    root = runs_root(loaded)
+    want = str(Path(loaded.path).resolve())
+    found = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return []
+    for p in entries:
+        if not p.is_dir() or p.is_symlink() or p.name.startswith("."):
+            continue
+        spec = rd.read_json(p / rd.RUN)
+        if isinstance(spec, dict) and spec.get("config_path") == want:
+            found.append((float(spec.get("created", 0)), p))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def latest_run(loaded: Any, kind: str | None = None) -> Path | None:
+    """The newest run of this config (of ``kind`` if given), or None."""
+    root = runs_root(loaded)
+    link = root / f"latest-{_config_slug(loaded.path)}"
+    if kind is None and link.is_symlink():
+        target = (root / os.readlink(link)).resolve()
+        if (target / rd.RUN).is_file():
+            return target
+    for p in list_runs(loaded):
+        spec = rd.read_json(p / rd.RUN) or {}
+        if kind is None or spec.get("kind") == kind:
+            return p
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Checks before launching
+# ------------------------------------------------------------------------------------------------
+
+
+def preflight(loaded: Any, kind: str) -> list[str]:
+    """Raise :class:`RunError` for what would make the run fail at once; return warnings."""
+    from .data import DataError, read_records
+
+    view = loaded.view
+    warnings: list[str] = []
+    if kind not in KINDS:
+        raise RunError(f"unknown run kind {kind!r}; use one of {', '.join(KINDS)}")
+    custom = view.fmllm.train_command if kind == "train" else None
+    if custom:
+        prog = custom[0]
+        base = Path(loaded.path).resolve().parent
+        if os.sep in prog or (os.altsep and os.altsep in prog):
+            p = Path(os.path.expanduser(prog))
+            p = p if p.is_absolute() else base / p
+            if not p.exists():
+                raise RunError(f"fmllm.train_command: {prog!r} does not exist (relative paths are read from "
+                               f"{base})")
+        elif shutil.which(prog) is None:
+            raise RunError(f"fmllm.train_command: the program {prog!r} is not on PATH")
+    else:
+        if not view.data_file:
+            raise RunError("no training data is configured: set paths.ft_combined_data_file to your JSONL file")
+        try:
+            read_records(view.data_file, view.data_format)
+        except DataError as e:
+            raise RunError(e.render()) from None
+        if view.eval_data_file:
+            try:
+                read_records(view.eval_data_file, view.data_format)
+            except DataError as e:
+                raise RunError(e.render()) from None
+    root = runs_root(loaded)
+    _make_dir(root)
+    try:
+        free = shutil.disk_usage(root).free
+        if free < MIN_FREE_BYTES:
+            warnings.append(f"only {free / 2**20:.0f} MiB free on the disk of {root}: checkpoints and the "
+                            "adapter may not fit")
+    except OSError:
+        pass
+    return warnings
+
+
+# ------------------------------------------------------------------------------------------------
+# Starting
+# ------------------------------------------------------------------------------------------------
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment fixes every run gets (existing settings win)."""
+    env: dict[str, str] = {}
+    if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ and "PYTORCH_ALLOC_CONF" not in os.environ:
+        # Less fragmentation: the reserved-but-unallocated gap of many real OOMs.
+        env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+    for k, v in (("PYTHONUNBUFFERED", "1"), ("TOKENIZERS_PARALLELISM", "false"),
+                 ("CUDA_DEVICE_ORDER", "PCI_BUS_ID"), ("HF_HUB_DISABLE_TELEMETRY", "1")):
+        if k not in os.environ:
+            env[k] = v
+    env.update(extra or {})
+    return env
+
+
+def _train_argv(run_dir: Path, resume: bool, distributed: dict[str, Any] | None) -> list[str]:
+    tail = ["-m", "fmllm_tui.runner.train", "--run-dir", str(run_dir)] + (["--resume"] if resume else [])
+    if distributed and int(distributed.get("num_processes") or 1) > 1:
+        n = int(distributed["num_processes"])
+        # torchrun's own -m: the script is a module; one process per GPU, DDP through the Trainer.
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", *tail]
+    return [sys.executable, *tail]
+
+
+def _spawn_supervisor(run_dir: Path) -> int:
+    log = open(run_dir / rd.LOG, "ab")
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fmllm_tui.runner.supervise", str(run_dir)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True, cwd=str(run_dir),
+            env={**os.environ, **_pythonpath_env()},
+        )
+    finally:
+        log.close()
+    (run_dir / rd.PID).write_text(f"{proc.pid}\n")
+    # The supervisor is its own parent's child: reap it in a thread so it never lingers as a zombie.
+    import threading
+
+    threading.Thread(target=proc.wait, name=f"fmllm-reap-{proc.pid}", daemon=True).start()
+    return proc.pid
+
+
+def _pythonpath_env() -> dict[str, str]:
+    """Make sure the children import this very fmllm_tui (also when it is not installed)."""
+    pkg_root = str(Path(__file__).resolve().parents[2])
+    current = os.environ.get("PYTHONPATH", "")
+    parts = [p for p in current.split(os.pathsep) if p]
+    if pkg_root not in parts:
+        parts.insert(0, pkg_root)
+    return {"PYTHONPATH": os.pathsep.join(parts)}
+
+
+def build_spec(loaded: Any, kind: str, *, steps: int | None = None, vram_bytes: int | None = None,
+               device: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The content of config.json: the resolved config (secrets masked) and the runner settings."""
+    from fmllm_tui import __version__
+    from fmllm_tui.redact import mask_data
+
+    view = loaded.view
+    cfg = mask_data(view.model_dump(mode="json"))
+    if kind == "test" and steps is None:
+        steps = view.fmllm.minimal_test_steps
+    if vram_bytes is None and view.fmllm.vram:
+        from fmllm_tui.config import parse_size
+
+        vram_bytes = parse_size(view.fmllm.vram)
+    return {
+        "fmllm_version": __version__,
+        "created": time.time(),
+        "config_path": str(Path(loaded.path).resolve()),
+        "layout": loaded.layout,
+        "config": cfg,
+        "runner": {"kind": kind, "steps": steps, "vram_bytes": vram_bytes, "device": device or "auto",
+                   "overrides": overrides or {}, "sample_generations": 3,
+                   "max_new_tokens": 32 if kind == "test" else 64},
+    }
+
+
+def start(loaded: Any, kind: str = "train", *, run_dir: str | os.PathLike[str] | None = None,
+          steps: int | None = None, vram: str | int | None = None, device: str | None = None,
+          overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Path:
+    """Check, write the run folder, and start the run detached. Returns the run folder.
+
+    ``vram`` ("8GiB" or bytes) caps the process's GPU memory to prove a fit for a smaller card;
+    ``device`` is ``auto`` (default), ``cuda`` or ``cpu``. Raises :class:`RunError`.
+    """
+    from fmllm_tui.config import parse_size
+
+    warnings = preflight(loaded, kind)
+    vram_bytes = None
+    if vram is not None:
+        try:
+            vram_bytes = parse_size(vram)
+        except ValueError as e:
+            raise RunError(f"--vram: {e}") from None
+    if device not in (None, "auto", "cuda", "cpu"):
+        raise RunError(f"--device must be auto, cuda or cpu, not {device!r}")
+    if run_dir is not None:
+        rdir = Path(run_dir).resolve()
+        _make_dir(rdir)
+        if any(rdir.iterdir()):
+            raise RunError(f"{rdir} is not empty: give a new folder, or resume that run with fmllm-run resume")
+        os.chmod(rdir, 0o700)
+    else:
+        root = runs_root(loaded)
+        rdir = new_run_dir(root, kind)
+    spec = build_spec(loaded, kind, steps=steps, vram_bytes=vram_bytes, device=device, overrides=overrides)
+    rd.write_json_atomic(rdir / rd.CONFIG, spec)
+    view = loaded.view
+    custom = view.fmllm.train_command if kind == "train" else None
+    dist = view.fmllm.distributed
+    distributed = None
+    if kind == "train" and not custom and dist.mode == "fsdp":
+        raise RunError("fmllm.distributed.mode is fsdp: the built-in runner trains on one GPU or with DDP "
+                       "(each GPU holds the whole 4-bit model). Use mode: ddp, or run FSDP+QLoRA through "
+                       "fmllm.train_command with your own accelerate launch command")
+    if kind == "train" and not custom and dist.mode == "ddp":
+        n = dist.num_processes or _visible_gpu_count()
+        distributed = {"mode": dist.mode, "num_processes": n}
+    extra_env = {"FMLLM_RUN_DIR": str(rdir), "FMLLM_CONFIG": str(Path(loaded.path).resolve()),
+                 "FMLLM_RUN_KIND": kind, "FMLLM_METRICS": str(rdir / rd.METRICS), **(env or {})}
+    if device == "cpu":
+        extra_env["CUDA_VISIBLE_DEVICES"] = ""
+    argv = list(custom) if custom else _train_argv(rdir, False, distributed)
+    record = {
+        "kind": kind, "argv": argv, "custom_command": bool(custom), "created": spec["created"],
+        "config_path": spec["config_path"], "env": child_env(extra_env), "distributed": distributed,
+        "cwd": str(Path(loaded.path).resolve().parent) if custom else str(rdir), "warnings": warnings,
+        "attempts": [{"started": time.time(), "resume": False}],
+    }
+    rd.write_json_atomic(rdir / rd.RUN, record)
+    for w in warnings:
+        rd.log_line(rdir, f"warning: {w}")
+    _spawn_supervisor(rdir)
+    # The pointers live in the config's runs folder also for a --run-dir elsewhere (absolute link).
+    _point_latest(runs_root(loaded), rdir, loaded.path)
+    return rdir
+
+
+def _visible_gpu_count() -> int:
+    vis = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if vis is not None:
+        return len([v for v in vis.split(",") if v.strip()])
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return int(pynvml.nvmlDeviceGetCount())
+    except Exception:  # no NVML: one process
+        return 1
+
+
+def resume(run_dir: str | os.PathLike[str]) -> Path:
+    """Start a stopped, killed or failed run again in its folder, from its last complete checkpoint."""
+    rdir = Path(run_dir).resolve()
+    record = rd.read_json(rdir / rd.RUN)
+    if not isinstance(record, dict):
+        raise RunError(f"{rdir} is not an fmllm run folder (no run.json)")
+    st = status(rdir)
+    if st["state"] == "running":
+        raise RunError(f"the run in {rdir} is still running (pid {st.get('pid')}); stop it first")
+    if record.get("kind") == "test":
+        raise RunError("a minimal test is not resumed: run it again with fmllm-run test")
+    old_exit = rdir / rd.EXIT
+    if old_exit.exists():
+        n = len(list(rdir.glob("exit.*.json"))) + 1
+        os.replace(old_exit, rdir / f"exit.{n}.json")
+    for name in (rd.STOP_REQUEST, rd.OUTCOME):
+        try:
+            (rdir / name).unlink()
+        except FileNotFoundError:
+            pass
+    if record.get("custom_command"):
+        record["env"] = {**record.get("env", {}), "FMLLM_RESUME": "1"}
+    else:
+        record["argv"] = _train_argv(rdir, True, record.get("distributed"))
+    record.setdefault("attempts", []).append({"started": time.time(), "resume": True})
+    rd.write_json_atomic(rdir / rd.RUN, record)
+    rd.log_line(rdir, f"---- resume at {time.strftime('%Y-%m-%d %H:%M:%S')} ----")
+    _spawn_supervisor(rdir)
+    return rdir
+
+
+# ------------------------------------------------------------------------------------------------
+# Watching and ending
+# ------------------------------------------------------------------------------------------------
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int | None, must_mention: str | None = None) -> bool:
+    """True when ``pid`` runs (not a zombie) and, if given, its command line mentions ``must_mention``."""
+    if not pid:
+        return False
+    try:
+        import psutil
+
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if must_mention is not None:
+            return any(must_mention in part for part in p.cmdline())
+        return True
+    except Exception:  # NoSuchProcess, AccessDenied, psutil missing: treat as gone
+        return False
+
+
+def _last_jsonl(path: Path, tail_bytes: int = 65536) -> dict[str, Any] | None:
+    """The last complete JSON line of a (possibly long) JSONL file, reading only its end."""
+    import json
+
+    try:
+        with path.open("rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - tail_bytes))
+            lines = fh.read().split(b"\n")
+    except OSError:
+        return None
+    for raw in reversed(lines[:-1] if lines and lines[-1] else lines):
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            return rec
+    return None
+
+
+def status(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Where a run stands: ``state`` is running | ok | failed | killed | stopped | oom | lost.
+
+    ``lost``: the process is gone and left no exit record (a machine reboot, say).
+    """
+    rdir = Path(run_dir).resolve()
+    record = rd.read_json(rdir / rd.RUN) or {}
+    pid = _read_pid(rdir / rd.PID)
+    exit_rec = rd.read_json(rdir / rd.EXIT)
+    running = _alive(pid, str(rdir))
+    last = _last_jsonl(rdir / rd.METRICS)
+    out: dict[str, Any] = {"run_dir": str(rdir), "kind": record.get("kind"), "pid": pid,
+                           "child_pid": _read_pid(rdir / rd.CHILD_PID),
+                           "phase": (rd.read_json(rdir / rd.STATE) or {}).get("phase"),
+                           "last_metrics": last, "exit": exit_rec}
+    if running:
+        out["state"] = "running"
+    elif isinstance(exit_rec, dict):
+        out["state"] = exit_rec.get("status", "failed")
+    elif not record:
+        out["state"] = "unknown"
+    else:
+        out["state"] = "lost"
+    return out
+
+
+def stop(run_dir: str | os.PathLike[str]) -> bool:
+    """Ask the run to stop: it finishes the step, saves a checkpoint and exits ("stopped").
+    Returns False when it was not running."""
+    rdir = Path(run_dir).resolve()
+    st = status(rdir)
+    if st["state"] != "running":
+        return False
+    (rdir / rd.STOP_REQUEST).write_text(f"stop {time.time()}\n")
+    child = st.get("child_pid")
+    if child and _alive(child):
+        try:
+            os.kill(child, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    else:
+        os.kill(st["pid"], signal.SIGTERM)  # not started yet: the supervisor forwards it
+    rd.log_line(rdir, "stop requested (SIGTERM)")
+    return True
+
+
+def kill(run_dir: str | os.PathLike[str], timeout: float = 10.0) -> bool:
+    """SIGKILL the run's whole process group and record it as "killed". False if not running."""
+    rdir = Path(run_dir).resolve()
+    st = status(rdir)
+    if st["state"] != "running":
+        return False
+    pgid = st["pid"]
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    child = st.get("child_pid")
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and (_alive(pgid) or _alive(child)):
+        time.sleep(0.05)
+    if not (rdir / rd.EXIT).exists():
+        now = time.time()
+        run_rec = rd.read_json(rdir / rd.RUN) or {}
+        started = (run_rec.get("attempts") or [{}])[-1].get("started", now)
+        rd.write_json_atomic(rdir / rd.EXIT, {
+            "status": "killed", "exit_code": None, "signal": "SIGKILL", "kind": run_rec.get("kind"),
+            "started": started, "ended": now, "wall_s": now - started,
+            "message": "killed (SIGKILL to the run's process group); fmllm-run resume continues from the last "
+                       "checkpoint", "outcome": None, "diagnosis": None, "recorded_by": "kill"})
+    try:
+        rd.log_line(rdir, "killed (SIGKILL)")
+    except OSError:
+        pass
+    return True
+
+
+def wait(run_dir: str | os.PathLike[str], timeout: float | None = None, poll: float = 0.2) -> dict[str, Any] | None:
+    """Block until the run has an exit record (returned) or ``timeout`` passes (None)."""
+    rdir = Path(run_dir).resolve()
+    end = None if timeout is None else time.monotonic() + timeout
+    lost_since = None
+    while True:
+        rec = rd.read_json(rdir / rd.EXIT)
+        if isinstance(rec, dict):
+            return rec
+        if not _alive(_read_pid(rdir / rd.PID), str(rdir)):
+            # The supervisor writes exit.json just before it ends; give the file a moment.
+            lost_since = lost_since or time.monotonic()
+            if time.monotonic() - lost_since > 3.0:
+                return {"status": "lost", "message": "the run's process is gone and left no exit record"}
+        if end is not None and time.monotonic() > end:
+            return None
+        time.sleep(poll)
+
+
+def follow(run_dir: str | os.PathLike[str], *, poll: float = 0.5, timeout: float | None = None,
+           gpu_every: float | None = 2.0, skip_existing: bool = False) -> Iterator[dict[str, Any]]:
+    """Events of a run as they come, ending with its exit record.
+
+    Yields ``{"type": "metrics", **row}`` per metrics row, ``{"type": "state", **state}`` when the
+    phase changes, ``{"type": "gpu", used, total, free, util_pct}`` every ``gpu_every`` seconds when
+    NVML answers (also for a custom train_command), and last ``{"type": "exit", **exit_record}``
+    (``status`` "lost" if the process vanished without one). With ``timeout`` it may end with
+    ``{"type": "timeout"}`` instead. ``skip_existing`` starts after the rows already written
+    (following a resumed run without replaying its history).
+    """
+    rdir = Path(run_dir).resolve()
+    reader = JsonlFollower(rdir / rd.METRICS)
+    if skip_existing:
+        try:
+            reader.offset = (rdir / rd.METRICS).stat().st_size
+        except OSError:
+            pass
+    last_phase = None
+    last_gpu = 0.0
+    gpu_ok = gpu_every is not None
+    end = None if timeout is None else time.monotonic() + timeout
+    lost_since = None
+    while True:
+        for row in reader.read_new():
+            yield {"type": "metrics", **row}
+        st = rd.read_json(rdir / rd.STATE)
+        if isinstance(st, dict) and st.get("phase") != last_phase:
+            last_phase = st.get("phase")
+            yield {"type": "state", **st}
+        rec = rd.read_json(rdir / rd.EXIT)
+        if isinstance(rec, dict):
+            for row in reader.read_new():
+                yield {"type": "metrics", **row}
+            yield {"type": "exit", **rec}
+            return
+        if gpu_ok and time.monotonic() - last_gpu >= (gpu_every or 0):
+            last_gpu = time.monotonic()
+            snap = device_memory(0)
+            if snap is None:
+                gpu_ok = False
+            else:
+                yield {"type": "gpu", **snap, "ts": time.time()}
+        if not _alive(_read_pid(rdir / rd.PID), str(rdir)):
+            lost_since = lost_since or time.monotonic()
+            if time.monotonic() - lost_since > 3.0:
+                yield {"type": "exit", "status": "lost",
+                       "message": "the run's process is gone and left no exit record"}
+                return
+        if end is not None and time.monotonic() > end:
+            yield {"type": "timeout"}
+            return
+        time.sleep(poll)

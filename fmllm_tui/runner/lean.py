@@ -1,0 +1,306 @@
+"""Loading the model the memory-lean way (and the plain way, for side-by-side benches).
+
+The fmllm recipe, each part measured on the GPU (bench/bench_runner_gpu.py):
+
+* 4-bit NF4 weights as configured; norms, embeddings and ``lm_head`` stay in the compute dtype
+  (no ``prepare_model_for_kbit_training``: its fp32 upcast cost 3.4 GiB on a 7B at 1024 tokens);
+* non-reentrant gradient checkpointing with input gradients enabled;
+* the loss without full-vocabulary logits (``loss.py``);
+* liger-kernel's RMSNorm / SwiGLU / RoPE kernels where liger supports the model type (CUDA);
+* the input embedding kept in CPU RAM (``fmllm.offload_embeddings``), the lookup's output moved
+  to the GPU: a 152k × 5120 bf16 table is 1.45 GiB that the 14B needs elsewhere;
+* SDPA attention; the optimizer from the config.
+
+``fmllm.memory_recipe: plain`` is the guide's recipe: ``prepare_model_for_kbit_training`` and the
+model's own (unfused) loss.
+
+This module's only job needs torch, so it imports it at the top.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .loss import install_lean_forward, lean_forward_unsupported, loss_fn_for, resolve_loss_kind
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# An input embedding smaller than this is not worth a CPU round trip per step.
+OFFLOAD_MIN_BYTES = 256 * 1024**2
+
+
+class RecipeError(Exception):
+    """A setting the runner cannot honour, in plain words (raised before training starts)."""
+
+
+@dataclass
+class Recipe:
+    """What the runner decided to do, and why where it differs from the config."""
+
+    memory_recipe: str
+    device: str  # "cuda" | "cpu"
+    quantize_4bit: bool
+    dtype: str
+    mixed_precision: str  # "bf16" | "fp16" | "no"
+    loss: str  # liger | chunked | plain
+    liger_kernels: bool
+    offload_embeddings: bool
+    optim: str
+    gradient_checkpointing: bool
+    attn_implementation: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def plan_recipe(cfg: dict[str, Any], *, cuda: bool, overrides: dict[str, Any] | None = None,
+                bf16_supported: bool = True) -> Recipe:
+    """Resolve the config (and bench overrides) into a :class:`Recipe` for this machine."""
+    ov = overrides or {}
+    fm = cfg.get("fmllm", {})
+    q = cfg.get("quantization", {})
+    tr = cfg.get("training", {})
+    recipe_name = ov.get("memory_recipe") or fm.get("memory_recipe", "fmllm")
+    notes: list[str] = []
+    compute = q.get("bnb_4bit_compute_dtype", "bfloat16")
+    if not cuda:
+        dtype, mixed = "float32", "no"
+        quant = False
+        if q.get("use_4bit", True):
+            notes.append("no CUDA GPU: loaded without 4-bit quantization (bitsandbytes 4-bit needs a GPU), in float32")
+    else:
+        quant = bool(q.get("use_4bit", True))
+        dtype = compute
+        if compute == "bfloat16" and not bf16_supported:
+            raise RecipeError("quantization.bnb_4bit_compute_dtype is bfloat16 but this GPU has no bf16 (pre-Ampere): "
+                              "set it to float16")
+        if tr.get("bf16"):
+            mixed = "bf16"
+        elif tr.get("fp16"):
+            mixed = "fp16"
+        else:
+            mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(compute, "no")
+    requested_loss = ov.get("loss") or fm.get("loss", "auto")
+    if recipe_name == "plain":
+        loss_kind, why = "plain", None
+    else:
+        loss_kind, why = resolve_loss_kind(requested_loss, cuda=cuda)
+    if why:
+        notes.append(why)
+    liger_kernels = False
+    if recipe_name == "fmllm" and cuda:
+        want = ov.get("liger_kernels", "auto")
+        if want != "off":
+            from .loss import liger_available
+
+            liger_kernels = liger_available()
+            if not liger_kernels and want == "on":
+                notes.append("liger-kernel is not installed: RMSNorm/SwiGLU/RoPE use the model's own code")
+    offload_setting = ov.get("offload_embeddings") or fm.get("offload_embeddings", "auto")
+    offload = recipe_name == "fmllm" and cuda and offload_setting in ("auto", "on")
+    if offload_setting == "on" and not cuda:
+        notes.append("fmllm.offload_embeddings is on but there is no CUDA GPU: nothing to offload")
+    optim = ov.get("optim") or tr.get("optim", "paged_adamw_32bit")
+    if not cuda and ("8bit" in optim or optim.startswith("paged") or optim.startswith("lion")):
+        notes.append(f"no CUDA GPU: optimizer {optim} needs bitsandbytes on a GPU; used adamw_torch")
+        optim = "adamw_torch"
+    attn = fm.get("attn_implementation", "sdpa")
+    if not cuda and attn == "flash_attention_2":
+        notes.append("no CUDA GPU: flash_attention_2 needs one; used sdpa")
+        attn = "sdpa"
+    return Recipe(memory_recipe=recipe_name, device="cuda" if cuda else "cpu", quantize_4bit=quant, dtype=dtype,
+                  mixed_precision=mixed, loss=loss_kind, liger_kernels=liger_kernels, offload_embeddings=offload,
+                  optim=optim, gradient_checkpointing=bool(tr.get("gradient_checkpointing", True)),
+                  attn_implementation=attn, notes=notes)
+
+
+def apply_liger_kernels(model_type: str, recipe: Recipe) -> bool:
+    """Patch transformers' classes for ``model_type`` with liger's RMSNorm, SwiGLU and RoPE
+    kernels (before the model is built). Returns whether liger supports the type."""
+    if not recipe.liger_kernels:
+        return False
+    from liger_kernel.transformers.monkey_patch import (
+        MODEL_TYPE_TO_APPLY_LIGER_FN,
+        _apply_liger_kernel,
+    )
+
+    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        recipe.liger_kernels = False
+        recipe.notes.append(f"liger-kernel has no kernels for model type {model_type!r}")
+        return False
+    # Our own loss replaces the forward, so liger's loss patches stay off.
+    _apply_liger_kernel(model_type, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                        fused_linear_cross_entropy=False)
+    return True
+
+
+def load_tokenizer(source: str, cfg: dict[str, Any], *, local_only: bool = False) -> Any:
+    """The tokenizer of ``source`` with the pad token set (fmllm.pad_token, else its own, else eos)."""
+    from transformers import AutoTokenizer
+
+    fm = cfg.get("fmllm", {})
+    tok = AutoTokenizer.from_pretrained(source, revision=fm.get("revision"),
+                                        trust_remote_code=bool(fm.get("trust_remote_code")),
+                                        local_files_only=local_only)
+    set_pad_token(tok, fm.get("pad_token"))
+    tok.padding_side = "right"
+    return tok
+
+
+def set_pad_token(tok: Any, requested: str | None) -> str:
+    """Set the pad token; returns where it came from (config, tokenizer, eos)."""
+    if requested:
+        ids = tok.convert_tokens_to_ids(requested)
+        unk = getattr(tok, "unk_token_id", None)
+        if ids is None or (unk is not None and ids == unk and requested != tok.unk_token):
+            raise RecipeError(f"fmllm.pad_token {requested!r} is not a token of this tokenizer; use one of its "
+                              f"special tokens (eos is {tok.eos_token!r}) or remove the setting")
+        tok.pad_token = requested
+        return "config"
+    if tok.pad_token is not None:
+        return "tokenizer"
+    if tok.eos_token is None:
+        raise RecipeError("the tokenizer has neither a pad token nor an eos token: set fmllm.pad_token")
+    tok.pad_token = tok.eos_token
+    return "eos"
+
+
+def load_model(source: str, cfg: dict[str, Any], recipe: Recipe, *, device_index: int = 0) -> Any:
+    """The base model for training, on the GPU in 4-bit (as configured) or on the CPU."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fm = cfg.get("fmllm", {})
+    q = cfg.get("quantization", {})
+    common: dict[str, Any] = {"revision": fm.get("revision"), "trust_remote_code": bool(fm.get("trust_remote_code"))}
+    model_cfg = AutoConfig.from_pretrained(source, **common)
+    apply_liger_kernels(getattr(model_cfg, "model_type", ""), recipe)
+    kwargs: dict[str, Any] = dict(common, dtype=_DTYPES[recipe.dtype], attn_implementation=recipe.attn_implementation)
+    if recipe.device == "cuda":
+        kwargs["device_map"] = {"": device_index}
+        if recipe.quantize_4bit:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type=q.get("bnb_4bit_quant_type", "nf4"),
+                bnb_4bit_use_double_quant=bool(q.get("use_nested_quant", True)),
+                bnb_4bit_compute_dtype=_DTYPES[recipe.dtype],
+            )
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    model.config.use_cache = False
+    return model
+
+
+class CpuEmbedding(torch.nn.Module):
+    """An input embedding whose table lives in CPU RAM; outputs land on ``device``.
+
+    The table is deliberately not a registered parameter or buffer: ``model.device`` and
+    ``model.parameters()`` must keep describing the GPU part, and it is frozen anyway.
+    """
+
+    def __init__(self, embedding: torch.nn.Embedding, device: torch.device):
+        super().__init__()
+        table = embedding.weight.detach().to("cpu").contiguous()
+        self.__dict__["_table"] = table
+        self.num_embeddings, self.embedding_dim = table.shape
+        self.padding_idx = embedding.padding_idx
+        self.target_device = device
+        scale = getattr(embedding, "embed_scale", None)  # Gemma-style scaled embeddings
+        self.embed_scale = scale
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.__dict__["_table"]
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        out = F.embedding(input_ids.to("cpu"), self.__dict__["_table"], self.padding_idx)
+        out = out.to(self.target_device, non_blocking=True)
+        if self.embed_scale is not None:
+            out = out * self.embed_scale.to(out.device, out.dtype) if torch.is_tensor(self.embed_scale) else out * self.embed_scale
+        return out
+
+
+def offload_input_embeddings(model: Any, setting: str) -> tuple[int, str | None]:
+    """Move the input embedding table to CPU RAM. Returns (bytes freed on the GPU, why not)."""
+    emb = model.get_input_embeddings()
+    out = model.get_output_embeddings()
+    if emb is None or not isinstance(emb, torch.nn.Embedding):
+        return 0, "the input embedding is not a plain embedding table"
+    if out is not None and getattr(out, "weight", None) is not None and out.weight.data_ptr() == emb.weight.data_ptr():
+        return 0, "the input embedding is tied to lm_head (shared with the output layer, which must stay on the GPU)"
+    if emb.weight.device.type != "cuda":
+        return 0, "the input embedding is not on a GPU"
+    size = emb.weight.numel() * emb.weight.element_size()
+    if setting == "auto" and size < OFFLOAD_MIN_BYTES:
+        return 0, f"the input embedding is small ({size / 2**20:.0f} MiB)"
+    wrapper = CpuEmbedding(emb, emb.weight.device)
+    model.set_input_embeddings(wrapper)
+    del emb
+    torch.cuda.empty_cache()
+    return size, None
+
+
+def lora_config(cfg: dict[str, Any]) -> Any:
+    from peft import LoraConfig
+
+    lo = cfg.get("lora", {})
+    targets = lo.get("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"])
+    alpha = float(lo.get("alpha", 16))
+    return LoraConfig(r=int(lo.get("r", 8)), lora_alpha=int(alpha) if alpha.is_integer() else alpha,  # type: ignore[arg-type]
+                      lora_dropout=float(lo.get("dropout", 0.05)), target_modules=targets,
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def prepare_for_training(model: Any, cfg: dict[str, Any], recipe: Recipe) -> Any:
+    """Gradient checkpointing, the loss, LoRA: the model the Trainer gets."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    tr = cfg.get("training", {})
+    gc_kwargs = tr.get("gradient_checkpointing_kwargs") or {"use_reentrant": False}
+    if recipe.memory_recipe == "plain":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=gc_kwargs)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if recipe.offload_embeddings:
+            setting = cfg.get("fmllm", {}).get("offload_embeddings", "auto")
+            freed, why = offload_input_embeddings(model, setting)
+            if freed:
+                recipe.notes.append(f"input embedding kept in CPU RAM: {freed / 2**30:.2f} GiB less on the GPU")
+            else:
+                recipe.offload_embeddings = False
+                if setting == "on" and why:
+                    recipe.notes.append(f"fmllm.offload_embeddings is on but {why}: left on the GPU")
+        if recipe.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+            # PEFT + checkpointing needs a grad-requiring input to the first layer (transformers#42489).
+            model.enable_input_require_grads()
+        if recipe.loss != "plain":
+            why = lean_forward_unsupported(model)
+            if why:
+                recipe.notes.append(f"{why}: used the model's own loss")
+                recipe.loss = "plain"
+            else:
+                install_lean_forward(model, loss_fn_for(recipe.loss))
+    try:
+        peft_model = get_peft_model(model, lora_config(cfg))
+    except ValueError as e:
+        msg = str(e)
+        if "not found in the base model" in msg or "Target module" in msg:
+            names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+                            or type(m).__name__ in ("Linear4bit", "Linear8bitLt")})
+            raise RecipeError(f"lora.target_modules: {msg.splitlines()[0]}. This model's linear layers are: "
+                              f"{', '.join(names)} (or use all-linear)") from None
+        raise
+    return peft_model
+
+
+def trainable_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

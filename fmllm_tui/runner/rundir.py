@@ -1,0 +1,93 @@
+"""The run directory: its file names and safe ways to write them. No torch here.
+
+Layout of ``<output_dir>/runs/<YYYYmmdd-HHMMSS>-<kind>/`` (created mode 0700)::
+
+    config.json     the resolved config (secrets masked) and the runner's own settings
+    run.json        the launch record: kind, argv of the training process, config path, times
+    pid             the supervisor's pid (= the run's process group id), one line
+    child.pid       the training process's pid
+    train.log       stdout + stderr of the training process, plus fmllm's own lines ("[fmllm] ...")
+    state.json      the phase now (loading, tokenizing, training, saving, generating, done) and step
+    metrics.jsonl   one JSON object per logged step
+    checkpoints/    Trainer checkpoints (checkpoint-<step>/), every save_steps; resume reads these
+    adapter/        the final adapter; complete only when adapter/fmllm-complete.json exists
+    summary.json    full run: final loss, tokens/s, peak memory, wall time, sample generations
+    result.json     minimal test: the report run_minimal_test returns
+    outcome.json    the training process's own last word (status, message)
+    oom.txt         torch.cuda.memory_summary() at the moment of a CUDA out-of-memory error
+    stop.requested  written by `stop` so the exit is recorded as "stopped"
+    exit.json       the exit record: status ok|failed|killed|stopped|oom, exit code, diagnosis
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+CONFIG = "config.json"
+RUN = "run.json"
+PID = "pid"
+CHILD_PID = "child.pid"
+LOG = "train.log"
+STATE = "state.json"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+ADAPTER = "adapter"
+COMPLETE_MARKER = "fmllm-complete.json"
+SUMMARY = "summary.json"
+RESULT = "result.json"
+OUTCOME = "outcome.json"
+OOM = "oom.txt"
+STOP_REQUEST = "stop.requested"
+EXIT = "exit.json"
+
+STATUSES = ("ok", "failed", "killed", "stopped", "oom")
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
+    """Write JSON so a reader sees the old file or the new one, never half of one."""
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, default=str)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_json(path: str | os.PathLike[str]) -> Any | None:
+    """The JSON in ``path``, or None when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
+    """Append one record as one line (a single write, so followers never see half a line)."""
+    line = json.dumps(record, default=str) + "\n"
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line)
+        fh.flush()
+
+
+def log_line(run_dir: str | os.PathLike[str], text: str) -> None:
+    """Append one of fmllm's own lines to the run's log."""
+    with open(Path(run_dir) / LOG, "a", encoding="utf-8") as fh:
+        fh.write(f"[fmllm] {text}\n")
+
+
+def adapter_complete(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is an adapter folder whose save finished (its marker was written last)."""
+    return (Path(path) / COMPLETE_MARKER).is_file()

@@ -1,0 +1,154 @@
+"""The supervisor: ``python -m fmllm_tui.runner.supervise RUN_DIR``.
+
+Started by :func:`fmllm_tui.runner.launch.start` in a new process session (so it outlives the
+TUI, the terminal and the SSH connection), it starts the training process from the argv list in
+``run.json`` (never through a shell), with stdout and stderr going to ``train.log``, waits for
+it, and writes ``exit.json``: the status, the exit code or signal, the training process's own
+outcome, and on failure the log diagnosis from ``fmllm_tui.logdiag``. No torch here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import rundir as rd
+
+
+def diagnose(log_path: Path) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """The log diagnosis (logdiag hits as JSON), or (None, why it is unavailable)."""
+    try:
+        from fmllm_tui.logdiag import scan_file
+    except ImportError as e:
+        return None, f"log diagnosis unavailable: {e}"
+    try:
+        return [h.to_json() for h in scan_file(log_path)], None
+    except Exception as e:  # a diagnosis failure must never lose the exit record
+        return None, f"log diagnosis failed: {type(e).__name__}: {e}"
+
+
+def decide_status(returncode: int, outcome: dict[str, Any] | None, stop_requested: bool,
+                  diagnosis: list[dict[str, Any]] | None) -> str:
+    """ok | failed | killed | stopped | oom from what the run left behind."""
+    if outcome and outcome.get("status") in rd.STATUSES:
+        status = str(outcome["status"])
+        if status == "ok" and returncode != 0:
+            return "failed"
+        return status
+    if returncode == 0:
+        return "stopped" if stop_requested else "ok"
+    if returncode < 0 and stop_requested:
+        return "stopped" if -returncode in (signal.SIGTERM, signal.SIGINT) else "killed"
+    if returncode in (-signal.SIGKILL, 137):
+        pass  # killed from outside (often the host's OOM killer): the diagnosis says more
+    for hit in diagnosis or []:
+        # logdiag's GPU memory patterns: cuda_oom, cuda_oom_eval, cuda_oom_loading, ... (host_oom is RAM).
+        if str(hit.get("pattern", "")).startswith(("cuda_oom", "mps_oom")) and hit.get("severity") != "warning":
+            return "oom"
+    if stop_requested:
+        return "stopped"
+    return "failed"
+
+
+def _default_signals() -> None:
+    """In the child, before exec: undo the supervisor's ignored signals (ignoring is inherited)."""
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def supervise(run_dir: Path) -> int:
+    """Run the training process of ``run_dir`` to its end and record how it ended."""
+    os.umask(0o077)  # the run's files are private, like its folder
+    spec = rd.read_json(run_dir / rd.RUN) or {}
+    argv = [str(a) for a in spec.get("argv") or []]
+    env = dict(os.environ)
+    env.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
+    started = time.time()
+    log = open(run_dir / rd.LOG, "ab", buffering=0)
+    stop_path = run_dir / rd.STOP_REQUEST
+    child: subprocess.Popen[bytes] | None = None
+
+    def forward(signum: int, frame: Any) -> None:
+        # A stop for the whole run (system shutdown, a signal to the group): let the trainer checkpoint.
+        try:
+            stop_path.write_text(f"{signal.Signals(signum).name} {time.time()}\n")
+        except OSError:
+            pass
+        if child is not None and child.poll() is None:
+            try:
+                child.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    returncode: int
+    try:
+        if not argv:
+            raise FileNotFoundError("run.json has no argv")
+        log.write(f"[fmllm] starting: {' '.join(argv)}\n".encode())
+        child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env=env, cwd=spec.get("cwd") or None, preexec_fn=_default_signals)
+        (run_dir / rd.CHILD_PID).write_text(f"{child.pid}\n")
+        while True:
+            try:
+                returncode = child.wait()
+                break
+            except InterruptedError:
+                continue
+    except OSError as e:
+        log.write(f"[fmllm] could not start the training process: {e}\n".encode())
+        returncode = 127
+        outcome_msg = f"could not start {argv[0] if argv else 'the training process'}: {e.strerror or e}"
+        rd.write_json_atomic(run_dir / rd.OUTCOME, {"status": "failed", "exit_code": 127, "message": outcome_msg})
+    ended = time.time()
+    if returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.Signals._value2member_map_ else str(-returncode)
+        log.write(f"[fmllm] training process ended by signal {name} (exitcode: {returncode})\n".encode())
+    else:
+        log.write(f"[fmllm] training process exited with code {returncode}\n".encode())
+    log.close()
+    outcome = rd.read_json(run_dir / rd.OUTCOME)
+    if isinstance(outcome, dict) and outcome.get("ts", started) < started - 1:
+        outcome = None  # left by an earlier attempt of this run (before a resume)
+    stop_requested = stop_path.exists()
+    diagnosis, diag_note = (None, None)
+    pre_status = decide_status(returncode, outcome if isinstance(outcome, dict) else None, stop_requested, None)
+    if pre_status in ("failed", "oom") or (returncode != 0 and pre_status != "stopped"):
+        diagnosis, diag_note = diagnose(run_dir / rd.LOG)
+    status = decide_status(returncode, outcome if isinstance(outcome, dict) else None, stop_requested, diagnosis)
+    record = {
+        "status": status,
+        "exit_code": returncode if returncode >= 0 else None,
+        "signal": signal.Signals(-returncode).name if returncode < 0 and -returncode in signal.Signals._value2member_map_ else None,
+        "kind": spec.get("kind"),
+        "started": started, "ended": ended, "wall_s": ended - started,
+        "message": (outcome or {}).get("message") if isinstance(outcome, dict) else None,
+        "outcome": outcome if isinstance(outcome, dict) else None,
+        "diagnosis": diagnosis,
+        "diagnosis_note": diag_note,
+        "recorded_by": "supervisor",
+    }
+    if record["message"] is None:
+        record["message"] = (f"the training command exited with code {returncode}" if returncode >= 0
+                             else f"the training command was ended by {record['signal']}")
+    rd.write_json_atomic(run_dir / rd.EXIT, record)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m fmllm_tui.runner.supervise RUN_DIR", file=sys.stderr)
+        return 2
+    return supervise(Path(args[0]).resolve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,767 @@
+"""The training process: ``python -m fmllm_tui.runner.train --run-dir DIR [--resume]``.
+
+It reads ``DIR/config.json`` (written by :mod:`fmllm_tui.runner.launch`), trains with the
+transformers ``Trainer`` + peft (+ bitsandbytes 4-bit on a GPU), and writes the run directory's
+state, metrics, checkpoints, adapter, summary or minimal-test result, and its own last word
+(``outcome.json``). The supervisor (:mod:`fmllm_tui.runner.supervise`) turns that into
+``exit.json``.
+
+Run kinds (``runner.kind`` in config.json):
+
+* ``train``: the full run from the config: checkpoints every ``save_steps``, resume with
+  ``--resume`` from the last complete checkpoint, the final adapter, ``summary.json``.
+* ``test``: the minimal test: N steps on a sample of the data (the longest examples, so the peak
+  memory is the data's worst case), then save, reload and generate; ``result.json``.
+
+SIGTERM/SIGINT during training: the step finishes, a checkpoint is saved (full runs) and the
+process exits with status "stopped". This module's only job needs torch, so it imports it at
+the top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import math
+import os
+import re
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import rundir as rd
+from .data import (
+    Collator,
+    DataError,
+    build_train_dataset,
+    ensure_chat_template,
+    prompt_text,
+    read_records,
+)
+from .lean import (
+    Recipe,
+    RecipeError,
+    load_model,
+    load_tokenizer,
+    plan_recipe,
+    prepare_for_training,
+    trainable_parameters,
+)
+from .monitor import NvmlSampler, visible_device
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_OOM = 0, 1, 2, 3
+# How many examples a minimal test cycles through per micro-batch slot.
+TEST_SAMPLE_PER_SLOT = 4
+# Records scanned to find the minimal test's longest examples.
+TEST_SCAN_LIMIT = 2000
+
+
+class StopRequested(Exception):
+    """SIGTERM/SIGINT before training started (nothing to checkpoint yet)."""
+
+
+class SaveError(Exception):
+    """Saving the adapter failed; nothing that looks complete was left behind."""
+
+
+_signals = {"count": 0, "training": False}
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    _signals["count"] += 1
+    if not _signals["training"] or _signals["count"] > 1:
+        raise StopRequested(signal.Signals(signum).name)
+    print(f"[fmllm] {signal.Signals(signum).name}: stopping after this step (a checkpoint is saved first)",
+          flush=True)
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class RunFiles:
+    """Writes the run directory's files (rank 0 only under several processes)."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = run_dir
+        self.main = _rank() == 0
+
+    def state(self, phase: str, **extra: Any) -> None:
+        if self.main:
+            rd.write_json_atomic(self.dir / rd.STATE, {"phase": phase, "ts": time.time(), "pid": os.getpid(), **extra})
+        print(f"[fmllm] phase: {phase}" + (f" {json.dumps(extra, default=str)}" if extra else ""), flush=True)
+
+    def metrics(self, row: dict[str, Any]) -> None:
+        if self.main:
+            rd.append_jsonl(self.dir / rd.METRICS, row)
+
+    def write(self, name: str, data: Any) -> None:
+        if self.main:
+            rd.write_json_atomic(self.dir / name, data)
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory and speed
+# ------------------------------------------------------------------------------------------------
+
+
+def memory_now(device: str) -> dict[str, int | None]:
+    """Allocated, reserved and peak bytes (CUDA), or the process RSS and its peak (CPU)."""
+    if device == "cuda":
+        return {"allocated_bytes": int(torch.cuda.memory_allocated()),
+                "reserved_bytes": int(torch.cuda.memory_reserved()),
+                "peak_bytes": int(torch.cuda.max_memory_reserved()),
+                "peak_allocated_bytes": int(torch.cuda.max_memory_allocated())}
+    rss = None
+    try:
+        import psutil
+
+        rss = int(psutil.Process().memory_info().rss)
+    except Exception:  # psutil is a dependency, but memory figures are never worth a crash
+        pass
+    peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    return {"allocated_bytes": rss, "reserved_bytes": rss, "peak_bytes": peak, "peak_allocated_bytes": peak}
+
+
+class TokenCountingCollator:
+    """Wraps the collator to count the tokens each batch carries (padding excluded)."""
+
+    def __init__(self, inner: Collator):
+        self.inner = inner
+        self.tokens = 0
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.inner(features)
+        mask = batch.get("attention_mask")
+        self.tokens += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+        return batch
+
+
+def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str, kind: str,
+                   save_on_stop: bool, sampler: NvmlSampler | None, profile: bool = False) -> Any:
+    from transformers import TrainerCallback
+
+    # Steps 4-5 (after allocation and kernel selection settle), for the bench's --profile.
+    profile_steps = (3, 5) if profile else None
+
+    class FmllmCallback(TrainerCallback):
+        """Metrics rows, per-step times and the graceful stop."""
+
+        def __init__(self) -> None:
+            self.step_times: list[float] = []
+            self.step_tokens: list[int] = []
+            self.losses: list[tuple[int, float]] = []
+            self._t0 = 0.0
+            self._tok0 = 0
+            self._last_log_t = 0.0
+            self._last_log_tok = 0
+            self._last_log_step = 0
+            self.start = 0.0
+            self.stopped = False
+            self.prof: Any = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.start = self._last_log_t = self._t0 = time.perf_counter()
+            self._last_log_tok = self._tok0 = counter.tokens
+            self._last_log_step = state.global_step
+            _signals["training"] = True
+            files.state("training", step=state.global_step, max_steps=state.max_steps)
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if profile_steps and state.global_step == profile_steps[0] and self.prof is None:
+                acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
+                self.prof = torch.profiler.profile(activities=acts)
+                self.prof.__enter__()
+
+        def _end_profile(self) -> None:
+            if self.prof is None:
+                return
+            if device == "cuda":
+                torch.cuda.synchronize()
+            self.prof.__exit__(None, None, None)
+            ka = self.prof.key_averages()
+            text = ka.table(sort_by="self_cpu_time_total", row_limit=40)
+            if device == "cuda":
+                text += "\n\n" + ka.table(sort_by="self_cuda_time_total", row_limit=25)
+            if files.main:
+                (files.dir / "profile.txt").write_text(text)
+            self.prof = None
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if self.prof is not None and profile_steps and state.global_step >= profile_steps[1]:
+                self._end_profile()
+            # End to end: the Trainer fetches a step's batches before on_step_begin, so a step
+            # is measured from the previous step's end (data loading included).
+            now = time.perf_counter()
+            self.step_times.append(now - self._t0)
+            self.step_tokens.append(counter.tokens - self._tok0)
+            self._t0, self._tok0 = now, counter.tokens
+            flag = _signals["count"] > 0
+            if _world() > 1 and torch.distributed.is_initialized():
+                # Every rank must stop at the same step, or the others wait forever.
+                t = torch.tensor([1 if flag else 0], device=f"cuda:{torch.cuda.current_device()}" if device == "cuda" else "cpu")
+                torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+                flag = bool(t.item())
+            if flag:
+                self.stopped = True
+                control.should_training_stop = True
+                if save_on_stop:
+                    control.should_save = True
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+            logs = logs or {}
+            if "loss" not in logs:
+                return
+            now = time.perf_counter()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            steps = max(1, state.global_step - self._last_log_step)
+            dt = max(1e-9, now - self._last_log_t)
+            dtok = counter.tokens - self._last_log_tok
+            avg_step = dt / steps
+            remaining = max(0, state.max_steps - state.global_step)
+            row: dict[str, Any] = {
+                "step": state.global_step, "max_steps": state.max_steps, "epoch": logs.get("epoch", state.epoch),
+                "loss": logs.get("loss"), "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
+                "tokens_per_s": dtok / dt, "tokens": counter.tokens, "step_time_s": avg_step,
+                **memory_now(device), "eta_s": remaining * avg_step, "ts": time.time(), "kind": kind,
+            }
+            if sampler is not None and sampler.error is None:
+                row["gpu_used_bytes"] = sampler.last_used_bytes
+                row["process_peak_bytes"] = sampler.process_peak_bytes
+            loss = logs.get("loss")
+            if isinstance(loss, (int, float)):
+                self.losses.append((state.global_step, float(loss)))
+            files.metrics(row)
+            self._last_log_t, self._last_log_tok, self._last_log_step = now, counter.tokens, state.global_step
+
+        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            print(f"[fmllm] checkpoint saved at step {state.global_step}", flush=True)
+
+    return FmllmCallback()
+
+
+# ------------------------------------------------------------------------------------------------
+# Saving
+# ------------------------------------------------------------------------------------------------
+
+
+def save_adapter_atomic(model: Any, tokenizer: Any, dest: Path, meta: dict[str, Any]) -> Path:
+    """Save the adapter to a temporary folder beside ``dest``, write the completion marker last,
+    then rename. On any failure the temporary folder is removed and :class:`SaveError` says why;
+    ``dest`` is never left half-written."""
+    dest = Path(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        files = {}
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+                files[str(f.relative_to(tmp))] = f.stat().st_size
+        marker = {"files": files, "saved": time.time(), **meta}
+        rd.write_json_atomic(tmp / rd.COMPLETE_MARKER, marker)
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}-{int(time.time())}")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+        try:
+            fd = os.open(dest.parent, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+        except OSError:
+            pass
+        return dest
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno == errno.ENOSPC:
+            free = shutil.disk_usage(dest.parent).free
+            raise SaveError(f"disk full while saving the adapter to {dest} ({free / 2**20:.0f} MiB free): "
+                            "free space or point paths.output_dir at a bigger disk; nothing was left "
+                            "that looks like a finished adapter") from None
+        raise SaveError(f"saving the adapter to {dest} failed: {e.strerror or e}; nothing was left that "
+                        "looks like a finished adapter") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint whose save finished (trainer state and adapter present).
+
+    Checkpoints a kill interrupted mid-save are renamed ``*.incomplete`` so the Trainer's
+    rotation never counts them.
+    """
+    if not folder.is_dir():
+        return None
+    found = []
+    for p in folder.iterdir():
+        m = _CKPT.match(p.name)
+        if not m or not p.is_dir():
+            continue
+        ok = (p / "trainer_state.json").is_file() and any(p.glob("adapter_model.*"))
+        if ok:
+            found.append((int(m.group(1)), p))
+        else:
+            p.rename(p.with_name(p.name + ".incomplete"))
+    return max(found)[1] if found else None
+
+
+# ------------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------------
+
+
+def _training_args(cfg: dict[str, Any], recipe: Recipe, run_dir: Path, kind: str, steps: int | None,
+                   notes: list[str], with_eval: bool = False) -> Any:
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    tr = dict(cfg.get("training", {}))
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    args: dict[str, Any] = {
+        "output_dir": str(run_dir / rd.CHECKPOINTS),
+        "per_device_train_batch_size": tr.get("per_device_train_batch_size", 1),
+        "per_device_eval_batch_size": tr.get("per_device_eval_batch_size", 1),
+        "gradient_accumulation_steps": tr.get("gradient_accumulation_steps", 1),
+        "num_train_epochs": tr.get("num_train_epochs", 1.0),
+        "max_steps": tr.get("max_steps", -1),
+        "learning_rate": tr.get("learning_rate", 2e-4),
+        "weight_decay": tr.get("weight_decay", 0.0),
+        "max_grad_norm": tr.get("max_grad_norm", 1.0),
+        "lr_scheduler_type": tr.get("lr_scheduler_type", "cosine"),
+        "optim": recipe.optim,
+        "logging_steps": tr.get("logging_steps", 10),
+        "save_strategy": "steps",
+        "save_steps": tr.get("save_steps", 100),
+        "save_total_limit": tr.get("save_total_limit"),
+        "seed": tr.get("seed", 42),
+        "report_to": tr.get("report_to", "none"),
+        "bf16": recipe.mixed_precision == "bf16",
+        "fp16": recipe.mixed_precision == "fp16",
+        "use_cpu": recipe.device == "cpu",
+        # The model was prepared for checkpointing already (lean.prepare_for_training).
+        "gradient_checkpointing": False,
+        "remove_unused_columns": False,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+        "logging_first_step": True,
+        "prediction_loss_only": True,
+        "ddp_find_unused_parameters": False if _world() > 1 else None,
+    }
+    ratio = tr.get("warmup_ratio", 0.0)
+    if "warmup_ratio" in names:
+        args["warmup_ratio"] = ratio
+    elif ratio:
+        args["warmup_steps"] = float(ratio) if ratio < 1 else int(ratio)
+    if tr.get("group_by_length") and not tr.get("packing"):
+        if "train_sampling_strategy" in names:
+            args["train_sampling_strategy"] = "group_by_length"
+        elif "group_by_length" in names:
+            args["group_by_length"] = True
+    if kind == "test":
+        # Few steps on a few examples: constant LR, no accumulation, a row per step, no checkpoints.
+        args.update(max_steps=int(steps or 10), gradient_accumulation_steps=1, logging_steps=1,
+                    save_strategy="no", lr_scheduler_type="constant")
+        args.pop("warmup_ratio", None)
+        args["warmup_steps"] = 0
+    elif steps:
+        args["max_steps"] = int(steps)
+    if with_eval and kind != "test":
+        args["eval_strategy"] = "steps"
+        args["eval_steps"] = tr.get("eval_steps") or args["save_steps"]
+    extra = dict(tr.get("extra_args") or {})
+    unknown = sorted(k for k in extra if k not in names)
+    if unknown:
+        raise RecipeError(f"training.extra_args: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not "
+                          "transformers TrainingArguments; remove or rename "
+                          f"{'it' if len(unknown) == 1 else 'them'}")
+    for k, v in extra.items():
+        if v == "***":
+            notes.append(f"training.extra_args.{k} is a secret and was not passed to the training process")
+            continue
+        if k in ("output_dir", "logging_dir"):
+            notes.append(f"training.extra_args.{k} is set by fmllm (the run directory) and was ignored")
+            continue
+        args[k] = v
+    args = {k: v for k, v in args.items() if k in names and v is not None}
+    return TrainingArguments(**args)
+
+
+def _sample_for_test(tokenizer: Any, records: list[dict[str, Any]], fmt: str, max_len: int, slots: int) -> list[dict[str, Any]]:
+    """The longest examples (so the measured peak is the data's worst case)."""
+    want = max(1, slots * TEST_SAMPLE_PER_SLOT)
+
+    def length(r: dict[str, Any]) -> int:
+        from .data import render_text
+
+        text, _, _ = render_text(tokenizer, r, fmt)
+        return min(max_len, len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+
+    ranked = sorted(records, key=length, reverse=True)
+    return ranked[:want]
+
+
+def _generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int, raw: bool) -> str:
+    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=raw)
+    dev = next(p for p in model.parameters() if p.device.type != "meta").device
+    enc = {k: v.to(dev) for k, v in enc.items()}
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                             pad_token_id=tokenizer.pad_token_id)
+    new = out[0][enc["input_ids"].shape[1]:].tolist()
+    vocab = len(tokenizer)
+    new = [t for t in new if 0 <= t < vocab]  # a random-weight model may emit ids the tokenizer lacks
+    return tokenizer.decode(new, skip_special_tokens=True)
+
+
+def _adapter_tensors(model: Any, name: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in model.named_parameters():
+        if f".{name}." in k or k.endswith(f".{name}"):
+            out[k.replace(f".{name}", "")] = v.detach()
+    return out
+
+
+def _falling(losses: list[float]) -> bool:
+    if len(losses) < 2:
+        return False
+    k = max(1, len(losses) // 3)
+    return sum(losses[-k:]) / k < sum(losses[:k]) / k
+
+
+def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    """Train as ``run_dir/config.json`` says. Returns the outcome record (also written)."""
+    from transformers import Trainer
+
+    files = RunFiles(run_dir)
+    spec = rd.read_json(run_dir / rd.CONFIG)
+    if not isinstance(spec, dict):
+        raise RecipeError(f"{run_dir / rd.CONFIG} is missing or unreadable: start the run with fmllm-run")
+    cfg: dict[str, Any] = spec["config"]
+    runner: dict[str, Any] = spec.get("runner", {})
+    kind = runner.get("kind", "train")
+    started = time.time()
+    files.state("starting", kind=kind, resume=resume)
+
+    want = runner.get("device", "auto")
+    cuda = torch.cuda.is_available() and want != "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise RecipeError("--device cuda was asked for but torch sees no CUDA GPU "
+                          f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'})")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    sampler: NvmlSampler | None = None
+    context_bytes = None
+    if cuda:
+        # Sample before this process touches the GPU: the baseline must not include our context.
+        nv_index, nv_uuid = visible_device(local_rank)
+        sampler = NvmlSampler(index=nv_index, uuid=nv_uuid).start()
+        torch.cuda.set_device(local_rank)
+        torch.zeros(1, device="cuda")  # create the CUDA context now, to measure it
+        torch.cuda.synchronize()
+        context_bytes = sampler.used_now()
+        if context_bytes is not None and sampler.baseline_bytes is not None:
+            context_bytes = max(0, context_bytes - sampler.baseline_bytes)
+        vram = runner.get("vram_bytes")
+        if vram:
+            total = torch.cuda.get_device_properties(local_rank).total_memory
+            ctx = context_bytes if context_bytes else 512 * 2**20
+            frac = max(0.01, min(1.0, (int(vram) - ctx) / total))
+            torch.cuda.set_per_process_memory_fraction(frac, local_rank)
+            print(f"[fmllm] --vram {int(vram) / 2**30:.2f} GiB: capped torch at {frac * total / 2**30:.2f} GiB "
+                  f"(the card minus a {ctx / 2**30:.2f} GiB CUDA context)", flush=True)
+    bf16_ok = (not cuda) or torch.cuda.is_bf16_supported()
+    recipe = plan_recipe(cfg, cuda=cuda, overrides=runner.get("overrides"), bf16_supported=bf16_ok)
+
+    fmt = cfg.get("data_format", "instruction")
+    tr = cfg.get("training", {})
+    max_len = int(tr.get("max_seq_length") or 1024)
+    data_file = cfg.get("data_file")
+    if not data_file:
+        raise RecipeError("no training data is configured: set paths.ft_combined_data_file to your JSONL file")
+    files.state("reading data", data_file=data_file)
+    records = read_records(data_file, fmt, limit=TEST_SCAN_LIMIT if kind == "test" else None)
+
+    model_name = cfg["base_model_name"]
+    source, model_note = model_name, None
+    if not cuda:
+        from .smoke import cpu_model_source
+
+        try:
+            source, model_note = cpu_model_source(model_name, cfg, records, run_dir)
+        except ValueError as e:
+            raise RecipeError(str(e)) from None
+        recipe.notes.insert(0, model_note)
+    if not cfg.get("use_adapter", True):
+        raise RecipeError("use_adapter is false: fmllm's runner trains LoRA adapters (4-bit weights cannot be "
+                          "trained directly); set use_adapter: true")
+    for note in recipe.notes:
+        print(f"[fmllm] {note}", flush=True)
+
+    files.state("loading model", model=model_name, source=source)
+    t_load = time.perf_counter()
+    tokenizer = load_tokenizer(source, cfg)
+    if ensure_chat_template(tokenizer):
+        recipe.notes.append("the tokenizer has no chat template: fmllm used a plain role-header template")
+    model = load_model(source, cfg, recipe, device_index=local_rank)
+    load_s = time.perf_counter() - t_load
+    load_mem = memory_now(recipe.device)
+    model = prepare_for_training(model, cfg, recipe)
+    trainable, total = trainable_parameters(model)
+    swap = fused_adamw_swap(recipe, trainable, forced=bool((runner.get("overrides") or {}).get("optim")))
+    if swap:
+        recipe.notes.append(swap)
+    print(f"[fmllm] loaded {model_name} in {load_s:.1f}s; trainable parameters {trainable:,} of {total:,}; "
+          f"recipe {json.dumps(recipe.to_json())}", flush=True)
+
+    files.state("tokenizing")
+    slots = int(tr.get("per_device_train_batch_size", 1))
+    train_records = _sample_for_test(tokenizer, records, fmt, max_len, slots) if kind == "test" else records
+    fm = cfg.get("fmllm", {})
+    packing = bool(tr.get("packing"))
+    dataset, stats = build_train_dataset(tokenizer, train_records, fmt, max_len=max_len,
+                                         response_only=bool(fm.get("response_only_loss", True)), packing=packing)
+    for note in stats.notes:
+        print(f"[fmllm] {note}", flush=True)
+    if len(dataset) == 0:
+        raise DataError(data_file, [_no_examples_problem(stats, max_len)])
+    notes: list[str] = list(recipe.notes) + list(stats.notes)
+    eval_dataset = None
+    if kind != "test" and cfg.get("eval_data_file"):
+        eval_records = read_records(cfg["eval_data_file"], fmt)
+        eval_dataset, _ = build_train_dataset(tokenizer, eval_records, fmt, max_len=max_len,
+                                              response_only=bool(fm.get("response_only_loss", True)), packing=packing)
+    args = _training_args(cfg, recipe, run_dir, kind, runner.get("steps"), notes, with_eval=eval_dataset is not None)
+    counter = TokenCountingCollator(Collator(tokenizer, packing))
+    callback = _make_callback(files, counter, recipe.device, kind, save_on_stop=(kind != "test"), sampler=sampler,
+                              profile=bool((runner.get("overrides") or {}).get("profile")))
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
+                      data_collator=counter, callbacks=[callback])
+    checkpoint = None
+    if resume:
+        checkpoint = last_complete_checkpoint(run_dir / rd.CHECKPOINTS)
+        if checkpoint is None:
+            print("[fmllm] resume: no complete checkpoint yet, starting from step 0", flush=True)
+        else:
+            print(f"[fmllm] resuming from {checkpoint.name}", flush=True)
+    t_train = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    train_s = time.perf_counter() - t_train
+    _signals["training"] = False
+    mem = memory_now(recipe.device)
+    if sampler is not None:
+        sampler.stop()
+    steps_done = trainer.state.global_step
+    losses = [loss for _, loss in callback.losses]
+    times, toks = callback.step_times, callback.step_tokens
+    # Tokens/s over steps 3.. (the first steps pay for allocation and kernel selection).
+    skip = 2 if len(times) > 3 else 0
+    tps = (sum(toks[skip:]) / sum(times[skip:])) if times[skip:] and sum(times[skip:]) > 0 else None
+    peak_process = sampler.process_peak_bytes if (sampler is not None and sampler.error is None) else None
+    base = {
+        "kind": kind, "model": model_name, "model_source": source, "model_note": model_note,
+        "device": recipe.device, "device_name": torch.cuda.get_device_name(local_rank) if cuda else "cpu",
+        "recipe": recipe.to_json(), "steps": steps_done, "losses": losses, "tokens_per_s": tps,
+        "step_times_s": times, "step_tokens": toks, "load_s": load_s, "train_s": train_s,
+        "wall_s": time.time() - started, "trainable_params": trainable, "total_params": total,
+        "peak_allocated_bytes": mem.get("peak_allocated_bytes"), "peak_reserved_bytes": mem.get("peak_bytes"),
+        "load_allocated_bytes": load_mem.get("allocated_bytes"),
+        "peak_process_bytes": peak_process, "cuda_context_bytes": context_bytes,
+        "peak_bytes": peak_process if peak_process is not None else mem.get("peak_bytes"),
+        "peak_method": (sampler.method if peak_process is not None and sampler else
+                        ("torch-reserved" if cuda else "cpu-rss")),
+        "nvml": sampler.to_json() if sampler else None, "vram_cap_bytes": runner.get("vram_bytes"),
+        "data": stats.to_json(), "notes": notes, "run_dir": str(run_dir),
+        "versions": _versions(),
+    }
+    if callback.stopped:
+        files.state("stopped", step=steps_done)
+        out = {**base, "status": "stopped", "message": f"stopped at step {steps_done}"
+               + ("; a checkpoint was saved: fmllm-run resume continues from it" if kind != "test" else "")}
+        files.write(rd.SUMMARY if kind != "test" else rd.RESULT, out)
+        return out
+
+    files.state("saving adapter")
+    if files.main:
+        adapter = save_adapter_atomic(model, tokenizer, run_dir / rd.ADAPTER,
+                                      {"model": model_name, "steps": steps_done, "kind": kind})
+    else:
+        adapter = run_dir / rd.ADAPTER
+    raw = fmt == "prompt_completion"
+    if kind == "test":
+        files.state("reloading adapter")
+        reload_ok, reload_msg = _reload_check(model, adapter)
+        files.state("generating")
+        prompt = prompt_text(tokenizer, train_records[0], fmt)
+        gen = _generate(model, tokenizer, prompt, int(runner.get("max_new_tokens", 32)), raw)
+        finite = bool(losses) and all(math.isfinite(x) for x in losses)
+        result = {**base, "status": "ok", "adapter_dir": str(adapter), "adapter_reloaded": reload_ok,
+                  "reload_message": reload_msg, "prompt": prompt[-500:], "generation": gen,
+                  "loss_finite": finite, "loss_falling": _falling(losses)}
+        files.write(rd.RESULT, result)
+        files.state("done")
+        return result
+
+    files.state("generating samples")
+    samples = []
+    for rec in records[: int(runner.get("sample_generations", 3)) if files.main else 0]:
+        prompt = prompt_text(tokenizer, rec, fmt)
+        samples.append({"prompt": prompt[-500:], "generation": _generate(model, tokenizer, prompt,
+                                                                         int(runner.get("max_new_tokens", 64)), raw)})
+    summary = {**base, "status": "ok", "adapter_dir": str(adapter), "final_loss": losses[-1] if losses else None,
+               "samples": samples, "resumed_from": str(checkpoint) if checkpoint else None}
+    files.write(rd.SUMMARY, summary)
+    files.state("done")
+    return summary
+
+
+# AdamW state below this is too small for paging to CPU RAM to matter.
+FUSED_ADAMW_MAX_STATE_BYTES = 1 * 1024**3
+
+
+def fused_adamw_swap(recipe: Recipe, trainable: int, *, forced: bool) -> str | None:
+    """The fmllm recipe on a GPU runs 32-bit AdamW as torch's fused kernel when the adapter's
+    optimizer state is small: the same update rule, one kernel launch instead of a Python loop
+    over every LoRA tensor (the loop costs ~10% of a step at 1024 tokens). Returns the note."""
+    if forced or recipe.memory_recipe != "fmllm" or recipe.device != "cuda":
+        return None
+    if recipe.optim not in ("paged_adamw_32bit", "adamw_torch"):
+        return None
+    state = trainable * 8  # two fp32 moments per trainable parameter
+    if state > FUSED_ADAMW_MAX_STATE_BYTES:
+        return None
+    old, recipe.optim = recipe.optim, "adamw_torch_fused"
+    return (f"optimizer {old} ran as adamw_torch_fused: the same AdamW update in one fused kernel; the "
+            f"adapter's optimizer state ({state / 2**20:.0f} MiB) is too small for paging to matter")
+
+
+def _no_examples_problem(stats: Any, max_len: int) -> Any:
+    from .data import DataProblem
+
+    return DataProblem(
+        f"no example has a response token within max_seq_length={max_len} "
+        f"({stats.dropped_no_target} of {stats.examples} examples were left out)",
+        hint="raise training.max_seq_length or shorten the prompts")
+
+
+def _reload_check(model: Any, adapter: Path) -> tuple[bool, str]:
+    """Load the saved adapter beside the trained one and compare every tensor."""
+    try:
+        model.load_adapter(str(adapter), adapter_name="reloaded", is_trainable=False)
+        trained = _adapter_tensors(model, "default")
+        loaded = _adapter_tensors(model, "reloaded")
+        if not trained or set(trained) != set(loaded):
+            return False, f"the reloaded adapter has {len(loaded)} tensors, the trained one {len(trained)}"
+        bad = [k for k in trained if not torch.equal(trained[k].float().cpu(), loaded[k].float().cpu())]
+        if bad:
+            return False, f"{len(bad)} tensors differ after reloading, e.g. {bad[0]}"
+        model.set_adapter("reloaded")
+        return True, f"reloaded {len(loaded)} tensors from {adapter}; all equal to the trained ones"
+    except Exception as e:  # a reload failure is a finding of the test, not a crash
+        return False, f"reloading the adapter failed: {type(e).__name__}: {e}"
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for name in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets", "liger-kernel"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _oom_record(run_dir: Path, err: BaseException) -> dict[str, Any]:
+    info: dict[str, Any] = {"error": str(err).splitlines()[0] if str(err) else type(err).__name__}
+    try:
+        info.update(memory_now("cuda"))
+        free, total = torch.cuda.mem_get_info()
+        info.update(free_bytes=int(free), total_bytes=int(total))
+        summary = torch.cuda.memory_summary()
+    except Exception as e:  # the summary is a nicety on top of the error itself
+        summary = f"(memory summary unavailable: {e})"
+    if _rank() == 0:
+        (run_dir / rd.OOM).write_text(f"{err}\n\n{summary}\n", encoding="utf-8")
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the training process. Exit codes: 0 ok/stopped, 1 failed, 2 bad input, 3 OOM."""
+    ap = argparse.ArgumentParser(prog="python -m fmllm_tui.runner.train")
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--resume", action="store_true")
+    ns = ap.parse_args(argv)
+    run_dir = Path(ns.run_dir).resolve()
+    files = RunFiles(run_dir)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    def finish(status: str, code: int, message: str, **extra: Any) -> int:
+        files.write(rd.OUTCOME, {"status": status, "exit_code": code, "message": message, "ts": time.time(), **extra})
+        print(f"[fmllm] {status}: {message}", flush=True)
+        return code
+
+    try:
+        out = run(run_dir, resume=ns.resume)
+        return finish(out["status"], EXIT_OK, out.get("message") or f"finished {out['steps']} steps")
+    except StopRequested as e:
+        return finish("stopped", EXIT_OK, f"{e} before training started; nothing to save")
+    except DataError as e:
+        return finish("failed", EXIT_BAD_INPUT, e.render(), problem="data", details=e.to_json())
+    except RecipeError as e:
+        return finish("failed", EXIT_BAD_INPUT, str(e), problem="config")
+    except SaveError as e:
+        return finish("failed", EXIT_FAILED, str(e), problem="save")
+    except torch.OutOfMemoryError as e:
+        traceback.print_exc()
+        info = _oom_record(run_dir, e)
+        return finish("oom", EXIT_OOM, "CUDA out of memory: " + info["error"] + f" (memory state in {rd.OOM})",
+                      memory=info)
+    except KeyboardInterrupt:
+        return finish("stopped", EXIT_OK, "interrupted")
+    except Exception as e:
+        traceback.print_exc()
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        code = EXIT_FAILED
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            first = f"disk full: {first}"
+        return finish("failed", code, f"{type(e).__name__}: {first}")
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if _world() == 1:
+        # Every file is written and synced: skip the interpreter's slow teardown (seconds on a CPU).
+        os._exit(code)
+    sys.exit(code)

@@ -1,0 +1,478 @@
+"""Launching runs end to end on the CPU with a tiny model: the minimal test, kill and resume,
+a graceful stop, bad input before and during a run, custom training commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from fmllm_tui.config import load_config
+from fmllm_tui.runner import (
+    RunError,
+    kill,
+    latest_run,
+    resume,
+    run_minimal_test,
+    start,
+    status,
+    stop,
+    wait,
+)
+from fmllm_tui.runner import rundir as rd
+from fmllm_tui.runner.monitor import JsonlFollower, read_jsonl
+from fmllm_tui.runner.supervise import decide_status
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample_instructions.jsonl"
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The training processes inherit this: nothing may reach the network.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+def write_config(tmp_path: Path, model: Path | str, *, data: Path | None = SAMPLE, fmt: str = "instruction",
+                 training: str = "", fmllm: str = "", output: str | None = None) -> Path:
+    cfg = tmp_path / "config.yaml"
+    text = f"""\
+    paths:
+      output_dir: {output or tmp_path / 'out'}
+      {'ft_combined_data_file: ' + str(data) if data else ''}
+    fine_tuning:
+      base_model_name: {model}
+      data_format: {fmt}
+      lora: {{r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}}
+      quantization: {{use_4bit: true, bnb_4bit_compute_dtype: bfloat16}}
+      training:
+        per_device_train_batch_size: 2
+        gradient_accumulation_steps: 1
+        learning_rate: 0.01
+        lr_scheduler_type: constant
+        warmup_ratio: 0.0
+        max_seq_length: 96
+        optim: paged_adamw_32bit
+        logging_steps: 1
+    """
+    text = textwrap.dedent(text)
+    if training:
+        text += textwrap.indent(textwrap.dedent(training), "    ")
+    text += "fmllm:\n  minimal_test_steps: 8\n" + textwrap.indent(textwrap.dedent(fmllm), "  ")
+    cfg.write_text(text)
+    return cfg
+
+
+def wait_for_step(run_dir: Path, step: int, timeout: float = 120) -> int:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        rows = read_jsonl(run_dir / rd.METRICS)
+        if rows and rows[-1]["step"] >= step:
+            return rows[-1]["step"]
+        if (run_dir / rd.EXIT).exists():
+            raise AssertionError(f"run ended early: {(run_dir / rd.EXIT).read_text()}\n{(run_dir / rd.LOG).read_text()[-3000:]}")
+        time.sleep(0.1)
+    raise AssertionError(f"step {step} not reached; log:\n{(run_dir / rd.LOG).read_text()[-3000:]}")
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole pipeline
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_minimal_test_end_to_end_on_the_cpu(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cfg = write_config(tmp_path, tiny_model_dir,
+                       training="packing: true\nextra_args: {hub_token: hf_abcdefghijklmnopqrstuv}\n")
+    report = run_minimal_test(load_config(cfg), timeout=240)
+    assert report["ok"], json.dumps(report, indent=1, default=str)[:4000]
+    assert report["status"] == "ok" and report["device"] == "cpu" and report["steps"] == 8
+    losses = report["losses"]
+    assert len(losses) == 8 and report["loss_falling"] and losses[-1] < losses[0]
+    assert report["adapter_reloaded"] and "all equal" in report["reload_message"]
+    assert isinstance(report["generation"], str)
+    assert report["peak_bytes"] > 0 and report["tokens_per_s"] > 0
+    notes = " ".join(report["notes"])
+    assert "no CUDA GPU" in notes and "without 4-bit" in notes and "adamw_torch" in notes
+    assert any("hub_token" in n and "secret" in n for n in report["notes"])
+    run_dir = Path(report["run_dir"])
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    for name in (rd.CONFIG, rd.RUN, rd.PID, rd.LOG, rd.METRICS, rd.RESULT, rd.EXIT, rd.STATE):
+        assert (run_dir / name).is_file(), name
+    assert rd.adapter_complete(run_dir / rd.ADAPTER)
+    assert (run_dir / rd.ADAPTER / "adapter_config.json").is_file()
+    saved = (run_dir / rd.CONFIG).read_text()
+    assert "hf_abcdefghijklmnopqrstuv" not in saved and "***" in saved
+    row = read_jsonl(run_dir / rd.METRICS)[-1]
+    for key in ("step", "loss", "lr", "grad_norm", "tokens_per_s", "allocated_bytes", "reserved_bytes",
+                "peak_bytes", "eta_s", "ts"):
+        assert key in row, key
+    assert latest_run(load_config(cfg)) == run_dir
+    assert json.loads((run_dir / rd.EXIT).read_text())["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_kill_resume_stop_resume(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """SIGKILL mid-run, resume (step count and loss continue), stop gracefully, resume to the end."""
+    cfg = write_config(tmp_path, tiny_model_dir, training="max_steps: 16\nsave_steps: 3\nseed: 7\n")
+    loaded = load_config(cfg)
+    run_dir = start(loaded, "train")
+    reached = wait_for_step(run_dir, 7)
+    assert kill(run_dir)
+    st = status(run_dir)
+    assert st["state"] == "killed" and not (run_dir / rd.ADAPTER).exists()
+    before = {r["step"]: r["loss"] for r in read_jsonl(run_dir / rd.METRICS)}
+    last_ckpt = max(int(p.name.split("-")[1]) for p in (run_dir / rd.CHECKPOINTS).glob("checkpoint-*")
+                    if (p / "trainer_state.json").is_file())
+    assert 3 <= last_ckpt <= reached
+
+    resume(run_dir)
+    follower = JsonlFollower(run_dir / rd.METRICS)
+    follower.read_new()  # skip the first attempt's rows
+    end = time.monotonic() + 120
+    new: list[dict] = []
+    while len(new) < 2 and time.monotonic() < end:
+        new += follower.read_new()
+        time.sleep(0.1)
+    assert new, (run_dir / rd.LOG).read_text()[-3000:]
+    assert new[0]["step"] == last_ckpt + 1  # continues from the last complete checkpoint
+    for r in new:
+        if r["step"] in before:  # the same batches and RNG: the same loss as before the kill
+            assert r["loss"] == pytest.approx(before[r["step"]], rel=1e-3, abs=1e-3)
+    assert f"resuming from checkpoint-{last_ckpt}" in (run_dir / rd.LOG).read_text()
+
+    wait_for_step(run_dir, new[0]["step"] + 2)
+    assert stop(run_dir)
+    rec = wait(run_dir, timeout=120)
+    assert rec and rec["status"] == "stopped", rec
+    stopped_at = max(r["step"] for r in read_jsonl(run_dir / rd.METRICS))
+    assert (run_dir / rd.CHECKPOINTS / f"checkpoint-{stopped_at}" / "trainer_state.json").is_file()
+
+    resume(run_dir)
+    rec = wait(run_dir, timeout=240)
+    assert rec and rec["status"] == "ok", (run_dir / rd.LOG).read_text()[-3000:]
+    summary = json.loads((run_dir / rd.SUMMARY).read_text())
+    assert summary["steps"] == 16 and summary["resumed_from"].endswith(f"checkpoint-{stopped_at}")
+    assert len(summary["samples"]) == 3 and rd.adapter_complete(run_dir / rd.ADAPTER)
+    assert sorted(p.name for p in run_dir.glob("exit.*.json")) == ["exit.1.json", "exit.2.json"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: a clear message before the run, or a clear failure during it
+# ------------------------------------------------------------------------------------------------
+
+
+def test_missing_data_file(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cfg = write_config(tmp_path, tiny_model_dir, data=tmp_path / "nope.jsonl")
+    with pytest.raises(RunError, match="nope.jsonl.*does not exist"):
+        start(load_config(cfg), "train")
+    assert not (tmp_path / "out" / "runs").exists() or not any((tmp_path / "out" / "runs").iterdir())
+
+
+def test_no_data_configured(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cfg = write_config(tmp_path, tiny_model_dir, data=None)
+    with pytest.raises(RunError, match="ft_combined_data_file"):
+        start(load_config(cfg), "test")
+
+
+def test_empty_dataset(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = tmp_path / "empty.jsonl"
+    data.write_text("\n\n")
+    report = run_minimal_test(load_config(write_config(tmp_path, tiny_model_dir, data=data)))
+    assert not report["ok"] and report["status"] == "not-started"
+    assert "no examples" in report["problems"][0]
+
+
+def test_wrong_format_names_line_and_field(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a", "response": "b"}\n')
+    with pytest.raises(RunError) as ei:
+        start(load_config(write_config(tmp_path, tiny_model_dir, data=data)), "train")
+    assert "d.jsonl:2" in str(ei.value) and "'output'" in str(ei.value) and "missing" in str(ei.value)
+
+
+def test_unwritable_output_dir(tmp_path: Path, tiny_model_dir: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    cfg = write_config(tmp_path, tiny_model_dir, output=str(blocker / "sub"))
+    with pytest.raises(RunError, match="cannot create the run folder.*paths.output_dir"):
+        start(load_config(cfg), "train")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_output_dir(tmp_path: Path, tiny_model_dir: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(RunError, match="output_dir"):
+            start(load_config(write_config(tmp_path, tiny_model_dir, output=str(ro / "out"))), "train")
+    finally:
+        ro.chmod(0o700)
+
+
+@pytest.mark.slow
+def test_no_response_within_max_seq_length_fails_clearly(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"instruction": "word " * 300, "output": "short"}) + "\n")
+    cfg = write_config(tmp_path, tiny_model_dir, data=data)
+    report = run_minimal_test(load_config(cfg), timeout=180)
+    assert report["status"] == "failed" and not report["ok"]
+    assert "max_seq_length=96" in report["problems"][0] and "raise training.max_seq_length" in report["problems"][0]
+
+
+def test_bad_vram_and_device(tmp_path: Path, tiny_model_dir: Path) -> None:
+    loaded = load_config(write_config(tmp_path, tiny_model_dir))
+    with pytest.raises(RunError, match="--vram"):
+        start(loaded, "test", vram="lots")
+    with pytest.raises(RunError, match="--device"):
+        start(loaded, "test", device="tpu")
+
+
+def test_run_dir_must_be_new(tmp_path: Path, tiny_model_dir: Path) -> None:
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "x").write_text("1")
+    with pytest.raises(RunError, match="not empty"):
+        start(load_config(write_config(tmp_path, tiny_model_dir)), "train", run_dir=used)
+
+
+def test_disk_full_while_saving_leaves_no_adapter_that_looks_complete(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A write that fails mid-save (file size limit: the kernel's EFBIG, as a full disk gives
+    ENOSPC) removes the temporary folder; nothing named like the adapter appears."""
+    import resource
+    import signal
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fmllm_tui.runner.train import SaveError, save_adapter_atomic
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    dest = tmp_path / "adapter"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2048, hard))
+    try:
+        with pytest.raises(SaveError, match="nothing was left that looks like a finished adapter"):
+            save_adapter_atomic(model, tok, dest, {"kind": "test"})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert list(tmp_path.iterdir()) == []
+    # And with room, the same call leaves a complete adapter (the marker written last).
+    save_adapter_atomic(model, tok, dest, {"kind": "test"})
+    assert rd.adapter_complete(dest)
+    marker = json.loads((dest / rd.COMPLETE_MARKER).read_text())
+    assert "adapter_model.safetensors" in marker["files"]
+
+
+def test_incomplete_checkpoints_are_never_resumed(tmp_path: Path) -> None:
+    from fmllm_tui.runner.train import last_complete_checkpoint
+
+    ck = tmp_path / "checkpoints"
+    for step, complete in ((4, True), (8, True), (12, False)):
+        d = ck / f"checkpoint-{step}"
+        d.mkdir(parents=True)
+        (d / "adapter_model.safetensors").write_bytes(b"x")
+        if complete:
+            (d / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(ck) == ck / "checkpoint-8"
+    assert (ck / "checkpoint-12.incomplete").is_dir()
+    assert last_complete_checkpoint(tmp_path / "none") is None
+
+
+# ------------------------------------------------------------------------------------------------
+# People's own training commands
+# ------------------------------------------------------------------------------------------------
+
+HOSTILE = ["; rm -rf ~", "$(id)", "`id`", "a b", "'quoted'", '"dq"', "|cat", "&& echo pwned", "*", "~", "$HOME"]
+
+
+def test_train_command_args_arrive_literally(tmp_path: Path, tiny_model_dir: Path) -> None:
+    script = tmp_path / "my_train.py"
+    script.write_text(textwrap.dedent("""\
+        import json, os, sys
+        out = os.path.join(os.environ["FMLLM_RUN_DIR"], "argv.json")
+        json.dump({"argv": sys.argv[1:], "cwd": os.getcwd(), "metrics": os.environ["FMLLM_METRICS"]}, open(out, "w"))
+        print("my trainer ran")
+    """))
+    argv = json.dumps([sys.executable, "my_train.py", *HOSTILE])
+    cfg = write_config(tmp_path, tiny_model_dir, fmllm=f"train_command: {argv}\n")
+    run_dir = start(load_config(cfg), "train")
+    rec = wait(run_dir, timeout=60)
+    assert rec and rec["status"] == "ok", (run_dir / rd.LOG).read_text()
+    got = json.loads((run_dir / "argv.json").read_text())
+    assert got["argv"] == HOSTILE
+    assert got["cwd"] == str(tmp_path)  # relative script paths are read from the config's folder
+    assert got["metrics"] == str(run_dir / rd.METRICS)
+    assert "my trainer ran" in (run_dir / rd.LOG).read_text()
+    assert not (Path.home() / "pwned").exists()
+
+
+def test_failing_train_command_is_recorded_and_diagnosed(tmp_path: Path, tiny_model_dir: Path) -> None:
+    script = tmp_path / "oom.py"
+    script.write_text(textwrap.dedent("""\
+        import sys
+        print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+              "capacity of 10.00 GiB of which 1.20 GiB is free.", file=sys.stderr)
+        sys.exit(1)
+    """))
+    cfg = write_config(tmp_path, tiny_model_dir, fmllm=f"train_command: {json.dumps([sys.executable, str(script)])}\n")
+    run_dir = start(load_config(cfg), "train")
+    rec = wait(run_dir, timeout=60)
+    assert rec["exit_code"] == 1 and rec["status"] in ("oom", "failed")
+    assert "code 1" in rec["message"]
+    try:
+        import fmllm_tui.logdiag  # noqa: F401
+    except ImportError:
+        assert rec["diagnosis"] is None and "unavailable" in rec["diagnosis_note"]
+        return
+    assert rec["status"] == "oom"
+    hit = rec["diagnosis"][0]
+    assert hit["pattern"] == "cuda_oom" and hit["values"]["tried_to_allocate_bytes"] == 2 * 2**30
+
+
+def test_missing_train_command_program(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cfg = write_config(tmp_path, tiny_model_dir, fmllm='train_command: ["no-such-trainer-xyz", "--go"]\n')
+    with pytest.raises(RunError, match="no-such-trainer-xyz.*not on PATH"):
+        start(load_config(cfg), "train")
+
+
+# ------------------------------------------------------------------------------------------------
+# Pieces
+# ------------------------------------------------------------------------------------------------
+
+
+def test_follower_keeps_partial_lines_for_later(tmp_path: Path) -> None:
+    p = tmp_path / "m.jsonl"
+    f = JsonlFollower(p)
+    assert f.read_new() == []
+    p.write_text('{"step": 1}\n{"step": 2')
+    assert f.read_new() == [{"step": 1}]
+    with p.open("a") as fh:
+        fh.write('}\nnot json\n{"step": 3}\n')
+    assert f.read_new() == [{"step": 2}, {"step": 3}] and f.bad_lines == 1
+
+
+@pytest.mark.parametrize(
+    "rc, outcome, stop_req, diag, expected",
+    [
+        (0, {"status": "ok"}, False, None, "ok"),
+        (0, {"status": "stopped"}, True, None, "stopped"),
+        (3, {"status": "oom"}, False, None, "oom"),
+        (0, None, False, None, "ok"),
+        (0, None, True, None, "stopped"),
+        (-15, None, True, None, "stopped"),
+        (-9, None, False, None, "failed"),
+        (1, None, False, [{"pattern": "cuda_oom", "severity": "error"}], "oom"),
+        (-9, None, False, [{"pattern": "host_oom", "severity": "error"}], "failed"),
+        (1, {"status": "ok"}, False, None, "failed"),
+    ],
+)
+def test_exit_status_rules(rc, outcome, stop_req, diag, expected) -> None:
+    assert decide_status(rc, outcome, stop_req, diag) == expected
+
+
+def test_parent_never_imports_torch(tmp_path: Path) -> None:
+    code = ("import sys, fmllm_tui.runner, fmllm_tui.cli_run, fmllm_tui.runner.launch, fmllm_tui.runner.minimal;"
+            "bad=[m for m in ('torch','transformers','peft','datasets') if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_model_dir: Path) -> None:
+    from fmllm_tui.cli_run import main
+
+    assert main(["status", "--run-dir", str(tmp_path)]) == 2
+    assert "not an fmllm run folder" in capsys.readouterr().err
+    cfg = write_config(tmp_path, tiny_model_dir)
+    assert main(["follow", "--config", str(cfg)]) == 2
+    assert "no runs yet" in capsys.readouterr().err
+    assert main(["test", "--config", str(cfg), "--steps", "0"]) == 2
+    assert main(["start", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as ei:
+        main(["launch"])
+    assert ei.value.code == 2
+
+
+def test_cli_detach_status_stop_kill(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A custom command that sleeps: start --detach, status, stop, status."""
+    script = tmp_path / "slow.py"
+    script.write_text("import time, signal, sys\n"
+                      "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+                      "print('working', flush=True)\ntime.sleep(60)\n")
+    cfg = write_config(tmp_path, tiny_model_dir, fmllm=f"train_command: {json.dumps([sys.executable, str(script)])}\n")
+    from fmllm_tui.cli_run import main
+
+    assert main(["start", "--config", str(cfg), "--detach", "--json"]) == 0
+    run_dir = Path(json.loads(capsys.readouterr().out)["run_dir"])
+    assert main(["status", "--config", str(cfg), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "running"
+    assert main(["stop", "--config", str(cfg)]) == 0
+    assert "stop requested" in capsys.readouterr().out
+    rec = wait(run_dir, timeout=30)
+    assert rec["status"] == "stopped"
+    assert main(["kill", "--config", str(cfg)]) == 1  # not running any more
+    assert main(["follow", "--run-dir", str(run_dir)]) == 130  # stopped
+    assert "finished: stopped" in capsys.readouterr().out
+
+
+def test_ddp_argv_and_fsdp_refusal(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from fmllm_tui.runner.launch import _train_argv
+
+    argv = _train_argv(tmp_path, True, {"mode": "ddp", "num_processes": 2})
+    assert argv[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert argv[5:] == ["-m", "fmllm_tui.runner.train", "--run-dir", str(tmp_path), "--resume"]
+    assert _train_argv(tmp_path, False, None)[1:3] == ["-m", "fmllm_tui.runner.train"]
+    cfg = write_config(tmp_path, tiny_model_dir, fmllm="distributed: {mode: fsdp, num_processes: 2}\n")
+    with pytest.raises(RunError, match="fsdp.*train_command"):
+        start(load_config(cfg), "train")
+
+
+def test_status_reads_only_the_end_of_long_metrics(tmp_path: Path) -> None:
+    from fmllm_tui.runner.launch import _last_jsonl
+
+    p = tmp_path / "m.jsonl"
+    p.write_text("".join(json.dumps({"step": i, "pad": "x" * 100}) + "\n" for i in range(5000)) + '{"step": 50')
+    assert _last_jsonl(p)["step"] == 4999
+    assert _last_jsonl(tmp_path / "missing.jsonl") is None
+
+
+def test_visible_device_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fmllm_tui.runner.monitor import NvmlSampler, visible_device
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert visible_device(1) == (1, None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
+    assert visible_device(0) == (3, None) and visible_device(1) == (1, None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-abc,GPU-def")
+    assert visible_device(1) == (None, "GPU-def")
+    # Without a GPU driver the sampler says why and samples nothing (never raises).
+    s = NvmlSampler(index=0).start()
+    s.stop()
+    if s.error is not None:
+        assert "NVML" in s.error and s.process_peak_bytes is None
+
+
+def test_latest_run_finds_a_run_dir_given_on_the_command_line(tmp_path: Path, tiny_model_dir: Path) -> None:
+    script = tmp_path / "noop.py"
+    script.write_text("print('ok')\n")
+    cfg = write_config(tmp_path, tiny_model_dir, fmllm=f"train_command: {json.dumps([sys.executable, str(script)])}\n")
+    loaded = load_config(cfg)
+    custom = tmp_path / "elsewhere" / "my-run"
+    assert start(loaded, "train", run_dir=custom) == custom.resolve()
+    assert wait(custom, timeout=30)["status"] == "ok"
+    assert latest_run(loaded) == custom.resolve()
+    assert stat.S_IMODE(custom.stat().st_mode) == 0o700
