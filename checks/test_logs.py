@@ -12,9 +12,9 @@ def _logs_to_scan(options, loaded) -> list[tuple[str, str]]:
     """(path, where it came from): every --log FILE, plus the latest fmllm run of this config."""
     out = [(p, "--log") for p in options.logs]
     try:
-        from fmllm_tui.runner.launch import latest_run_dir
+        from fmllm_tui.runner import latest_run
 
-        latest = latest_run_dir(loaded)
+        latest = latest_run(loaded)
     except Exception:  # no run yet, or an unreadable runs folder: nothing to add
         latest = None
     if latest is not None:
