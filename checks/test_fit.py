@@ -33,9 +33,11 @@ def test_config_fit(report, loaded, target, architecture, data_report, inventory
         report.skip("the model's architecture is unknown (see model.available), so its memory cannot be predicted")
     v = loaded.view
     mode, n = _mode(v, inventory)
-    pred = memory.predict(v, arch, mode=mode, n_gpus=n)
     lengths = data_report.lengths if data_report is not None and data_report.rows else None
     fit = fitsearch.fit(v, arch, target.budget_bytes, example_lengths=lengths, gpu=target.card, mode=mode, n_gpus=n)
+    # With the data's lengths known, batches are as long as its longest example (up to
+    # max_seq_length): that is the peak this run will reach, and what the search planned from.
+    pred = fit.prediction_before
     report.set(
         predicted_peak_bytes=pred.peak_process_bytes,
         predicted_peak_allocated_bytes=pred.peak_allocated_bytes,
@@ -54,8 +56,13 @@ def test_config_fit(report, loaded, target, architecture, data_report, inventory
              "predicted_peak_after_bytes": fit.prediction_after.peak_process_bytes,
              "truncated_share": fit.truncated_share},
     )
+    data_note = ""
+    if lengths and v.training.max_seq_length and max(lengths) < v.training.max_seq_length:
+        data_note = (f" (planned for this data's longest example, {max(lengths)} tokens, not max_seq_length "
+                     f"{v.training.max_seq_length}: longer data needs more)")
+    report.set(planned_tokens_per_example=pred.tokens_per_micro_batch // max(1, v.training.per_device_train_batch_size))
     head = (f"predicted peak {_gib(pred.peak_process_bytes)} (range {_gib(pred.low_bytes)}-{_gib(pred.high_bytes)}) "
-            f"on {target.name} with {_gib(target.budget_bytes)} available")
+            f"on {target.name} with {_gib(target.budget_bytes)} available{data_note}")
     fix = None
     if fit.changes:
         lines = "; ".join(f"{c['key']} {c['from']} -> {c['to']} ({c['why']})" for c in fit.changes)

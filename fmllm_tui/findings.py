@@ -43,6 +43,7 @@ class Fix:
             "changes": [c.to_json() for c in self.changes],
             "shell": self.shell,
             "summary": self.summary,
+            "safe": self.safe,
         }
 
 
@@ -84,6 +85,7 @@ class CheckResult:
                 changes=[Change(key=c["key"], to=c["to"], from_=c.get("from")) for c in fx.get("changes", [])],
                 shell=fx.get("shell"),
                 summary=fx.get("summary", ""),
+                safe=bool(fx.get("safe", True)),
             )
         return cls(
             id=d["id"],

@@ -248,6 +248,7 @@ def build_spec(loaded: Any, kind: str, *, steps: int | None = None, vram_bytes: 
                device: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The content of config.json: the resolved config (secrets masked) and the runner settings."""
     from fmllm_tui import __version__
+    from fmllm_tui.config import to_plain
     from fmllm_tui.redact import mask_data
 
     view = loaded.view
@@ -264,6 +265,8 @@ def build_spec(loaded: Any, kind: str, *, steps: int | None = None, vram_bytes: 
         "config_path": str(Path(loaded.path).resolve()),
         "layout": loaded.layout,
         "config": cfg,
+        # The person's whole file, every section, as a record of the run (secrets masked).
+        "file": mask_data(to_plain(loaded.doc)),
         "runner": {"kind": kind, "steps": steps, "vram_bytes": vram_bytes, "device": device or "auto",
                    "overrides": overrides or {}, "sample_generations": 3,
                    "max_new_tokens": 32 if kind == "test" else 64},

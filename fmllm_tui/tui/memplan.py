@@ -1,0 +1,270 @@
+"""What the Memory and Presets screens show: the memory model's prediction for the config, with
+a few settings varied, against the GPU budget (no Textual here).
+
+The numbers are :mod:`fmllm_tui.memory`'s; the budget is the checks' own (the ``budget_bytes``
+value of the memory-fit check) when they have reported, else the same sources the checks use:
+``--gpu``/``--vram``, ``fmllm.target_gpu``/``fmllm.vram``, then this machine's first GPU.
+Applying writes the varied settings through the ``memory.fit`` fixer, with a diff and a backup.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from fmllm_tui.findings import Change, CheckResult
+
+GiB = 1 << 30
+
+#: The settings the Memory screen varies: (PlanInputs field, label).
+KNOBS: tuple[tuple[str, str], ...] = (
+    ("micro_batch", "micro-batch"),
+    ("seq_len", "sequence length"),
+    ("lora_r", "LoRA rank"),
+    ("gradient_checkpointing", "gradient checkpointing"),
+    ("use_4bit", "4-bit weights"),
+    ("optim", "optimizer"),
+)
+
+#: Breakdown components grouped for the bar: (group label, fill character, colour, components).
+GROUPS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("weights", "█", "blue", ("weights_4bit", "quant_constants", "weights_16bit")),
+    ("LoRA + optimizer", "▓", "magenta", ("lora_weights", "lora_grads", "optimizer_state", "optimizer_paged")),
+    ("activations", "▒", "green", ("checkpoints", "final_norm", "head_autocast_copy", "layer_backward")),
+    ("loss", "▞", "yellow", ("loss",)),
+    ("CUDA + allocator", "░", "cyan", ("cuda_context", "allocator_reserve", "runtime_misc", "nccl")),
+)
+OTHER_GROUP = ("other", "▚", "white")
+
+
+def group_of(component: str) -> tuple[str, str, str]:
+    """(group label, fill, colour) of a breakdown component; unknown ones go to "other"."""
+    for label, fill, colour, members in GROUPS:
+        if component in members:
+            return label, fill, colour
+    return OTHER_GROUP
+
+
+def grouped(breakdown: dict[str, int]) -> list[tuple[str, str, str, int]]:
+    """The breakdown summed per group, in bar order: (label, fill, colour, bytes)."""
+    sums: dict[str, int] = {}
+    for comp, b in breakdown.items():
+        sums[group_of(comp)[0]] = sums.get(group_of(comp)[0], 0) + int(b)
+    out = []
+    for label, fill, colour, _members in (*GROUPS, (*OTHER_GROUP, ())):
+        if sums.get(label, 0) > 0:
+            out.append((label, fill, colour, sums[label]))
+    return out
+
+
+def optimizers() -> tuple[str, ...]:
+    """Every optimizer the config accepts, in the schema's order."""
+    from fmllm_tui.config import TrainingSettings
+
+    return tuple(typing.get_args(TrainingSettings.model_fields["optim"].annotation))
+
+
+def _pow2_step(value: int, up: bool, lo: int, hi: int) -> int:
+    """The next power of two above (or below) ``value``, kept within [lo, hi]."""
+    p = 1
+    if up:
+        while p <= value:
+            p *= 2
+        return min(p, hi)
+    while p * 2 < value:
+        p *= 2
+    return max(p if p < value else value // 2, lo)
+
+
+def step(inp: Any, knob: str, up: bool) -> Any:
+    """``inp`` (PlanInputs) with one setting moved a notch up or down (booleans toggle)."""
+    from fmllm_tui.memory import vary
+
+    if knob == "micro_batch":
+        return vary(inp, micro_batch=_pow2_step(inp.micro_batch, up, 1, 65_536))
+    if knob == "seq_len":
+        return vary(inp, seq_len=_pow2_step(inp.seq_len, up, 32, 1_048_576))
+    if knob == "lora_r":
+        return vary(inp, lora_r=_pow2_step(inp.lora_r, up, 1, 4096))
+    if knob in ("gradient_checkpointing", "use_4bit"):
+        return vary(inp, **{knob: not getattr(inp, knob)})
+    if knob == "optim":
+        opts = optimizers()
+        i = opts.index(inp.optim) if inp.optim in opts else 0
+        return vary(inp, optim=opts[(i + (1 if up else -1)) % len(opts)])
+    raise KeyError(knob)
+
+
+def show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+@dataclass
+class Budget:
+    """The memory one training process may use, and where that number came from."""
+
+    bytes: int | None
+    label: str
+    source: str
+
+
+def describe_budget(b: Budget | None, *, with_source: bool = False) -> str:
+    """"RTX 3080 (9.7 GiB)" for people; the reason when there is no budget."""
+    if b is None:
+        return "…"
+    if b.bytes is None:
+        return b.source
+    size = f"{b.bytes / GiB:.1f} GiB"
+    text = b.label if b.label == size else f"{b.label} ({size})"
+    return f"{text}, {b.source}" if with_source else text
+
+
+def budget_from_checks(results: dict[str, CheckResult]) -> Budget | None:
+    """The budget the checks planned with (any result carrying ``budget_bytes``), or None."""
+    for res in results.values():
+        b = res.values.get("budget_bytes") if res.values else None
+        if isinstance(b, int) and not isinstance(b, bool) and b > 0:
+            label = str(res.values.get("gpu") or res.values.get("target") or f"{b / GiB:.1f} GiB")
+            return Budget(b, label, f"check {res.id}")
+    return None
+
+
+def budget_elsewhere(view: Any, gpu: str | None, vram: str | None) -> Budget:
+    """The budget before the checks report: the flags, the config, then this machine's GPU."""
+    from fmllm_tui import gpudb
+
+    for spec, src in ((vram, "--vram"), (gpu, "--gpu"), (view.fmllm.vram, "fmllm.vram"),
+                      (view.fmllm.target_gpu, "fmllm.target_gpu")):
+        if spec:
+            try:
+                b, label, _card = gpudb.resolve_budget(spec)
+            except ValueError as e:
+                return Budget(None, f"{spec}?", f"{src}: {e}")
+            return Budget(b, label, src)
+    from fmllm_tui import gpu as gpumod
+
+    inv = gpumod.probe()
+    if inv.ok and inv.devices:
+        d = inv.devices[0]
+        return Budget(d.free_bytes, d.name, "this machine's GPU 0 (free memory)")
+    return Budget(None, "no GPU", "no GPU here and none named: start with --gpu NAME or --vram SIZE")
+
+
+def architecture(view: Any, offline: bool) -> tuple[dict[str, Any] | None, str]:
+    """The model's config.json (local folder, Hub, cache, then catalogue) and its source."""
+    from fmllm_tui import hub
+
+    return hub.resolve_config(view.base_model_name, revision=view.fmllm.revision, offline=offline or None)
+
+
+@dataclass
+class MemoryPlan:
+    """The config's planned settings, the varied ones, and the prediction for the varied ones."""
+
+    loaded: Any
+    arch: dict[str, Any]
+    arch_source: str
+    base: Any  # PlanInputs from the file
+    current: Any  # PlanInputs as varied on screen
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, loaded: Any, arch: dict[str, Any], arch_source: str) -> MemoryPlan:
+        from fmllm_tui.memory import inputs_from_view
+
+        base, notes = inputs_from_view(loaded.view)
+        return cls(loaded, arch, arch_source, base, base, notes)
+
+    def predict(self) -> Any:
+        """The memory model's Prediction for the varied settings (ArchitectureError if unusable)."""
+        from fmllm_tui.memory import predict_inputs
+
+        return predict_inputs(self.current, self.arch)
+
+    def predict_base(self) -> Any:
+        from fmllm_tui.memory import predict_inputs
+
+        return predict_inputs(self.base, self.arch)
+
+    def move(self, knob: str, up: bool) -> None:
+        self.current = step(self.current, knob, up)
+
+    def reset(self) -> None:
+        self.current = self.base
+
+    def changed(self) -> list[tuple[str, Any, Any]]:
+        """(knob, file value, varied value) of every setting that differs from the file."""
+        return [(k, getattr(self.base, k), getattr(self.current, k)) for k, _ in KNOBS
+                if getattr(self.base, k) != getattr(self.current, k)]
+
+    def changes(self, budget: Budget | None) -> list[Change]:
+        """The varied settings as exact config changes, planned by the ``memory.fit`` fixer."""
+        from fixes import plan_fix
+        from fmllm_tui.fitsearch import KEYS
+        from fmllm_tui.memory import predict_inputs
+
+        items = []
+        for knob, before, after in self.changed():
+            one = predict_inputs(self.base, self.arch).peak_process_bytes - predict_inputs(
+                _with(self.base, knob, after), self.arch).peak_process_bytes
+            why = f"planned in fmllm-tui's memory screen ({show(before)} -> {show(after)})"
+            item: dict[str, Any] = {"key": KEYS[knob], "to": after, "why": why}
+            if one > 0:
+                item["saving_bytes"] = one
+            items.append(item)
+        if not items:
+            return []
+        return plan_fix(self.loaded, "memory.fit", {"changes": items})
+
+
+def _with(inp: Any, knob: str, value: Any) -> Any:
+    from fmllm_tui.memory import vary
+
+    return vary(inp, **{knob: value})
+
+
+@dataclass
+class PresetRow:
+    """One preset as the Presets screen lists it."""
+
+    name: str
+    description: str
+    model: str
+    target: str
+    peak_bytes: int | None
+    low_bytes: int | None
+    high_bytes: int | None
+    error: str | None
+    notes: str
+
+
+def preset_rows(loaded: Any, offline: bool) -> list[PresetRow]:
+    """Every preset with the memory model's peak for the config as that preset would leave it."""
+    from fixes import PRESETS, FixError, preset_changes
+    from fixes.engine import render_loaded
+    from fmllm_tui import catalogue, memory
+
+    rows = []
+    for name, pre in PRESETS.items():
+        peak = low = high = None
+        err = None
+        try:
+            changes = preset_changes(loaded, name)
+            after = render_loaded(loaded, changes)[2] if changes else loaded
+            arch = catalogue.get_architecture(pre.model)
+            if arch is None:
+                arch, _src = architecture(after.view, offline)
+            if arch is None:
+                err = f"no architecture for {pre.model}"
+            else:
+                p = memory.predict(after.view, arch, n_gpus=pre.gpus,
+                                   mode=after.view.fmllm.distributed.mode if pre.gpus > 1 else "single")
+                peak, low, high = p.peak_process_bytes, p.low_bytes, p.high_bytes
+        except (FixError, ValueError) as e:
+            err = e.render() if hasattr(e, "render") else str(e)
+        rows.append(PresetRow(name, pre.description, pre.model, pre.target_gpu_memory, peak, low, high,
+                              err, pre.notes))
+    return rows

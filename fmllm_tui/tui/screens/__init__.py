@@ -1,0 +1,1 @@
+"""The TUI's screens: Checks, Memory, Presets, Run, and their dialogs."""

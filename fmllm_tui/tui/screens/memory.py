@@ -1,0 +1,214 @@
+"""The Memory screen: the predicted breakdown as a stacked bar against the budget; keys vary the
+settings and the prediction follows; ``a`` writes them through the fixers (diff, backup)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Footer, Static
+
+from fmllm_tui.tui import memplan
+from fmllm_tui.tui.messages import ChecksChanged, ConfigWritten
+from fmllm_tui.tui.screens.base import FmllmScreen
+from fmllm_tui.tui.widgets.navbar import NavBar
+from fmllm_tui.tui.widgets.stackbar import StackedBar
+from fmllm_tui.tui.widgets.status import human_bytes
+
+if TYPE_CHECKING:
+    from fmllm_tui.tui.app import FmllmApp
+
+KEYS = {"micro_batch": "b/B", "seq_len": "s/S", "lora_r": "r/R", "gradient_checkpointing": "c",
+        "use_4bit": "w", "optim": "o/O"}
+
+
+class MemoryScreen(FmllmScreen):
+    """Predicted peak memory, live as settings change."""
+
+    BINDINGS = [
+        Binding("left,minus", "nudge(False)", "Lower", key_display="←", priority=True),
+        Binding("right,plus,equals_sign", "nudge(True)", "Raise", key_display="→", priority=True),
+        Binding("b", "knob('micro_batch', False)", "Micro-batch ÷2", show=False),
+        Binding("B", "knob('micro_batch', True)", "Micro-batch ×2", show=False),
+        Binding("s", "knob('seq_len', False)", "Sequence length ÷2", show=False),
+        Binding("S", "knob('seq_len', True)", "Sequence length ×2", show=False),
+        Binding("r", "knob('lora_r', False)", "LoRA rank ÷2", show=False),
+        Binding("R", "knob('lora_r', True)", "LoRA rank ×2", show=False),
+        Binding("c", "knob('gradient_checkpointing', True)", "Checkpointing on/off", show=False),
+        Binding("w", "knob('use_4bit', True)", "4-bit weights on/off", show=False),
+        Binding("o", "knob('optim', True)", "Next optimizer", show=False),
+        Binding("O", "knob('optim', False)", "Previous optimizer", show=False),
+        Binding("a", "apply", "Apply"),
+        Binding("x", "reset", "Reset"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plan: memplan.MemoryPlan | None = None
+        self.budget: memplan.Budget | None = None
+        self.error: str | None = None
+
+    @property
+    def fapp(self) -> FmllmApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield NavBar("memory")
+        yield Static("Loading the config and the model's architecture…", id="mem-title", classes="summary",
+                     markup=False)
+        yield StackedBar(id="mem-bar")
+        yield Static(id="mem-status", markup=False)
+        yield DataTable(id="mem-knobs", cursor_type="row")
+        yield Static(id="mem-legend", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.fapp.register_view(self)
+        table = self.query_one("#mem-knobs", DataTable)
+        table.add_column("Setting", key="label", width=24)
+        table.add_column("Planned", key="value", width=20)
+        table.add_column("In the file", key="file", width=18)
+        table.add_column("Keys", key="keys", width=5)
+        table.focus()
+        self.load()
+
+    # ---- loading -----------------------------------------------------------------------------
+
+    def load(self) -> None:
+        self.run_worker(self._load(), group="memory-load", exclusive=True, exit_on_error=False)
+
+    async def _load(self) -> None:
+        from fmllm_tui.tui import configops
+
+        spec = self.fapp.spec
+        try:
+            loaded = await asyncio.to_thread(configops.load, spec.config)
+        except configops.ConfigOpError as e:
+            self._fail(f"The config cannot be read, so there is nothing to plan:\n{e}")
+            return
+        arch, source = await asyncio.to_thread(memplan.architecture, loaded.view, spec.offline)
+        if arch is None:
+            self._fail(f"No architecture for {loaded.view.base_model_name}: not a local folder, not on the "
+                       "Hub or in its cache, and not in fmllm's catalogue (see the Checks screen).")
+            return
+        try:
+            self.plan = memplan.MemoryPlan.build(loaded, arch, source)
+            self.plan.predict()
+        except ValueError as e:  # memory.ArchitectureError is a ValueError
+            self._fail(f"The memory model cannot use {loaded.view.base_model_name}: {e}")
+            return
+        self.error = None
+        self.budget = memplan.budget_from_checks(self.fapp.checks.results) or await asyncio.to_thread(
+            memplan.budget_elsewhere, loaded.view, spec.gpu, spec.vram)
+        self.redraw()
+
+    def _fail(self, why: str) -> None:
+        self.plan = None
+        self.error = why
+        self.query_one("#mem-title", Static).update(Text(why, style="red"))
+        self.query_one("#mem-bar", StackedBar).set_data([], None)
+        self.query_one("#mem-status", Static).update("")
+
+    @on(ConfigWritten)
+    def _config_written(self) -> None:
+        self.load()
+
+    @on(ChecksChanged)
+    def _checks_changed(self, msg: ChecksChanged) -> None:
+        b = memplan.budget_from_checks(self.fapp.checks.results)
+        if b is not None and (self.budget is None or b.bytes != self.budget.bytes) and self.plan is not None:
+            self.budget = b
+            self.redraw()
+
+    # ---- drawing -----------------------------------------------------------------------------
+
+    def redraw(self) -> None:
+        plan = self.plan
+        if plan is None:
+            return
+        try:
+            pred = plan.predict()
+        except ValueError as e:
+            self.query_one("#mem-status", Static).update(Text(f"cannot predict these settings: {e}", style="red"))
+            return
+        b = self.budget
+        model = plan.loaded.view.base_model_name
+        where = memplan.describe_budget(b, with_source=True)
+        self.query_one("#mem-title", Static).update(f"{model} [{plan.arch_source}] on {where}")
+        self.query_one("#mem-bar", StackedBar).set_data(memplan.grouped(pred.breakdown), b.bytes if b else None,
+                                                        pred.low_bytes, pred.high_bytes)
+        status = Text()
+        status.append(f"predicted peak {human_bytes(pred.peak_process_bytes)} ", style="bold")
+        status.append(f"({human_bytes(pred.low_bytes)}–{human_bytes(pred.high_bytes)}, during the {pred.peak_phase})")
+        if b and b.bytes:
+            spare = b.bytes - pred.peak_process_bytes
+            if spare >= 0:
+                status.append(f" · fits, {human_bytes(spare)} spare", style="green")
+            else:
+                status.append(f" · does not fit: {human_bytes(-spare)} over", style="bold red")
+        status.append(f" · ~{pred.tokens_per_second:,.0f} tokens/s (estimate)")
+        changed = plan.changed()
+        if changed:
+            base = plan.predict_base().peak_process_bytes
+            delta = pred.peak_process_bytes - base
+            status.append(f"\n{len(changed)} change(s) from the file, {'+' if delta >= 0 else '−'}"
+                          f"{human_bytes(abs(delta))}; a applies them, x resets", style="yellow")
+        self.query_one("#mem-status", Static).update(status)
+        table = self.query_one("#mem-knobs", DataTable)
+        row = table.cursor_row
+        table.clear()
+        for knob, label in memplan.KNOBS:
+            now, was = getattr(plan.current, knob), getattr(plan.base, knob)
+            value = Text(memplan.show(now), style="bold yellow" if now != was else "")
+            table.add_row(label, value, memplan.show(was), KEYS[knob], key=knob)
+        table.move_cursor(row=max(0, row))
+        legend = Text()
+        parts = sorted(((k, v) for k, v in pred.breakdown.items() if v > 0), key=lambda kv: -kv[1])
+        for i, (comp, v) in enumerate(parts):
+            _g, fill, colour = memplan.group_of(comp)
+            legend.append(fill, style=colour)
+            legend.append(f" {comp.replace('_', ' '):<20}{human_bytes(v):>10}")
+            legend.append("\n" if i % 2 else "    ")
+        for note in pred.notes:
+            legend.append(f"\n{note}", style="dim")
+        self.query_one("#mem-legend", Static).update(legend)
+
+    # ---- actions -----------------------------------------------------------------------------
+
+    def _selected_knob(self) -> str:
+        table = self.query_one("#mem-knobs", DataTable)
+        i = min(max(table.cursor_row, 0), len(memplan.KNOBS) - 1)
+        return memplan.KNOBS[i][0]
+
+    def action_nudge(self, up: bool) -> None:
+        self.action_knob(self._selected_knob(), up)
+
+    def action_knob(self, knob: str, up: bool) -> None:
+        if self.plan is None:
+            return
+        self.plan.move(knob, up)
+        table = self.query_one("#mem-knobs", DataTable)
+        table.move_cursor(row=[k for k, _ in memplan.KNOBS].index(knob))
+        self.redraw()
+
+    def action_reset(self) -> None:
+        if self.plan is not None:
+            self.plan.reset()
+            self.redraw()
+
+    def action_apply(self) -> None:
+        if self.plan is None or not self.plan.changed():
+            self.notify("Nothing to apply: change a setting first (←/→ or the letter keys).")
+            return
+        from fixes import FixError
+
+        try:
+            changes = self.plan.changes(self.budget)
+        except FixError as e:
+            self.notify(e.render(), severity="error", timeout=10)
+            return
+        self.fapp.apply_changes(changes, "the memory plan")

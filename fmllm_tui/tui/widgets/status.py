@@ -1,0 +1,53 @@
+"""How a check's status looks: the same glyphs as ``fmllm-check``, a colour, a spinner."""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+STYLES = {
+    "pass": "bold green",
+    "warn": "bold yellow",
+    "fail": "bold red",
+    "skip": "dim",
+    "crash": "bold magenta",
+    "pending": "dim",
+    "running": "bold cyan",
+}
+WORDS = {"pass": "passed", "warn": "warning", "fail": "failed", "skip": "skipped", "crash": "crashed",
+         "pending": "waiting", "running": "running"}
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+FROZEN_SPIN = "⠿"
+PENDING = "·"
+
+
+def glyph(status: str, frame: int | None = None) -> Text:
+    """The status glyph as styled text; ``frame`` animates a running check (None: frozen)."""
+    if status == "running":
+        ch = FROZEN_SPIN if frame is None else SPINNER[frame % len(SPINNER)]
+    elif status == "pending":
+        ch = PENDING
+    else:
+        from fmllm_tui.cli_check import GLYPHS  # after the first frame: cli_check pulls in metadata
+
+        ch = GLYPHS.get(status, "?")
+    return Text(ch, style=STYLES.get(status, ""))
+
+
+def clip(text: str, width: int) -> str:
+    """One line of ``text`` cut to ``width`` cells with an ellipsis."""
+    line = text.splitlines()[0] if text else ""
+    if width <= 1:
+        return line[:max(width, 0)]
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def human_bytes(n: float | int | None) -> str:
+    """Bytes as GiB/MiB with one decimal (memory figures all over the TUI)."""
+    if n is None:
+        return "?"
+    n = float(n)
+    if abs(n) >= 2**30:
+        return f"{n / 2**30:.1f} GiB"
+    if abs(n) >= 2**20:
+        return f"{n / 2**20:.0f} MiB"
+    return f"{n / 2**10:.0f} KiB"

@@ -1,0 +1,116 @@
+"""fmllm-check --fix / --dry-run / --undo / --preset end to end on a person's file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from fmllm_tui.cli_check import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shipped_copy(tmp_path: Path) -> Path:
+    cfg = tmp_path / "config.yaml"
+    shutil.copy(ROOT / "config.yaml", cfg)
+    (tmp_path / "data").mkdir()
+    shutil.copy(ROOT / "data" / "sample_instructions.jsonl", tmp_path / "data")
+    return cfg
+
+
+def statuses(capsys, *args: str) -> tuple[int, dict]:
+    code = main([*args, "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    return code, {c["id"]: c for c in doc["checks"]}
+
+
+def test_fix_applies_then_rechecks_and_keeps_comments(tmp_path, capsys):
+    cfg = shipped_copy(tmp_path)
+    original = cfg.read_text()
+    code = main(["--config", str(cfg), "--gpu", "RTX 3090", "--offline", "--fix", "--only", "gpu.bf16"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "before --fix: 0 failed, 1 warnings; after: 0 failed, 0 warnings" in out
+    new = cfg.read_text()
+    assert "bnb_4bit_compute_dtype: bfloat16 # bfloat16 on Ampere" in new
+    # Only that value changed: every other line, comments included, is byte-identical.
+    diff_lines = [(a, b) for a, b in zip(original.splitlines(), new.splitlines()) if a != b]
+    assert len(diff_lines) == 1 and len(original.splitlines()) == len(new.splitlines())
+    assert (tmp_path / "config.yaml.bak").read_text() == original
+    code, checks = statuses(capsys, "--config", str(cfg), "--gpu", "RTX 3090", "--offline", "--only", "gpu.bf16")
+    assert checks["gpu.bf16"]["status"] == "pass"
+
+
+def test_dry_run_writes_nothing(tmp_path, capsys):
+    cfg = shipped_copy(tmp_path)
+    before = cfg.read_bytes()
+    main(["--config", str(cfg), "--gpu", "RTX 3090", "--offline", "--fix", "--dry-run", "--only", "gpu.bf16"])
+    out = capsys.readouterr().out
+    assert "--dry-run" in out and "-    bnb_4bit_compute_dtype: float16" in out
+    assert cfg.read_bytes() == before and not (tmp_path / "config.yaml.bak").exists()
+
+
+def test_undo_restores_and_says_so(tmp_path, capsys):
+    cfg = shipped_copy(tmp_path)
+    before = cfg.read_bytes()
+    main(["--config", str(cfg), "--gpu", "RTX 3090", "--offline", "--fix", "--only", "gpu.bf16"])
+    capsys.readouterr()
+    assert cfg.read_bytes() != before
+    assert main(["--config", str(cfg), "--undo"]) == 0
+    assert "restored" in capsys.readouterr().out
+    assert cfg.read_bytes() == before
+
+
+def test_undo_without_backup_is_a_usage_error(tmp_path, capsys):
+    cfg = shipped_copy(tmp_path)
+    assert main(["--config", str(cfg), "--undo"]) == 2
+    assert "backup" in capsys.readouterr().err
+
+
+def test_memory_fix_makes_a_14b_fit_12gib(tmp_path, capsys):
+    cfg = shipped_copy(tmp_path)
+    long_row = json.dumps({"instruction": "Summarise. " + "word " * 5000, "input": "", "output": "ok"})
+    (tmp_path / "data" / "sample_instructions.jsonl").write_text((long_row + "\n") * 4)
+    cfg.write_text(cfg.read_text().replace("Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-14B-Instruct")
+                   .replace("max_seq_length: 1024", "max_seq_length: 4096")
+                   .replace("per_device_train_batch_size: 1 ", "per_device_train_batch_size: 4 ")
+                   .replace("gradient_accumulation_steps: 8 ", "gradient_accumulation_steps: 2 "))
+    code, checks = statuses(capsys, "--config", str(cfg), "--vram", "12GiB", "--offline", "--only", "config.fit")
+    fit = checks["config.fit"]
+    assert fit["status"] == "fail" and code == 1
+    assert fit["values"]["predicted_peak_bytes"] > fit["values"]["budget_bytes"]
+    keys = {c["key"] for c in fit["fix"]["changes"]}
+    assert "fine_tuning.training.per_device_train_batch_size" in keys
+    code = main(["--config", str(cfg), "--vram", "12GiB", "--offline", "--fix", "--only", "config.fit"])
+    capsys.readouterr()
+    code, checks = statuses(capsys, "--config", str(cfg), "--vram", "12GiB", "--offline", "--only", "config.fit")
+    assert checks["config.fit"]["status"] in ("pass", "warn"), checks["config.fit"]["finding"]
+    # The effective batch (micro-batch x accumulation) is kept.
+    from fmllm_tui.config import load_config
+
+    assert load_config(cfg).view.effective_batch == 8
+
+
+def test_preset_then_undo(tmp_path, capsys):
+    cfg = shipped_copy(tmp_path)
+    before = cfg.read_bytes()
+    assert main(["--config", str(cfg), "--list-presets"]) == 0
+    listed = capsys.readouterr().out
+    for name in ("7b-10gb", "14b-12gb", "14b-24gb", "70b-multi-gpu"):
+        assert name in listed
+    code = main(["--config", str(cfg), "--preset", "14b-24gb", "--offline", "--gpu", "RTX 3090", "--only", "config"])
+    out = capsys.readouterr().out
+    assert "Qwen/Qwen2.5-14B-Instruct" in cfg.read_text() and "backup:" in out
+    assert main(["--config", str(cfg), "--undo"]) == 0
+    assert cfg.read_bytes() == before
+
+
+def test_unknown_preset_and_fix_on_invalid_config(tmp_path, capsys):
+    cfg = shipped_copy(tmp_path)
+    assert main(["--config", str(cfg), "--preset", "nope"]) == 2
+    assert "unknown preset" in capsys.readouterr().err
+    cfg.write_text("fine_tuning:\n  base_model_name: m\n  lora:\n    r: eight\n")
+    before = cfg.read_bytes()
+    assert main(["--config", str(cfg), "--fix", "--vram", "24GiB"]) == 2
+    assert cfg.read_bytes() == before

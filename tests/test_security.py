@@ -1,0 +1,123 @@
+"""Secrets never leave through any output path; remote code and pickles are announced."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from fmllm_tui.cli_check import main
+from fmllm_tui.redact import is_secret_key, mask_data, mask_text
+
+HF = "hf_SuperSecretTokenValue123456"
+SECRETS = ["hunter2-db-pass", "sk-live-abcdef0123456789", "s3cr3t-webhook", HF, "pg-dsn-password-9"]
+
+CONFIG = f"""\
+fine_tuning:
+  base_model_name: {{model}}
+  lora:
+    r: 4
+    target_modules: [q_proj, v_proj]
+  quantization:
+    use_4bit: true
+    bnb_4bit_compute_dtype: float16
+vault:
+  password: {SECRETS[0]}
+  nested:
+    - service: openai
+      api_key: {SECRETS[1]}
+webhooks:
+  slack:
+    secret: {SECRETS[2]}
+    url: https://hooks.example.com/x
+database:
+  dsn: postgres://app:{SECRETS[4]}@db.local/x
+paths:
+  ft_combined_data_file: train.jsonl
+  ft_output_dir: out
+  hub_token: {HF}
+fmllm:
+  minimal_test_steps: 3
+"""
+
+
+def make_config(tmp_path: Path, model: str = "Qwen/Qwen2.5-7B-Instruct") -> Path:
+    root = Path(__file__).resolve().parents[1]
+    shutil.copy(root / "data" / "sample_instructions.jsonl", tmp_path / "train.jsonl")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(CONFIG.format(model=model))
+    return cfg
+
+
+def assert_clean(text: str, where: str) -> None:
+    for s in SECRETS:
+        assert s not in text, f"secret {s[:6]}... leaked through {where}"
+
+
+def test_secret_key_names():
+    for k in ("password", "api_key", "hub_token", "secret", "AWS_SECRET_ACCESS_KEY", "credentials", "dsn"):
+        assert is_secret_key(k), k
+    for k in ("pad_token", "max_tokens", "tokenizer", "target_modules", "key_order"):
+        assert not is_secret_key(k), k
+    data = mask_data({"a": {"password": "x1234", "list": [{"api_key": "y1234"}]}, "url": f"https://u:{SECRETS[4]}@h/"})
+    assert data["a"]["password"] == "***" and data["a"]["list"][0]["api_key"] == "***"
+    assert SECRETS[4] not in data["url"]
+    assert HF not in mask_text(f"token={HF} Authorization: Bearer abcdefghijkl")
+
+
+def test_check_outputs_never_show_secrets(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", HF)
+    cfg = make_config(tmp_path)
+    junit = tmp_path / "j.xml"
+    main(["--config", str(cfg), "--gpu", "RTX 3090", "--offline"])
+    human = capsys.readouterr()
+    main(["--config", str(cfg), "--gpu", "RTX 3090", "--offline", "--json", "--junitxml", str(junit)])
+    js = capsys.readouterr()
+    doc = json.loads(js.out)
+    assert doc["environment"]["hf_token_set"] is True
+    for text, where in ((human.out + human.err, "human output"), (js.out + js.err, "JSON"),
+                        (junit.read_text(), "JUnit")):
+        assert_clean(text, where)
+    ET.parse(junit)  # still a valid report
+
+
+def test_fix_diff_masks_secret_context_lines(tmp_path, capsys):
+    cfg = make_config(tmp_path)
+    before = cfg.read_bytes()
+    code = main(["--config", str(cfg), "--gpu", "RTX 3090", "--offline", "--fix", "--dry-run", "--only", "gpu.bf16"])
+    out = capsys.readouterr()
+    assert "+    bnb_4bit_compute_dtype: bfloat16" in out.out  # the diff is shown...
+    assert "password: ***" in out.out  # ...with the neighbouring secret line masked
+    assert_clean(out.out + out.err, "the --fix diff")
+    assert cfg.read_bytes() == before and code in (0, 1)
+
+
+def test_invalid_config_message_masks_secret_values(tmp_path, capsys):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"fine_tuning:\n  base_model_name: m\n  lora:\n    r: {HF}\n")
+    code = main(["--config", str(cfg), "--vram", "24GiB"])
+    out = capsys.readouterr()
+    assert code == 2 and "whole number" in out.err
+    assert HF not in out.out + out.err
+
+
+@pytest.mark.slow
+def test_run_directory_is_private_and_masked(tmp_path, capsys, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", HF)
+    cfg = make_config(tmp_path, model=str(tiny_model_dir))
+    main(["--config", str(cfg), "--test", "--only", "run.minimal_test", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    run_dir = Path(doc["checks"][0]["values"]["run_dir"])
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    for f in run_dir.rglob("*"):
+        if f.is_file() and f.suffix in (".json", ".jsonl", ".log", ".txt", ".yaml"):
+            assert_clean(f.read_text(errors="replace"), str(f.relative_to(run_dir)))
+    resolved = json.loads((run_dir / "config.json").read_text())
+    text = json.dumps(resolved)
+    assert "***" in text and "hooks.example.com" in text  # masked, not dropped
+    assert os.environ.get("HF_TOKEN") == HF  # passed through to the child, never written down

@@ -1,0 +1,279 @@
+"""fmllm-tui's Checks screen under Textual's Pilot: results stream in from a real child
+``fmllm-check``; details, one fix, every safe fix, undo, re-run, filter, help, bad inputs."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("textual")
+
+from textual.widgets import DataTable  # noqa: E402
+from tui_support import checks_done, fake_gpu, quiet_env, screen_text, wait_until, write_config  # noqa: E402
+
+from fmllm_tui.tui.app import FmllmApp  # noqa: E402
+from fmllm_tui.tui.screens.checks import ChecksScreen  # noqa: E402
+from fmllm_tui.tui.screens.detail import CheckDetailScreen  # noqa: E402
+from fmllm_tui.tui.screens.dialogs import ConfirmScreen, HelpScreen  # noqa: E402
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    quiet_env(monkeypatch, tmp_path, fake_gpu(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run(coro):  # one event loop per test, without needing pytest-asyncio
+    return asyncio.run(coro)
+
+
+def table_ids(app: FmllmApp) -> list[str]:
+    screen = app.get_screen_stack("checks")[0]
+    assert isinstance(screen, ChecksScreen)
+    return list(screen._shown)
+
+
+def test_rows_stream_in_and_details_show_everything(env: Path) -> None:
+    cfg = write_config(env / "proj")
+
+    async def go() -> None:
+        app = FmllmApp(cfg, vram="24GiB", deterministic=True)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await checks_done(pilot)
+            st = app.checks
+            assert st.error is None
+            ids = [m["id"] for m in st.metas]
+            assert {"config.valid", "gpu.flash_attn", "env.alloc_conf"} <= set(ids)
+            # every collected check has a row and a result, in collection order
+            assert table_ids(app) == ids
+            assert set(st.results) == set(ids)
+            table = app.screen.query_one("#checks-table", DataTable)
+            assert table.row_count == len(ids)
+            text = screen_text(app)
+            assert f"{len(ids)} checks" in text
+            assert "Config file is valid" in text
+            # Enter on the first row opens its details: whole finding and measured values
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: isinstance(app.screen, CheckDetailScreen), 5, "the details")
+            body = str(app.screen.query_one("#detail-body").render())
+            res = st.results["config.valid"]
+            assert res.finding in body
+            assert "Measured" in body and "layout: nested" in body
+            await pilot.press("escape")
+            await wait_until(pilot, lambda: isinstance(app.screen, ChecksScreen), 5, "the list again")
+
+    run(go())
+
+
+def test_one_fix_diff_confirm_file_changes_and_check_passes(env: Path) -> None:
+    cfg = write_config(env / "proj", attn="eager")
+    before = cfg.read_text()
+
+    async def go() -> None:
+        app = FmllmApp(cfg, vram="24GiB", deterministic=True)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await checks_done(pilot)
+            assert app.checks.results["gpu.flash_attn"].status == "warn"
+            first = app.checks.serial
+            # filter down to the attention check, then f: the diff is shown before anything is written
+            await pilot.press("slash", *"attn", "enter")
+            assert table_ids(app) == ["gpu.flash_attn"]
+            await pilot.press("f")
+            await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 10, "the diff preview")
+            preview = str(app.screen.query_one("#dialog-text").render())
+            assert "-  attn_implementation: eager" in preview and "+  attn_implementation: sdpa" in preview
+            # n cancels: nothing written, no backup
+            await pilot.press("n")
+            await wait_until(pilot, lambda: isinstance(app.screen, ChecksScreen), 5, "the list")
+            await pilot.pause(0.2)
+            assert cfg.read_text() == before and not (cfg.parent / "config.yaml.bak").exists()
+            await pilot.press("f")
+            await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 10, "the diff preview")
+            await pilot.press("y")
+            await wait_until(pilot, lambda: app.checks.serial > first, 10, "the re-run")
+            await checks_done(pilot)
+            assert app.checks.results["gpu.flash_attn"].status == "pass"
+            after = cfg.read_text()
+            assert "attn_implementation: sdpa" in after
+            assert "# sdpa | flash_attention_2 | eager" in after  # comments kept by the fixer
+            assert (cfg.parent / "config.yaml.bak").read_text() == before
+
+            # u undoes it (after a confirm), and the check warns again
+            second = app.checks.serial
+            await pilot.press("escape", "u")
+            await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 10, "the undo confirm")
+            await pilot.press("y")
+            await wait_until(pilot, lambda: app.checks.serial > second, 10, "the re-run after undo")
+            await checks_done(pilot)
+            assert cfg.read_text() == before
+            assert app.checks.results["gpu.flash_attn"].status == "warn"
+
+    run(go())
+
+
+def test_fix_all_safe_fixes_then_nothing_fails(env: Path) -> None:
+    cfg = write_config(env / "proj", attn="eager", training_extra="    fp16: true\n    bf16: true\n")
+
+    async def go() -> None:
+        app = FmllmApp(cfg, vram="24GiB", deterministic=True)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await checks_done(pilot)
+            st = app.checks
+            assert st.results["config.precision"].status == "fail"
+            assert st.results["gpu.flash_attn"].status == "warn"
+            first = st.serial
+            await pilot.press("a")
+            await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 10, "the diff preview")
+            preview = str(app.screen.query_one("#dialog-text").render())
+            assert "attn_implementation: sdpa" in preview and "fp16: false" in preview
+            await pilot.press("y")
+            await wait_until(pilot, lambda: st.serial > first, 10, "the re-run")
+            await checks_done(pilot)
+            assert st.results["config.precision"].status == "pass"
+            assert st.results["gpu.flash_attn"].status == "pass"
+            assert not [r.id for r in st.results.values() if r.status in ("fail", "crash")]
+
+    run(go())
+
+
+def test_rerun_filter_and_help(env: Path) -> None:
+    cfg = write_config(env / "proj")
+
+    async def go() -> None:
+        app = FmllmApp(cfg, vram="24GiB", deterministic=True)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await checks_done(pilot)
+            n = len(app.checks.metas)
+            first = app.checks.serial
+            await pilot.press("r")
+            assert app.checks.serial == first + 1
+            await checks_done(pilot)
+            assert len(app.checks.results) == n
+            # / filters by words or status; esc clears
+            await pilot.press("slash", *"skip", "enter")
+            shown = table_ids(app)
+            assert shown and all(app.checks.results[c].status == "skip" for c in shown)
+            assert "filter" in screen_text(app)
+            await pilot.press("escape")
+            assert len(table_ids(app)) == n
+            # ? lists every key of every screen
+            await pilot.press("question_mark")
+            await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), 5, "the help")
+            text = str(app.screen.query_one("#help-text").render())
+            for key, what in (("f", "Fix"), ("a", "Fix all safe"), ("/", "Filter"), ("r", "Re-run"),
+                              ("t", "Test"), ("l", "Full run"), ("s", "Stop"), ("k", "Kill"),
+                              ("b", "Micro-batch"), ("c", "Checkpointing"), ("w", "4-bit weights"),
+                              ("o", "optimizer"), ("?", "Help"), ("q", "Quit")):
+                assert f"  {key}" in text and what in text, (key, what)
+            await pilot.press("escape")
+
+    run(go())
+
+
+def test_running_check_shows_a_spinner_and_its_elapsed_time(env: Path) -> None:
+    from fmllm_tui.tui.messages import ChecksEvent
+    from fmllm_tui.tui.widgets.status import SPINNER
+
+    cfg = write_config(env / "proj")
+
+    async def go() -> None:
+        app = FmllmApp(cfg, start_checks=False)  # the stream below is what fmllm-check --report writes
+        async with app.run_test(size=(80, 24)) as pilot:
+            st = app.checks
+            st.serial, st.running = 7, True
+            meta = {"id": "slow.one", "title": "A slow check", "category": "x", "severity": "error"}
+            app.post_message(ChecksEvent(7, {"event": "collected", "checks": [meta]}))
+            app.post_message(ChecksEvent(7, {"event": "start", "id": "slow.one", "ts": 0}))
+            await wait_until(pilot, lambda: "running… 1 s" in screen_text(app), 10, "the elapsed time")
+            table = app.screen.query_one("#checks-table", DataTable)
+            first = str(table.get_cell("slow.one", "glyph"))
+            await pilot.pause(0.3)
+            second = str(table.get_cell("slow.one", "glyph"))
+            assert first in SPINNER and second in SPINNER and first != second  # it spins
+            result: dict[str, object] = {"id": "slow.one", "title": "A slow check", "category": "x", "severity": "error",
+                      "status": "pass", "finding": "done in the end", "values": {}, "fix": None, "duration_s": 1.5}
+            app.post_message(ChecksEvent(7, {"event": "result", "result": result}))
+            await wait_until(pilot, lambda: "done in the end" in screen_text(app), 5, "the result")
+            assert str(table.get_cell("slow.one", "glyph")) == "✓"
+            # a late message from an earlier run is ignored
+            app.post_message(ChecksEvent(6, {"event": "result", "result": {**result, "status": "fail"}}))
+            await pilot.pause(0.2)
+            assert st.results["slow.one"].status == "pass"
+
+    run(go())
+
+
+def test_unreadable_config_is_a_finding_not_a_crash(env: Path) -> None:
+    cfg = env / "bad.yaml"
+    cfg.write_text("fine_tuning:\n  base_model_name: x\n  training:\n    per_device_train_batch_size: lots\n")
+
+    async def go() -> None:
+        app = FmllmApp(cfg, deterministic=True)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await checks_done(pilot)
+            res = app.checks.results["config.valid"]
+            assert res.status == "fail"
+            assert "per_device_train_batch_size" in res.finding and "bad.yaml:4" in res.finding
+            # the fix keys say why nothing applies instead of failing
+            await pilot.press("a")
+            await pilot.pause(0.3)
+            assert isinstance(app.screen, ChecksScreen)
+
+    run(go())
+
+
+def test_bad_flag_value_shows_why_the_checks_could_not_run(env: Path) -> None:
+    cfg = write_config(env / "proj")
+
+    async def go() -> None:
+        app = FmllmApp(cfg, gpu="Voodoo 9000 Ultra", deterministic=True)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await checks_done(pilot)
+            assert not app.checks.results
+            assert "--gpu" in (app.checks.error or "")
+            text = screen_text(app)
+            assert "The checks could not run" in text and "Voodoo" in text
+
+    run(go())
+
+
+def test_missing_config_file(env: Path) -> None:
+    async def go() -> None:
+        app = FmllmApp(env / "nowhere.yaml", deterministic=True)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await checks_done(pilot)
+            res = app.checks.results.get("config.valid")
+            assert res is not None and res.status == "fail"
+            assert "nowhere.yaml" in res.finding
+
+    run(go())
+
+
+def test_tty_watchdog_ends_the_app_when_the_terminal_goes(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = write_config(env / "proj")
+
+    async def go() -> None:
+        app = FmllmApp(cfg, start_checks=False)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.1)
+            monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # no fileno: like a closed terminal
+            assert app.check_tty() is False
+            await pilot.pause(0.2)
+        assert app.return_code == 130
+
+    run(go())
+
+
+def test_cli_rejects_bad_flags_before_the_screen_starts(env: Path) -> None:
+    for args, needle in ((["--gpu", "RTX 3090", "--vram", "10GiB"], "give one"),
+                         (["--vram", "lots"], "--vram")):
+        proc = subprocess.run([sys.executable, "-m", "fmllm_tui.cli_tui", *args], capture_output=True,
+                              text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 2, proc.stderr
+        assert needle in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,173 @@
+"""fmllm-tui's Memory and Presets screens: the memory model's numbers, live changes, and
+writes through the fixers (diff, confirm, backup)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("textual")
+
+from tui_support import quiet_env, screen_text, wait_until, write_config  # noqa: E402
+
+from fmllm_tui import catalogue, memory  # noqa: E402
+from fmllm_tui.config import load_config  # noqa: E402
+from fmllm_tui.findings import CheckResult  # noqa: E402
+from fmllm_tui.tui import memplan  # noqa: E402
+from fmllm_tui.tui.app import FmllmApp  # noqa: E402
+from fmllm_tui.tui.screens.dialogs import ConfirmScreen  # noqa: E402
+from fmllm_tui.tui.screens.memory import MemoryScreen  # noqa: E402
+from fmllm_tui.tui.screens.presets import PresetsScreen  # noqa: E402
+from fmllm_tui.tui.widgets.status import human_bytes  # noqa: E402
+
+GiB = 1024**3
+MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+
+
+@pytest.fixture
+def cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    quiet_env(monkeypatch, tmp_path, None)
+    monkeypatch.chdir(tmp_path)
+    return write_config(tmp_path / "proj", model=MODEL)
+
+
+def arch_of(model: str) -> dict:
+    arch = catalogue.get_architecture(model)
+    assert arch is not None
+    return arch
+
+
+def test_memory_screen_follows_keys_and_applies_through_the_fixers(cfg: Path) -> None:
+    arch = arch_of(MODEL)
+    base_inputs, _ = memory.inputs_from_view(load_config(cfg).view)
+
+    async def go() -> None:
+        app = FmllmApp(cfg, vram="24GiB", start_checks=False, deterministic=True)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("2")
+            await wait_until(pilot, lambda: isinstance(app.screen, MemoryScreen) and app.screen.plan is not None,
+                             20, "the memory plan")
+            screen = app.screen
+            assert isinstance(screen, MemoryScreen) and screen.budget is not None
+
+            def plan() -> memplan.MemoryPlan:
+                assert isinstance(screen, MemoryScreen) and screen.plan is not None
+                return screen.plan
+
+            assert screen.budget.bytes == 24 * GiB and screen.budget.source == "--vram"
+            want = memory.predict_inputs(base_inputs, arch).peak_process_bytes
+            assert f"predicted peak {human_bytes(want)}" in screen_text(app)
+
+            # B doubles the micro-batch: the prediction is the model's for the new inputs
+            await pilot.press("B")
+            assert plan().current.micro_batch == 2
+            want2 = memory.predict_inputs(memory.vary(base_inputs, micro_batch=2), arch).peak_process_bytes
+            assert want2 != want
+            assert f"predicted peak {human_bytes(want2)}" in screen_text(app)
+            # every knob moves: checkpointing and 4-bit toggle, the optimizer cycles, rank halves
+            await pilot.press("c", "w", "o", "r")
+            cur = plan().current
+            assert cur.gradient_checkpointing is False and cur.use_4bit is False
+            assert cur.optim != base_inputs.optim and cur.lora_r == base_inputs.lora_r // 2
+            # ←/→ change the highlighted row, which follows the last letter key (LoRA rank, row 3);
+            # one up is the sequence length
+            await pilot.press("x", "up", "left")
+            assert plan().current.seq_len == base_inputs.seq_len // 2
+            await pilot.press("x")
+            assert plan().current == plan().base
+
+            before = cfg.read_text()
+            await pilot.press("B", "a")
+            await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 10, "the diff preview")
+            preview = str(app.screen.query_one("#dialog-text").render())
+            assert "per_device_train_batch_size: 2" in preview
+            await pilot.press("y")
+            await wait_until(pilot, lambda: "per_device_train_batch_size: 2" in cfg.read_text(), 10,
+                             "the config write")
+            assert (cfg.parent / "config.yaml.bak").read_text() == before
+            assert "# micro-batch" in cfg.read_text()  # the person's comment survives
+            # the screen re-reads the file: the written value is now the file's own
+            await wait_until(pilot, lambda: screen.plan is not None and plan().base.micro_batch == 2, 10,
+                             "the reload")
+            assert not plan().changed()
+
+    asyncio.run(go())
+
+
+def test_presets_screen_predicts_each_preset_and_applies_one(cfg: Path) -> None:
+    from fixes import PRESETS, preset_changes
+    from fixes.engine import render_loaded
+
+    loaded = load_config(cfg)
+    after = render_loaded(loaded, preset_changes(loaded, "7b-10gb"))[2]
+    want = memory.predict(after.view, arch_of("Qwen/Qwen2.5-7B-Instruct")).peak_process_bytes
+
+    async def go() -> None:
+        app = FmllmApp(cfg, gpu="RTX 3080", start_checks=False, deterministic=True)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.press("3")
+            await wait_until(pilot, lambda: isinstance(app.screen, PresetsScreen) and bool(app.screen.rows), 20,
+                             "the presets")
+            screen = app.screen
+            assert isinstance(screen, PresetsScreen)
+            assert [r.name for r in screen.rows] == list(PRESETS)
+            row = next(r for r in screen.rows if r.name == "7b-10gb")
+            assert row.peak_bytes == want
+            text = screen_text(app)
+            assert "7b-10gb" in text and human_bytes(want) in text and "GeForce RTX 3080" in text
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 10, "the diff preview")
+            assert "Qwen/Qwen2.5-7B-Instruct" in str(app.screen.query_one("#dialog-text").render())
+            await pilot.press("y")
+            await wait_until(pilot, lambda: "Qwen/Qwen2.5-7B-Instruct" in cfg.read_text(), 10, "the write")
+            assert "# the model to fine-tune" in cfg.read_text()
+
+    asyncio.run(go())
+
+
+def test_unusable_model_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    quiet_env(monkeypatch, tmp_path, None)
+    cfg = write_config(tmp_path / "proj", model="nobody/no-such-model-anywhere")
+
+    async def go() -> None:
+        app = FmllmApp(cfg, vram="10GiB", offline=True, start_checks=False)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("2")
+            await wait_until(pilot, lambda: isinstance(app.screen, MemoryScreen) and app.screen.error is not None,
+                             20, "the explanation")
+            screen = app.screen
+            assert isinstance(screen, MemoryScreen) and screen.error is not None
+            assert "nobody/no-such-model-anywhere" in screen.error
+            await pilot.press("B", "a")  # keys do nothing harmful without a plan
+            assert isinstance(app.screen, MemoryScreen)
+
+    asyncio.run(go())
+
+
+def test_pow2_steps_and_toggles() -> None:
+    inp = memory.PlanInputs(seq_len=1000, micro_batch=1, lora_r=8)
+    assert memplan.step(inp, "seq_len", True).seq_len == 1024
+    assert memplan.step(inp, "seq_len", False).seq_len == 512
+    assert memplan.step(memory.vary(inp, seq_len=32), "seq_len", False).seq_len == 32  # the config's floor
+    assert memplan.step(inp, "micro_batch", False).micro_batch == 1
+    assert memplan.step(inp, "micro_batch", True).micro_batch == 2
+    assert memplan.step(inp, "lora_r", True).lora_r == 16
+    assert memplan.step(inp, "gradient_checkpointing", True).gradient_checkpointing is not inp.gradient_checkpointing
+    opts = memplan.optimizers()
+    assert memplan.step(inp, "optim", True).optim == opts[(opts.index(inp.optim) + 1) % len(opts)]
+    with pytest.raises(KeyError):
+        memplan.step(inp, "nonsense", True)
+
+
+def test_grouping_keeps_every_byte_and_budget_comes_from_the_checks() -> None:
+    pred = memory.predict_inputs(memory.PlanInputs(), arch_of(MODEL))
+    groups = memplan.grouped(pred.breakdown)
+    assert sum(g[3] for g in groups) == sum(pred.breakdown.values())
+    assert memplan.group_of("something_new")[0] == "other"
+    res = CheckResult(id="config.fit", title="t", category="memory", severity="error", status="pass",
+                      finding="fits", values={"budget_bytes": 10 * GiB, "gpu": "RTX 3080"})
+    b = memplan.budget_from_checks({"config.fit": res})
+    assert b is not None and b.bytes == 10 * GiB and b.label == "RTX 3080"
+    assert memplan.budget_from_checks({}) is None

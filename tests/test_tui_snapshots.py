@@ -1,0 +1,100 @@
+"""Snapshots of fmllm-tui's main screens at 80x24 and 120x40 (pytest-textual-snapshot).
+
+Deterministic by construction: a fixed config in a fixed folder (paths show in findings), a fake
+GPU, planning for a named budget (so this machine's torch and driver do not show), no Hub, and the
+app's ``deterministic`` mode (no spinner frames, durations or ETAs). Review changes with
+``pytest tests/test_tui_snapshots.py --snapshot-update`` only after reading the HTML report.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("pytest_textual_snapshot")
+
+from tui_support import checks_done, fake_gpu, quiet_env, wait_until, write_config  # noqa: E402
+
+from fmllm_tui.tui.app import FmllmApp  # noqa: E402
+
+SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
+
+
+@pytest.fixture
+def snap_dir(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A folder whose path is the same on every run (it appears in findings)."""
+    name = request.node.name.replace("[", "_").replace("]", "")
+    folder = Path(tempfile.gettempdir()) / "fmllm-tui-snapshots" / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    quiet_env(monkeypatch, folder, fake_gpu(folder))
+    monkeypatch.chdir(folder)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def app_for(folder: Path, *, start_checks: bool = True, **config: Any) -> FmllmApp:
+    write_config(folder, **config)
+    return FmllmApp("config.yaml", vram="24GiB", deterministic=True, start_checks=start_checks)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_checks_screen(snap_compare: Any, snap_dir: Path, size: tuple[int, int]) -> None:
+    async def ready(pilot: Any) -> None:
+        await checks_done(pilot)
+        # machine-state checks (free disk, free RAM) change between runs: show the config ones,
+        # through the screen's own filter
+        await pilot.press("slash", *"config", "enter")
+
+    assert snap_compare(app_for(snap_dir, attn="eager"), terminal_size=size, run_before=ready)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_check_details_with_diff(snap_compare: Any, snap_dir: Path, size: tuple[int, int]) -> None:
+    async def ready(pilot: Any) -> None:
+        await checks_done(pilot)
+        await pilot.press("slash", *"attn", "enter", "enter")
+        await wait_until(pilot, lambda: "Diff" in str(pilot.app.screen.query_one("#detail-diff").render()), 20,
+                         "the diff")
+
+    assert snap_compare(app_for(snap_dir, attn="eager"), terminal_size=size, run_before=ready)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_memory_screen(snap_compare: Any, snap_dir: Path, size: tuple[int, int]) -> None:
+    async def ready(pilot: Any) -> None:
+        await pilot.press("2")
+        await wait_until(pilot, lambda: getattr(pilot.app.screen, "plan", None) is not None, 20, "the plan")
+        await pilot.press("B")  # one change from the file, so the "changed" styling shows
+
+    assert snap_compare(app_for(snap_dir, start_checks=False), terminal_size=size, run_before=ready)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_presets_screen(snap_compare: Any, snap_dir: Path, size: tuple[int, int]) -> None:
+    async def ready(pilot: Any) -> None:
+        await pilot.press("3")
+        await wait_until(pilot, lambda: bool(getattr(pilot.app.screen, "rows", None)), 20, "the presets")
+
+    assert snap_compare(app_for(snap_dir, start_checks=False), terminal_size=size, run_before=ready)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_run_screen_without_a_run(snap_compare: Any, snap_dir: Path, size: tuple[int, int]) -> None:
+    async def ready(pilot: Any) -> None:
+        await pilot.press("4")
+        await wait_until(pilot, lambda: "No run" in str(pilot.app.screen.query_one("#run-state").render()), 20,
+                         "the Run screen")
+        await wait_until(pilot, lambda: "RTX 3090" in str(pilot.app.screen.query_one("#run-gpu-text").render()),
+                         10, "the GPU panel")
+
+    assert snap_compare(app_for(snap_dir, start_checks=False), terminal_size=size, run_before=ready)
+
+
+def test_help_screen(snap_compare: Any, snap_dir: Path) -> None:
+    assert snap_compare(app_for(snap_dir, start_checks=False), terminal_size=(80, 24), press=["question_mark"])
