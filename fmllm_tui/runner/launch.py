@@ -354,6 +354,12 @@ def resume(run_dir: str | os.PathLike[str]) -> Path:
     if not isinstance(record, dict):
         raise RunError(f"{rdir} is not an fmllm run folder (no run.json)")
     st = status(rdir)
+    if st["state"] == "running" and (rdir / rd.EXIT).exists():
+        # The exit record is written just before the supervisor exits: give it a moment to go.
+        deadline = time.monotonic() + 15
+        while st["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+            st = status(rdir)
     if st["state"] == "running":
         raise RunError(f"the run in {rdir} is still running (pid {st.get('pid')}); stop it first")
     if record.get("kind") == "test":
