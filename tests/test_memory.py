@@ -148,7 +148,8 @@ def test_each_lever_saves_memory() -> None:
     assert peak(micro_batch=1) < p0
     assert peak(use_4bit=False) > p0 + 8 * GiB
     off = memory.predict_inputs(replace(base, offload_embeddings="on"), QWEN7)
-    assert p0 - off.peak_process_bytes >= 152064 * 3584 * 2  # the bf16 table leaves the GPU
+    # the bf16 table leaves the GPU, less the measured runtime cost of the CPU-offload dispatch
+    assert p0 - off.peak_process_bytes >= 152064 * 3584 * 2 - memory.OFFLOAD_RUNTIME_BYTES
     assert peak(lora_dropout=0.0) < p0
 
 
