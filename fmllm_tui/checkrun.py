@@ -67,6 +67,11 @@ def pytest_args(opts: RunOptions, *, collect_only: bool = False) -> list[str]:
         "-p", "no:cacheprovider",  # never write .pytest_cache into site-packages or the checkout
         "-p", "no:terminal",
         "-p", "no:randomly",
+        # Plugins a health-check run does not use: each costs start-up time.
+        "-p", "no:doctest", "-p", "no:unittest", "-p", "no:legacypath", "-p", "no:debugging",
+        "-p", "no:pastebin", "-p", "no:nose", "-p", "no:stepwise", "-p", "no:setupplan",
+        "-p", "no:setuponly",
+        "--assert=plain",  # checks report through report.fail(), not bare asserts: skip rewriting
         "-o", "addopts=",
         "-o", "python_files=test_*.py",
         "--rootdir", str(d.parent),

@@ -168,7 +168,7 @@ def collect_fix_changes(results: list[CheckResult]) -> tuple[list[tuple[str, lis
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return _main(argv)
+        return _main_env(argv)
     except KeyboardInterrupt:
         print("\nfmllm-check: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
@@ -178,6 +178,23 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
         return ExitCode.OK
+
+
+def _main_env(argv: list[str] | None) -> int:
+    """--offline also reaches child processes (the minimal test) through HF_HUB_OFFLINE, for this
+    call only: main() runs in-process in the TUI and in tests, so the variable is restored."""
+    offline = "--offline" in (argv if argv is not None else sys.argv[1:])
+    old = os.environ.get("HF_HUB_OFFLINE")
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        return _main(argv)
+    finally:
+        if offline:
+            if old is None:
+                os.environ.pop("HF_HUB_OFFLINE", None)
+            else:
+                os.environ["HF_HUB_OFFLINE"] = old
 
 
 def _main(argv: list[str] | None) -> int:
@@ -230,8 +247,6 @@ def _main(argv: list[str] | None) -> int:
         config=str(config_path), gpu=args.gpu, vram=args.vram, logs=list(args.log), offline=args.offline,
         run_test=args.test, only=list(args.only), junitxml=args.junitxml, report_stream=args.report,
     )
-    if args.offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
 
     if args.list_checks:
         metas = list_checks(opts)

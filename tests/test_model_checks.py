@@ -86,8 +86,13 @@ def test_missing_target_module_has_did_you_mean(tmp_path, capsys, tiny_model_dir
 def test_unreachable_hub_with_unknown_model_fails(tmp_path, capsys, monkeypatch):
     from tests.hubstub import dead_endpoint
 
+    from huggingface_hub import constants
+
     monkeypatch.setenv("HF_ENDPOINT", dead_endpoint())
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # huggingface_hub fixes its offline mode at import: an earlier --offline run in this process
+    # must not decide this test.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     code, checks = run(tmp_path, capsys, "someone/private-model")
     c = checks["model.available"]
     assert c["status"] == "fail" and c["values"]["kind"] == "unreachable"
