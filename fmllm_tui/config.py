@@ -105,22 +105,7 @@ OPTIMIZERS = (
     "rmsprop",
     "adagrad",
 )
-Optimizer = Literal[
-    "adamw_torch",
-    "adamw_torch_fused",
-    "adamw_8bit",
-    "adamw_bnb_8bit",
-    "paged_adamw_32bit",
-    "paged_adamw_8bit",
-    "adafactor",
-    "sgd",
-    "lion_8bit",
-    "lion_32bit",
-    "paged_lion_8bit",
-    "paged_lion_32bit",
-    "rmsprop",
-    "adagrad",
-]
+Optimizer = Literal[OPTIMIZERS]  # type: ignore[valid-type]  # one list: the Literal is built from it
 Scheduler = Literal[
     "linear",
     "cosine",
