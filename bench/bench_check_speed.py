@@ -28,10 +28,11 @@ def main() -> None:
     times = [one() for _ in range(n)]
     for t in times:
         print(f"{t:.3f} s")
-    probe = ("import sys, runpy; sys.argv=['fmllm-check','--offline','--config',%r]; "
+    cfg = str(ROOT / "config.yaml")
+    probe = (f"import sys; sys.argv=['fmllm-check','--offline','--config',{cfg!r}]\n"
              "from fmllm_tui.cli_check import main\nimport contextlib, io\n"
              "with contextlib.redirect_stdout(io.StringIO()): main(sys.argv[1:])\n"
-             "print('torch' in sys.modules, 'textual' in sys.modules)") % str(ROOT / "config.yaml")
+             "print('torch' in sys.modules, 'textual' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     print(f"median {statistics.median(times):.3f} s, min {min(times):.3f} s, max {max(times):.3f} s over {n} runs; "
           f"torch imported, textual imported: {out}")

@@ -16,23 +16,35 @@ def _gib(b: float) -> str:
     return f"{b / GiB:.2f} GiB"
 
 
-def _mode(view, inventory) -> tuple[str, int]:
-    d = view.fmllm.distributed
-    n = d.num_processes or (len(inventory.devices) if inventory.ok and inventory.devices else 1)
-    if d.mode in ("ddp", "fsdp"):
-        return d.mode, max(1, n)
-    return "single", 1
+def _mode(view, inventory, arch=None, budget=None) -> tuple[str, int]:
+    """The mode the runner will use (fmllm_tui.runner.distributed.plan_mode), for the prediction."""
+    from fmllm_tui.runner.distributed import DistributedError, plan_mode
+
+    n_visible = len(inventory.devices) if inventory.ok and inventory.devices else 1
+    fits = None
+    if arch is not None and budget is not None:
+        from fmllm_tui import memory
+
+        try:
+            fits = memory.predict(view, arch).peak_process_bytes <= budget
+        except (ValueError, memory.ArchitectureError):
+            fits = None
+    try:
+        mode, n, _why = plan_mode(view, n_visible, fits)
+    except DistributedError:
+        return "single", 1  # config.multi_gpu_fit / gpu.count report the problem
+    return (mode if mode in ("ddp", "fsdp") else "single"), max(1, n)
 
 
 @check("config.fit", "The run fits the GPU memory", "memory")
 def test_config_fit(report, loaded, target, architecture, data_report, inventory):
-    from fmllm_tui import fitsearch, memory
+    from fmllm_tui import fitsearch
 
     arch, source = architecture
     if arch is None:
         report.skip("the model's architecture is unknown (see model.available), so its memory cannot be predicted")
     v = loaded.view
-    mode, n = _mode(v, inventory)
+    mode, n = _mode(v, inventory, arch, target.budget_bytes)
     lengths = data_report.lengths if data_report is not None and data_report.rows else None
     fit = fitsearch.fit(v, arch, target.budget_bytes, example_lengths=lengths, gpu=target.card, mode=mode, n_gpus=n)
     # With the data's lengths known, batches are as long as its longest example (up to

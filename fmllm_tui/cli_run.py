@@ -121,6 +121,10 @@ def _print_event(ev: dict[str, Any], as_json: bool, out: TextIO) -> None:
             out.write(f"  diagnosis ({hit.get('file')}:{hit.get('line')}): {hit.get('cause') or hit.get('pattern')}\n")
             if fix:
                 out.write(f"    fix: {fix}\n")
+    elif kind == "gpu":
+        parts = [f"GPU {g.get('index')}: {_gib(g.get('used'))}/{_gib(g.get('total'))} util {g.get('util_pct')}%"
+                 for g in ev.get("gpus") or [ev]]
+        out.write("[gpu] " + " | ".join(parts) + "\n")
     elif kind == "timeout":
         out.write("stopped following (timeout); the run goes on\n")
     out.flush()
@@ -134,7 +138,8 @@ def _follow(run_dir: Path, as_json: bool, out: TextIO, skip_existing: bool = Fal
         out.write(f"run: {run_dir}\nlog: {run_dir / rd.LOG}\n")
     status = "lost"
     try:
-        for ev in follow(run_dir, gpu_every=None, skip_existing=skip_existing):
+        # Every GPU's memory and utilisation every 10 s between metric lines (multi-GPU runs too).
+        for ev in follow(run_dir, gpu_every=10.0, skip_existing=skip_existing):
             _print_event(ev, as_json, out)
             if ev.get("type") == "exit":
                 status = str(ev.get("status"))

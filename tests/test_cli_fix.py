@@ -35,7 +35,7 @@ def test_fix_applies_then_rechecks_and_keeps_comments(tmp_path, capsys):
     new = cfg.read_text()
     assert "bnb_4bit_compute_dtype: bfloat16 # bfloat16 on Ampere" in new
     # Only that value changed: every other line, comments included, is byte-identical.
-    diff_lines = [(a, b) for a, b in zip(original.splitlines(), new.splitlines()) if a != b]
+    diff_lines = [(a, b) for a, b in zip(original.splitlines(), new.splitlines(), strict=True) if a != b]
     assert len(diff_lines) == 1 and len(original.splitlines()) == len(new.splitlines())
     assert (tmp_path / "config.yaml.bak").read_text() == original
     code, checks = statuses(capsys, "--config", str(cfg), "--gpu", "RTX 3090", "--offline", "--only", "gpu.bf16")
@@ -99,7 +99,7 @@ def test_preset_then_undo(tmp_path, capsys):
     listed = capsys.readouterr().out
     for name in ("7b-10gb", "14b-12gb", "14b-24gb", "70b-multi-gpu"):
         assert name in listed
-    code = main(["--config", str(cfg), "--preset", "14b-24gb", "--offline", "--gpu", "RTX 3090", "--only", "config"])
+    main(["--config", str(cfg), "--preset", "14b-24gb", "--offline", "--gpu", "RTX 3090", "--only", "config"])
     out = capsys.readouterr().out
     assert "Qwen/Qwen2.5-14B-Instruct" in cfg.read_text() and "backup:" in out
     assert main(["--config", str(cfg), "--undo"]) == 0

@@ -84,9 +84,9 @@ def test_missing_target_module_has_did_you_mean(tmp_path, capsys, tiny_model_dir
 
 
 def test_unreachable_hub_with_unknown_model_fails(tmp_path, capsys, monkeypatch):
-    from tests.hubstub import dead_endpoint
-
     from huggingface_hub import constants
+
+    from tests.hubstub import dead_endpoint
 
     monkeypatch.setenv("HF_ENDPOINT", dead_endpoint())
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

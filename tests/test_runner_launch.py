@@ -429,18 +429,6 @@ def test_cli_detach_status_stop_kill(tmp_path: Path, tiny_model_dir: Path, capsy
     assert "finished: stopped" in capsys.readouterr().out
 
 
-def test_ddp_argv_and_fsdp_refusal(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from fmllm_tui.runner.launch import _train_argv
-
-    argv = _train_argv(tmp_path, True, {"mode": "ddp", "num_processes": 2})
-    assert argv[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    assert argv[5:] == ["-m", "fmllm_tui.runner.train", "--run-dir", str(tmp_path), "--resume"]
-    assert _train_argv(tmp_path, False, None)[1:3] == ["-m", "fmllm_tui.runner.train"]
-    cfg = write_config(tmp_path, tiny_model_dir, fmllm="distributed: {mode: fsdp, num_processes: 2}\n")
-    with pytest.raises(RunError, match="fsdp.*train_command"):
-        start(load_config(cfg), "train")
-
-
 def test_status_reads_only_the_end_of_long_metrics(tmp_path: Path) -> None:
     from fmllm_tui.runner.launch import _last_jsonl
 

@@ -6,6 +6,10 @@ command), writes the folder, and starts the supervisor in its own process sessio
 (``start_new_session=True``), so the run survives the TUI, the terminal or the SSH connection
 closing. Every command is an argv list: config values never pass through a shell.
 
+Several GPUs (``fmllm.distributed``, see :mod:`fmllm_tui.runner.distributed`): the training
+process is started through ``accelerate launch`` with the accelerate config fmllm writes into
+the run folder (``accelerate.yaml``); DDP when the model fits one card, FSDP + QLoRA when not.
+
 No torch here: the parent (``fmllm-check``, ``fmllm-run``, the TUI) stays light.
 """
 
@@ -23,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import rundir as rd
-from .monitor import JsonlFollower, device_memory
+from .monitor import JsonlFollower
 
 KINDS = ("train", "test")
 MIN_FREE_BYTES = 1 * 1024**3
@@ -207,11 +211,13 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def _train_argv(run_dir: Path, resume: bool, distributed: dict[str, Any] | None) -> list[str]:
+    """The training process's argv: plain for one process, ``accelerate launch`` for ddp/fsdp."""
+    if distributed and distributed.get("mode") in ("ddp", "fsdp"):
+        from .distributed import ACCELERATE_CONFIG, launch_argv
+
+        config = distributed.get("accelerate_config") or str(Path(run_dir) / ACCELERATE_CONFIG)
+        return launch_argv(run_dir, config, int(distributed.get("num_processes") or 1), resume=resume)
     tail = ["-m", "fmllm_tui.runner.train", "--run-dir", str(run_dir)] + (["--resume"] if resume else [])
-    if distributed and int(distributed.get("num_processes") or 1) > 1:
-        n = int(distributed["num_processes"])
-        # torchrun's own -m: the script is a module; one process per GPU, DDP through the Trainer.
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", *tail]
     return [sys.executable, *tail]
 
 
@@ -245,8 +251,10 @@ def _pythonpath_env() -> dict[str, str]:
 
 
 def build_spec(loaded: Any, kind: str, *, steps: int | None = None, vram_bytes: int | None = None,
-               device: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The content of config.json: the resolved config (secrets masked) and the runner settings."""
+               device: str | None = None, overrides: dict[str, Any] | None = None,
+               distributed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The content of config.json: the resolved config (secrets masked) and the runner settings
+    (``runner.distributed``: the launch's mode, process count and why)."""
     from fmllm_tui import __version__
     from fmllm_tui.config import to_plain
     from fmllm_tui.redact import mask_data
@@ -269,7 +277,8 @@ def build_spec(loaded: Any, kind: str, *, steps: int | None = None, vram_bytes: 
         "file": mask_data(to_plain(loaded.doc)),
         "runner": {"kind": kind, "steps": steps, "vram_bytes": vram_bytes, "device": device or "auto",
                    "overrides": overrides or {}, "sample_generations": 3,
-                   "max_new_tokens": 32 if kind == "test" else 64},
+                   "max_new_tokens": 32 if kind == "test" else 64,
+                   "distributed": distributed or {"mode": "single", "num_processes": 1}},
     }
 
 
@@ -292,6 +301,19 @@ def start(loaded: Any, kind: str = "train", *, run_dir: str | os.PathLike[str] |
             raise RunError(f"--vram: {e}") from None
     if device not in (None, "auto", "cuda", "cpu"):
         raise RunError(f"--device must be auto, cuda or cpu, not {device!r}")
+    view = loaded.view
+    custom = view.fmllm.train_command if kind == "train" else None
+    plan: dict[str, Any] = {"mode": "single", "num_processes": 1}
+    if custom and view.fmllm.distributed.mode in ("ddp", "fsdp"):
+        warnings.append(f"fmllm.distributed.mode is {view.fmllm.distributed.mode} but fmllm.train_command runs your "
+                        "own command as it is: launch it with accelerate yourself")
+    if not custom:
+        from .distributed import DistributedError, plan_launch
+
+        try:
+            plan = plan_launch(loaded, kind=kind, device=device, vram_bytes=vram_bytes)
+        except DistributedError as e:
+            raise RunError(str(e)) from None
     if run_dir is not None:
         rdir = Path(run_dir).resolve()
         _make_dir(rdir)
@@ -301,19 +323,17 @@ def start(loaded: Any, kind: str = "train", *, run_dir: str | os.PathLike[str] |
     else:
         root = runs_root(loaded)
         rdir = new_run_dir(root, kind)
-    spec = build_spec(loaded, kind, steps=steps, vram_bytes=vram_bytes, device=device, overrides=overrides)
+    distributed: dict[str, Any] | None = None
+    if plan["mode"] in ("ddp", "fsdp"):
+        from .distributed import write_accelerate_config
+
+        cfg_path = write_accelerate_config(rdir, plan["accelerate"])
+        distributed = {k: v for k, v in plan.items() if k != "accelerate"}
+        distributed["accelerate_config"] = str(cfg_path)
+    summary = {k: plan.get(k) for k in ("mode", "num_processes", "reason")}
+    spec = build_spec(loaded, kind, steps=steps, vram_bytes=vram_bytes, device=device, overrides=overrides,
+                      distributed=summary)
     rd.write_json_atomic(rdir / rd.CONFIG, spec)
-    view = loaded.view
-    custom = view.fmllm.train_command if kind == "train" else None
-    dist = view.fmllm.distributed
-    distributed = None
-    if kind == "train" and not custom and dist.mode == "fsdp":
-        raise RunError("fmllm.distributed.mode is fsdp: the built-in runner trains on one GPU or with DDP "
-                       "(each GPU holds the whole 4-bit model). Use mode: ddp, or run FSDP+QLoRA through "
-                       "fmllm.train_command with your own accelerate launch command")
-    if kind == "train" and not custom and dist.mode == "ddp":
-        n = dist.num_processes or _visible_gpu_count()
-        distributed = {"mode": dist.mode, "num_processes": n}
     extra_env = {"FMLLM_RUN_DIR": str(rdir), "FMLLM_CONFIG": str(Path(loaded.path).resolve()),
                  "FMLLM_RUN_KIND": kind, "FMLLM_METRICS": str(rdir / rd.METRICS), **(env or {})}
     if device == "cpu":
@@ -328,23 +348,12 @@ def start(loaded: Any, kind: str = "train", *, run_dir: str | os.PathLike[str] |
     rd.write_json_atomic(rdir / rd.RUN, record)
     for w in warnings:
         rd.log_line(rdir, f"warning: {w}")
+    if plan.get("reason") and plan.get("decided"):
+        rd.log_line(rdir, f"distributed: {plan['reason']}" + (f"; {plan['note']}" if plan.get("note") else ""))
     _spawn_supervisor(rdir)
     # The pointers live in the config's runs folder also for a --run-dir elsewhere (absolute link).
     _point_latest(runs_root(loaded), rdir, loaded.path)
     return rdir
-
-
-def _visible_gpu_count() -> int:
-    vis = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if vis is not None:
-        return len([v for v in vis.split(",") if v.strip()])
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return int(pynvml.nvmlDeviceGetCount())
-    except Exception:  # no NVML: one process
-        return 1
 
 
 def resume(run_dir: str | os.PathLike[str]) -> Path:
@@ -368,7 +377,7 @@ def resume(run_dir: str | os.PathLike[str]) -> Path:
     if old_exit.exists():
         n = len(list(rdir.glob("exit.*.json"))) + 1
         os.replace(old_exit, rdir / f"exit.{n}.json")
-    for name in (rd.STOP_REQUEST, rd.OUTCOME):
+    for name in (rd.STOP_REQUEST, rd.OUTCOME, *(f.name for f in rdir.glob("outcome.rank*.json"))):
         try:
             (rdir / name).unlink()
         except FileNotFoundError:
@@ -376,7 +385,18 @@ def resume(run_dir: str | os.PathLike[str]) -> Path:
     if record.get("custom_command"):
         record["env"] = {**record.get("env", {}), "FMLLM_RESUME": "1"}
     else:
-        record["argv"] = _train_argv(rdir, True, record.get("distributed"))
+        dist = record.get("distributed")
+        if isinstance(dist, dict) and dist.get("port_auto") and dist.get("accelerate_config"):
+            # The port fmllm picked at the start may be taken by now: pick a free one again.
+            from .distributed import free_port, read_accelerate_config, write_accelerate_config
+
+            try:
+                acc = read_accelerate_config(dist["accelerate_config"])
+            except (OSError, ValueError) as e:
+                raise RunError(f"cannot read the run's accelerate config {dist['accelerate_config']}: {e}") from None
+            acc["main_process_port"] = dist["main_process_port"] = free_port()
+            write_accelerate_config(rdir, acc)
+        record["argv"] = _train_argv(rdir, True, dist)
     record.setdefault("attempts", []).append({"started": time.time(), "resume": True})
     rd.write_json_atomic(rdir / rd.RUN, record)
     rd.log_line(rdir, f"---- resume at {time.strftime('%Y-%m-%d %H:%M:%S')} ----")
@@ -394,6 +414,16 @@ def _read_pid(path: Path) -> int | None:
         return int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (the run's own: supervisor, launcher, ranks)."""
+    try:
+        import psutil
+
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except Exception:  # gone already, or psutil missing: nothing more to find
+        return []
 
 
 def _alive(pid: int | None, must_mention: str | None = None) -> bool:
@@ -468,6 +498,12 @@ def stop(run_dir: str | os.PathLike[str]) -> bool:
     if st["state"] != "running":
         return False
     (rdir / rd.STOP_REQUEST).write_text(f"stop {time.time()}\n")
+    record = rd.read_json(rdir / rd.RUN) or {}
+    if (record.get("distributed") or {}).get("mode") in ("ddp", "fsdp") and st.get("phase") == "training":
+        # The ranks read stop.requested at the end of each step and stop together; a SIGTERM to
+        # accelerate's launcher would give them only its 30 s grace before SIGKILL.
+        rd.log_line(rdir, "stop requested (stop.requested: the ranks stop after this step)")
+        return True
     child = st.get("child_pid")
     if child and _alive(child):
         try:
@@ -487,13 +523,20 @@ def kill(run_dir: str | os.PathLike[str], timeout: float = 10.0) -> bool:
     if st["state"] != "running":
         return False
     pgid = st["pid"]
+    # accelerate's launcher starts each rank in a session of its own: the group kill misses them.
+    ranks = _descendants(pgid)
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    for pid in ranks:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     child = st.get("child_pid")
     end = time.monotonic() + timeout
-    while time.monotonic() < end and (_alive(pgid) or _alive(child)):
+    while time.monotonic() < end and (_alive(pgid) or _alive(child) or any(_alive(p) for p in ranks)):
         time.sleep(0.05)
     if not (rdir / rd.EXIT).exists():
         now = time.time()
@@ -535,8 +578,10 @@ def follow(run_dir: str | os.PathLike[str], *, poll: float = 0.5, timeout: float
     """Events of a run as they come, ending with its exit record.
 
     Yields ``{"type": "metrics", **row}`` per metrics row, ``{"type": "state", **state}`` when the
-    phase changes, ``{"type": "gpu", used, total, free, util_pct}`` every ``gpu_every`` seconds when
-    NVML answers (also for a custom train_command), and last ``{"type": "exit", **exit_record}``
+    phase changes, ``{"type": "gpu", used, total, free, util_pct, index, name, gpus}`` every
+    ``gpu_every`` seconds when NVML answers (also for a custom train_command; the top-level
+    figures are the first GPU's, ``gpus`` lists every visible GPU's), and last
+    ``{"type": "exit", **exit_record}``
     (``status`` "lost" if the process vanished without one). With ``timeout`` it may end with
     ``{"type": "timeout"}`` instead. ``skip_existing`` starts after the rows already written
     (following a resumed run without replaying its history).
@@ -568,11 +613,13 @@ def follow(run_dir: str | os.PathLike[str], *, poll: float = 0.5, timeout: float
             return
         if gpu_ok and time.monotonic() - last_gpu >= (gpu_every or 0):
             last_gpu = time.monotonic()
-            snap = device_memory(0)
-            if snap is None:
+            from .distributed import gpu_snapshots
+
+            gpus = gpu_snapshots()
+            if not gpus:
                 gpu_ok = False
             else:
-                yield {"type": "gpu", **snap, "ts": time.time()}
+                yield {"type": "gpu", **gpus[0], "gpus": gpus, "ts": time.time()}
         if not _alive(_read_pid(rdir / rd.PID), str(rdir)):
             lost_since = lost_since or time.monotonic()
             if time.monotonic() - lost_since > 3.0:

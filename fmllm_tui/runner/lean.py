@@ -52,14 +52,26 @@ class Recipe:
     gradient_checkpointing: bool
     attn_implementation: str
     notes: list[str] = field(default_factory=list)
+    distributed: str = "single"  # single | ddp | fsdp (the launch's mode)
+    quant_storage: str | None = None  # bnb_4bit_quant_storage under FSDP (None: bitsandbytes' uint8)
+    gc_reentrant: bool = False  # reentrant gradient checkpointing (the FSDP+QLoRA recipe's)
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 def plan_recipe(cfg: dict[str, Any], *, cuda: bool, overrides: dict[str, Any] | None = None,
-                bf16_supported: bool = True) -> Recipe:
-    """Resolve the config (and bench overrides) into a :class:`Recipe` for this machine."""
+                bf16_supported: bool = True, distributed: str = "single") -> Recipe:
+    """Resolve the config (and bench overrides) into a :class:`Recipe` for this machine.
+
+    ``distributed`` is the launch's mode (single | ddp | fsdp). Under FSDP the recipe follows
+    the FSDP+QLoRA recipe (PEFT's FSDP guide): 4-bit weights stored in the dtype FSDP shards
+    (``quant_storage``), the model loaded in it, no CPU-offloaded input embedding (FSDP shards it
+    with the root unit), torch's AdamW instead of bitsandbytes' optimizers, and reentrant
+    gradient checkpointing unless the config sets ``gradient_checkpointing_kwargs``.
+    """
+    if distributed not in ("single", "ddp", "fsdp"):
+        raise RecipeError(f"unknown distributed mode {distributed!r}; expected single, ddp or fsdp")
     ov = overrides or {}
     fm = cfg.get("fmllm", {})
     q = cfg.get("quantization", {})
@@ -112,10 +124,33 @@ def plan_recipe(cfg: dict[str, Any], *, cuda: bool, overrides: dict[str, Any] | 
     if not cuda and attn == "flash_attention_2":
         notes.append("no CUDA GPU: flash_attention_2 needs one; used sdpa")
         attn = "sdpa"
+    storage = None
+    reentrant = bool((tr.get("gradient_checkpointing_kwargs") or {}).get("use_reentrant", False))
+    if distributed == "fsdp":
+        if offload:
+            offload = False
+            if offload_setting == "on":
+                notes.append("fmllm.offload_embeddings is on but FSDP shards the input embedding with the rest of "
+                             "the model: it stays on the GPUs")
+        if "8bit" in optim or optim.startswith(("paged", "lion")):
+            notes.append(f"FSDP: optimizer {optim} (bitsandbytes) cannot step sharded or CPU-offloaded parameters "
+                         "and fails saving FSDP checkpoints; used adamw_torch")
+            optim = "adamw_torch"
+        if quant:
+            from .distributed import quant_storage_dtype
+
+            storage = quant_storage_dtype(compute)
+            if storage != dtype:
+                notes.append(f"FSDP: 4-bit weights stored in {storage} (FSDP shards float tensors; the PEFT guide "
+                             f"asks for {storage} storage with {compute} compute), model loaded in {storage}")
+            dtype = storage
+        if not tr.get("gradient_checkpointing_kwargs"):
+            reentrant = True  # the FSDP+QLoRA recipe's: non-reentrant hits a bitsandbytes memory bug there
     return Recipe(memory_recipe=recipe_name, device="cuda" if cuda else "cpu", quantize_4bit=quant, dtype=dtype,
                   mixed_precision=mixed, loss=loss_kind, liger_kernels=liger_kernels, offload_embeddings=offload,
                   optim=optim, gradient_checkpointing=bool(tr.get("gradient_checkpointing", True)),
-                  attn_implementation=attn, notes=notes)
+                  attn_implementation=attn, notes=notes, distributed=distributed, quant_storage=storage,
+                  gc_reentrant=reentrant)
 
 
 def apply_liger_kernels(model_type: str, recipe: Recipe) -> bool:
@@ -169,27 +204,44 @@ def set_pad_token(tok: Any, requested: str | None) -> str:
     return "eos"
 
 
+def model_load_kwargs(cfg: dict[str, Any], recipe: Recipe, *, device_index: int = 0) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments for the recipe.
+
+    One GPU and DDP: the whole model on this process's GPU (``device_map={"": local_rank}``).
+    FSDP: no device map (bitsandbytes quantizes onto the current device, which the training
+    process set to its local rank; accelerate's CPU-RAM-efficient loading gives the weights to
+    rank 0 and FSDP broadcasts them), 4-bit storage in ``recipe.quant_storage``.
+    """
+    fm = cfg.get("fmllm", {})
+    q = cfg.get("quantization", {})
+    kwargs: dict[str, Any] = {"revision": fm.get("revision"), "trust_remote_code": bool(fm.get("trust_remote_code")),
+                              "dtype": _DTYPES[recipe.dtype], "attn_implementation": recipe.attn_implementation}
+    if recipe.device == "cuda":
+        if recipe.distributed != "fsdp":
+            kwargs["device_map"] = {"": device_index}
+        if recipe.quantize_4bit:
+            from transformers import BitsAndBytesConfig
+
+            extra: dict[str, Any] = {}
+            if recipe.quant_storage:
+                extra["bnb_4bit_quant_storage"] = _DTYPES[recipe.quant_storage]
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type=q.get("bnb_4bit_quant_type", "nf4"),
+                bnb_4bit_use_double_quant=bool(q.get("use_nested_quant", True)),
+                bnb_4bit_compute_dtype=_DTYPES[q.get("bnb_4bit_compute_dtype", "bfloat16")], **extra,
+            )
+    return kwargs
+
+
 def load_model(source: str, cfg: dict[str, Any], recipe: Recipe, *, device_index: int = 0) -> Any:
     """The base model for training, on the GPU in 4-bit (as configured) or on the CPU."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     fm = cfg.get("fmllm", {})
-    q = cfg.get("quantization", {})
-    common: dict[str, Any] = {"revision": fm.get("revision"), "trust_remote_code": bool(fm.get("trust_remote_code"))}
-    model_cfg = AutoConfig.from_pretrained(source, **common)
+    model_cfg = AutoConfig.from_pretrained(source, revision=fm.get("revision"),
+                                           trust_remote_code=bool(fm.get("trust_remote_code")))
     apply_liger_kernels(getattr(model_cfg, "model_type", ""), recipe)
-    kwargs: dict[str, Any] = dict(common, dtype=_DTYPES[recipe.dtype], attn_implementation=recipe.attn_implementation)
-    if recipe.device == "cuda":
-        kwargs["device_map"] = {"": device_index}
-        if recipe.quantize_4bit:
-            from transformers import BitsAndBytesConfig
-
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type=q.get("bnb_4bit_quant_type", "nf4"),
-                bnb_4bit_use_double_quant=bool(q.get("use_nested_quant", True)),
-                bnb_4bit_compute_dtype=_DTYPES[recipe.dtype],
-            )
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, **model_load_kwargs(cfg, recipe, device_index=device_index))
     model.config.use_cache = False
     return model
 
@@ -259,7 +311,7 @@ def prepare_for_training(model: Any, cfg: dict[str, Any], recipe: Recipe) -> Any
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     tr = cfg.get("training", {})
-    gc_kwargs = tr.get("gradient_checkpointing_kwargs") or {"use_reentrant": False}
+    gc_kwargs = tr.get("gradient_checkpointing_kwargs") or {"use_reentrant": recipe.gc_reentrant}
     if recipe.memory_recipe == "plain":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs=gc_kwargs)

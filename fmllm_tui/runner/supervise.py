@@ -4,7 +4,9 @@ Started by :func:`fmllm_tui.runner.launch.start` in a new process session (so it
 TUI, the terminal and the SSH connection), it starts the training process from the argv list in
 ``run.json`` (never through a shell), with stdout and stderr going to ``train.log``, waits for
 it, and writes ``exit.json``: the status, the exit code or signal, the training process's own
-outcome, and on failure the log diagnosis from ``fmllm_tui.logdiag``. No torch here.
+outcome, and on failure the log diagnosis from ``fmllm_tui.logdiag``. For a run of several
+processes (``accelerate launch``) a rank that failed on its own (``outcome.rank<N>.json``) is
+the cause rank 0 may not know. No torch here.
 """
 
 from __future__ import annotations
@@ -53,6 +55,36 @@ def decide_status(returncode: int, outcome: dict[str, Any] | None, stop_requeste
     if stop_requested:
         return "stopped"
     return "failed"
+
+
+def rank_outcomes(run_dir: Path, started: float) -> list[dict[str, Any]]:
+    """The outcomes non-zero ranks left in this attempt (``outcome.rank<N>.json``), by rank."""
+    out = []
+    for f in sorted(run_dir.glob("outcome.rank*.json")):
+        rec = rd.read_json(f)
+        if isinstance(rec, dict) and float(rec.get("ts") or 0) >= started - 1:
+            out.append(rec)
+    return sorted(out, key=lambda r: int(r.get("rank") or 0))
+
+
+def merge_outcomes(main: dict[str, Any] | None, ranks: list[dict[str, Any]],
+                   stop_requested: bool) -> dict[str, Any] | None:
+    """The outcome that explains the run: rank 0's, unless another rank failed and rank 0 only
+    saw the consequence (its peers vanishing, or the launcher's SIGTERM read as a stop)."""
+    failed = [r for r in ranks if r.get("status") in ("failed", "oom")]
+    if not failed:
+        return main
+    oom = [r for r in failed if r.get("status") == "oom"]
+    cause = dict(oom[0] if oom else failed[0])
+    main_status = (main or {}).get("status")
+    if main_status == "oom" or (main_status == "stopped" and stop_requested):
+        return main
+    if main_status in (None, "stopped", "ok") or (oom and main_status == "failed"):
+        cause["message"] = f"rank {cause.get('rank')}: {cause.get('message')}"
+        if main is not None:
+            cause["rank0_outcome"] = main
+        return cause
+    return main
 
 
 def _default_signals() -> None:
@@ -118,6 +150,8 @@ def supervise(run_dir: Path) -> int:
     if isinstance(outcome, dict) and outcome.get("ts", started) < started - 1:
         outcome = None  # left by an earlier attempt of this run (before a resume)
     stop_requested = stop_path.exists()
+    outcome = merge_outcomes(outcome if isinstance(outcome, dict) else None, rank_outcomes(run_dir, started),
+                             stop_requested)
     diagnosis, diag_note = (None, None)
     pre_status = decide_status(returncode, outcome if isinstance(outcome, dict) else None, stop_requested, None)
     if pre_status in ("failed", "oom") or (returncode != 0 and pre_status != "stopped"):

@@ -13,8 +13,13 @@ Run kinds (``runner.kind`` in config.json):
 * ``test``: the minimal test: N steps on a sample of the data (the longest examples, so the peak
   memory is the data's worst case), then save, reload and generate; ``result.json``.
 
-SIGTERM/SIGINT during training: the step finishes, a checkpoint is saved (full runs) and the
-process exits with status "stopped". This module's only job needs torch, so it imports it at
+SIGTERM/SIGINT during training (or ``stop.requested`` appearing in the run folder): the step
+finishes, a checkpoint is saved (full runs) and the process exits with status "stopped".
+
+Under ``accelerate launch`` (several processes: DDP or FSDP, see
+:mod:`fmllm_tui.runner.distributed`) every rank trains; rank 0 alone writes the run folder's
+files, each metrics row carries every rank's memory (``ranks``), and a rank that fails on its
+own leaves ``outcome.rank<N>.json``. This module's only job needs torch, so it imports it at
 the top.
 """
 
@@ -92,6 +97,36 @@ def _world() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def _dist_ready() -> bool:
+    return _world() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def gather_ranks(value: Any) -> list[Any]:
+    """``value`` of every rank, in rank order (a collective: every rank must call it); [value]
+    in a one-process run."""
+    if not _dist_ready():
+        return [value]
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, value)
+    return out
+
+
+def distributed_mode(runner: dict[str, Any]) -> str:
+    """single | ddp | fsdp: what the launch set up (accelerate's own variable wins for FSDP)."""
+    if _world() <= 1:
+        return "single"
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        return "fsdp"
+    mode = str((runner.get("distributed") or {}).get("mode") or "ddp")
+    return mode if mode in ("ddp", "fsdp") else "ddp"
+
+
+def say(message: str) -> None:
+    """A ``[fmllm]`` line in train.log, from rank 0 only (the others would repeat it)."""
+    if _rank() == 0:
+        print(f"[fmllm] {message}", flush=True)
+
+
 class RunFiles:
     """Writes the run directory's files (rank 0 only under several processes)."""
 
@@ -102,7 +137,7 @@ class RunFiles:
     def state(self, phase: str, **extra: Any) -> None:
         if self.main:
             rd.write_json_atomic(self.dir / rd.STATE, {"phase": phase, "ts": time.time(), "pid": os.getpid(), **extra})
-        print(f"[fmllm] phase: {phase}" + (f" {json.dumps(extra, default=str)}" if extra else ""), flush=True)
+            print(f"[fmllm] phase: {phase}" + (f" {json.dumps(extra, default=str)}" if extra else ""), flush=True)
 
     def metrics(self, row: dict[str, Any]) -> None:
         if self.main:
@@ -209,7 +244,8 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
             self.step_times.append(now - self._t0)
             self.step_tokens.append(counter.tokens - self._tok0)
             self._t0, self._tok0 = now, counter.tokens
-            flag = _signals["count"] > 0
+            # stop.requested: how `fmllm-run stop` reaches the ranks of an accelerate launch.
+            flag = _signals["count"] > 0 or (files.dir / rd.STOP_REQUEST).exists()
             if _world() > 1 and torch.distributed.is_initialized():
                 # Every rank must stop at the same step, or the others wait forever.
                 t = torch.tensor([1 if flag else 0], device=f"cuda:{torch.cuda.current_device()}" if device == "cuda" else "cpu")
@@ -242,6 +278,15 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
             if sampler is not None and sampler.error is None:
                 row["gpu_used_bytes"] = sampler.last_used_bytes
                 row["process_peak_bytes"] = sampler.process_peak_bytes
+            if _world() > 1:
+                # Every rank's memory and tokens (Trainer calls on_log on every rank at the same step).
+                mine = {"rank": _rank(), "local_rank": int(os.environ.get("LOCAL_RANK", "0")), "tokens": dtok,
+                        **memory_now(device), "gpu_used_bytes": row.get("gpu_used_bytes"),
+                        "process_peak_bytes": row.get("process_peak_bytes")}
+                ranks = gather_ranks(mine)
+                row["ranks"] = ranks
+                row["world_size"] = len(ranks)
+                row["tokens_per_s"] = sum(int(r.get("tokens") or 0) for r in ranks) / dt
             loss = logs.get("loss")
             if isinstance(loss, (int, float)):
                 self.losses.append((state.global_step, float(loss)))
@@ -249,7 +294,7 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
             self._last_log_t, self._last_log_tok, self._last_log_step = now, counter.tokens, state.global_step
 
         def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            print(f"[fmllm] checkpoint saved at step {state.global_step}", flush=True)
+            say(f"checkpoint saved at step {state.global_step}")
 
     return FmllmCallback()
 
@@ -259,14 +304,19 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
 # ------------------------------------------------------------------------------------------------
 
 
-def save_adapter_atomic(model: Any, tokenizer: Any, dest: Path, meta: dict[str, Any]) -> Path:
+def save_adapter_atomic(model: Any, tokenizer: Any, dest: Path, meta: dict[str, Any],
+                        state_dict: dict[str, Any] | None = None) -> Path:
     """Save the adapter to a temporary folder beside ``dest``, write the completion marker last,
     then rename. On any failure the temporary folder is removed and :class:`SaveError` says why;
-    ``dest`` is never left half-written."""
+    ``dest`` is never left half-written. ``state_dict``: the model's full state dict gathered
+    from the ranks (FSDP), from which peft keeps the adapter's tensors."""
     dest = Path(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
-        model.save_pretrained(tmp)
+        if state_dict is not None:
+            model.save_pretrained(tmp, state_dict=state_dict)
+        else:
+            model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         files = {}
@@ -308,11 +358,12 @@ def save_adapter_atomic(model: Any, tokenizer: Any, dest: Path, meta: dict[str, 
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
-def last_complete_checkpoint(folder: Path) -> Path | None:
-    """The newest checkpoint whose save finished (trainer state and adapter present).
+def last_complete_checkpoint(folder: Path, *, rename: bool = True) -> Path | None:
+    """The newest checkpoint whose save finished: trainer state and the adapter present (an FSDP
+    checkpoint holds the sharded model, ``pytorch_model_fsdp_*``, and optimizer instead).
 
     Checkpoints a kill interrupted mid-save are renamed ``*.incomplete`` so the Trainer's
-    rotation never counts them.
+    rotation never counts them (``rename`` False: only rank 0 renames, the others just skip).
     """
     if not folder.is_dir():
         return None
@@ -321,10 +372,10 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
         m = _CKPT.match(p.name)
         if not m or not p.is_dir():
             continue
-        ok = (p / "trainer_state.json").is_file() and any(p.glob("adapter_model.*"))
-        if ok:
+        model_saved = any(p.glob("adapter_model.*")) or (any(p.glob("pytorch_model_fsdp*")) and any(p.glob("optimizer*")))
+        if (p / "trainer_state.json").is_file() and model_saved:
             found.append((int(m.group(1)), p))
-        else:
+        elif rename:
             p.rename(p.with_name(p.name + ".incomplete"))
     return max(found)[1] if found else None
 
@@ -495,7 +546,10 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
             print(f"[fmllm] --vram {int(vram) / 2**30:.2f} GiB: capped torch at {frac * total / 2**30:.2f} GiB "
                   f"(the card minus a {ctx / 2**30:.2f} GiB CUDA context)", flush=True)
     bf16_ok = (not cuda) or torch.cuda.is_bf16_supported()
-    recipe = plan_recipe(cfg, cuda=cuda, overrides=runner.get("overrides"), bf16_supported=bf16_ok)
+    mode = distributed_mode(runner)
+    recipe = plan_recipe(cfg, cuda=cuda, overrides=runner.get("overrides"), bf16_supported=bf16_ok, distributed=mode)
+    if mode != "single":
+        recipe.notes.append(f"{mode.upper()} over {_world()} processes (this is rank {_rank()})")
 
     fmt = cfg.get("data_format", "instruction")
     tr = cfg.get("training", {})
@@ -520,7 +574,7 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
         raise RecipeError("use_adapter is false: fmllm's runner trains LoRA adapters (4-bit weights cannot be "
                           "trained directly); set use_adapter: true")
     for note in recipe.notes:
-        print(f"[fmllm] {note}", flush=True)
+        say(note)
 
     files.state("loading model", model=model_name, source=source)
     t_load = time.perf_counter()
@@ -535,8 +589,8 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
     swap = fused_adamw_swap(recipe, trainable, forced=bool((runner.get("overrides") or {}).get("optim")))
     if swap:
         recipe.notes.append(swap)
-    print(f"[fmllm] loaded {model_name} in {load_s:.1f}s; trainable parameters {trainable:,} of {total:,}; "
-          f"recipe {json.dumps(recipe.to_json())}", flush=True)
+    say(f"loaded {model_name} in {load_s:.1f}s; trainable parameters {trainable:,} of {total:,}; "
+        f"recipe {json.dumps(recipe.to_json())}")
 
     files.state("tokenizing")
     slots = int(tr.get("per_device_train_batch_size", 1))
@@ -546,7 +600,7 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
     dataset, stats = build_train_dataset(tokenizer, train_records, fmt, max_len=max_len,
                                          response_only=bool(fm.get("response_only_loss", True)), packing=packing)
     for note in stats.notes:
-        print(f"[fmllm] {note}", flush=True)
+        say(note)
     if len(dataset) == 0:
         raise DataError(data_file, [_no_examples_problem(stats, max_len)])
     notes: list[str] = list(recipe.notes) + list(stats.notes)
@@ -565,11 +619,11 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
                       data_collator=counter, callbacks=[callback])
     checkpoint = None
     if resume:
-        checkpoint = last_complete_checkpoint(run_dir / rd.CHECKPOINTS)
+        checkpoint = last_complete_checkpoint(run_dir / rd.CHECKPOINTS, rename=files.main)
         if checkpoint is None:
-            print("[fmllm] resume: no complete checkpoint yet, starting from step 0", flush=True)
+            say("resume: no complete checkpoint yet, starting from step 0")
         else:
-            print(f"[fmllm] resuming from {checkpoint.name}", flush=True)
+            say(f"resuming from {checkpoint.name}")
     t_train = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_s = time.perf_counter() - t_train
@@ -584,6 +638,11 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
     skip = 2 if len(times) > 3 else 0
     tps = (sum(toks[skip:]) / sum(times[skip:])) if times[skip:] and sum(times[skip:]) > 0 else None
     peak_process = sampler.process_peak_bytes if (sampler is not None and sampler.error is None) else None
+    # Every rank's peak (a collective: every rank reaches this line after training).
+    ranks = gather_ranks({"rank": _rank(), "local_rank": local_rank, "peak_bytes": mem.get("peak_bytes"),
+                          "peak_allocated_bytes": mem.get("peak_allocated_bytes"), "peak_process_bytes": peak_process,
+                          "device_name": torch.cuda.get_device_name(local_rank) if cuda else "cpu",
+                          "steps": steps_done, "losses": losses})
     base = {
         "kind": kind, "model": model_name, "model_source": source, "model_note": model_note,
         "device": recipe.device, "device_name": torch.cuda.get_device_name(local_rank) if cuda else "cpu",
@@ -598,7 +657,8 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
                         ("torch-reserved" if cuda else "cpu-rss")),
         "nvml": sampler.to_json() if sampler else None, "vram_cap_bytes": runner.get("vram_bytes"),
         "data": stats.to_json(), "notes": notes, "run_dir": str(run_dir),
-        "versions": _versions(),
+        "versions": _versions(), "distributed": mode, "world_size": _world(),
+        "ranks": ranks if _world() > 1 else None,
     }
     if callback.stopped:
         files.state("stopped", step=steps_done)
@@ -608,18 +668,35 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
         return out
 
     files.state("saving adapter")
+    full_state = None
+    if mode == "fsdp":
+        # The adapter is sharded over the ranks: gather the full state dict (a collective; rank 0
+        # receives it, on the CPU), as transformers' Trainer.save_model does for FSDP.
+        full_state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if files.main:
         adapter = save_adapter_atomic(model, tokenizer, run_dir / rd.ADAPTER,
-                                      {"model": model_name, "steps": steps_done, "kind": kind})
+                                      {"model": model_name, "steps": steps_done, "kind": kind,
+                                       "distributed": mode, "world_size": _world()}, state_dict=full_state)
     else:
         adapter = run_dir / rd.ADAPTER
     raw = fmt == "prompt_completion"
+    if not files.main:
+        # Rank 0 reloads, generates and writes the result; the others are done.
+        return {**base, "status": "ok", "message": f"rank {_rank()} finished {steps_done} steps"}
     if kind == "test":
         files.state("reloading adapter")
-        reload_ok, reload_msg = _reload_check(model, adapter)
-        files.state("generating")
+        if full_state is not None:
+            reload_ok, reload_msg = _reload_check_files(model, adapter, full_state)
+        else:
+            reload_ok, reload_msg = _reload_check(model, adapter)
         prompt = prompt_text(tokenizer, train_records[0], fmt)
-        gen = _generate(model, tokenizer, prompt, int(runner.get("max_new_tokens", 32)), raw)
+        if mode == "fsdp":
+            gen = None
+            notes.append("no sample generation under FSDP: the model is sharded over the GPUs; load adapter/ on "
+                         "one GPU to generate")
+        else:
+            files.state("generating")
+            gen = _generate(model, tokenizer, prompt, int(runner.get("max_new_tokens", 32)), raw)
         finite = bool(losses) and all(math.isfinite(x) for x in losses)
         result = {**base, "status": "ok", "adapter_dir": str(adapter), "adapter_reloaded": reload_ok,
                   "reload_message": reload_msg, "prompt": prompt[-500:], "generation": gen,
@@ -628,9 +705,15 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
         files.state("done")
         return result
 
-    files.state("generating samples")
     samples = []
-    for rec in records[: int(runner.get("sample_generations", 3)) if files.main else 0]:
+    n_samples = int(runner.get("sample_generations", 3))
+    if mode == "fsdp" and n_samples:
+        n_samples = 0
+        notes.append("no sample generations under FSDP: the model is sharded over the GPUs; load adapter/ on one "
+                     "GPU to generate")
+    if n_samples:
+        files.state("generating samples")
+    for rec in records[:n_samples]:
         prompt = prompt_text(tokenizer, rec, fmt)
         samples.append({"prompt": prompt[-500:], "generation": _generate(model, tokenizer, prompt,
                                                                          int(runner.get("max_new_tokens", 64)), raw)})
@@ -651,6 +734,8 @@ def fused_adamw_swap(recipe: Recipe, trainable: int, *, forced: bool) -> str | N
     over every LoRA tensor (the loop costs ~10% of a step at 1024 tokens). Returns the note."""
     if forced or recipe.memory_recipe != "fmllm" or recipe.device != "cuda":
         return None
+    if recipe.distributed == "fsdp":
+        return None  # FSDP steps flat (possibly CPU-offloaded) parameters: torch's own AdamW
     if recipe.optim not in ("paged_adamw_32bit", "adamw_torch"):
         return None
     state = trainable * 8  # two fp32 moments per trainable parameter
@@ -687,6 +772,30 @@ def _reload_check(model: Any, adapter: Path) -> tuple[bool, str]:
         return False, f"reloading the adapter failed: {type(e).__name__}: {e}"
 
 
+def _reload_check_files(model: Any, adapter: Path, state_dict: dict[str, Any]) -> tuple[bool, str]:
+    """FSDP: compare the saved adapter file with the adapter tensors of the gathered state dict
+    (the sharded model cannot load a second adapter beside the first)."""
+    try:
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        expected = get_peft_model_state_dict(model, state_dict=state_dict)
+        files = sorted(adapter.glob("adapter_model*.safetensors"))
+        if not files:
+            return False, f"no adapter_model*.safetensors in {adapter}"
+        saved: dict[str, torch.Tensor] = {}
+        for f in files:
+            saved.update(load_file(str(f)))
+        if set(saved) != set(expected):
+            return False, f"the saved adapter has {len(saved)} tensors, the trained one {len(expected)}"
+        bad = [k for k in expected if not torch.equal(expected[k].float().cpu(), saved[k].float().cpu())]
+        if bad:
+            return False, f"{len(bad)} tensors differ after reloading, e.g. {bad[0]}"
+        return True, f"reloaded {len(saved)} tensors from {adapter}; all equal to the gathered trained ones"
+    except Exception as e:  # a reload failure is a finding of the test, not a crash
+        return False, f"reloading the adapter failed: {type(e).__name__}: {e}"
+
+
 def _versions() -> dict[str, str]:
     from importlib import metadata
 
@@ -708,8 +817,8 @@ def _oom_record(run_dir: Path, err: BaseException) -> dict[str, Any]:
         summary = torch.cuda.memory_summary()
     except Exception as e:  # the summary is a nicety on top of the error itself
         summary = f"(memory summary unavailable: {e})"
-    if _rank() == 0:
-        (run_dir / rd.OOM).write_text(f"{err}\n\n{summary}\n", encoding="utf-8")
+    name = rd.OOM if _rank() == 0 else f"oom.rank{_rank()}.txt"
+    (run_dir / name).write_text(f"{err}\n\n{summary}\n", encoding="utf-8")
     return info
 
 
@@ -726,8 +835,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     def finish(status: str, code: int, message: str, **extra: Any) -> int:
-        files.write(rd.OUTCOME, {"status": status, "exit_code": code, "message": message, "ts": time.time(), **extra})
-        print(f"[fmllm] {status}: {message}", flush=True)
+        record = {"status": status, "exit_code": code, "message": message, "ts": time.time(), **extra}
+        files.write(rd.OUTCOME, record)
+        if not files.main and status in ("failed", "oom"):
+            # A rank that fails alone must be heard: rank 0 may only see the others vanish.
+            try:
+                rd.write_json_atomic(run_dir / f"outcome.rank{_rank()}.json", {**record, "rank": _rank()})
+            except OSError:
+                pass
+        who = f" (rank {_rank()})" if _world() > 1 else ""
+        if files.main or status in ("failed", "oom"):
+            print(f"[fmllm] {status}{who}: {message}", flush=True)
         return code
 
     try:
@@ -757,6 +875,15 @@ def main(argv: list[str] | None = None) -> int:
         return finish("failed", code, f"{type(e).__name__}: {first}")
 
 
+def _end_process_group() -> None:
+    """Leave the process group cleanly after a finished distributed run."""
+    try:
+        if _dist_ready():
+            torch.distributed.destroy_process_group()
+    except Exception:  # a peer already gone: nothing left to coordinate
+        pass
+
+
 if __name__ == "__main__":
     code = main()
     sys.stdout.flush()
@@ -764,4 +891,6 @@ if __name__ == "__main__":
     if _world() == 1:
         # Every file is written and synced: skip the interpreter's slow teardown (seconds on a CPU).
         os._exit(code)
+    if code == 0:
+        _end_process_group()  # after a failure a peer may be gone: tearing down could hang
     sys.exit(code)

@@ -135,7 +135,9 @@ class RunScreen(FmllmScreen):
                 return
             d = inv.devices[0]
             self.post_message(GpuSample({"ok": True, "name": d.name, "used": d.used_bytes, "total": d.total_bytes,
-                                         "util": d.utilization_pct, "index": d.index}))
+                                         "util": d.utilization_pct, "index": d.index,
+                                         "others": [{"index": o.index, "used": o.used_bytes, "total": o.total_bytes,
+                                                     "util": o.utilization_pct} for o in inv.devices[1:]]}))
             end = time.monotonic() + GPU_POLL_S
             while time.monotonic() < end and not worker.is_cancelled:
                 time.sleep(0.1)
@@ -163,6 +165,9 @@ class RunScreen(FmllmScreen):
             util = f"{s['util']}%" if s.get("util") is not None else "?"
             self.gpu_line = (f"GPU {s['index']} {s['name']}\n{human_bytes(s['used'])} of "
                              f"{human_bytes(s['total'])} · util {util}")
+            for o in s.get("others") or []:  # multi-GPU runs: one line per further GPU
+                ou = f"{o['util']}%" if o.get("util") is not None else "?"
+                self.gpu_line += f"\nGPU {o['index']}: {human_bytes(o['used'])} of {human_bytes(o['total'])} · util {ou}"
         self._draw_gpu()
 
     def _draw_gpu(self) -> None:

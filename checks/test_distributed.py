@@ -1,0 +1,212 @@
+"""Multi-GPU checks: the GPUs for the planned mode (count, free memory, NCCL), whether the model
+fits one card or several with FSDP, and host RAM for FSDP's CPU offload."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from checks._plugin import check
+from checks.test_config import planned_fix
+from fmllm_tui.findings import Fix
+
+GiB = 1024**3
+NCCL_FIX = Fix(id="gpu.nccl", shell="pip install --force-reinstall torch --index-url https://download.pytorch.org/whl/cu124",
+               summary="a CUDA build of torch (Linux wheels ship NCCL); pick the CUDA version your driver supports")
+
+
+def _gib(b: float | None) -> str:
+    return "?" if b is None else f"{b / GiB:.2f} GiB"
+
+
+def _local_devices(inventory: Any) -> list[Any]:
+    return list(inventory.devices) if inventory.ok and inventory.devices else []
+
+
+def _change(key: str, old: Any, new: Any, why: str) -> dict[str, Any]:
+    return {"key": key, "from": old, "to": new, "why": why}
+
+
+def _fix(loaded: Any, changes: list[dict[str, Any]]) -> Fix | None:
+    if not changes:
+        return None
+    lines = "; ".join(f"{c['key']} {c['from']} -> {c['to']} ({c['why']})" for c in changes)
+    return planned_fix(loaded, "memory.fit", {"changes": changes}, summary=lines)
+
+
+@check("gpu.count", "GPUs for the planned mode: count, free memory, NCCL", "gpu")
+def test_gpu_count(report, loaded, inventory, planning, architecture):
+    from fmllm_tui import fitsearch, memory
+    from fmllm_tui.runner import distributed as dist
+
+    devices = _local_devices(inventory)
+    if not devices:
+        if any(planning):
+            report.skip(f"planning for {planning[0] or planning[1]}: this machine's GPUs are not checked")
+        report.skip(f"no GPU visible here ({inventory.error or 'NVML sees none'}; see gpu.devices)")
+    view = loaded.view
+    d = view.fmllm.distributed
+    arch, _ = architecture
+    fits, single = dist.fits_one_card(view, arch, [dv.free_bytes for dv in devices])
+    report.set(n_gpus=len(devices), fits_one_card=fits,
+               single_gpu_peak_bytes=single.peak_process_bytes if single is not None else None,
+               devices=[{"index": dv.index, "name": dv.name, "free_bytes": dv.free_bytes, "total_bytes": dv.total_bytes}
+                        for dv in devices])
+    try:
+        mode, n, reason = dist.plan_mode(view, len(devices), fits)
+    except dist.DistributedError as e:
+        changes = []
+        if d.num_processes and d.num_processes > len(devices) * d.num_machines:
+            changes.append(_change("fmllm.distributed.num_processes", d.num_processes, len(devices) * d.num_machines,
+                                   f"one process per visible GPU ({len(devices)} here)"))
+        report.fail(str(e), _fix(loaded, changes))
+    report.set(mode=mode, n_processes=n, reason=reason)
+    lines = [f"GPU {dv.index} {dv.name}: {_gib(dv.free_bytes)} free of {_gib(dv.total_bytes)}" for dv in devices]
+    problems: list[str] = []
+    fix: Fix | None = None
+    if mode in ("ddp", "fsdp") and arch is not None:
+        per = memory.predict(dist.fsdp_view(view) if mode == "fsdp" else view, arch, mode=mode, n_gpus=n)
+        report.set(per_gpu_peak_bytes=per.peak_process_bytes)
+        used = devices[: max(1, n // max(1, d.num_machines))]
+        short = [dv for dv in used if per.peak_process_bytes > dv.free_bytes - fitsearch.default_margin(dv.free_bytes)]
+        if short:
+            which = (f"GPU {short[0].index} has {_gib(short[0].free_bytes)} free" if len(short) == 1 else
+                     "GPUs " + ", ".join(str(dv.index) for dv in short) + " have "
+                     + ", ".join(_gib(dv.free_bytes) for dv in short) + " free")
+            others = ", ".join(f"PID {p.pid} {p.name} {_gib(p.used_bytes)} on GPU {dv.index}"
+                               for dv in short for p in dv.processes)
+            problems.append(f"{which} but the {mode} plan needs {_gib(per.peak_process_bytes)} per GPU plus fmllm's "
+                            "margin (see config.multi_gpu_fit)"
+                            + (f"; other processes hold memory there: {others}" if others else ""))
+    nccl: dict[str, Any] | None = None
+    if len(devices) > 1:
+        # Only here: the probe imports torch in a child (seconds), and one GPU needs no NCCL.
+        nccl = dist.nccl_probe()
+        report.set(nccl=nccl)
+        if mode in ("ddp", "fsdp") and not (nccl.get("ok") and nccl.get("nccl")):
+            why = nccl.get("error") or (f"torch {nccl.get('torch')} (CUDA {nccl.get('cuda') or 'none'}) has no NCCL")
+            problems.append(f"NCCL is not available ({why}): {mode} over {n} GPUs needs it to exchange gradients")
+            fix = NCCL_FIX
+            if fits and d.mode == "auto":
+                fix = _fix(loaded, [_change("fmllm.distributed.mode", d.mode, "single",
+                                            "NCCL is unavailable and the model fits one GPU")]) or NCCL_FIX
+    head = "; ".join(lines) + f". Plan: {mode}" + (f" over {n} processes" if n > 1 else "") + f" ({reason})"
+    if problems:
+        report.fail(f"{head}. " + " ".join(p[0].upper() + p[1:] + "." for p in problems), fix)
+    if nccl and nccl.get("nccl"):
+        head += f"; NCCL {nccl.get('nccl_version') or 'available'}"
+    report.ok(head)
+
+
+@check("config.multi_gpu_fit", "The model fits one GPU, or several with FSDP", "memory")
+def test_multi_gpu_fit(report, loaded, inventory, planning, architecture, request):
+    from fmllm_tui import fitsearch, memory
+    from fmllm_tui.runner import distributed as dist
+
+    arch, source = architecture
+    if arch is None:
+        report.skip("the model's architecture is unknown (see model.available), so its memory cannot be predicted")
+    view = loaded.view
+    d = view.fmllm.distributed
+    devices = _local_devices(inventory)
+    planned = any(planning) or not devices
+    if planned:
+        try:
+            target = request.getfixturevalue("target")
+        except pytest.skip.Exception as e:
+            report.skip(str(e.msg) if hasattr(e, "msg") else str(e))
+        budget, where = target.budget_bytes, target.name
+        per_machine = max(1, (d.num_processes or 1) // max(1, d.num_machines))
+    else:
+        budget = min(dv.free_bytes for dv in devices)
+        where = devices[0].name if len(devices) == 1 else f"the smallest free of {len(devices)} GPUs"
+        per_machine = len(devices)
+    available = per_machine * d.num_machines
+    margin = fitsearch.default_margin(budget)
+    single = memory.predict(view, arch, mode="single")
+    fits_one = single.peak_process_bytes <= budget - margin
+    report.set(single_gpu_peak_bytes=single.peak_process_bytes, budget_bytes=budget, margin_bytes=margin,
+               gpus_available=available, planning=planned, architecture_source=source, mode=d.mode,
+               cpu_offload=d.cpu_offload)
+    one = f"predicted single-GPU peak {_gib(single.peak_process_bytes)}, {_gib(budget)} available on {where}"
+    if fits_one:
+        if d.mode == "fsdp" and available > 1:
+            fix = _fix(loaded, [_change("fmllm.distributed.mode", "fsdp", "ddp",
+                                        "the model fits one GPU: DDP skips FSDP's per-layer gathering")])
+            report.warn(f"fits one card ({one}): FSDP gathers every layer from the other GPUs at every step; DDP "
+                        "trains faster when the whole model fits each GPU.", fix)
+        report.ok(f"fits one card: {one}" + ("; auto trains with DDP over the "
+                                             f"{available} GPUs" if d.mode == "auto" and available > 1 else ""))
+    plan = dist.shard_search(view, arch, budget, available)
+    if plan is None:
+        report.fail(f"will not fit one card ({one}), nor {dist.MAX_PLAN_GPUS} such GPUs with FSDP and CPU offload. "
+                    "Use a smaller model (fmllm-check --recommend) or GPUs with more memory.")
+    report.set(fsdp_gpus=plan.n_gpus, fsdp_cpu_offload=plan.cpu_offload, fsdp_per_gpu_peak_bytes=plan.per_gpu_peak_bytes,
+               fsdp_within_available=plan.within_available)
+    head = f"will not fit one card ({one}) but fits {plan.n_gpus} with {plan.describe()}"
+    if not plan.within_available and not planned:
+        report.fail(f"will not fit one card ({one}); it needs {plan.describe()} and this machine has "
+                    f"{available} GPU{'s' if available != 1 else ''}. Use a machine with {plan.n_gpus} such GPUs, "
+                    "a smaller model (fmllm-check --recommend), or GPUs with more memory.")
+    # What the runner would do with the config as it is (plan_mode's rules).
+    runner_n = d.num_processes or available
+    runner_fsdp = runner_n > 1 and (d.mode == "fsdp" or (d.mode == "auto" and not planned))
+    runner_n = runner_n if runner_fsdp else 1
+    changes = []
+    if not runner_fsdp:
+        changes.append(_change("fmllm.distributed.mode", d.mode, "fsdp",
+                               f"the model does not fit one GPU; FSDP shards it over {plan.n_gpus}"))
+    if (planned and (d.num_processes or 1) < plan.n_gpus) or (d.num_processes and d.num_processes < plan.n_gpus):
+        changes.append(_change("fmllm.distributed.num_processes", d.num_processes, plan.n_gpus,
+                               f"one process per GPU over {plan.n_gpus} GPUs"))
+    if plan.cpu_offload and not d.cpu_offload:
+        changes.append(_change("fmllm.distributed.cpu_offload", d.cpu_offload, True,
+                               "parameters wait in host RAM between uses (see host.offload_ram)"))
+    if changes:
+        report.fail(f"{head}.", _fix(loaded, changes))
+    per = memory.predict(dist.fsdp_view(view), arch, mode="fsdp", n_gpus=max(runner_n, 2))
+    report.set(runner_gpus=runner_n, runner_per_gpu_peak_bytes=per.peak_process_bytes)
+    report.ok(f"does not fit one card ({one}); FSDP over {runner_n} GPUs"
+              + (" with CPU offload" if d.cpu_offload else "") + f" fits: per-GPU peak {_gib(per.peak_process_bytes)}")
+
+
+@check("host.offload_ram", "Host RAM for FSDP CPU offload", "host", severity="warning")
+def test_offload_ram(report, loaded, architecture, inventory):
+    import psutil
+
+    from fmllm_tui.runner import distributed as dist
+
+    view = loaded.view
+    d = view.fmllm.distributed
+    if not d.cpu_offload:
+        report.skip("fmllm.distributed.cpu_offload is off: FSDP keeps the parameters on the GPUs")
+    if d.mode in ("single", "ddp"):
+        report.skip(f"fmllm.distributed.cpu_offload applies to FSDP; mode is {d.mode}, so nothing is offloaded")
+    arch, _ = architecture
+    if arch is None:
+        report.skip("the model's architecture is unknown, so the offloaded size cannot be estimated")
+    devices = _local_devices(inventory)
+    here = (d.num_processes // d.num_machines) if d.num_processes else (len(devices) or 2)
+    low, high = dist.offload_host_ram_bytes(arch, here)
+    vm, swap = psutil.virtual_memory(), psutil.swap_memory()
+    report.set(needed_low_bytes=low, needed_high_bytes=high, available_bytes=vm.available, total_bytes=vm.total,
+               swap_free_bytes=swap.free, processes_here=here,
+               basis="scaled by parameter count from the published 70B runs (PEFT FSDP guide ~107 GB; "
+                     "Answer.AI fsdp_qlora just over 128 GB); not measured by fmllm")
+    need = f"FSDP CPU offload of this model needs about {_gib(low)}-{_gib(high)} of host RAM ({here} processes)"
+    if vm.available + swap.free < low:
+        fix = None
+        if devices:
+            budget = min(dv.free_bytes for dv in devices)
+            plan = dist.shard_search(view, arch, budget, len(devices) * d.num_machines, allow_offload=False)
+            if plan is not None and plan.within_available:
+                fix = _fix(loaded, [_change("fmllm.distributed.cpu_offload", True, False,
+                                            f"host RAM is short and {plan.describe()} fits without offload")])
+        report.fail(f"{need}, but {_gib(vm.available)} is available (+{_gib(swap.free)} swap): the kernel would kill "
+                    "the run ('Killed'). Add RAM or swap, or turn fmllm.distributed.cpu_offload off if the GPUs fit "
+                    "without it (see config.multi_gpu_fit).", fix)
+    if vm.available < high:
+        report.warn(f"{need}; {_gib(vm.available)} is available (+{_gib(swap.free)} swap): tight. Add 10-20 GB of "
+                    "swap (Answer.AI's advice for exactly 128 GB) and close other programs.")
+    report.ok(f"{need}; {_gib(vm.available)} available")
