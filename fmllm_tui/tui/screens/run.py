@@ -138,6 +138,8 @@ class RunScreen(FmllmScreen):
                                          "util": d.utilization_pct, "index": d.index,
                                          "others": [{"index": o.index, "used": o.used_bytes, "total": o.total_bytes,
                                                      "util": o.utilization_pct} for o in inv.devices[1:]]}))
+            if self.fapp.deterministic:  # snapshots: one sample, so the history is always the same
+                return
             end = time.monotonic() + GPU_POLL_S
             while time.monotonic() < end and not worker.is_cancelled:
                 time.sleep(0.1)
