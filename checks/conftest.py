@@ -28,6 +28,7 @@ from checks._plugin import (  # noqa: F401
     pytest_collection_modifyitems,
     pytest_configure,
     pytest_runtest_makereport,
+    pytest_runtest_makereport_finding,
     pytest_runtest_setup,
     pytest_unconfigure,
     report,

@@ -70,8 +70,9 @@ def pytest_args(opts: RunOptions, *, collect_only: bool = False) -> list[str]:
         # Plugins a health-check run does not use: each costs start-up time.
         "-p", "no:doctest", "-p", "no:unittest", "-p", "no:legacypath", "-p", "no:debugging",
         "-p", "no:pastebin", "-p", "no:nose", "-p", "no:stepwise", "-p", "no:setupplan",
-        "-p", "no:setuponly",
+        "-p", "no:setuponly", "-p", "no:unraisableexception", "-p", "no:threadexception",  # each gc.collect()s
         "--assert=plain",  # checks report through report.fail(), not bare asserts: skip rewriting
+        "--capture=sys",  # Python-level capture is enough (children's output is captured by them)
         "-o", "addopts=",
         "-o", "python_files=test_*.py",
         "--rootdir", str(d.parent),
@@ -91,6 +92,8 @@ def pytest_args(opts: RunOptions, *, collect_only: bool = False) -> list[str]:
         args += ["--fmllm-only", o]
     if opts.junitxml:
         args += [f"--junitxml={opts.junitxml}", "-o", "junit_family=xunit1"]
+    else:
+        args += ["-p", "no:junitxml"]
     if opts.report_stream:
         args += ["--fmllm-report", opts.report_stream]
     if collect_only:
