@@ -10,12 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Fields each data_format needs (required, optional).
-FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "instruction": (("instruction", "output"), ("input",)),
-    "prompt_completion": (("prompt", "completion"), ()),
-    "chat": (("messages",), ()),
-}
+from fmllm_tui.runner.data import FORMATS, guess_format  # noqa: F401  (one definition of the formats)
+
 # Chat-template and special-token overhead per example when no tokenizer renders it.
 TEMPLATE_OVERHEAD_TOKENS = 12
 CHARS_PER_TOKEN = 3.6  # English-heavy BPE vocabularies; only used without a tokenizer
@@ -52,42 +48,19 @@ def example_text(row: dict[str, Any], data_format: str) -> str:
 
 
 def validate_row(row: Any, data_format: str) -> str | None:
-    """What is wrong with one parsed JSONL row, or None."""
-    if not isinstance(row, dict):
-        return f"expected a JSON object, found {type(row).__name__}"
-    required, optional = FORMATS[data_format]
-    missing = [f for f in required if f not in row]
-    if missing:
-        have = ", ".join(sorted(row)) or "no fields"
-        guess = guess_format(row)
-        hint = f"; it looks like data_format: {guess}" if guess and guess != data_format else ""
-        return f"missing field(s) {', '.join(missing)} for data_format {data_format} (found {have}){hint}"
-    if data_format == "chat":
-        msgs = row["messages"]
-        if not isinstance(msgs, list) or not msgs:
-            return "'messages' must be a non-empty list of {role, content}"
-        for i, m in enumerate(msgs):
-            if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                return f"messages[{i}] must be an object with 'role' and 'content'"
-            if m["role"] not in ("system", "user", "assistant", "tool"):
-                return f"messages[{i}].role is {m['role']!r}; expected system, user, assistant or tool"
-        if not any(m["role"] == "assistant" for m in msgs):
-            return "no assistant message: nothing to learn from this example"
+    """What is wrong with one parsed JSONL row, in one line, or None.
+
+    The rules are the runner's own (fmllm_tui.runner.data.check_row), so the check and the run
+    agree on what a good example is.
+    """
+    from fmllm_tui.runner.data import check_row  # json/os only: no torch
+
+    problems = check_row(row, data_format, 0)
+    if not problems:
         return None
-    for f in (*required, *optional):
-        if f in row and row[f] is not None and not isinstance(row[f], str):
-            return f"field {f!r} must be text, found {type(row[f]).__name__}"
-    target = "output" if data_format == "instruction" else "completion"
-    if not str(row.get(target) or "").strip():
-        return f"field {target!r} is empty: nothing to learn from this example"
-    return None
-
-
-def guess_format(row: dict[str, Any]) -> str | None:
-    for name, (required, _) in FORMATS.items():
-        if all(f in row for f in required):
-            return name
-    return None
+    parts = [(f"field {p.field!r}: " if p.field else "") + p.message for p in problems]
+    hint = next((p.hint for p in problems if p.hint), None)
+    return "; ".join(parts) + (f" ({hint})" if hint else "")
 
 
 def find_tokenizer_file(model: str) -> str | None:

@@ -51,9 +51,9 @@ def test_good_instruction_data(tmp_path, capsys):
     "text, words",
     [
         (row(instruction="a", output="b") + "{not json\n", ["train.jsonl:2", "invalid JSON"]),
-        (row(prompt="a", completion="b"), ["missing field(s) instruction, output", "looks like data_format: prompt_completion"]),
-        (row(instruction="a", output=""), ["'output' is empty"]),
-        (row(instruction="a", output=3), ["'output' must be text"]),
+        (row(prompt="a", completion="b"), ["'instruction': missing", "set data_format: prompt_completion"]),
+        (row(instruction="a", output=""), ["'output': empty"]),
+        (row(instruction="a", output=3), ["'output': expected text"]),
         ("[1, 2]\n", ["expected a JSON object"]),
         (b'{"instruction": "caf\xe9", "output": "x"}\n', ["not UTF-8"]),
         ("\n\n", ["has no examples"]),

@@ -4,8 +4,8 @@ deterministic environment for the child ``fmllm-check``, and waiting on the app.
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path

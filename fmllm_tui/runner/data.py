@@ -86,21 +86,22 @@ class DataError(Exception):
         }
 
 
-def _guess_format(row: dict[str, Any]) -> str | None:
+def guess_format(row: dict[str, Any]) -> str | None:
+    """The data_format whose required fields this row has, if any."""
     for fmt, needed in _REQUIRED.items():
         if all(k in row for k in needed):
             return fmt
     return None
 
 
-def _check_row(row: Any, fmt: str, line: int) -> list[DataProblem]:
+def check_row(row: Any, fmt: str, line: int) -> list[DataProblem]:
     """Every problem of one parsed line for ``fmt``."""
     if not isinstance(row, dict):
         return [DataProblem(f"expected a JSON object {{...}}, found {type(row).__name__}", line=line)]
     out: list[DataProblem] = []
     missing = [k for k in _REQUIRED[fmt] if k not in row]
     if missing:
-        other = _guess_format(row)
+        other = guess_format(row)
         hint = (
             f"this line looks like {other} data: set data_format: {other}"
             if other and other != fmt
@@ -182,7 +183,7 @@ def read_records(
                                             hint="each line must be one JSON object, e.g. "
                                             + _EXAMPLES[data_format]))
                 continue
-            found = _check_row(row, data_format, lineno)
+            found = check_row(row, data_format, lineno)
             if found:
                 problems.extend(found)
             else:
