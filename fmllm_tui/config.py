@@ -239,6 +239,7 @@ class FmllmSettings(_Section):
     memory_recipe: Literal["fmllm", "plain"] = "fmllm"
     loss: Literal["auto", "liger", "chunked", "plain"] = "auto"
     offload_embeddings: Literal["auto", "on", "off"] = "auto"
+    compile: Literal["auto", "on", "off"] = "auto"
     response_only_loss: bool = True
     minimal_test_steps: int = Field(10, ge=1, le=10_000)
     train_command: list[str] | None = None

@@ -106,6 +106,11 @@ CUBLAS_WORKSPACE_OLDER = 8 * MiB + 128 * 1024
 #: bitsandbytes' paged optimizer state as NVML counts it, per byte of state (managed memory).
 #: Fitted on the two points with sizeable paged state (0.37 GiB seen for 0.19 and 0.31 GiB of state).
 PAGED_NVML_FACTOR = 1.4
+#: fmllm's compiled decoder layers (fmllm.compile): saved tensors per token and the layer backward's
+#: temporaries as shares of the eager model's (liger layers off). Fitted on the compiled runner's
+#: points of bench/memory_points.json (Qwen2.5-7B/14B, H100, torch 2.11).
+COMPILED_SAVED_FACTOR = 0.72
+COMPILED_WS_FACTOR = 0.45
 #: Relative model error used for the range (the calibration target; widened for uncalibrated paths).
 RANGE_REL = 0.05
 
@@ -383,6 +388,7 @@ class PlanInputs:
     loss: str = "auto"  # fmllm recipe: auto | liger | chunked | plain
     offload_embeddings: str = "off"  # fmllm recipe: auto | on | off
     liger_layers: bool | None = None  # liger RMSNorm/SwiGLU/RoPE; None: lean yes, fmllm when installed
+    compiled: bool | None = None  # fmllm's compiled decoder layers; None: as the runner decides (fmllm.compile: auto)
     padded: bool | None = None  # batches carry padding (a mask: SDPA repeats k/v); None: micro_batch > 1 and not packing
     packing: bool = False
     mode: str = "single"
@@ -551,8 +557,20 @@ def resolve_loss(recipe: str, loss: str) -> str:
     return loss
 
 
+def resolve_compiled(inp: PlanInputs) -> bool:
+    """Whether the runner compiles the decoder layers (fmllm.compile: auto does on one GPU of
+    compute capability 7.0 or newer, with the fmllm recipe)."""
+    if inp.compiled is not None:
+        return inp.compiled and inp.recipe == "fmllm"
+    cc = inp.compute_capability
+    return inp.recipe == "fmllm" and inp.mode == "single" and inp.n_gpus == 1 and (cc is None or cc >= (7, 0))
+
+
 def resolve_liger_layers(inp: PlanInputs) -> bool:
-    """Whether liger's RMSNorm/SwiGLU/RoPE kernels patch the model (fmllm: when installed)."""
+    """Whether liger's RMSNorm/SwiGLU/RoPE kernels patch the model (fmllm: when installed and the
+    layers are not compiled; compiled layers fuse those operations themselves)."""
+    if resolve_compiled(inp):
+        return False
     if inp.liger_layers is not None:
         return inp.liger_layers
     if inp.recipe == "lean":
@@ -715,6 +733,11 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
         if not full_ft:
             adapters += c * inp.lora_r  # lora_A's output, saved by lora_B
     per_tok_saved = norm1 + norm2 + norm_extra + qk + attn + mlp + adapters
+    compiled = resolve_compiled(inp)
+    if compiled:
+        # Compiled layers save fewer tensors (the partitioner recomputes pointwise work in backward)
+        # and their fused backward holds fewer temporaries: fitted factors on the eager terms.
+        per_tok_saved = int(per_tok_saved * COMPILED_SAVED_FACTOR)
     layer_saved = per_tok_saved * T
 
     deq = 2 * s.max_linear if quant else 0
@@ -722,6 +745,8 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
     ws = max(ws_mlp, mlp_b * inter * T + deq) + 2 * res_b * h * T
     if eager:
         ws += (4 + c) * a.heads * seq * T
+    if compiled:
+        ws = int(ws * COMPILED_WS_FACTOR)
 
     ckpt = n_layers * res_b * h * T if gc else 0
 
@@ -954,6 +979,7 @@ def inputs_from_view(
         attn=fm.attn_implementation,
         loss=fm.loss,
         offload_embeddings=fm.offload_embeddings,
+        compiled={"on": True, "off": False}.get(fm.compile),
         packing=bool(t.packing),
         mode=mode,
         n_gpus=int(n_gpus),
@@ -1024,6 +1050,7 @@ def point_inputs(point: dict[str, Any]) -> PlanInputs:
         loss=st.get("loss", "auto"),
         offload_embeddings=st.get("offload_embeddings", "off"),
         liger_layers=st.get("liger_layers"),
+        compiled=bool(st.get("compiled", False)),
         padded=st.get("padded"),
         mode=st.get("mode", "single"),
         n_gpus=int(st.get("n_gpus", 1)),

@@ -312,10 +312,16 @@ def test_fsdp_checkpoints_count_as_complete(tmp_path: Path) -> None:
     (good / "pytorch_model_fsdp_0").mkdir(parents=True)
     (good / "optimizer_0").mkdir()
     (good / "trainer_state.json").write_text("{}")
+    (good / "adapter_model.safetensors").write_bytes(b"x")  # fmllm's, written after the Trainer's files
     half = tmp_path / "checkpoint-6"
     (half / "pytorch_model_fsdp_0").mkdir(parents=True)  # killed before the optimizer and the state
-    assert last_complete_checkpoint(tmp_path, rename=False) == good and half.is_dir()
+    no_adapter = tmp_path / "checkpoint-8"  # the Trainer's files, killed before fmllm's adapter
+    (no_adapter / "pytorch_model_fsdp_0").mkdir(parents=True)
+    (no_adapter / "optimizer_0").mkdir()
+    (no_adapter / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(tmp_path, rename=False) == good and half.is_dir() and no_adapter.is_dir()
     assert last_complete_checkpoint(tmp_path) == good and (tmp_path / "checkpoint-6.incomplete").is_dir()
+    assert (tmp_path / "checkpoint-8.incomplete").is_dir()
 
 
 def test_a_failing_rank_explains_the_run() -> None:

@@ -55,13 +55,15 @@ class Recipe:
     distributed: str = "single"  # single | ddp | fsdp (the launch's mode)
     quant_storage: str | None = None  # bnb_4bit_quant_storage under FSDP (None: bitsandbytes' uint8)
     gc_reentrant: bool = False  # reentrant gradient checkpointing (the FSDP+QLoRA recipe's)
+    compile_layers: bool = False  # torch.compile each decoder layer (launch/Python overhead away)
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 def plan_recipe(cfg: dict[str, Any], *, cuda: bool, overrides: dict[str, Any] | None = None,
-                bf16_supported: bool = True, distributed: str = "single") -> Recipe:
+                bf16_supported: bool = True, distributed: str = "single",
+                compute_capability: tuple[int, int] | None = None) -> Recipe:
     """Resolve the config (and bench overrides) into a :class:`Recipe` for this machine.
 
     ``distributed`` is the launch's mode (single | ddp | fsdp). Under FSDP the recipe follows
@@ -103,8 +105,20 @@ def plan_recipe(cfg: dict[str, Any], *, cuda: bool, overrides: dict[str, Any] | 
         loss_kind, why = resolve_loss_kind(requested_loss, cuda=cuda)
     if why:
         notes.append(why)
+    compile_layers = False
+    want_compile = str(ov.get("compile") or fm.get("compile", "auto"))
+    if recipe_name == "fmllm" and (want_compile == "on" or (want_compile == "auto" and cuda and distributed == "single")):
+        compile_layers = True
+    if compile_layers and cuda and compute_capability is not None and compute_capability < (7, 0):
+        compile_layers = False
+        notes.append(f"fmllm.compile: this GPU (compute capability {compute_capability[0]}.{compute_capability[1]}) is "
+                     "older than Triton supports (7.0): ran uncompiled")
+    if compile_layers and distributed == "fsdp":
+        compile_layers = False
+        notes.append("fmllm.compile is on but FSDP's flat parameters (use_orig_params off, the QLoRA recipe) "
+                     "cannot be compiled per layer: ran uncompiled")
     liger_kernels = False
-    if recipe_name == "fmllm" and cuda:
+    if recipe_name == "fmllm" and cuda and not compile_layers:
         want = ov.get("liger_kernels", "auto")
         if want != "off":
             from .loss import liger_available
@@ -150,7 +164,7 @@ def plan_recipe(cfg: dict[str, Any], *, cuda: bool, overrides: dict[str, Any] | 
                   mixed_precision=mixed, loss=loss_kind, liger_kernels=liger_kernels, offload_embeddings=offload,
                   optim=optim, gradient_checkpointing=bool(tr.get("gradient_checkpointing", True)),
                   attn_implementation=attn, notes=notes, distributed=distributed, quant_storage=storage,
-                  gc_reentrant=reentrant)
+                  gc_reentrant=reentrant, compile_layers=compile_layers)
 
 
 def apply_liger_kernels(model_type: str, recipe: Recipe) -> bool:
@@ -348,6 +362,16 @@ def prepare_for_training(model: Any, cfg: dict[str, Any], recipe: Recipe) -> Any
             raise RecipeError(f"lora.target_modules: {msg.splitlines()[0]}. This model's linear layers are: "
                               f"{', '.join(names)} (or use all-linear)") from None
         raise
+    if recipe.compile_layers:
+        from .compiled import compile_decoder_layers
+
+        n, switched = compile_decoder_layers(peft_model, checkpointing=recipe.gradient_checkpointing)
+        if n:
+            recipe.notes.append(f"torch.compile: {n} decoder layers compiled ({switched} 4-bit linears dequantised "
+                                "inside the compiled code); the first steps include the compile")
+        else:
+            recipe.compile_layers = False
+            recipe.notes.append("fmllm.compile: this model has no decoder layers fmllm can compile; ran uncompiled")
     return peft_model
 
 

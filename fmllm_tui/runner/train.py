@@ -186,7 +186,12 @@ class TokenCountingCollator:
 
 
 def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str, kind: str,
-                   save_on_stop: bool, sampler: NvmlSampler | None, profile: bool = False) -> Any:
+                   save_on_stop: bool, sampler: NvmlSampler | None, profile: bool = False,
+                   checkpoint_adapter: Any = None, release_load_cache: bool = False) -> Any:
+    """The Trainer callback. ``checkpoint_adapter(folder)``: called on every rank after each
+    checkpoint is written (FSDP: the adapter the Trainer's own FSDP checkpoint leaves out).
+    ``release_load_cache``: hand the allocator's cached blocks back when training starts (FSDP:
+    every rank held the whole model before sharding it; cached, that stays "used" all run)."""
     from transformers import TrainerCallback
 
     # Steps 4-5 (after allocation and kernel selection settle), for the bench's --profile.
@@ -209,6 +214,8 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
             self.prof: Any = None
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if release_load_cache and device == "cuda":
+                torch.cuda.empty_cache()
             self.start = self._last_log_t = self._t0 = time.perf_counter()
             self._last_log_tok = self._tok0 = counter.tokens
             self._last_log_step = state.global_step
@@ -294,6 +301,8 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
             self._last_log_t, self._last_log_tok, self._last_log_step = now, counter.tokens, state.global_step
 
         def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if checkpoint_adapter is not None:
+                checkpoint_adapter(Path(args.output_dir) / f"checkpoint-{state.global_step}")
             say(f"checkpoint saved at step {state.global_step}")
 
     return FmllmCallback()
@@ -304,17 +313,86 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
 # ------------------------------------------------------------------------------------------------
 
 
+def adapter_key_map(model: Any, adapter_name: str = "default") -> dict[str, str]:
+    """{model state-dict key: key in adapter_model.safetensors} of the adapter's tensors, asked of
+    peft while the model is unwrapped. Under FSDP peft cannot select them itself: it matches the
+    wrapped module names, which carry ``_fsdp_wrapped_module`` inside, and keeps nothing."""
+    from peft import get_peft_model_state_dict
+
+    saved = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    by_ptr = {t.data_ptr(): k for k, t in saved.items()}
+    out = {name: by_ptr[t.data_ptr()] for name, t in model.state_dict().items() if t.data_ptr() in by_ptr}
+    if len(out) != len(saved):
+        raise RecipeError(f"could not match the adapter's {len(saved)} tensors to the model's parameters "
+                          f"(matched {len(out)}): saving under FSDP would lose some")
+    return out
+
+
+def adapter_from_full_state(full_state: dict[str, Any], key_map: dict[str, str]) -> dict[str, Any]:
+    """The adapter's tensors (peft's saved keys) picked from the full state dict FSDP gathered."""
+    missing = [k for k in key_map if k not in full_state]
+    if missing or not key_map:
+        raise SaveError(f"the gathered FSDP state dict lacks {len(missing)} of the adapter's {len(key_map)} "
+                        f"tensors (e.g. {missing[0] if missing else 'none selected'}); nothing was saved")
+    return {saved: full_state[k].detach().to("cpu").contiguous() for k, saved in key_map.items()}
+
+
+def gather_full_state(wrapped: Any, device: str) -> dict[str, Any]:
+    """The FSDP model's full state dict, on rank 0 (a collective: every rank calls it; the
+    others get an empty or partial dict). On the CPU without ``offload_to_cpu``: torch's FSDP
+    frees the unsharded storage the offloaded "copies" would alias there."""
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    cfg = FullStateDictConfig(offload_to_cpu=device == "cuda", rank0_only=True)
+    with FSDP.state_dict_type(wrapped, StateDictType.FULL_STATE_DICT, cfg):
+        return wrapped.state_dict()
+
+
+def _write_adapter_files(model: Any, tmp: Path, adapter: dict[str, Any], adapter_name: str = "default") -> None:
+    """peft's save_pretrained, for tensors already selected: adapter_config.json (inference
+    mode, as peft writes it) and adapter_model.safetensors."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    config = copy.deepcopy(model.peft_config[adapter_name])
+    config.inference_mode = True
+    config.save_pretrained(str(tmp))
+    # The tensors last, under their final name only once complete (a checkpoint counts as
+    # complete when its adapter_model.safetensors is there).
+    part = tmp / ".adapter_model.safetensors.part"
+    save_file(adapter, str(part), metadata={"format": "pt"})
+    os.replace(part, tmp / "adapter_model.safetensors")
+
+
+def load_checkpoint_adapter(model: Any, checkpoint: Path) -> int:
+    """FSDP resume: the checkpoint's adapter into the (not yet wrapped) peft model, on every rank.
+    The Trainer's own FSDP checkpoint holds no adapter tensors (see adapter_key_map)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    f = checkpoint / "adapter_model.safetensors"
+    tensors = load_file(str(f))
+    result = set_peft_model_state_dict(model, tensors)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if not tensors or unexpected:
+        raise RecipeError(f"{f} does not fit this model's adapter ({len(tensors)} tensors, {len(unexpected)} unexpected, "
+                          f"e.g. {unexpected[:1]}): start a new run instead of resuming this one")
+    return len(tensors)
+
+
 def save_adapter_atomic(model: Any, tokenizer: Any, dest: Path, meta: dict[str, Any],
-                        state_dict: dict[str, Any] | None = None) -> Path:
+                        adapter: dict[str, Any] | None = None) -> Path:
     """Save the adapter to a temporary folder beside ``dest``, write the completion marker last,
     then rename. On any failure the temporary folder is removed and :class:`SaveError` says why;
-    ``dest`` is never left half-written. ``state_dict``: the model's full state dict gathered
-    from the ranks (FSDP), from which peft keeps the adapter's tensors."""
+    ``dest`` is never left half-written. ``adapter``: the adapter's tensors already selected
+    (FSDP: :func:`adapter_from_full_state`); None: peft takes them from ``model``."""
     dest = Path(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
-        if state_dict is not None:
-            model.save_pretrained(tmp, state_dict=state_dict)
+        if adapter is not None:
+            _write_adapter_files(model, tmp, adapter)
         else:
             model.save_pretrained(tmp)
         if tokenizer is not None:
@@ -372,7 +450,9 @@ def last_complete_checkpoint(folder: Path, *, rename: bool = True) -> Path | Non
         m = _CKPT.match(p.name)
         if not m or not p.is_dir():
             continue
-        model_saved = any(p.glob("adapter_model.*")) or (any(p.glob("pytorch_model_fsdp*")) and any(p.glob("optimizer*")))
+        # FSDP checkpoints: the Trainer's sharded model and optimizer, and fmllm's adapter (written
+        # after them, so its presence means the rest is there).
+        model_saved = any(p.glob("adapter_model.*")) and (not any(p.glob("pytorch_model_fsdp*")) or any(p.glob("optimizer*")))
         if (p / "trainer_state.json").is_file() and model_saved:
             found.append((int(m.group(1)), p))
         elif rename:
@@ -547,7 +627,8 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
                   f"(the card minus a {ctx / 2**30:.2f} GiB CUDA context)", flush=True)
     bf16_ok = (not cuda) or torch.cuda.is_bf16_supported()
     mode = distributed_mode(runner)
-    recipe = plan_recipe(cfg, cuda=cuda, overrides=runner.get("overrides"), bf16_supported=bf16_ok, distributed=mode)
+    recipe = plan_recipe(cfg, cuda=cuda, overrides=runner.get("overrides"), bf16_supported=bf16_ok, distributed=mode,
+                         compute_capability=torch.cuda.get_device_capability(local_rank) if cuda else None)
     if mode != "single":
         recipe.notes.append(f"{mode.upper()} over {_world()} processes (this is rank {_rank()})")
 
@@ -584,7 +665,14 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
     model = load_model(source, cfg, recipe, device_index=local_rank)
     load_s = time.perf_counter() - t_load
     load_mem = memory_now(recipe.device)
+    # The LoRA matrices are initialised randomly here, before the Trainer seeds anything: seed
+    # now, so a run is reproducible and every rank starts from the same adapter.
+    from transformers import set_seed
+
+    set_seed(int(tr.get("seed", 42)))
     model = prepare_for_training(model, cfg, recipe)
+    # Under FSDP the adapter's keys must be known before the Trainer wraps the model.
+    key_map = adapter_key_map(model) if mode == "fsdp" else None
     trainable, total = trainable_parameters(model)
     swap = fused_adamw_swap(recipe, trainable, forced=bool((runner.get("overrides") or {}).get("optim")))
     if swap:
@@ -611,12 +699,31 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
                                               response_only=bool(fm.get("response_only_loss", True)), packing=packing)
     args = _training_args(cfg, recipe, run_dir, kind, runner.get("steps"), notes, with_eval=eval_dataset is not None)
     counter = TokenCountingCollator(Collator(tokenizer, packing))
+    trainer: Any = None
+
+    def fsdp_checkpoint_adapter(folder: Path) -> None:
+        # A collective: every rank gathers, rank 0 writes the adapter into the checkpoint folder.
+        full = gather_full_state(trainer.model_wrapped, recipe.device)
+        if files.main and key_map is not None:
+            _write_adapter_files(model, folder, adapter_from_full_state(full, key_map))
+
     callback = _make_callback(files, counter, recipe.device, kind, save_on_stop=(kind != "test"), sampler=sampler,
-                              profile=bool((runner.get("overrides") or {}).get("profile")))
+                              profile=bool((runner.get("overrides") or {}).get("profile")),
+                              checkpoint_adapter=fsdp_checkpoint_adapter if mode == "fsdp" else None,
+                              release_load_cache=mode == "fsdp")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
-                      data_collator=counter, callbacks=[callback])
+    trainer_cls = Trainer
+    if mode == "fsdp":
+        class FsdpTrainer(Trainer):
+            def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+                if checkpoint is not None and self.optimizer is not None:
+                    materialize_optimizer_state(self.optimizer)
+                super()._load_optimizer_and_scheduler(checkpoint)
+
+        trainer_cls = FsdpTrainer
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
+                          data_collator=counter, callbacks=[callback])
     checkpoint = None
     if resume:
         checkpoint = last_complete_checkpoint(run_dir / rd.CHECKPOINTS, rename=files.main)
@@ -624,6 +731,9 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
             say("resume: no complete checkpoint yet, starting from step 0")
         else:
             say(f"resuming from {checkpoint.name}")
+            if mode == "fsdp":
+                n = load_checkpoint_adapter(model, checkpoint)
+                say(f"loaded the adapter ({n} tensors) of {checkpoint.name} before FSDP wraps the model")
     t_train = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_s = time.perf_counter() - t_train
@@ -667,16 +777,24 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
         files.write(rd.SUMMARY if kind != "test" else rd.RESULT, out)
         return out
 
+    if recipe.compile_layers:
+        # Reloading and generating run new shapes with a KV cache: the eager layers do that best.
+        from .compiled import uncompile_decoder_layers
+
+        uncompile_decoder_layers(model)
     files.state("saving adapter")
-    full_state = None
+    fsdp_adapter = None
     if mode == "fsdp":
         # The adapter is sharded over the ranks: gather the full state dict (a collective; rank 0
-        # receives it, on the CPU), as transformers' Trainer.save_model does for FSDP.
-        full_state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+        # receives it), as transformers' Trainer.save_model does for FSDP, and keep its tensors.
+        full_state = gather_full_state(trainer.model_wrapped, recipe.device)
+        if files.main and key_map is not None:
+            fsdp_adapter = adapter_from_full_state(full_state, key_map)
+        del full_state
     if files.main:
         adapter = save_adapter_atomic(model, tokenizer, run_dir / rd.ADAPTER,
                                       {"model": model_name, "steps": steps_done, "kind": kind,
-                                       "distributed": mode, "world_size": _world()}, state_dict=full_state)
+                                       "distributed": mode, "world_size": _world()}, adapter=fsdp_adapter)
     else:
         adapter = run_dir / rd.ADAPTER
     raw = fmt == "prompt_completion"
@@ -685,8 +803,8 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
         return {**base, "status": "ok", "message": f"rank {_rank()} finished {steps_done} steps"}
     if kind == "test":
         files.state("reloading adapter")
-        if full_state is not None:
-            reload_ok, reload_msg = _reload_check_files(model, adapter, full_state)
+        if fsdp_adapter is not None:
+            reload_ok, reload_msg = _reload_check_files(adapter, fsdp_adapter)
         else:
             reload_ok, reload_msg = _reload_check(model, adapter)
         prompt = prompt_text(tokenizer, train_records[0], fmt)
@@ -755,6 +873,24 @@ def _no_examples_problem(stats: Any, max_len: int) -> Any:
         hint="raise training.max_seq_length or shorten the prompts")
 
 
+def materialize_optimizer_state(optimizer: Any) -> None:
+    """Create the optimizer's per-parameter state (AdamW's moments) with a step that changes
+    nothing (zero gradients, learning rate 0). accelerate restores an FSDP optimizer checkpoint
+    into the state that exists already: into a fresh optimizer, which has none, it restores
+    nothing, and the resumed run would restart AdamW's moments silently."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
+    lrs = [g["lr"] for g in inner.param_groups]
+    for g in inner.param_groups:
+        g["lr"] = 0.0
+        for p in g["params"]:
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+    inner.step()
+    for g, lr in zip(inner.param_groups, lrs, strict=True):
+        g["lr"] = lr
+    inner.zero_grad(set_to_none=True)
+
+
 def _reload_check(model: Any, adapter: Path) -> tuple[bool, str]:
     """Load the saved adapter beside the trained one and compare every tensor."""
     try:
@@ -772,21 +908,19 @@ def _reload_check(model: Any, adapter: Path) -> tuple[bool, str]:
         return False, f"reloading the adapter failed: {type(e).__name__}: {e}"
 
 
-def _reload_check_files(model: Any, adapter: Path, state_dict: dict[str, Any]) -> tuple[bool, str]:
-    """FSDP: compare the saved adapter file with the adapter tensors of the gathered state dict
+def _reload_check_files(adapter: Path, expected: dict[str, torch.Tensor]) -> tuple[bool, str]:
+    """FSDP: compare the saved adapter file with the adapter tensors gathered from the ranks
     (the sharded model cannot load a second adapter beside the first)."""
     try:
-        from peft import get_peft_model_state_dict
         from safetensors.torch import load_file
 
-        expected = get_peft_model_state_dict(model, state_dict=state_dict)
         files = sorted(adapter.glob("adapter_model*.safetensors"))
         if not files:
             return False, f"no adapter_model*.safetensors in {adapter}"
         saved: dict[str, torch.Tensor] = {}
         for f in files:
             saved.update(load_file(str(f)))
-        if set(saved) != set(expected):
+        if not expected or set(saved) != set(expected):
             return False, f"the saved adapter has {len(saved)} tensors, the trained one {len(expected)}"
         bad = [k for k in expected if not torch.equal(expected[k].float().cpu(), saved[k].float().cpu())]
         if bad:
