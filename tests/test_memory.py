@@ -49,10 +49,12 @@ def test_process_peak_error_on_recorded_point(point: dict) -> None:
 
 @pytest.mark.parametrize("point", POINTS, ids=[p["id"] for p in POINTS])
 def test_torch_allocated_error_on_recorded_point(point: dict) -> None:
-    """torch's peak comes from shapes and autograd's save rules alone: it must be close everywhere."""
+    """torch's peak comes from shapes and autograd's save rules alone (3%); compiled layers add two
+    fitted factors (COMPILED_SAVED_FACTOR, COMPILED_WS_FACTOR): 5% there, the process-peak bar."""
     pred = memory.predict_inputs(memory.point_inputs(point), ARCHS[point["model"]])
     measured = point["measured"]["peak_allocated_bytes"]
-    assert abs(pred.peak_allocated_bytes - measured) / measured <= 0.03
+    bound = 0.05 if point["settings"].get("compiled") else 0.03
+    assert abs(pred.peak_allocated_bytes - measured) / measured <= bound
 
 
 def test_points_file_is_complete() -> None:

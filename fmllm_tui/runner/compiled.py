@@ -129,10 +129,12 @@ def decoder_layers(model: Any) -> list[torch.nn.Module]:
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
-def compile_decoder_layers(model: Any, *, checkpointing: bool) -> tuple[int, int]:
+def compile_decoder_layers(model: Any, *, checkpointing: bool, backend: str = "inductor") -> tuple[int, int]:
     """Compile every decoder block; 4-bit linears inside them take the traceable path.
 
-    Returns (layers compiled, 4-bit linears switched to the traceable dequantisation).
+    ``backend`` is torch.compile's (tests use ``aot_eager``: the same graphs and autograd
+    without code generation). Returns (layers compiled, 4-bit linears switched to the traceable
+    dequantisation).
     """
     from torch.utils.checkpoint import checkpoint
 
@@ -160,7 +162,7 @@ def compile_decoder_layers(model: Any, *, checkpointing: bool) -> tuple[int, int
                     cls = type(sub)
                     sub.__class__ = classes.setdefault(cls, _compiled_linear_class(cls))
                     switched += 1
-        compiled = torch.compile(layer._call_impl)
+        compiled = torch.compile(layer._call_impl, backend=backend)
         if checkpointing:
             # transformers' own per-layer checkpoint would sit inside or outside the compiled call
             # depending on its version; here it is always outside.

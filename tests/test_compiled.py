@@ -1,0 +1,192 @@
+"""The compiled runner path (fmllm_tui/runner/compiled.py) on the CPU.
+
+bitsandbytes quantises and dequantises 4-bit on the CPU too, so the traceable dequantisation is
+checked bit for bit against bitsandbytes' own, and a tiny 4-bit LoRA model is trained through
+the compiled layers (``aot_eager``: the graphs and autograd that Inductor would get, without code
+generation) against the eager model. The speed and GPU memory are measured by
+bench/bench_runner_gpu.py and recorded in bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+bnb = pytest.importorskip("bitsandbytes")
+BF = pytest.importorskip("bitsandbytes.functional")
+
+from fmllm_tui.runner.compiled import (  # noqa: E402
+    _compiled_linear_class,
+    compile_decoder_layers,
+    decoder_layers,
+    dequantize_4bit,
+    traceable_4bit,
+    uncompile_decoder_layers,
+)
+from fmllm_tui.runner.lean import plan_recipe, prepare_for_training  # noqa: E402
+
+
+def _quantized(shape, quant_type, nested, seed=0):
+    torch.manual_seed(seed)
+    w = (torch.randn(shape) * 0.02).to(torch.bfloat16)
+    return BF.quantize_4bit(w, blocksize=64, compress_statistics=nested, quant_type=quant_type)
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("nested", [True, False])
+@pytest.mark.parametrize("shape", [(64, 32), (96, 200), (512, 384), (7, 9)])
+def test_dequantize_matches_bitsandbytes_bit_for_bit(quant_type, nested, shape):
+    packed, qs = _quantized(shape, quant_type, nested)
+    ref = BF.dequantize_4bit(packed, qs)
+    extra = (qs.state2.absmax, qs.state2.code, qs.offset) if nested else (None, None, None)
+    mine = dequantize_4bit(packed, qs.absmax, qs.code, tuple(qs.shape), qs.blocksize, torch.bfloat16, *extra)
+    assert mine.shape == ref.shape and mine.dtype == ref.dtype
+    assert torch.equal(mine, ref)
+
+
+def _linear4bit(in_f=128, out_f=96, bias=True, nested=True):
+    torch.manual_seed(0)
+    q = bnb.nn.Linear4bit(in_f, out_f, bias=bias, compute_dtype=torch.bfloat16, compress_statistics=nested,
+                          quant_type="nf4")
+    q.weight = bnb.nn.Params4bit((torch.randn(out_f, in_f) * 0.05).to(torch.bfloat16), requires_grad=False,
+                                 compress_statistics=nested, quant_type="nf4")
+    if bias:
+        q.bias = torch.nn.Parameter(torch.randn(out_f, dtype=torch.bfloat16) * 0.1, requires_grad=False)
+    return q.to("cpu")
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_traceable_linear_forward_and_input_grad_match_bitsandbytes(bias):
+    q = _linear4bit(bias=bias)
+    assert traceable_4bit(q) is None
+    x = torch.randn(3, 5, 128, dtype=torch.bfloat16, requires_grad=True)
+    ref = q(x)
+    (g_ref,) = torch.autograd.grad(ref.float().square().sum(), x)
+    q.__class__ = _compiled_linear_class(type(q))
+    x2 = x.detach().clone().requires_grad_(True)
+    out = q(x2)
+    (g,) = torch.autograd.grad(out.float().square().sum(), x2)
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    assert torch.allclose(out.float(), ref.float(), atol=1e-2, rtol=1e-2)
+    assert torch.allclose(g.float(), g_ref.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_compiled_linear_saves_only_the_packed_weight():
+    """Inductor's partitioner must not keep the 16-bit weight from forward to backward (the
+    memory the 4-bit storage exists to save); compiled_decoder_layers turns off the CSE that
+    would merge the forward and backward dequantisations."""
+    import torch._functorch.config as fc
+
+    q = _linear4bit(in_f=256, out_f=512)
+    q.__class__ = _compiled_linear_class(type(q))
+    saved: list[tuple[tuple[int, ...], torch.dtype]] = []
+
+    def pack(t):
+        saved.append((tuple(t.shape), t.dtype))
+        return t
+
+    with fc.patch(cse=False):
+        f = torch.compile(lambda x: q(x), backend="aot_eager_decomp_partition")
+        x = torch.randn(4, 256, dtype=torch.bfloat16, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = f(x)
+        y.float().sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+    weight_elems = 256 * 512
+    big16 = [s for s, dt in saved if dt in (torch.bfloat16, torch.float16, torch.float32) and
+             torch.Size(s).numel() >= weight_elems]
+    assert not big16, f"a dequantised weight was saved for backward: {saved}"
+
+
+@pytest.fixture()
+def four_bit_model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    def load():
+        m = AutoModelForCausalLM.from_pretrained(
+            str(tiny_model_dir), dtype=torch.bfloat16, device_map={"": "cpu"},
+            quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                   bnb_4bit_use_double_quant=True,
+                                                   bnb_4bit_compute_dtype=torch.bfloat16))
+        m.config.use_cache = False
+        return m
+
+    return load
+
+
+def _train_two_steps(model, ids):
+    for p_name, p in model.named_parameters():
+        if "lora_B" in p_name:
+            torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(len(p_name)))
+    model.train()
+    for _ in range(2):
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+    return out.loss.item(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_compiled_layers_train_like_the_eager_model(four_bit_model):
+    cfg = {"lora": {"r": 8, "alpha": 8, "dropout": 0.0,
+                    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"]},
+           "training": {"gradient_checkpointing": True}, "fmllm": {"loss": "chunked", "compile": "off"}}
+    ids = torch.randint(0, 400, (2, 48), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)  # LoRA's A matrices start random: the same start for both models
+    eager = prepare_for_training(four_bit_model(), cfg, plan_recipe(cfg, cuda=False))
+    loss_e, grads_e = _train_two_steps(eager, ids)
+
+    torch.manual_seed(0)
+    model = prepare_for_training(four_bit_model(), cfg, plan_recipe(cfg, cuda=False))
+    n, switched = compile_decoder_layers(model, checkpointing=True, backend="aot_eager")
+    layers = decoder_layers(model)
+    assert n == len(layers) == 2
+    assert switched == 2 * 7  # q, k, v, o, gate, up, down per layer
+    assert all(layer.gradient_checkpointing is False for layer in layers)  # fmllm's checkpoint wraps the call
+    loss_c, grads_c = _train_two_steps(model, ids)
+    assert abs(loss_c - loss_e) < 1e-3 * abs(loss_e)
+    assert grads_c.keys() == grads_e.keys() and grads_c
+    for k in grads_e:
+        rel = (grads_c[k] - grads_e[k]).norm() / (grads_e[k].norm() + 1e-12)
+        assert rel < 0.05, f"{k}: relative gradient difference {rel:.3f}"
+
+    uncompile_decoder_layers(model)
+    assert all(layer._compiled_call_impl is None and layer.gradient_checkpointing for layer in layers)
+    assert type(layers[0].self_attn.q_proj.base_layer) is bnb.nn.Linear4bit
+    model.eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids, labels=ids).loss)
+
+
+def _plan(compile_setting="auto", **kw):
+    cfg = {"fmllm": {"compile": compile_setting}, "training": {}, "quantization": {}}
+    return plan_recipe(cfg, **kw)
+
+
+def test_compile_auto_is_on_for_one_cuda_gpu_only():
+    on = _plan(cuda=True, compute_capability=(9, 0))
+    assert on.compile_layers and not on.liger_kernels  # compiled layers fuse what liger's kernels do
+    assert not _plan(cuda=False).compile_layers
+    assert not _plan(cuda=True, distributed="ddp").compile_layers
+    old = _plan(cuda=True, compute_capability=(6, 1))
+    assert not old.compile_layers and any("compute capability 6.1" in n for n in old.notes)
+    assert not _plan("off", cuda=True).compile_layers
+
+
+def test_compile_on_is_honoured_except_under_fsdp():
+    assert _plan("on", cuda=True, distributed="ddp").compile_layers
+    fsdp = _plan("on", cuda=True, distributed="fsdp")
+    assert not fsdp.compile_layers and any("FSDP" in n and "uncompiled" in n for n in fsdp.notes)
+    plain = plan_recipe({"fmllm": {"compile": "on", "memory_recipe": "plain"}}, cuda=True)
+    assert not plain.compile_layers  # the plain recipe is the reference: never changed
+
+
+def test_bad_compile_setting_is_a_config_error(tmp_path):
+    from fmllm_tui.config import ConfigError, load_config
+
+    p = tmp_path / "config.yaml"
+    p.write_text("base_model_name: Qwen/Qwen2.5-0.5B\nfmllm:\n  compile: yes-please\n")
+    before = p.read_bytes()
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    text = e.value.render()
+    assert "compile" in text and "auto" in text
+    assert p.read_bytes() == before
