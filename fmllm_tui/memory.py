@@ -690,7 +690,10 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
         bd["weights_16bit"] = root + other16 // n
         gather = 2 * (layer_w + layer_lora)
         bd["fsdp_gathered_layers"] = gather
-        notes.append(f"FSDP over {n} GPUs: per-GPU prediction, not yet calibrated by measurement")
+        notes.append(f"FSDP over {n} GPUs: per-GPU prediction of the sharded training; measured once (Qwen2.5-14B on "
+                     "2 H100s) each GPU peaked at 2x it, because every rank first loads the whole 4-bit model onto "
+                     "its GPU: until fmllm loads sharded, each GPU needs the whole 4-bit model plus the 16-bit "
+                     "weights at load (bench/RESULTS.md)")
     elif inp.mode == "ddp" and n > 1:
         bd["ddp_grad_buckets"] = bd["lora_grads"]
         notes.append(f"DDP over {n} GPUs: every GPU holds the whole model; per-GPU prediction, not yet calibrated")
