@@ -589,8 +589,13 @@ def test_check_72b_on_two_24gb_cards_needs_fsdp_and_offload(tmp_path: Path, monk
     fixed = render_changes(load_config(tmp_path / "config.yaml"), r.fix.changes)
     (tmp_path / "config.yaml").write_text(fixed)
     res = run_checks(tmp_path, monkeypatch, fixed, fake_gpus(tmp_path, 2), ["config.multi_gpu_fit"])
-    assert res["config.multi_gpu_fit"].status == "pass", res["config.multi_gpu_fit"].finding
-    assert "FSDP over 2 GPUs with CPU offload fits" in res["config.multi_gpu_fit"].finding
+    r = res["config.multi_gpu_fit"]
+    # The sharded training fits, but today's FSDP launch loads the whole 4-bit 72B (~40 GiB) onto
+    # every 24 GB card first: a warning that says so (measured on 2 H100s, bench/RESULTS.md).
+    assert r.status == "warn", r.finding
+    assert "FSDP over 2 GPUs with CPU offload fits for the sharded training" in r.finding
+    assert "whole 4-bit model onto every GPU" in r.finding and "out-of-memory error while loading" in r.finding
+    assert r.values["per_gpu_load_bytes"] > r.values["budget_bytes"] > r.values["runner_per_gpu_peak_bytes"]
 
 
 def test_check_72b_on_four_cards_fits_without_offload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -602,7 +607,8 @@ def test_check_72b_on_four_cards_fits_without_offload(tmp_path: Path, monkeypatc
     assert [(c.key, c.from_, c.to) for c in r.fix.changes] == [("fmllm.distributed.mode", "ddp", "fsdp")]
     # auto needs no change: it picks FSDP over the 4 GPUs by itself
     res = run_checks(tmp_path, monkeypatch, cfg_text(), fake_gpus(tmp_path, 4), ["config.multi_gpu_fit"])
-    assert res["config.multi_gpu_fit"].status == "pass" and "FSDP over 4 GPUs fits" in res["config.multi_gpu_fit"].finding
+    r = res["config.multi_gpu_fit"]
+    assert r.status == "warn" and "FSDP over 4 GPUs fits for the sharded training" in r.finding, r.finding
 
 
 def test_check_model_too_big_for_this_machine_and_planning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -638,7 +644,7 @@ def test_check_14b_fits_one_card_and_nccl(tmp_path: Path, monkeypatch: pytest.Mo
     assert "GPU 1 NVIDIA GeForce RTX 3090" in res["gpu.count"].finding
 
 
-def test_preset_70b_multi_gpu_passes_on_two_24gb_cards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_preset_70b_multi_gpu_on_two_24gb_cards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from fixes import preset_changes, render_changes
 
     path = tmp_path / "config.yaml"
@@ -648,7 +654,7 @@ def test_preset_70b_multi_gpu_passes_on_two_24gb_cards(tmp_path: Path, monkeypat
     assert (view.fmllm.distributed.mode, view.fmllm.distributed.cpu_offload) == ("fsdp", True)
     res = run_checks(tmp_path, monkeypatch, text, fake_gpus(tmp_path, 2), ["config.multi_gpu_fit"])
     r = res["config.multi_gpu_fit"]
-    assert r.status == "pass" and "FSDP over 2 GPUs with CPU offload fits" in r.finding, r.finding
+    assert r.status == "warn" and "FSDP over 2 GPUs with CPU offload fits for the sharded training" in r.finding, r.finding
     cfg = dist.accelerate_config(view, "fsdp", 2, layer_cls=dist.decoder_layer_class({"model_type": "qwen2"}))
     assert cfg["fsdp_config"]["fsdp_offload_params"] is True and cfg["mixed_precision"] == "bf16"
 

@@ -66,8 +66,15 @@ def test_minimal_test_follow_quit_reattach_stop_kill(env: Path, tiny_model_dir: 
             assert "loss" in plot and "no steps yet" not in plot
             # progress, loss, tokens/s, the log tail and the GPU panel (NVML, the fake GPU here,
             # read in its own worker) all show
-            wanted = [f"/{snap.max_steps}", "loss ", "tok/s", "[fmllm]", "RTX 3090", "util 37%"]
-            await wait_until(pilot, lambda: all(w in screen_text(app) for w in wanted), 15, f"all of {wanted}")
+            wanted = [f"/{snap.max_steps}", "loss ", "tok/s", "RTX 3090", "util 37%"]
+            # the log tail: fmllm's own lines first, the Trainer's step logs once they scroll them away
+            log_tail = ("[fmllm]", "{'loss'")
+
+            def shown() -> bool:
+                text = screen_text(app)
+                return all(w in text for w in wanted) and any(t in text for t in log_tail)
+
+            await wait_until(pilot, shown, 15, f"all of {wanted} and a log line")
             await pilot.press("q")
         # quitting the TUI leaves the run going (its own session)
         assert runner.status(state["run"])["state"] == "running"
