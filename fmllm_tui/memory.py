@@ -560,10 +560,11 @@ def resolve_loss(recipe: str, loss: str) -> str:
 def resolve_compiled(inp: PlanInputs) -> bool:
     """Whether the runner compiles the decoder layers (fmllm.compile: auto does on one GPU of
     compute capability 7.0 or newer, with the fmllm recipe)."""
-    if inp.compiled is not None:
-        return inp.compiled and inp.recipe == "fmllm"
     cc = inp.compute_capability
-    return inp.recipe == "fmllm" and inp.mode == "single" and inp.n_gpus == 1 and (cc is None or cc >= (7, 0))
+    able = inp.recipe == "fmllm" and inp.mode != "fsdp" and (cc is None or cc >= (7, 0))
+    if inp.compiled is not None:
+        return inp.compiled and able
+    return able and inp.mode == "single" and inp.n_gpus == 1
 
 
 def resolve_liger_layers(inp: PlanInputs) -> bool:

@@ -190,3 +190,19 @@ def test_bad_compile_setting_is_a_config_error(tmp_path):
     text = e.value.render()
     assert "compile" in text and "auto" in text
     assert p.read_bytes() == before
+
+
+@pytest.mark.parametrize("setting", ["auto", "on", "off"])
+@pytest.mark.parametrize("distributed", ["single", "ddp", "fsdp"])
+@pytest.mark.parametrize("cc", [(6, 1), (8, 6), (9, 0)])
+@pytest.mark.parametrize("recipe", ["fmllm", "plain"])
+def test_memory_model_and_runner_agree_on_compiling(setting, distributed, cc, recipe):
+    """The fit check predicts the run the runner will make: both decide alike when layers compile."""
+    from fmllm_tui.memory import PlanInputs, resolve_compiled
+
+    runner = plan_recipe({"fmllm": {"compile": setting, "memory_recipe": recipe}}, cuda=True,
+                         distributed=distributed, compute_capability=cc).compile_layers
+    planned = resolve_compiled(PlanInputs(seq_len=1024, micro_batch=1, recipe=recipe, mode=distributed,
+                                          n_gpus=1 if distributed == "single" else 2, compute_capability=cc,
+                                          compiled={"on": True, "off": False}.get(setting)))
+    assert runner == planned
