@@ -6,7 +6,9 @@ The fmllm recipe, each part measured on the GPU (bench/bench_runner_gpu.py):
   (no ``prepare_model_for_kbit_training``: its fp32 upcast cost 3.4 GiB on a 7B at 1024 tokens);
 * non-reentrant gradient checkpointing with input gradients enabled;
 * the loss without full-vocabulary logits (``loss.py``);
-* liger-kernel's RMSNorm / SwiGLU / RoPE kernels where liger supports the model type (CUDA);
+* each decoder layer compiled with ``torch.compile`` on one CUDA GPU (``fmllm.compile``,
+  ``compiled.py``); otherwise liger-kernel's RMSNorm / SwiGLU / RoPE kernels where liger
+  supports the model type (CUDA);
 * the input embedding kept in CPU RAM (``fmllm.offload_embeddings``), the lookup's output moved
   to the GPU: a 152k × 5120 bf16 table is 1.45 GiB that the 14B needs elsewhere;
 * SDPA attention; the optimizer from the config.
