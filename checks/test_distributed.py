@@ -168,7 +168,9 @@ def test_multi_gpu_fit(report, loaded, inventory, planning, architecture, reques
     per = memory.predict(dist.fsdp_view(view), arch, mode="fsdp", n_gpus=max(runner_n, 2))
     # fmllm's FSDP launch loads the whole 4-bit model onto every GPU before FSDP shards it
     # (measured: 17.05 GiB per GPU for a 14B predicted at 8.57, bench/RESULTS.md).
-    bd = single.breakdown
+    # The whole model as FSDP loads it: 4-bit weights and constants, every 16-bit weight (the input
+    # embedding too: FSDP never offloads it) and the CUDA context.
+    bd = memory.predict(dist.fsdp_view(view), arch, mode="single").breakdown
     load = (bd.get("weights_4bit", 0) + bd.get("quant_constants", 0) + bd.get("weights_16bit", 0)
             + memory.CUDA_CONTEXT_BYTES)
     report.set(runner_gpus=runner_n, runner_per_gpu_peak_bytes=per.peak_process_bytes, per_gpu_load_bytes=load)
@@ -178,9 +180,8 @@ def test_multi_gpu_fit(report, loaded, inventory, planning, architecture, reques
               "context) before sharding it, and on 2 H100s a 14B run peaked at twice its per-GPU prediction "
               "(bench/RESULTS.md)")
     if load > budget:
-        report.warn(f"{head}, but {caveat}: more than this GPU's {_gib(budget)}, so expect an out-of-memory error "
-                    "while loading. Use GPUs that hold the whole 4-bit model, or a smaller model "
-                    "(fmllm-check --recommend)")
+        report.fail(f"{head}, but {caveat}: more than this GPU's {_gib(budget)}, so it runs out of memory while "
+                    "loading. Use GPUs that hold the whole 4-bit model, or a smaller model (fmllm-check --recommend)")
     report.warn(f"{head}; {caveat}: plan for the larger of the two")
 
 

@@ -120,7 +120,7 @@ MAX_WORKERS = 4  # worker processes for big files (bounded: each holds ~2 blocks
 CTX, HIT, BAR, LOSS = 0, 1, 2, 3
 
 _EXC_LINE_B = re.compile(
-    rb"^\s*(?:\[(?:rank|default)\d+\]:\s?)?(?:[A-Za-z_]\w*\.)*(?:[A-Z]\w*)?(?:Error|Exception|Exit|Interrupt|Failure|Invalid|Iteration)\b(?::|\s*$)"
+    rb"^\s*(?:\[(?:rank|default)\d+\]:\s?)?(?:[A-Za-z_]\w*\.)*(?:[A-Z]\w*)?(?:Error|Exception|Exit|Interrupt|Failure|Failed|Invalid|Iteration)\b(?::|\s*$)"
 )
 _LOSS_KEYS = (b"'loss': ", b'"loss": ')
 

@@ -703,6 +703,14 @@ PATTERNS: list[Pattern] = [
     _p("fp16_unscale", ERR, "FP16 gradients with fp16 AMP",
        "trainable weights are in fp16 while fp16 mixed precision is on; the grad scaler refuses to unscale them",
        FIX_DTYPE_FP16_OFF, r"Attempting to unscale FP16 gradients", ("unscale FP16",)),
+    _p("torch_compile_failed", ERR, "torch.compile could not build the compiled layers",
+       "the runner compiles each decoder layer (fmllm.compile) and the compiler failed: Triton is missing or too "
+       "old, the GPU is older than Triton supports, or Inductor hit a bug",
+       fix(None, "run the layers uncompiled (slower, same result): set fmllm.compile: off; or install a "
+           "working triton", [("fmllm.compile", "off")]),
+       r"Cannot find a working triton installation|too old to be supported by the triton GPU compiler"
+       r"|torch\._(?:dynamo|inductor)\.exc\.(?:BackendCompilerFailed|InductorError)\b",
+       ("triton", "BackendCompilerFailed", "InductorError")),
     _p("dtype_mismatch", ERR, "dtype mismatch in a matmul",
        "two tensors of one operation have different dtypes (compute dtype vs mixed precision setting)",
        FIX_DTYPE_MATCH,

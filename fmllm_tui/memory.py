@@ -861,6 +861,8 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
                        + (OFFLOAD_RUNTIME_BYTES if offload else 0))
 
     rel = RANGE_REL
+    if compiled and (padded or not quant or eager or inp.compute_dtype != "bfloat16"):
+        rel += 0.03  # the compiled factors were fitted on unpadded 4-bit bf16 SDPA runs only
     if inp.recipe == "fmllm" and loss_kind == "chunked":
         rel += 0.03  # the runner's chunked loss has no measured point yet
     if inp.mode != "single" and n > 1:
@@ -983,7 +985,7 @@ def inputs_from_view(
         attn=fm.attn_implementation,
         loss=fm.loss,
         offload_embeddings=fm.offload_embeddings,
-        compiled={"on": True, "off": False}.get(fm.compile),
+        compiled={"on": True, "off": False}.get(fm.compile, False if fm.trust_remote_code else None),
         packing=bool(t.packing),
         mode=mode,
         n_gpus=int(n_gpus),

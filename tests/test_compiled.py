@@ -18,8 +18,10 @@ BF = pytest.importorskip("bitsandbytes.functional")
 from fmllm_tui.runner.compiled import (  # noqa: E402
     _compiled_linear_class,
     compile_decoder_layers,
+    configure_compiler,
     decoder_layers,
     dequantize_4bit,
+    linear_4bit,
     traceable_4bit,
     uncompile_decoder_layers,
 )
@@ -62,9 +64,8 @@ def test_traceable_linear_forward_and_input_grad_match_bitsandbytes(bias):
     x = torch.randn(3, 5, 128, dtype=torch.bfloat16, requires_grad=True)
     ref = q(x)
     (g_ref,) = torch.autograd.grad(ref.float().square().sum(), x)
-    q.__class__ = _compiled_linear_class(type(q))
     x2 = x.detach().clone().requires_grad_(True)
-    out = q(x2)
+    out = linear_4bit(q, x2)
     (g,) = torch.autograd.grad(out.float().square().sum(), x2)
     assert out.dtype == ref.dtype and out.shape == ref.shape
     assert torch.allclose(out.float(), ref.float(), atol=1e-2, rtol=1e-2)
@@ -73,8 +74,8 @@ def test_traceable_linear_forward_and_input_grad_match_bitsandbytes(bias):
 
 def test_compiled_linear_saves_only_the_packed_weight():
     """Inductor's partitioner must not keep the 16-bit weight from forward to backward (the
-    memory the 4-bit storage exists to save); compiled_decoder_layers turns off the CSE that
-    would merge the forward and backward dequantisations."""
+    memory the 4-bit storage exists to save): configure_compiler turns off the CSE that would
+    merge the forward and backward dequantisations."""
     import torch._functorch.config as fc
 
     q = _linear4bit(in_f=256, out_f=512)
@@ -85,7 +86,9 @@ def test_compiled_linear_saves_only_the_packed_weight():
         saved.append((tuple(t.shape), t.dtype))
         return t
 
-    with fc.patch(cse=False):
+    with fc.patch(cse=True):  # torch's default, restored afterwards
+        configure_compiler()  # what compile_decoder_layers sets for the training process
+        assert fc.cse is False
         f = torch.compile(lambda x: q(x), backend="aot_eager_decomp_partition")
         x = torch.randn(4, 256, dtype=torch.bfloat16, requires_grad=True)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -206,3 +209,77 @@ def test_memory_model_and_runner_agree_on_compiling(setting, distributed, cc, re
                                           n_gpus=1 if distributed == "single" else 2, compute_capability=cc,
                                           compiled={"on": True, "off": False}.get(setting)))
     assert runner == planned
+
+
+def test_swapped_linear_outside_compiled_code_uses_bitsandbytes():
+    """A variant that runs eagerly (past the recompile limit) must not take the plain-torch
+    dequantisation, which builds weight-sized index tensors: bitsandbytes' kernel serves it."""
+    q = _linear4bit()
+    x = torch.randn(2, 128, dtype=torch.bfloat16)
+    ref = q(x)
+    q.__class__ = _compiled_linear_class(type(q))
+    calls = []
+    import fmllm_tui.runner.compiled as compiled
+
+    real = compiled.linear_4bit
+    compiled.linear_4bit = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        out = q(x)
+    finally:
+        compiled.linear_4bit = real
+    assert not calls and torch.equal(out, ref)
+
+
+def test_recompile_limit_covers_a_run_of_varied_batches(four_bit_model):
+    """Lengths, a padding mask, checkpointing off and evaluation: the shared compiled layer stays
+    within fmllm's recompile limit (dynamo is told to raise instead of falling back to eager)."""
+    import torch._dynamo.config as dynamo_config
+
+    cfg = {"lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+           "training": {"gradient_checkpointing": False}, "fmllm": {"loss": "chunked", "compile": "off"}}
+    torch._dynamo.reset()
+    model = prepare_for_training(four_bit_model(), cfg, plan_recipe(cfg, cuda=False))
+    compile_decoder_layers(model, checkpointing=False, backend="eager")
+    model.train()
+    raise_on_limit = dynamo_config.patch(fail_on_recompile_limit_hit=True)
+    raise_on_limit.__enter__()
+    g = torch.Generator().manual_seed(0)
+    for length in (16, 24, 31, 40, 17, 48):
+        ids = torch.randint(0, 400, (2, length), generator=g)
+        mask = torch.ones_like(ids)
+        if length % 2:
+            mask[1, -3:] = 0  # a padded batch
+        model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
+    model.eval()
+    with torch.no_grad():
+        for length in (20, 33):
+            model(input_ids=torch.randint(0, 400, (1, length), generator=g))
+    raise_on_limit.__exit__(None, None, None)
+
+
+def test_compile_auto_skips_remote_code_and_missing_triton(monkeypatch):
+    from fmllm_tui.runner import lean
+
+    remote = plan_recipe({"fmllm": {"compile": "auto", "trust_remote_code": True}}, cuda=True,
+                         compute_capability=(9, 0))
+    assert not remote.compile_layers and any("trust_remote_code" in n for n in remote.notes)
+    monkeypatch.setattr(lean, "triton_usable", lambda: False)
+    auto = plan_recipe({"fmllm": {"compile": "auto"}}, cuda=True, compute_capability=(9, 0))
+    assert not auto.compile_layers and any("Triton is not usable" in n for n in auto.notes)
+    with pytest.raises(lean.RecipeError, match="fmllm.compile is on but Triton"):
+        plan_recipe({"fmllm": {"compile": "on"}}, cuda=True, compute_capability=(9, 0))
+    # on the CPU, compile: on needs no Triton (Inductor writes C++ there)
+    assert plan_recipe({"fmllm": {"compile": "on"}}, cuda=False).compile_layers
+
+
+def test_memory_model_plans_remote_code_uncompiled(tmp_path):
+    from fmllm_tui.config import load_config
+    from fmllm_tui.memory import inputs_from_view, resolve_compiled
+
+    p = tmp_path / "config.yaml"
+    p.write_text("base_model_name: org/custom\nfmllm:\n  trust_remote_code: true\n")
+    inp, _ = inputs_from_view(load_config(p).view)
+    assert inp.compiled is False and not resolve_compiled(inp)
+    p.write_text("base_model_name: org/custom\nfmllm:\n  trust_remote_code: true\n  compile: on\n")
+    inp, _ = inputs_from_view(load_config(p).view)
+    assert resolve_compiled(inp)

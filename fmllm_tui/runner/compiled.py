@@ -101,6 +101,10 @@ def _compiled_linear_class(base: type) -> type:
     class is swapped on the instance: its parameters, names and state dict stay as they were)."""
 
     def forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+        # Outside compiled code (a variant beyond the recompile limit runs eagerly, say) the plain
+        # torch dequantisation would build weight-sized index tensors: bitsandbytes' own kernel then.
+        if not torch.compiler.is_compiling():
+            return base.forward(self, x)
         return linear_4bit(self, x)
 
     return type("FmllmCompiledLinear4bit", (base,), {"forward": forward, "_fmllm_base_class": base})
@@ -120,6 +124,33 @@ def traceable_4bit(module: Any) -> str | None:
     if len(qs.shape) != 2:
         return "not a 2-D weight"
     return None
+
+
+#: Compiled variants allowed per code object. Every decoder layer shares one compiled function,
+#: and variants add up over a run (fixed then dynamic sequence length, with and without a padding
+#: mask, grad on and off for evaluation, a short last batch); torch's default of 8 sent the layers
+#: back to eager code partway through a run.
+RECOMPILE_LIMIT = 64
+
+
+def configure_compiler() -> None:
+    """Process-wide compiler settings for the compiled layers (the training process compiles
+    nothing else).
+
+    * AOT autograd's common subexpression elimination off: the backward's dequantisation repeats
+      the forward's exactly, and merging the two keeps each 16-bit weight from forward to backward
+      (+0.3 GiB on a 7B with checkpointing, +12 GiB without, measured on an H100); with it off
+      only the packed 4-bit weight is saved, as bitsandbytes does.
+    * a recompile limit of :data:`RECOMPILE_LIMIT`.
+    """
+    import torch._dynamo.config as dynamo_config
+    import torch._functorch.config as functorch_config
+
+    functorch_config.cse = False
+    for name in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(RECOMPILE_LIMIT, getattr(dynamo_config, name)))
+            break
 
 
 def decoder_layers(model: Any) -> list[torch.nn.Module]:
@@ -143,14 +174,11 @@ def compile_decoder_layers(model: Any, *, checkpointing: bool, backend: str = "i
     except Exception:  # no bitsandbytes (a CPU machine without it): nothing 4-bit to switch
         Linear4bit = None  # noqa: N806
 
-    # The backward's dequantisation repeats the forward's exactly; AOT autograd's common
-    # subexpression elimination would merge the two and keep each 16-bit weight from forward to
-    # backward (+0.3 GiB on a 7B with checkpointing, +13 GiB without, measured on an H100). With
-    # it off only the packed 4-bit weight is saved, as bitsandbytes does. This process compiles
-    # nothing else.
-    import torch._functorch.config as functorch_config
-
-    functorch_config.cse = False
+    configure_compiler()
+    if not checkpointing and hasattr(model, "enable_input_require_grads"):
+        # Every layer's input then requires grad, the first one's too: one compiled variant
+        # serves all layers instead of two (transformers enables this only with checkpointing).
+        model.enable_input_require_grads()
     layers = decoder_layers(model)
     switched = 0
     classes: dict[type, type] = {}

@@ -115,6 +115,20 @@ def plan_recipe(cfg: dict[str, Any], *, cuda: bool, overrides: dict[str, Any] | 
         compile_layers = False
         notes.append(f"fmllm.compile: this GPU (compute capability {compute_capability[0]}.{compute_capability[1]}) is "
                      "older than Triton supports (7.0): ran uncompiled")
+    if compile_layers and want_compile == "auto" and fm.get("trust_remote_code"):
+        compile_layers = False  # remote modelling code: fmllm cannot know its layers compile cleanly
+        notes.append("fmllm.compile: auto leaves models with remote code (trust_remote_code) uncompiled; "
+                     "set fmllm.compile: on to try")
+    if compile_layers and cuda and not triton_usable():
+        if want_compile == "on":
+            raise RecipeError("fmllm.compile is on but Triton, which torch.compile needs for CUDA, is not usable "
+                              "here (pip install triton, or a torch build that ships it); or set fmllm.compile: off")
+        compile_layers = False
+        notes.append("fmllm.compile: Triton is not usable here, so the layers ran uncompiled (install triton "
+                     "for the compiled runner's speed)")
+    if compile_layers and recipe_name == "fmllm" and (tr.get("gradient_checkpointing_kwargs") or {}).get("use_reentrant"):
+        notes.append("compiled layers use non-reentrant gradient checkpointing around the compiled call; "
+                     "gradient_checkpointing_kwargs.use_reentrant is not used")
     if compile_layers and distributed == "fsdp":
         compile_layers = False
         notes.append("fmllm.compile is on but FSDP's flat parameters (use_orig_params off, the QLoRA recipe) "
@@ -167,6 +181,16 @@ def plan_recipe(cfg: dict[str, Any], *, cuda: bool, overrides: dict[str, Any] | 
                   optim=optim, gradient_checkpointing=bool(tr.get("gradient_checkpointing", True)),
                   attn_implementation=attn, notes=notes, distributed=distributed, quant_storage=storage,
                   gc_reentrant=reentrant, compile_layers=compile_layers)
+
+
+def triton_usable() -> bool:
+    """Whether torch.compile can generate CUDA kernels here (Triton importable, a GPU it supports)."""
+    try:
+        from torch.utils._triton import has_triton
+
+        return bool(has_triton())
+    except Exception:  # a broken Triton install fails in many ways
+        return False
 
 
 def apply_liger_kernels(model_type: str, recipe: Recipe) -> bool:
