@@ -28,6 +28,15 @@ from fmllm_tui.runner.compiled import (  # noqa: E402
 from fmllm_tui.runner.lean import plan_recipe, prepare_for_training  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _triton_as_on_a_gpu_host(monkeypatch):
+    """Planning tests ask what the runner decides on a CUDA machine: Triton usable there (this
+    CPU machine has none); the test of a missing Triton overrides it."""
+    from fmllm_tui.runner import lean
+
+    monkeypatch.setattr(lean, "triton_usable", lambda: True)
+
+
 def _quantized(shape, quant_type, nested, seed=0):
     torch.manual_seed(seed)
     w = (torch.randn(shape) * 0.02).to(torch.bfloat16)
