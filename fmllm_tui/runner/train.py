@@ -373,7 +373,11 @@ def load_checkpoint_adapter(model: Any, checkpoint: Path) -> int:
     from safetensors.torch import load_file
 
     f = checkpoint / "adapter_model.safetensors"
-    tensors = load_file(str(f))
+    try:
+        tensors = load_file(str(f))
+    except Exception as e:  # missing, truncated or not safetensors: say which file and what to do
+        raise RecipeError(f"{f} cannot be read ({type(e).__name__}: {e}): resume from an earlier checkpoint "
+                          "(move this one aside) or start a new run") from None
     result = set_peft_model_state_dict(model, tensors)
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if not tensors or unexpected:
