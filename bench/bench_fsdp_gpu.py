@@ -78,7 +78,8 @@ MEMORY_BAR_PCT = 5.0  # the issue's bar: each GPU's measured peak within 5% of t
 LOSS_MAX_ABS_DIFF = 0.02
 # Seconds each part is planned to take (14B on H100s: a build took ~50 s, one 8-step single run
 # 41 s wall); the timeouts come from what is left of the budget, not from these.
-PLAN_S = {"setup": 25, "build": 120, "fsdp": 170, "single": 110, "fsdp-offload": 220, "report": 10}
+PLAN_S = {"setup": 25, "build": 120, "fsdp": 230, "fsdp-mb2": 200, "single": 110, "fsdp-offload": 260,
+          "report": 10}
 
 
 def log(msg: str) -> None:
@@ -165,7 +166,7 @@ class GpuSampler:
 
 
 def write_config(work: Path, model: Path, data: Path, *, mode: str, steps: int, seq: int, ga: int,
-                 offload: bool, lr: float) -> Path:
+                 offload: bool, lr: float, mb: int = 1) -> Path:
     """The person's config.yaml for one run (nested layout, as shipped)."""
     work.mkdir(parents=True, exist_ok=True)
     dist = {"single": "{mode: single}", "fsdp": f"{{mode: fsdp, num_processes: 2, cpu_offload: {str(offload).lower()}}}"}
@@ -179,7 +180,7 @@ def write_config(work: Path, model: Path, data: Path, *, mode: str, steps: int, 
           lora: {{r: 8, alpha: 8, dropout: 0.0, target_modules: [q_proj, k_proj, v_proj, o_proj]}}
           quantization: {{use_4bit: true, bnb_4bit_compute_dtype: bfloat16, bnb_4bit_quant_type: nf4, use_nested_quant: true}}
           training:
-            per_device_train_batch_size: 1
+            per_device_train_batch_size: {mb}
             gradient_accumulation_steps: {ga}
             gradient_checkpointing: true
             learning_rate: {lr}
@@ -320,22 +321,24 @@ def verdicts(results: dict[str, Any]) -> list[str]:
             counted = "counts it" if pred.get("peak_phase") == "load" else "does not count it"
             lines.append(f"{name}: load-phase estimate (whole 4-bit model on each GPU before sharding) "
                          f"{pred['load_estimate_bytes'] / GiB:.2f} GiB; fmllm's FSDP prediction {counted}")
-    one, two = results.get("single"), results.get("fsdp")
-    if isinstance(one, dict) and isinstance(two, dict) and one.get("losses") and two.get("losses"):
-        a, b = one["losses"], two["losses"]
-        diffs = [abs(x - y) for x, y in zip(a, b, strict=False)]
-        worst, mean = max(diffs), sum(diffs) / len(diffs)
-        drop = a[0] - min(a)
-        agree = len(a) == len(b) and worst <= LOSS_MAX_ABS_DIFF
-        power = "" if drop > 2 * LOSS_MAX_ABS_DIFF else (
-            f"; the single run's loss fell only {drop:.4f}: the comparison has little power")
-        lines.append(f"loss curves over {len(diffs)} steps (single {len(a)}, fsdp {len(b)}): step 1 |diff| "
-                     f"{diffs[0]:.4f}, max {worst:.4f}, mean {mean:.4f}; single fell {drop:.4f} from {a[0]:.4f} -> "
-                     f"{'agree' if agree else 'DIFFER'} (bar {LOSS_MAX_ABS_DIFF}){power}")
-    if isinstance(one, dict) and isinstance(two, dict):
+    one = results.get("single")
+    for name, two in results.items():
+        if not name.startswith("fsdp") or not isinstance(one, dict) or not isinstance(two, dict):
+            continue
+        if one.get("losses") and two.get("losses"):
+            a, b = one["losses"], two["losses"]
+            diffs = [abs(x - y) for x, y in zip(a, b, strict=False)]
+            worst, mean = max(diffs), sum(diffs) / len(diffs)
+            drop = a[0] - min(a)
+            agree = len(a) == len(b) and worst <= LOSS_MAX_ABS_DIFF
+            power = "" if drop > 2 * LOSS_MAX_ABS_DIFF else (
+                f"; the single run's loss fell only {drop:.4f}: the comparison has little power")
+            lines.append(f"{name} loss curve over {len(diffs)} steps (single {len(a)}, {name} {len(b)}): step 1 "
+                         f"|diff| {diffs[0]:.4f}, max {worst:.4f}, mean {mean:.4f}; single fell {drop:.4f} from "
+                         f"{a[0]:.4f} -> {'agree' if agree else 'DIFFER'} (bar {LOSS_MAX_ABS_DIFF}){power}")
         na, nb = one.get("adapter_tensors"), two.get("adapter_tensors")
         ok = bool(na) and na == nb
-        lines.append(f"adapters: single {na} tensors, fsdp {nb} -> {'same' if ok else 'MISMATCH (empty or missing)'}")
+        lines.append(f"adapters: single {na} tensors, {name} {nb} -> {'same' if ok else 'MISMATCH (empty or missing)'}")
     return lines
 
 
@@ -354,9 +357,9 @@ def dry_run(a: argparse.Namespace, arch: dict[str, Any], plan: list[tuple[Any, .
     data.write_text(json.dumps({"prompt": "p", "completion": "c"}) + "\n")
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0,1")  # plan_launch's count when NVML is absent
     report: dict[str, Any] = {"dry_run": True, "args": vars(a), "runs": {}}
-    for name, mode, ga, offload, _gpus, env in plan:
+    for name, mode, ga, offload, _gpus, env, mb in plan:
         config = write_config(runs / name, model, data, mode=mode, steps=a.steps, seq=a.seq, ga=ga, offload=offload,
-                              lr=a.lr)
+                              lr=a.lr, mb=mb)
         entry: dict[str, Any] = {"config": str(config), "env": {**MULTICAST_OFF, **OFFLINE, **env},
                                  "runner_overrides": OVERRIDES}
         if mode == "fsdp":
@@ -389,6 +392,11 @@ def main() -> int:
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--offload", action="store_true", help="also run FSDP with fsdp_offload_params")
+    ap.add_argument("--mb2", action="store_true", help="also run FSDP with micro-batch 2 x accumulation 1 (the "
+                                                      "same four examples a step: a second activation size)")
+    ap.add_argument("--no-single", action="store_true", help="skip the one-GPU run (no loss comparison)")
+    ap.add_argument("--stop-on-failure", action="store_true", help="skip the later runs once one fails (saves "
+                                                                  "device time when the first run shows a bug)")
     ap.add_argument("--model-dir", default="/tmp/fmllm-bench-models")
     ap.add_argument("--runs-dir", default="/tmp/fmllm-bench-fsdp")
     ap.add_argument("--budget-s", type=float, default=500, help="wall-clock budget of the whole invocation")
@@ -400,10 +408,13 @@ def main() -> int:
     from bench_runner_gpu import ARCHS
 
     arch = dict(ARCHS[a.model])
-    plan = [("fsdp", "fsdp", 2, False, [0, 1], {}),
-            ("single", "single", 4, False, [0], {"CUDA_VISIBLE_DEVICES": "0"})]
+    plan = [("fsdp", "fsdp", 2, False, [0, 1], {}, 1)]
+    if a.mb2:
+        plan.append(("fsdp-mb2", "fsdp", 1, False, [0, 1], {}, 2))
     if a.offload:
-        plan.insert(1, ("fsdp-offload", "fsdp", 2, True, [0, 1], {}))
+        plan.append(("fsdp-offload", "fsdp", 2, True, [0, 1], {}, 1))
+    if not a.no_single:
+        plan.append(("single", "single", 4, False, [0], {"CUDA_VISIBLE_DEVICES": "0"}, 1))
     names = [p[0] for p in plan]
     steps_plan = ["setup", "build", *names, "report"]
     total = sum(PLAN_S[s] for s in steps_plan)
@@ -441,15 +452,18 @@ def main() -> int:
     data = write_data(model_dir / f"bench-fsdp-data-{4 * a.steps + 8}.jsonl", n=4 * a.steps + 8)
     runs = Path(a.runs_dir)
     shutil.rmtree(runs, ignore_errors=True)
-    for i, (name, mode, ga, offload, gpus, env) in enumerate(plan):
+    for i, (name, mode, ga, offload, gpus, env, mb) in enumerate(plan):
         later = sum(PLAN_S[n] for n in names[i + 1:]) * 0.6 + PLAN_S["report"]
         left = a.budget_s - (time.time() - t_start)
         timeout = left - later
         config = write_config(runs / name, model, data, mode=mode, steps=a.steps, seq=a.seq, ga=ga, offload=offload,
-                              lr=a.lr)
-        if timeout < 60:
-            res: dict[str, Any] = {"name": name, "status": "skipped",
-                                   "message": f"time budget: {left:.0f}s left, later runs need {later:.0f}s"}
+                              lr=a.lr, mb=mb)
+        failed = [n for n, r in report["results"].items() if r.get("status") != "ok"]
+        if a.stop_on_failure and failed:
+            res: dict[str, Any] = {"name": name, "status": "skipped", "message": f"--stop-on-failure: {failed[0]} failed"}
+        elif timeout < 60:
+            res = {"name": name, "status": "skipped",
+                   "message": f"time budget: {left:.0f}s left, later runs need {later:.0f}s"}
         else:
             try:
                 res = run_one(name, config, gpus, timeout, {**MULTICAST_OFF, **OFFLINE, **env})

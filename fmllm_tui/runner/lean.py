@@ -21,6 +21,9 @@ This module's only job needs torch, so it imports it at the top.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -248,17 +251,18 @@ def model_load_kwargs(cfg: dict[str, Any], recipe: Recipe, *, device_index: int 
     """``from_pretrained`` keyword arguments for the recipe.
 
     One GPU and DDP: the whole model on this process's GPU (``device_map={"": local_rank}``).
-    FSDP: no device map (bitsandbytes quantizes onto the current device, which the training
-    process set to its local rank; accelerate's CPU-RAM-efficient loading gives the weights to
-    rank 0 and FSDP broadcasts them), 4-bit storage in ``recipe.quant_storage``.
+    FSDP: the model is quantized into CPU RAM (``device_map={"": "cpu"}``, 4-bit storage in
+    ``recipe.quant_storage``) and FSDP moves each unit to this rank's GPU as it shards it. Without
+    the CPU map transformers 5 reads the whole checkpoint on every rank and bitsandbytes puts the
+    whole 4-bit model on every GPU before FSDP shards it (measured: twice the sharded peak on a
+    14B, bench/RESULTS.md), which a model that needs FSDP cannot afford.
     """
     fm = cfg.get("fmllm", {})
     q = cfg.get("quantization", {})
     kwargs: dict[str, Any] = {"revision": fm.get("revision"), "trust_remote_code": bool(fm.get("trust_remote_code")),
                               "dtype": _DTYPES[recipe.dtype], "attn_implementation": recipe.attn_implementation}
     if recipe.device == "cuda":
-        if recipe.distributed != "fsdp":
-            kwargs["device_map"] = {"": device_index}
+        kwargs["device_map"] = {"": "cpu" if recipe.distributed == "fsdp" else device_index}
         if recipe.quantize_4bit:
             from transformers import BitsAndBytesConfig
 
@@ -281,9 +285,63 @@ def load_model(source: str, cfg: dict[str, Any], recipe: Recipe, *, device_index
     model_cfg = AutoConfig.from_pretrained(source, revision=fm.get("revision"),
                                            trust_remote_code=bool(fm.get("trust_remote_code")))
     apply_liger_kernels(getattr(model_cfg, "model_type", ""), recipe)
-    model = AutoModelForCausalLM.from_pretrained(source, **model_load_kwargs(cfg, recipe, device_index=device_index))
+    kwargs = model_load_kwargs(cfg, recipe, device_index=device_index)
+    if recipe.distributed == "fsdp" and recipe.device == "cuda":
+        with load_threads():
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        # The CPU map is only where the weights wait for FSDP: left on the model, accelerate would
+        # refuse to train a 4-bit model "loaded on another device" than this rank's GPU.
+        if getattr(model, "hf_device_map", None) is not None:
+            del model.hf_device_map
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     model.config.use_cache = False
     return model
+
+
+def quant_states_off_device(model: Any, device: torch.device) -> list[str]:
+    """Names of the 4-bit layers whose quantization state (absmax) is not on ``device``.
+
+    Under FSDP the packed weights become views of a flat parameter that FSDP moves; the state
+    travels only through ``Params4bit.to``. Checked once after wrapping (``None``: nothing to check).
+    """
+    if model is None:
+        return []
+    bad = []
+    for name, module in model.named_modules():
+        qs = getattr(module, "quant_state", None)
+        if qs is None:
+            qs = getattr(getattr(module, "weight", None), "quant_state", None)
+        absmax = getattr(qs, "absmax", None)
+        if isinstance(absmax, torch.Tensor) and absmax.device != device:
+            bad.append(name)
+    return bad
+
+
+@contextlib.contextmanager
+def load_threads() -> Iterator[int]:
+    """This process's share of the machine's cores for torch while the model loads.
+
+    Quantizing on the CPU runs on torch's intra-op threads, and ``accelerate launch`` sets
+    OMP_NUM_THREADS=1 for every process: one core would take ~14 minutes for a 14B. The
+    processes on this machine (LOCAL_WORLD_SIZE) split the cores this process may use; the
+    previous thread count comes back after loading (the training step wants few CPU threads).
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    before = torch.get_num_threads()
+    n = max(before, cores // local)
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
 
 
 class CpuEmbedding(torch.nn.Module):

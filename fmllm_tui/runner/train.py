@@ -59,6 +59,7 @@ from .lean import (
     load_tokenizer,
     plan_recipe,
     prepare_for_training,
+    quant_states_off_device,
     trainable_parameters,
 )
 from .monitor import NvmlSampler, visible_device
@@ -212,9 +213,19 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
             self.start = 0.0
             self.stopped = False
             self.prof: Any = None
+            self.wrapped_mem: dict[str, int] = {}
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if release_load_cache and device == "cuda":
+                # FSDP has wrapped the model by now: its units must have come to this GPU with
+                # their 4-bit quantization state, or every layer would fail on its first step.
+                misplaced = quant_states_off_device(kw.get("model"), torch.device("cuda", torch.cuda.current_device()))
+                if misplaced:
+                    raise RecipeError(f"FSDP moved the 4-bit weights to the GPU but {len(misplaced)} layers kept their "
+                                      f"quantization state elsewhere (first: {misplaced[0]}); this bitsandbytes/torch "
+                                      "pair does not support fmllm's FSDP loading: report it with train.log")
+                self.wrapped_mem = {"wrapped_allocated_bytes": int(torch.cuda.memory_allocated()),
+                                    "wrap_peak_allocated_bytes": int(torch.cuda.max_memory_allocated())}
                 torch.cuda.empty_cache()
             self.start = self._last_log_t = self._t0 = time.perf_counter()
             self._last_log_tok = self._tok0 = counter.tokens
@@ -756,7 +767,7 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
     ranks = gather_ranks({"rank": _rank(), "local_rank": local_rank, "peak_bytes": mem.get("peak_bytes"),
                           "peak_allocated_bytes": mem.get("peak_allocated_bytes"), "peak_process_bytes": peak_process,
                           "device_name": torch.cuda.get_device_name(local_rank) if cuda else "cpu",
-                          "steps": steps_done, "losses": losses})
+                          "steps": steps_done, "losses": losses, **callback.wrapped_mem})
     base = {
         "kind": kind, "model": model_name, "model_source": source, "model_note": model_note,
         "device": recipe.device, "device_name": torch.cuda.get_device_name(local_rank) if cuda else "cpu",

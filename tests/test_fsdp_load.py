@@ -1,0 +1,124 @@
+"""fmllm's FSDP loading on the CPU: the 4-bit model is quantized into CPU RAM (bf16 storage), its
+device map is dropped, and FSDP's flat parameters keep the layers working.
+
+A GPU run moves each FSDP unit to its GPU as it shards it (bench/bench_fsdp_gpu.py measures that
+on 2 GPUs); here one gloo process wraps the CPU-quantized model with torch's FSDP the way
+accelerate does (peft's wrap policy, use_orig_params off) and its loss and LoRA gradients must
+equal the unwrapped model's.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("bitsandbytes")
+
+from fmllm_tui.runner.lean import (  # noqa: E402
+    Recipe,
+    load_model,
+    load_threads,
+    model_load_kwargs,
+    prepare_for_training,
+    quant_states_off_device,
+)
+
+CFG = {"base_model_name": "tiny", "quantization": {"bnb_4bit_quant_type": "nf4", "use_nested_quant": True,
+                                                   "bnb_4bit_compute_dtype": "bfloat16"},
+       "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+       "training": {}, "fmllm": {}}
+
+
+def _recipe(distributed: str) -> Recipe:
+    return Recipe(memory_recipe="fmllm", device="cuda", quantize_4bit=True, dtype="bfloat16", mixed_precision="bf16",
+                  loss="plain", liger_kernels=False, offload_embeddings=False, optim="adamw_torch",
+                  gradient_checkpointing=False, attn_implementation="sdpa", distributed=distributed,
+                  quant_storage="bfloat16" if distributed == "fsdp" else None)
+
+
+def test_fsdp_loads_into_cpu_ram_and_one_gpu_runs_load_on_their_gpu() -> None:
+    fsdp = model_load_kwargs(CFG, _recipe("fsdp"), device_index=1)
+    assert fsdp["device_map"] == {"": "cpu"}
+    assert fsdp["quantization_config"].bnb_4bit_quant_storage == torch.bfloat16
+    assert model_load_kwargs(CFG, _recipe("single"), device_index=1)["device_map"] == {"": 1}
+    assert model_load_kwargs(CFG, _recipe("ddp"), device_index=1)["device_map"] == {"": 1}
+
+
+def test_load_threads_split_the_cores_and_come_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(16)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    torch.set_num_threads(1)  # what accelerate launch leaves a process with
+    try:
+        with load_threads() as n:
+            assert n == 4 and torch.get_num_threads() == 4
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "not a number")  # a broken environment: this process alone
+        with load_threads() as n:
+            assert n == 16
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def gloo_world():
+    import torch.distributed as td
+
+    if not (td.is_available() and td.is_gloo_available()):
+        pytest.skip("this torch build has no gloo backend")
+    from fmllm_tui.runner.distributed import free_port
+
+    owned = not td.is_initialized()
+    if owned:
+        td.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    yield
+    if owned:
+        td.destroy_process_group()
+
+
+def test_cpu_quantized_model_trains_under_fsdp(tiny_model_dir: Path, gloo_world) -> None:
+    from peft.utils.other import fsdp_auto_wrap_policy
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    recipe = _recipe("fsdp")
+    model = load_model(str(tiny_model_dir), CFG, recipe)
+    # Quantized in CPU RAM, in the storage dtype FSDP can flatten, with no device map left for
+    # accelerate to refuse ("loaded on a different device than the one you're training on").
+    lin = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    assert lin and all(m.weight.dtype == torch.bfloat16 and m.weight.device.type == "cpu" for m in lin)
+    assert getattr(model, "hf_device_map", None) is None
+    n4 = len(quant_states_off_device(model, torch.device("cuda", 0)))
+    assert n4 == len(lin)  # every layer's state is on the CPU, so "not on cuda:0" names all of them
+    assert quant_states_off_device(model, torch.device("cpu")) == []
+    assert quant_states_off_device(None, torch.device("cpu")) == []
+
+    torch.manual_seed(0)
+    peft_model = prepare_for_training(model, CFG, recipe)
+    ids = torch.randint(0, model.config.vocab_size, (2, 24))
+
+    def loss_and_grads(m):
+        out = m(input_ids=ids, labels=ids)
+        out.loss.backward()
+        return out.loss.detach().float(), {n: p.grad.detach().float().clone()
+                                          for n, p in m.named_parameters() if p.grad is not None}
+
+    ref_loss, ref_grads = loss_and_grads(peft_model)
+    assert ref_grads and all("lora_" in n for n in ref_grads)
+    peft_model.zero_grad(set_to_none=True)
+
+    wrapped = FSDP(peft_model, auto_wrap_policy=fsdp_auto_wrap_policy(peft_model), use_orig_params=False,
+                   device_id=torch.device("cpu"), sync_module_states=False)
+    flat = [p for p in wrapped.parameters()]
+    assert not any(type(p).__name__ == "Params4bit" for p in flat)  # the 4-bit weights are flat views now
+    loss, _ = loss_and_grads(wrapped)
+    assert torch.equal(loss, ref_loss)
+    # The quantization state survived flattening: every 4-bit layer found it again.
+    assert quant_states_off_device(wrapped, torch.device("cpu")) == []
+    trained = [p for p in wrapped.parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained)
+    total = sum(float(g.abs().sum()) for g in ref_grads.values())
+    wrapped_total = sum(float(p.grad.abs().sum()) for p in trained)
+    assert wrapped_total == pytest.approx(total, rel=1e-4)
