@@ -395,6 +395,11 @@ def main() -> int:
     ap.add_argument("--mb2", action="store_true", help="also run FSDP with micro-batch 2 x accumulation 1 (the "
                                                       "same four examples a step: a second activation size)")
     ap.add_argument("--no-single", action="store_true", help="skip the one-GPU run (no loss comparison)")
+    ap.add_argument("--memory-snapshot", action="store_true",
+                    help="runner override memory_snapshot: rank 0's allocator history over steps 1-3 and every "
+                         "rank's allocator segments by stream, copied to $OUT/<tag>-<run>/")
+    ap.add_argument("--tag", default="", help="prefix of the result file (bench_fsdp_gpu[-TAG].json), to keep "
+                                               "several invocations in one $OUT")
     ap.add_argument("--stop-on-failure", action="store_true", help="skip the later runs once one fails (saves "
                                                                   "device time when the first run shows a bug)")
     ap.add_argument("--model-dir", default="/tmp/fmllm-bench-models")
@@ -403,6 +408,8 @@ def main() -> int:
     ap.add_argument("--dry-run", action="store_true", help="write configs and accelerate.yaml, print argv and "
                                                            "predictions; launch nothing (no GPU needed)")
     a = ap.parse_args()
+    if a.memory_snapshot:
+        OVERRIDES["memory_snapshot"] = True
     t_start = time.time()
     os.environ.update({**MULTICAST_OFF, **OFFLINE})  # before anything starts a process: every child inherits it
     from bench_runner_gpu import ARCHS
@@ -442,7 +449,7 @@ def main() -> int:
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "env": env_report(), "nccl": nccl_probe(),
                               "multicast_off": MULTICAST_OFF, "runner_overrides": OVERRIDES, "args": vars(a),
                               "results": {}}
-    result_file = out / "bench_fsdp_gpu.json"
+    result_file = out / (f"bench_fsdp_gpu-{a.tag}.json" if a.tag else "bench_fsdp_gpu.json")
     log(json.dumps({"env": report["env"], "nccl": report["nccl"]}))
     model_dir = Path(a.model_dir)
     t0 = time.time()
@@ -471,6 +478,11 @@ def main() -> int:
                 res = {"name": name, "status": "crashed", "message": f"{type(e).__name__}: {e}"}
         res["prediction"] = predicted(config, arch, mode)
         report["results"][name] = res
+        if a.memory_snapshot and res.get("run_dir"):
+            keep = out / f"{a.tag + '-' if a.tag else ''}{name}"
+            keep.mkdir(parents=True, exist_ok=True)
+            for f in [*Path(res["run_dir"]).glob("memory_s*.json"), *Path(res["run_dir"]).glob("memory_snapshot.pickle")]:
+                shutil.copy2(f, keep / f.name)
         result_file.write_text(json.dumps(report, indent=2, default=str))
         peaks = {k: round(v / GiB, 2) for k, v in (res.get("gpu_process_peak_bytes") or {}).items()}
         log(f"{name}: {res.get('status')} in {res.get('wall_s', 0):.0f}s; peaks {json.dumps(peaks)} GiB, predicted "

@@ -188,11 +188,15 @@ class TokenCountingCollator:
 
 def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str, kind: str,
                    save_on_stop: bool, sampler: NvmlSampler | None, profile: bool = False,
-                   checkpoint_adapter: Any = None, release_load_cache: bool = False) -> Any:
+                   checkpoint_adapter: Any = None, release_load_cache: bool = False,
+                   memory_snapshot: bool = False) -> Any:
     """The Trainer callback. ``checkpoint_adapter(folder)``: called on every rank after each
     checkpoint is written (FSDP: the adapter the Trainer's own FSDP checkpoint leaves out).
     ``release_load_cache``: hand the allocator's cached blocks back when training starts (FSDP:
-    every rank held the whole model before sharding it; cached, that stays "used" all run)."""
+    every rank held the whole model before sharding it; cached, that stays "used" all run).
+    ``memory_snapshot`` (a bench override, CUDA): rank 0 records torch's allocator history over
+    the first 3 steps into ``memory_snapshot.pickle`` (pytorch.org/memory_viz reads it) and every
+    rank writes its allocator segments by stream at the end of training (``memory_segments.json``)."""
     from transformers import TrainerCallback
 
     # Steps 4-5 (after allocation and kernel selection settle), for the bench's --profile.
@@ -224,9 +228,18 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
                     raise RecipeError(f"FSDP moved the 4-bit weights to the GPU but {len(misplaced)} layers kept their "
                                       f"quantization state elsewhere (first: {misplaced[0]}); this bitsandbytes/torch "
                                       "pair does not support fmllm's FSDP loading: report it with train.log")
+                # What wrapping cost (FSDP moves, flattens and shards each unit here: a peak of its
+                # own, bench/RESULTS.md); the summary's peaks are then the training's alone.
                 self.wrapped_mem = {"wrapped_allocated_bytes": int(torch.cuda.memory_allocated()),
-                                    "wrap_peak_allocated_bytes": int(torch.cuda.max_memory_allocated())}
+                                    "wrap_peak_allocated_bytes": int(torch.cuda.max_memory_allocated()),
+                                    "wrap_peak_reserved_bytes": int(torch.cuda.max_memory_reserved())}
                 torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                used = sampler.used_now() if sampler is not None else None
+                if used is not None and sampler.baseline_bytes is not None:
+                    # CUDA context and NCCL's buffers: the process's use that torch does not reserve.
+                    self.wrapped_mem["outside_torch_bytes"] = max(
+                        0, used - sampler.baseline_bytes - int(torch.cuda.memory_reserved()))
             self.start = self._last_log_t = self._t0 = time.perf_counter()
             self._last_log_tok = self._tok0 = counter.tokens
             self._last_log_step = state.global_step
@@ -234,6 +247,8 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
             files.state("training", step=state.global_step, max_steps=state.max_steps)
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if memory_snapshot and device == "cuda" and files.main and state.global_step == 0:
+                torch.cuda.memory._record_memory_history(max_entries=200_000, stacks="python")
             if profile_steps and state.global_step == profile_steps[0] and self.prof is None:
                 acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
                 self.prof = torch.profiler.profile(activities=acts)
@@ -254,6 +269,9 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
             self.prof = None
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if memory_snapshot and device == "cuda" and files.main and state.global_step == 3:
+                torch.cuda.memory._dump_snapshot(str(files.dir / "memory_snapshot.pickle"))
+                torch.cuda.memory._record_memory_history(enabled=None)
             if self.prof is not None and profile_steps and state.global_step >= profile_steps[1]:
                 self._end_profile()
             # End to end: the Trainer fetches a step's batches before on_step_begin, so a step
@@ -311,6 +329,11 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
             files.metrics(row)
             self._last_log_t, self._last_log_tok, self._last_log_step = now, counter.tokens, state.global_step
 
+        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if memory_snapshot and device == "cuda":
+                (files.dir / f"memory_segments.rank{_rank()}.json").write_text(
+                    json.dumps(allocator_segments(), indent=1))
+
         def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if checkpoint_adapter is not None:
                 checkpoint_adapter(Path(args.output_dir) / f"checkpoint-{state.global_step}")
@@ -322,6 +345,24 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
 # ------------------------------------------------------------------------------------------------
 # Saving
 # ------------------------------------------------------------------------------------------------
+
+
+def allocator_segments() -> dict[str, Any]:
+    """torch's caching allocator on this GPU right now, by stream: reserved and allocated bytes,
+    segment count and the largest blocks (what holds the gap between reserved and allocated)."""
+    streams: dict[str, dict[str, Any]] = {}
+    blocks: list[dict[str, Any]] = []
+    for seg in torch.cuda.memory_snapshot():
+        st = streams.setdefault(str(seg.get("stream")), {"reserved": 0, "allocated": 0, "segments": 0})
+        st["reserved"] += int(seg.get("total_size", 0))
+        st["allocated"] += int(seg.get("allocated_size", 0))
+        st["segments"] += 1
+        for b in seg.get("blocks", []):
+            blocks.append({"stream": str(seg.get("stream")), "size": int(b.get("size", 0)), "state": b.get("state")})
+    blocks.sort(key=lambda b: -b["size"])
+    return {"reserved_bytes": int(torch.cuda.memory_reserved()), "allocated_bytes": int(torch.cuda.memory_allocated()),
+            "max_reserved_bytes": int(torch.cuda.max_memory_reserved()),
+            "max_allocated_bytes": int(torch.cuda.max_memory_allocated()), "streams": streams, "largest_blocks": blocks[:40]}
 
 
 def adapter_key_map(model: Any, adapter_name: str = "default") -> dict[str, str]:
@@ -725,7 +766,8 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
     callback = _make_callback(files, counter, recipe.device, kind, save_on_stop=(kind != "test"), sampler=sampler,
                               profile=bool((runner.get("overrides") or {}).get("profile")),
                               checkpoint_adapter=fsdp_checkpoint_adapter if mode == "fsdp" else None,
-                              release_load_cache=mode == "fsdp")
+                              release_load_cache=mode == "fsdp",
+                              memory_snapshot=bool((runner.get("overrides") or {}).get("memory_snapshot")))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer_cls = Trainer
