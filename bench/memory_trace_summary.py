@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Summarise a torch allocator history (``memory_snapshot.pickle`` written by the runner's
+``memory_snapshot`` override): every allocation of at least ``--min-gib`` with its stream and the
+Python frames that made it, and every time a stream's reserved memory grew.
+
+    python3 bench/memory_trace_summary.py RUN_DIR/memory_snapshot.pickle --min-gib 0.5
+
+Reads the pickle with the standard library only (no GPU, no torch needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import sys
+
+GiB = 1024**3
+
+
+def frames_text(frames: list[dict], keep: int) -> str:
+    """The innermost ``keep`` frames outside torch's own allocator plumbing, innermost first."""
+    out = []
+    for f in frames:
+        name, file = f.get("name", "?"), f.get("filename", "?")
+        if "CUDACachingAllocator" in file or file.startswith("??"):
+            continue
+        short = "/".join(file.split("/")[-3:])
+        out.append(f"{short}:{f.get('line')} {name}")
+        if len(out) >= keep:
+            break
+    return "\n      ".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("pickle")
+    ap.add_argument("--min-gib", type=float, default=0.5)
+    ap.add_argument("--frames", type=int, default=14)
+    a = ap.parse_args()
+    with open(a.pickle, "rb") as fh:
+        snap = pickle.load(fh)
+    traces = snap.get("device_traces") or []
+    for dev, trace in enumerate(traces):
+        if not trace:
+            continue
+        print(f"== device {dev}: {len(trace)} events")
+        live: dict[int, int] = {}
+        per_stream: dict[int, int] = {}
+        reserved: dict[int, int] = {}
+        peak_total = 0
+        for i, e in enumerate(trace):
+            act, size, stream = e.get("action"), int(e.get("size", 0)), int(e.get("stream", 0))
+            if act == "alloc":
+                live[e["addr"]] = size
+                per_stream[stream] = per_stream.get(stream, 0) + size
+                total = sum(per_stream.values())
+                if size >= a.min_gib * GiB:
+                    print(f"[{i}] alloc {size / GiB:.3f} GiB stream {stream}; allocated now "
+                          f"{total / GiB:.3f} (by stream: "
+                          + ", ".join(f"{s}: {v / GiB:.2f}" for s, v in per_stream.items()) + ")")
+                    print("      " + frames_text(e.get("frames") or [], a.frames))
+                if total > peak_total:
+                    peak_total = total
+            elif act in ("free_completed",):
+                per_stream[stream] = per_stream.get(stream, 0) - live.pop(e["addr"], size)
+            elif act in ("segment_alloc", "segment_map"):
+                reserved[stream] = reserved.get(stream, 0) + size
+                if size >= 0.25 * GiB:
+                    print(f"[{i}] {act} +{size / GiB:.3f} GiB stream {stream} -> reserved "
+                          + ", ".join(f"{s}: {v / GiB:.2f}" for s, v in reserved.items()))
+            elif act in ("segment_free", "segment_unmap"):
+                reserved[stream] = reserved.get(stream, 0) - size
+        print(f"peak allocated seen in the trace (from its start): {peak_total / GiB:.3f} GiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
