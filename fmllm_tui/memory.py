@@ -132,8 +132,13 @@ LIGER_LOSS_BYTES_PER_LOGIT = 8
 PAGED_MIN_NUMEL = 100_000
 #: bitsandbytes 8-bit optimizers keep 32-bit state for tensors smaller than this.
 OPTIM_8BIT_MIN_NUMEL = 4096
-#: NCCL communicator buffers per process for DDP/FSDP (not calibrated here).
-NCCL_BYTES = int(0.5 * GiB)
+#: NCCL communicator buffers per process for DDP/FSDP: NVML's use outside torch's allocator in
+#: an FSDP rank less the CUDA context, measured 0.68 GiB (1.431 - 0.75) on every rank of 4 FSDP
+#: runs on 2 H100s (NCCL 2.28.9, NVLink multicast off; bench/RESULTS.md).
+NCCL_BYTES = int(0.68 * GiB)
+#: FSDP's wrap, torch's reserve above the allocated peak while it flattens and shards the root
+#: unit: 0.307 GiB (Qwen2.5-14B) and 0.257 GiB (7B) measured on 2 H100s (bench/RESULTS.md).
+FSDP_WRAP_RESERVE_BYTES = int(0.3 * GiB)
 
 # Throughput model (relative speeds; calibrated on the H200 anchor runs, Qwen2.5-7B/14B) -------
 #: Share of the card's dense 16-bit tensor throughput that training matmuls reach.
@@ -419,11 +424,13 @@ class Prediction:
     tokens_per_micro_batch: int
     tokens_per_second: float
     relative_speed: float  # tokens/s over the model's compute-bound speed on this card (<= 1)
-    peak_phase: str  # "loss" | "layer backward"
+    peak_phase: str  # "loss" | "layer backward" | "FSDP wrap"
     recipe: str
     loss: str
     notes: list[str] = field(default_factory=list)
     inputs: PlanInputs | None = None
+    #: Process peak of each phase that was compared (FSDP: "training" and "FSDP wrap").
+    phase_peaks: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -673,28 +680,43 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
     # ---- multi-GPU ------------------------------------------------------------------------
     n = inp.n_gpus if inp.mode != "single" else 1
     gather = 0
+    fsdp_wrap: dict[str, int] | None = None  # the wrap phase's breakdown (FSDP without CPU offload)
+    fsdp_wrap_alloc = 0
     if inp.mode == "fsdp" and n > 1:
         # FSDP+QLoRA (bf16 quant storage): parameters, adapters, grads and state sharded;
         # embeddings/lm_head sit in the root unit and stay gathered; two layer units gathered.
         layer_w = (bd["weights_4bit"] + bd["quant_constants"]) // n_layers if quant else s.linear_params * c
         layer_lora = bd["lora_weights"] // n_layers
+        # The root unit (input embedding, output head, final norm) is gathered from the forward to
+        # the end of the backward, while its own shard stays allocated beside it.
         root = embed_bytes + s.head_params * w16
         sharded_keys = ("weights_4bit", "quant_constants", "lora_weights", "lora_grads", "optimizer_state")
         for k in sharded_keys:
             bd[k] = bd[k] // n
         other16 = bd["weights_16bit"] - root
+        root_shard = root // n
         if inp.cpu_offload:
             for k in sharded_keys:
                 bd[k] = 0
-            other16 = 0
+            other16 = root_shard = 0
             notes.append("FSDP CPU offload: sharded parameters and optimizer state live in CPU memory")
-        bd["weights_16bit"] = root + other16 // n
+        bd["weights_16bit"] = root_shard + other16 // n
+        bd["fsdp_gathered_root"] = root
         gather = 2 * (layer_w + layer_lora)
         bd["fsdp_gathered_layers"] = gather
-        notes.append(f"FSDP over {n} GPUs: per-GPU prediction of the sharded training; measured once (Qwen2.5-14B on "
-                     "2 H100s) each GPU peaked at 2x it, because every rank first loads the whole 4-bit model onto "
-                     "its GPU: until fmllm loads sharded, each GPU needs the whole 4-bit model plus the 16-bit "
-                     "weights at load (bench/RESULTS.md)")
+        # Wrapping (measured to 0.8% on 2 H100s): the model comes from CPU RAM unit by unit, the
+        # root last; while FSDP flattens the root its moved parameters and the flat copy are both on
+        # the GPU, beside every unit's shard (the adapters' gradients and state come later). With CPU
+        # offload the shards wait in CPU RAM, but each unit is still flattened on the GPU (not measured).
+        shards = (bd["weights_4bit"] + bd["quant_constants"] + bd["weights_16bit"] + bd["lora_weights"]
+                  + RUNTIME_MISC_BYTES)
+        fsdp_wrap = {"weights_4bit": bd["weights_4bit"], "quant_constants": bd["quant_constants"],
+                     "weights_16bit": bd["weights_16bit"], "lora_weights": bd["lora_weights"],
+                     "runtime_misc": RUNTIME_MISC_BYTES, "fsdp_wrap_transient": 2 * max(root, layer_w)}
+        fsdp_wrap_alloc = shards + fsdp_wrap["fsdp_wrap_transient"]
+        notes.append(f"FSDP over {n} GPUs: per-GPU peak of wrapping (the model loads into CPU RAM and FSDP "
+                     "moves it to the GPUs unit by unit) and of the sharded training, the larger counts; "
+                     "measured on 2 H100s (bench/RESULTS.md)")
     elif inp.mode == "ddp" and n > 1:
         bd["ddp_grad_buckets"] = bd["lora_grads"]
         notes.append(f"DDP over {n} GPUs: every GPU holds the whole model; per-GPU prediction, not yet calibrated")
@@ -856,6 +878,19 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
                 )
     peak_reserved = peak_alloc + reserve
     process = sum(bd.values())
+    phase_peaks: dict[str, int] = {}
+    if fsdp_wrap is not None:
+        wrap_process = fsdp_wrap_alloc + FSDP_WRAP_RESERVE_BYTES + CUDA_CONTEXT_BYTES + NCCL_BYTES
+        phase_peaks = {"training": int(process), "FSDP wrap": int(wrap_process)}
+        if wrap_process > process:
+            # Wrapping peaks higher than training: that moment's parts are the breakdown.
+            bd = {**fsdp_wrap, "allocator_reserve": FSDP_WRAP_RESERVE_BYTES, "optimizer_paged": 0,
+                  "cuda_context": CUDA_CONTEXT_BYTES, "nccl_buffers": NCCL_BYTES}
+            bd = {k: int(v) for k, v in bd.items()}
+            peak_alloc, reserve, opt_paged = fsdp_wrap_alloc, FSDP_WRAP_RESERVE_BYTES, 0
+            peak_reserved = peak_alloc + reserve
+            process = sum(bd.values())
+            phase = "FSDP wrap"
     # The breakdown holds the peak moment's parts; it sums to the process peak by construction.
     assert process == (peak_reserved + opt_paged + CUDA_CONTEXT_BYTES + (NCCL_BYTES if n > 1 else 0)
                        + (OFFLOAD_RUNTIME_BYTES if offload else 0))
@@ -891,6 +926,7 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
         loss=loss_kind,
         notes=notes,
         inputs=inp,
+        phase_peaks=phase_peaks,
     )
 
 

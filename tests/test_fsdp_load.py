@@ -122,3 +122,17 @@ def test_cpu_quantized_model_trains_under_fsdp(tiny_model_dir: Path, gloo_world)
     total = sum(float(g.abs().sum()) for g in ref_grads.values())
     wrapped_total = sum(float(p.grad.abs().sum()) for p in trained)
     assert wrapped_total == pytest.approx(total, rel=1e-4)
+
+
+def test_first_forward_hands_the_cache_back_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fmllm_tui.runner.train import release_after_first_forward_start
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(1))
+    layer = torch.nn.Linear(4, 4)
+    release_after_first_forward_start(layer)
+    assert len(layer._forward_pre_hooks) == 1
+    x = torch.ones(2, 4)
+    first = layer(x)
+    assert calls == [1] and not layer._forward_pre_hooks  # once, then the hook is gone
+    assert torch.equal(layer(x), first) and calls == [1]

@@ -216,7 +216,13 @@ def test_multi_gpu_modes() -> None:
     fsdp4 = memory.predict_inputs(replace(inp, mode="fsdp", n_gpus=4), QWEN14)
     off = memory.predict_inputs(replace(inp, mode="fsdp", n_gpus=4, cpu_offload=True), QWEN14)
     assert ddp.peak_process_bytes > single.peak_process_bytes  # whole model + buckets + NCCL
-    assert fsdp4.peak_process_bytes < fsdp2.peak_process_bytes < ddp.peak_process_bytes
+    assert fsdp4.peak_process_bytes < fsdp2.peak_process_bytes
+    # Sharded training needs less than DDP's whole model per GPU; wrapping a 14B over 2 GPUs peaks
+    # higher (the root unit's parameters twice while FSDP flattens them; measured, bench/RESULTS.md).
+    assert fsdp2.phase_peaks["training"] < ddp.peak_process_bytes < fsdp2.phase_peaks["FSDP wrap"]
+    root = fsdp2.breakdown["fsdp_wrap_transient"] // 2
+    assert fsdp2.peak_phase == "FSDP wrap" and root == 2 * 152064 * 5120 * 2  # input embedding + head, bf16
+    assert sum(fsdp2.breakdown.values()) == fsdp2.peak_process_bytes
     assert off.peak_process_bytes < fsdp4.peak_process_bytes
     assert fsdp2.tokens_per_step == 2 * single.tokens_per_step
     assert any("FSDP" in n for n in fsdp2.notes) and any("DDP" in n for n in ddp.notes)

@@ -319,6 +319,18 @@ def offload_host_ram_bytes(arch: dict[str, Any], n_processes_here: int) -> tuple
     return int(params * lo) + base, int(params * hi) + base
 
 
+def load_host_ram_bytes(view: Any, arch: dict[str, Any], n_processes_here: int) -> int:
+    """Host RAM one machine needs while an FSDP run loads: every process quantizes the whole model
+    into CPU RAM (4-bit weights and their constants, the 16-bit embeddings, head and norms) before
+    FSDP moves it to the GPUs unit by unit, plus each process's own footprint. Derived from the
+    model's sizes (the CPU copy is freed as units move); fmllm has not measured host RAM itself."""
+    from fmllm_tui import memory
+
+    bd = memory.predict(fsdp_view(view), arch, mode="single").breakdown
+    whole = int(bd.get("weights_4bit", 0)) + int(bd.get("quant_constants", 0)) + int(bd.get("weights_16bit", 0))
+    return max(1, n_processes_here) * (whole + PROCESS_RAM_BYTES)
+
+
 # ------------------------------------------------------------------------------------------------
 # The accelerate config
 # ------------------------------------------------------------------------------------------------
