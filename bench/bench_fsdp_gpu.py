@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """GPU bench of fmllm's FSDP + QLoRA path over 2 GPUs, against one GPU with the same data and seed.
 
-NOT RUN ON A GPU YET. Run it from the repository root on a host with 2 NVIDIA GPUs (H100/H200)
+Run on 2 H100s on 2026-11-26 (bench/RESULTS.md). Run it from the repository root on a host with 2 NVIDIA GPUs (H100/H200)
 that has torch (CUDA build with NCCL), transformers, peft, accelerate, bitsandbytes, datasets and
 nvidia-ml-py; no internet, no Hub. On the device machine (wheels in .whl/, see
 shared/device/fetch-wheels.sh):
@@ -205,8 +205,9 @@ def write_config(work: Path, model: Path, data: Path, *, mode: str, steps: int, 
 
 
 def predicted(config: Path, arch: dict[str, Any], mode: str) -> dict[str, Any]:
-    """fmllm's prediction for one GPU of the run, and (FSDP) this bench's estimate of the load
-    phase: every rank loads the whole 4-bit model onto its own GPU before FSDP shards it."""
+    """fmllm's prediction for one GPU of the run, and (FSDP) for contrast this bench's estimate of
+    loading the whole 4-bit model onto each GPU before sharding (what fmllm's FSDP launch did
+    before it loaded into CPU RAM; 2026-11-26 morning)."""
     from fmllm_tui import memory
     from fmllm_tui.config import load_config
     from fmllm_tui.runner.distributed import fsdp_view
@@ -319,7 +320,7 @@ def verdicts(results: dict[str, Any]) -> list[str]:
                          + (f" (training phase alone {train_err:+.1f}%)" if train_err is not None else ""))
         if pred.get("load_estimate_bytes"):
             counted = "counts it" if pred.get("peak_phase") == "load" else "does not count it"
-            lines.append(f"{name}: load-phase estimate (whole 4-bit model on each GPU before sharding) "
+            lines.append(f"{name}: for contrast, the whole 4-bit model on each GPU (the old GPU loading) "
                          f"{pred['load_estimate_bytes'] / GiB:.2f} GiB; fmllm's FSDP prediction {counted}")
     one = results.get("single")
     for name, two in results.items():

@@ -154,10 +154,9 @@ PRESETS: dict[str, Preset] = {
             ),
             notes="Needs bfloat16 GPUs (Ampere or newer). Reported for 70B on 2 GPUs (PEFT FSDP "
             "guide): ~19.6 GB per GPU plus ~107 GB host RAM with CPU offload; ~35.6 GB per GPU "
-            "without. Llama-3.3 is gated: accept its licence and log in first. Caution: fmllm's FSDP "
-            "launch currently loads the whole 4-bit model onto every GPU before sharding (measured on "
-            "2 H100s, bench/RESULTS.md), so 24 GB cards run out of memory while loading a 70B: "
-            "config.multi_gpu_fit warns.",
+            "without. Llama-3.3 is gated: accept its licence and log in first. fmllm's FSDP launch "
+            "loads the 4-bit model into CPU RAM in every process first (host.load_ram) and peaks "
+            "while FSDP wraps it, with the embeddings and head held twice (config.multi_gpu_fit).",
         ),
     )
 }
