@@ -200,6 +200,13 @@ def test_load_ram(report, loaded, architecture, inventory):
     if arch is None:
         report.skip("the model's architecture is unknown, so its size in RAM cannot be estimated")
     devices = _local_devices(inventory)
+    if d.mode == "auto":
+        # auto picks FSDP only for a model that does not fit one of several GPUs here.
+        if len(devices) < 2:
+            report.skip("mode auto trains on one GPU with fewer than 2 GPUs visible, loading onto it")
+        fits, _ = dist.fits_one_card(view, arch, [dv.free_bytes for dv in devices])
+        if fits is not False:
+            report.skip("mode auto: the model fits one GPU here, so it trains on one or with DDP, loading onto each GPU")
     here = (d.num_processes // d.num_machines) if d.num_processes else (len(devices) or 2)
     need = dist.load_host_ram_bytes(view, arch, here)
     vm, swap = psutil.virtual_memory(), psutil.swap_memory()
@@ -209,7 +216,7 @@ def test_load_ram(report, loaded, architecture, inventory):
     what = (f"with FSDP each of the {here} processes on this machine first loads the whole 4-bit model into CPU RAM: "
             f"about {_gib(need)} together")
     if d.mode == "auto":
-        what = "if this trains with FSDP, " + what
+        what = "mode auto trains this with FSDP: " + what
     if vm.available + swap.free < need:
         report.fail(f"{what}, but {_gib(vm.available)} is available (+{_gib(swap.free)} swap): the kernel would kill "
                     "the run while loading ('Killed'). Add RAM or swap, or run fewer processes on this machine "

@@ -729,7 +729,12 @@ def test_check_host_ram_for_fsdp_loading(tmp_path: Path, monkeypatch: pytest.Mon
     r = run_checks(tmp_path, monkeypatch, text, fake_gpus(tmp_path, 4), ["host.load_ram"])["host.load_ram"]
     assert r.status == "fail" and "would kill the run while loading" in r.finding and "num_processes" in r.finding
     auto = run_checks(tmp_path, monkeypatch, cfg_text(), fake_gpus(tmp_path, 4), ["host.load_ram"])["host.load_ram"]
-    assert auto.status == "fail" and auto.finding.startswith("if this trains with FSDP, "), auto.finding
+    assert auto.status == "fail" and auto.finding.startswith("mode auto trains this with FSDP: "), auto.finding
+    small = cfg_text(model="Qwen/Qwen2.5-7B-Instruct")  # fits one card: auto never loads it into CPU RAM
+    r = run_checks(tmp_path, monkeypatch, small, fake_gpus(tmp_path, 4), ["host.load_ram"])["host.load_ram"]
+    assert r.status == "skip" and "fits one GPU here" in r.finding, r.finding
+    r = run_checks(tmp_path, monkeypatch, cfg_text(), fake_gpus(tmp_path, 1), ["host.load_ram"])["host.load_ram"]
+    assert r.status == "skip" and "fewer than 2 GPUs" in r.finding, r.finding
     for fm, why in (("distributed: {mode: ddp}\n", "mode is ddp"),
                     ("distributed: {mode: fsdp, cpu_offload: true}\n", "see host.offload_ram")):
         r = run_checks(tmp_path, monkeypatch, cfg_text(fmllm=fm), fake_gpus(tmp_path, 4), ["host.load_ram"])
