@@ -466,7 +466,7 @@ def main() -> int:
         timeout = left - later
         config = write_config(runs / name, model, data, mode=mode, steps=a.steps, seq=a.seq, ga=ga, offload=offload,
                               lr=a.lr, mb=mb)
-        failed = [n for n, r in report["results"].items() if r.get("status") != "ok"]
+        failed = [n for n, r in report["results"].items() if r.get("status") not in ("ok", "skipped")]
         if a.stop_on_failure and failed:
             res: dict[str, Any] = {"name": name, "status": "skipped", "message": f"--stop-on-failure: {failed[0]} failed"}
         elif timeout < 60:

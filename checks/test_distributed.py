@@ -166,11 +166,10 @@ def test_multi_gpu_fit(report, loaded, inventory, planning, architecture, reques
     if changes:
         report.fail(f"{head}.", _fix(loaded, changes))
     per = memory.predict(dist.fsdp_view(view), arch, mode="fsdp", n_gpus=max(runner_n, 2))
-    bd = per.breakdown
     # The training phase's allocator reserve was measured 2.5-3.7 GiB high on 2 H100s: FSDP's first
     # forward leaves a freed buffer the size of the gathered root cached. fmllm's runner now hands it
     # back right away; until a GPU run confirms that, plan headroom for it (bench/RESULTS.md).
-    root = int(bd.get("fsdp_gathered_root") or bd.get("fsdp_wrap_transient", 0) // 2)
+    root = per.fsdp_root_bytes
     training = per.phase_peaks.get("training", per.peak_process_bytes)
     unconfirmed = int(1.25 * root)
     report.set(runner_gpus=runner_n, runner_per_gpu_peak_bytes=per.peak_process_bytes, peak_phase=per.peak_phase,
@@ -194,19 +193,20 @@ def test_load_ram(report, loaded, architecture, inventory):
     d = view.fmllm.distributed
     if d.mode in ("single", "ddp"):
         report.skip(f"FSDP loads the model into CPU RAM first; mode is {d.mode}, which loads it onto each GPU")
-    if d.cpu_offload:
-        report.skip("fmllm.distributed.cpu_offload is on: the parameters stay in host RAM (see host.offload_ram)")
     arch, _ = architecture
     if arch is None:
         report.skip("the model's architecture is unknown, so its size in RAM cannot be estimated")
     devices = _local_devices(inventory)
     if d.mode == "auto":
-        # auto picks FSDP only for a model that does not fit one of several GPUs here.
-        if len(devices) < 2:
-            report.skip("mode auto trains on one GPU with fewer than 2 GPUs visible, loading onto it")
+        # What the launch would pick here (plan_mode): FSDP only for a model that does not fit one
+        # of several GPUs.
         fits, _ = dist.fits_one_card(view, arch, [dv.free_bytes for dv in devices])
-        if fits is not False:
-            report.skip("mode auto: the model fits one GPU here, so it trains on one or with DDP, loading onto each GPU")
+        try:
+            mode, _n, why = dist.plan_mode(view, len(devices), fits)
+        except dist.DistributedError as e:
+            report.skip(f"mode auto cannot plan a launch here ({e}); see gpu.count")
+        if mode != "fsdp":
+            report.skip(f"mode auto plans {mode} here ({why}), which loads onto each GPU")
     here = (d.num_processes // d.num_machines) if d.num_processes else (len(devices) or 2)
     need = dist.load_host_ram_bytes(view, arch, here)
     vm, swap = psutil.virtual_memory(), psutil.swap_memory()

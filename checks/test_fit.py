@@ -45,6 +45,10 @@ def test_config_fit(report, loaded, target, architecture, data_report, inventory
         report.skip("the model's architecture is unknown (see model.available), so its memory cannot be predicted")
     v = loaded.view
     mode, n = _mode(v, inventory, arch, target.budget_bytes)
+    if mode == "fsdp":
+        from fmllm_tui.runner.distributed import fsdp_view
+
+        v = fsdp_view(v)  # as the FSDP runner trains it: the input embedding stays on the GPUs
     lengths = data_report.lengths if data_report is not None and data_report.rows else None
     fit = fitsearch.fit(v, arch, target.budget_bytes, example_lengths=lengths, gpu=target.card, mode=mode, n_gpus=n)
     # With the data's lengths known, batches are as long as its longest example (up to

@@ -206,7 +206,8 @@ def _tier_options(base: PlanInputs, arch: memory.ArchSpec, tier: int) -> dict[st
     if tier >= 1:
         if not base.use_4bit or not base.nested_quant:
             opts["quant"] = [(base.use_4bit, base.nested_quant), (True, True)]
-        if fmllm and not arch.tied and base.offload_embeddings != "on":
+        # Under FSDP the embedding is sharded with the rest (the runner never offloads it).
+        if fmllm and not arch.tied and base.offload_embeddings != "on" and not (base.mode == "fsdp" and base.n_gpus > 1):
             opts["offload_embeddings"] = [base.offload_embeddings, "on"]
     if tier >= 2 and base.optim not in memory.OPTIMIZERS_8BIT and base.optim != "sgd" and base.use_adapter:
         opts["optim"] = [base.optim, "paged_adamw_8bit"]

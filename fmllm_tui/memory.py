@@ -431,6 +431,8 @@ class Prediction:
     inputs: PlanInputs | None = None
     #: Process peak of each phase that was compared (FSDP: "training" and "FSDP wrap").
     phase_peaks: dict[str, int] = field(default_factory=dict)
+    #: FSDP: bytes of the root unit (input embedding, head) gathered on every GPU for each step.
+    fsdp_root_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -633,10 +635,13 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
 
     # ---- static: weights, adapters, optimizer --------------------------------------------
     bd: dict[str, int] = {}
-    offload = inp.recipe == "fmllm" and (
+    sharded = inp.mode == "fsdp" and inp.n_gpus > 1
+    offload = not sharded and inp.recipe == "fmllm" and (
         inp.offload_embeddings == "on"
         or (inp.offload_embeddings == "auto" and s.embed_params * w16 >= OFFLOAD_AUTO_MIN_BYTES)
     )
+    if sharded and inp.offload_embeddings == "on":
+        notes.append("FSDP shards the input embedding with the rest: fmllm.offload_embeddings does not apply")
     if offload and a.tied:
         if inp.offload_embeddings == "on":
             notes.append("input embeddings are tied to the output head: they cannot be offloaded")
@@ -680,8 +685,8 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
     # ---- multi-GPU ------------------------------------------------------------------------
     n = inp.n_gpus if inp.mode != "single" else 1
     gather = 0
-    fsdp_wrap: dict[str, int] | None = None  # the wrap phase's breakdown (FSDP without CPU offload)
-    fsdp_wrap_alloc = 0
+    fsdp_wrap: dict[str, int] | None = None  # the wrap phase's breakdown (FSDP)
+    fsdp_wrap_alloc = fsdp_root = 0
     if inp.mode == "fsdp" and n > 1:
         # FSDP+QLoRA (bf16 quant storage): parameters, adapters, grads and state sharded;
         # embeddings/lm_head sit in the root unit and stay gathered; two layer units gathered.
@@ -701,7 +706,7 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
             other16 = root_shard = 0
             notes.append("FSDP CPU offload: sharded parameters and optimizer state live in CPU memory")
         bd["weights_16bit"] = root_shard + other16 // n
-        bd["fsdp_gathered_root"] = root
+        bd["fsdp_gathered_root"] = fsdp_root = root
         gather = 2 * (layer_w + layer_lora)
         bd["fsdp_gathered_layers"] = gather
         # Wrapping (measured to 0.8% on 2 H100s): the model comes from CPU RAM unit by unit, the
@@ -864,9 +869,11 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
             s_star = min(s_star, math.isqrt((workspace - 1) // (4 * b * a.heads)))
         below_peaks = []
         if 1 <= s_star < seq:
-            below_peaks.append(predict_inputs(replace(inp, seq_len=s_star), a).peak_process_bytes)
+            below = predict_inputs(replace(inp, seq_len=s_star), a)
+            below_peaks.append(below.phase_peaks.get("training", below.peak_process_bytes))
         if b > 1:  # and monotone in the micro-batch: at least the (enveloped) plan one smaller
-            below_peaks.append(predict_inputs(replace(inp, micro_batch=b - 1), a).peak_process_bytes)
+            below = predict_inputs(replace(inp, micro_batch=b - 1), a)
+            below_peaks.append(below.phase_peaks.get("training", below.peak_process_bytes))
         if below_peaks:
             extra = max(below_peaks) - sum(bd.values())
             if extra > 0:
@@ -927,6 +934,7 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
         notes=notes,
         inputs=inp,
         phase_peaks=phase_peaks,
+        fsdp_root_bytes=int(fsdp_root),
     )
 
 

@@ -732,13 +732,17 @@ def test_check_host_ram_for_fsdp_loading(tmp_path: Path, monkeypatch: pytest.Mon
     assert auto.status == "fail" and auto.finding.startswith("mode auto trains this with FSDP: "), auto.finding
     small = cfg_text(model="Qwen/Qwen2.5-7B-Instruct")  # fits one card: auto never loads it into CPU RAM
     r = run_checks(tmp_path, monkeypatch, small, fake_gpus(tmp_path, 4), ["host.load_ram"])["host.load_ram"]
-    assert r.status == "skip" and "fits one GPU here" in r.finding, r.finding
+    assert r.status == "skip" and "mode auto plans ddp here" in r.finding, r.finding
     r = run_checks(tmp_path, monkeypatch, cfg_text(), fake_gpus(tmp_path, 1), ["host.load_ram"])["host.load_ram"]
-    assert r.status == "skip" and "fewer than 2 GPUs" in r.finding, r.finding
-    for fm, why in (("distributed: {mode: ddp}\n", "mode is ddp"),
-                    ("distributed: {mode: fsdp, cpu_offload: true}\n", "see host.offload_ram")):
-        r = run_checks(tmp_path, monkeypatch, cfg_text(fmllm=fm), fake_gpus(tmp_path, 4), ["host.load_ram"])
-        assert r["host.load_ram"].status == "skip" and why in r["host.load_ram"].finding
+    assert r.status == "skip" and "mode auto plans single here" in r.finding, r.finding
+    r = run_checks(tmp_path, monkeypatch, cfg_text(fmllm="distributed: {mode: ddp}\n"), fake_gpus(tmp_path, 4),
+                   ["host.load_ram"])["host.load_ram"]
+    assert r.status == "skip" and "mode is ddp" in r.finding
+    # With CPU offload every process still loads the whole model into CPU RAM first.
+    host(500, 0)
+    r = run_checks(tmp_path, monkeypatch, cfg_text(fmllm="distributed: {mode: fsdp, num_processes: 4, cpu_offload: true}\n"),
+                   fake_gpus(tmp_path, 4), ["host.load_ram"])["host.load_ram"]
+    assert r.status == "pass" and r.values["needed_bytes"] == need, r.finding
 
 
 def test_memory_fit_fixer_writes_the_distributed_keys(tmp_path: Path) -> None:

@@ -235,3 +235,18 @@ def test_recommend_can_include_what_does_not_fit() -> None:
 def test_recommend_rejects_a_bad_budget() -> None:
     with pytest.raises(ValueError, match="positive"):
         fitsearch.recommend(0, _view())
+
+
+@pytest.mark.parametrize("offload", ["on", "auto"])
+def test_fsdp_search_never_offloads_the_embedding(offload: str) -> None:
+    # Under FSDP the runner shards the embedding: the search must neither crash on the setting nor
+    # propose it, and its plan must fit on the per-GPU prediction.
+    view = _view(**{"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2})
+    view.fmllm.offload_embeddings = offload
+    for budget in (6 * GiB, 9 * GiB, 16 * GiB):
+        res = fitsearch.fit(view, QWEN7, budget, mode="fsdp", n_gpus=2)
+        assert all(c["key"] != "fmllm.offload_embeddings" for c in res.changes)
+        after = res.prediction_after
+        assert "offload_runtime" not in after.breakdown and after.fsdp_root_bytes > 0
+        if res.fits:
+            assert after.peak_process_bytes <= budget - res.margin_bytes

@@ -94,6 +94,11 @@ def test_cpu_quantized_model_trains_under_fsdp(tiny_model_dir: Path, gloo_world)
     assert n4 == len(lin)  # every layer's state is on the CPU, so "not on cuda:0" names all of them
     assert quant_states_off_device(model, torch.device("cpu")) == []
     assert quant_states_off_device(None, torch.device("cpu")) == []
+    lost = lin[0].quant_state
+    lin[0].quant_state = lin[0].weight.quant_state = None  # a layer whose state went missing is named
+    assert quant_states_off_device(model, torch.device("cpu")) == [
+        next(n for n, m in model.named_modules() if m is lin[0]) + " (no quantization state)"]
+    lin[0].quant_state = lin[0].weight.quant_state = lost
 
     torch.manual_seed(0)
     peft_model = prepare_for_training(model, CFG, recipe)
@@ -115,8 +120,9 @@ def test_cpu_quantized_model_trains_under_fsdp(tiny_model_dir: Path, gloo_world)
     assert not any(type(p).__name__ == "Params4bit" for p in flat)  # the 4-bit weights are flat views now
     loss, _ = loss_and_grads(wrapped)
     assert torch.equal(loss, ref_loss)
-    # The quantization state survived flattening: every 4-bit layer found it again.
+    # The quantization state survived flattening: every 4-bit layer still has it, on the CPU.
     assert quant_states_off_device(wrapped, torch.device("cpu")) == []
+    assert len(quant_states_off_device(wrapped, torch.device("meta"))) == len(lin)
     trained = [p for p in wrapped.parameters() if p.requires_grad]
     assert trained and all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained)
     total = sum(float(g.abs().sum()) for g in ref_grads.values())

@@ -208,6 +208,18 @@ def test_paged_state_counts_for_nvml_not_torch() -> None:
     assert unpaged.breakdown["optimizer_paged"] == 0
 
 
+def test_fsdp_never_offloads_the_embedding() -> None:
+    # The FSDP runner shards the input embedding with the rest: asking to offload it changes nothing.
+    for setting in ("on", "auto", "off"):
+        p = memory.predict_inputs(PlanInputs(recipe="fmllm", offload_embeddings=setting, mode="fsdp", n_gpus=2), QWEN14)
+        assert sum(p.breakdown.values()) == p.peak_process_bytes and "offload_runtime" not in p.breakdown
+        assert p.fsdp_root_bytes == 2 * 152064 * 5120 * 2
+        assert (setting == "on") == any("does not apply" in n for n in p.notes)
+    same = {memory.predict_inputs(PlanInputs(recipe="fmllm", offload_embeddings=x, mode="fsdp", n_gpus=2),
+                                  QWEN14).peak_process_bytes for x in ("on", "auto", "off")}
+    assert len(same) == 1
+
+
 def test_multi_gpu_modes() -> None:
     inp = PlanInputs(recipe="fmllm", loss="chunked", liger_layers=False, offload_embeddings="off")
     single = memory.predict_inputs(inp, QWEN14)

@@ -300,20 +300,28 @@ def load_model(source: str, cfg: dict[str, Any], recipe: Recipe, *, device_index
 
 
 def quant_states_off_device(model: Any, device: torch.device) -> list[str]:
-    """Names of the 4-bit layers whose quantization state (absmax) is not on ``device``.
+    """Names of the 4-bit layers whose quantization state (absmax) is missing or not on ``device``.
 
     Under FSDP the packed weights become views of a flat parameter that FSDP moves; the state
     travels only through ``Params4bit.to``. Checked once after wrapping (``None``: nothing to check).
     """
     if model is None:
         return []
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:  # no bitsandbytes: nothing here is 4-bit
+        return []
     bad = []
     for name, module in model.named_modules():
+        if not isinstance(module, Linear4bit):
+            continue
         qs = getattr(module, "quant_state", None)
         if qs is None:
             qs = getattr(getattr(module, "weight", None), "quant_state", None)
         absmax = getattr(qs, "absmax", None)
-        if isinstance(absmax, torch.Tensor) and absmax.device != device:
+        if not isinstance(absmax, torch.Tensor):
+            bad.append(f"{name} (no quantization state)")
+        elif absmax.device != device:
             bad.append(name)
     return bad
 

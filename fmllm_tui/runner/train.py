@@ -817,6 +817,13 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
     train_s = time.perf_counter() - t_train
     _signals["training"] = False
     mem = memory_now(recipe.device)
+    wrapped = callback.wrapped_mem
+    if wrapped:
+        # FSDP: torch's peaks were reset after wrapping; the run's peaks are the larger of the two.
+        wrapped["training_peak_allocated_bytes"] = mem.get("peak_allocated_bytes")
+        wrapped["training_peak_reserved_bytes"] = mem.get("peak_bytes")
+        mem["peak_allocated_bytes"] = max(mem.get("peak_allocated_bytes") or 0, wrapped["wrap_peak_allocated_bytes"])
+        mem["peak_bytes"] = max(mem.get("peak_bytes") or 0, wrapped["wrap_peak_reserved_bytes"])
     if sampler is not None:
         sampler.stop()
     steps_done = trainer.state.global_step
