@@ -142,3 +142,75 @@ def test_first_forward_hands_the_cache_back_once(monkeypatch: pytest.MonkeyPatch
     first = layer(x)
     assert calls == [1] and not layer._forward_pre_hooks  # once, then the hook is gone
     assert torch.equal(layer(x), first) and calls == [1]
+
+
+RANK_SCRIPT = r'''
+import json, os, sys
+import torch
+import torch.distributed as td
+from peft.utils.other import fsdp_auto_wrap_policy
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP, ShardingStrategy
+
+from fmllm_tui.runner.lean import load_model, prepare_for_training, quant_states_off_device
+from tests.test_fsdp_load import CFG, _recipe
+
+model_dir, out = sys.argv[1], sys.argv[2]
+td.init_process_group("gloo")
+rank = td.get_rank()
+recipe = _recipe("fsdp")
+torch.manual_seed(0)
+model = prepare_for_training(load_model(model_dir, CFG, recipe), CFG, recipe)
+n4 = sum(type(m).__name__ == "Linear4bit" and hasattr(m, "quant_state") for m in model.modules())
+ids = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(1))
+ref = model(input_ids=ids, labels=ids).loss.item()
+wrapped = FSDP(model, auto_wrap_policy=fsdp_auto_wrap_policy(model), use_orig_params=False,
+               device_id=torch.device("cpu"), sharding_strategy=ShardingStrategy.FULL_SHARD)
+opt = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=1e-2)
+losses = []
+for _ in range(3):
+    loss = wrapped(input_ids=ids, labels=ids).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    losses.append(loss.item())
+flats = [p for p in wrapped.parameters() if hasattr(p, "_unpadded_unsharded_size")]  # FSDP's flat parameters
+flat = sum(p.numel() for p in flats)
+unsharded = sum(p._unpadded_unsharded_size.numel() for p in flats)
+json.dump({"rank": rank, "ref": ref, "losses": losses, "missing": quant_states_off_device(wrapped, torch.device("cpu")),
+           "n4": n4, "local_numel": flat, "unsharded_numel": unsharded}, open(f"{out}/rank{rank}.json", "w"))
+td.destroy_process_group()
+'''
+
+
+def test_two_ranks_shard_the_cpu_quantized_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Two gloo processes shard the CPU-quantized 4-bit model (FULL_SHARD, bf16-stored 4-bit weights
+    in FSDP's flat parameters): the first loss equals the unwrapped model's, training moves it, and
+    every 4-bit layer keeps its quantization state."""
+    import json
+    import subprocess
+    import sys
+
+    import torch.distributed as td
+
+    if not (td.is_available() and td.is_gloo_available()):
+        pytest.skip("this torch build has no gloo backend")
+    from fmllm_tui.runner.distributed import free_port
+
+    repo = Path(__file__).resolve().parents[1]
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    port = str(free_port())
+    env = {**os.environ, "PYTHONPATH": str(repo), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+           "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(tiny_model_dir), str(tmp_path)],
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": "2"},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for r in ranks:
+        assert r["n4"] > 0 and r["missing"] == []
+        assert 0 < r["local_numel"] <= 0.51 * r["unsharded_numel"]  # each rank holds half: really sharded
+        assert r["losses"][0] == pytest.approx(r["ref"], abs=1e-4)  # sharding changed nothing
+        assert r["losses"][-1] < r["losses"][0]  # and the adapters train
+    assert ranks[0]["losses"] == pytest.approx(ranks[1]["losses"], abs=1e-6)
