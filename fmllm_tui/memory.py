@@ -43,8 +43,12 @@ asserts 5%); fitted on the 17 anchor points alone, the 17 probe points land with
 torch's allocated peak, which uses no fitted reserve term, is within 2.3% on every point.
 Refit with ``python bench/memory_calibrate.py --fit`` after adding points.
 
-Not calibrated by measurement yet (the range is widened): DDP/FSDP, eager attention beyond two
-points, full fine-tuning, fp32 compute, fmllm's chunked loss, other CUDA/driver stacks.
+FSDP over 2 H100s (Qwen2.5-7B/14B): the wrap phase within 0.8% and the training's allocations
+within 1.2%, but the training's allocator reserve not yet (bench/RESULTS.md).
+
+Not calibrated by measurement yet (the range is widened): DDP, FSDP's training reserve, eager
+attention beyond two points, full fine-tuning, fp32 compute, fmllm's chunked loss, other
+CUDA/driver stacks.
 """
 
 from __future__ import annotations

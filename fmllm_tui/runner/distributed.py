@@ -9,8 +9,10 @@ folder (``accelerate.yaml``):
 * **FSDP + QLoRA** (``distributed_type: FSDP``): the model does not fit one card; FSDP shards the
   4-bit weights (stored in the compute dtype, ``bnb_4bit_quant_storage``), the adapters, their
   gradients and optimizer state over the GPUs, wrapping each decoder layer
-  (``TRANSFORMER_BASED_WRAP`` with the model's decoder-layer class), loading the checkpoint once
-  (``fsdp_cpu_ram_efficient_loading``) with ``fsdp_use_orig_params: false``, and optionally
+  (``TRANSFORMER_BASED_WRAP`` with the model's decoder-layer class), with
+  ``fsdp_use_orig_params: false``; every process quantizes the model into CPU RAM and FSDP moves
+  each unit to its GPU as it shards it (transformers 5 reads the checkpoint in every process, so
+  ``fsdp_cpu_ram_efficient_loading`` no longer keeps it to rank 0), and optionally
   keeping parameters in CPU RAM between uses (``fmllm.distributed.cpu_offload``).
 * **Multi-node**: ``num_machines``, ``machine_rank``, ``main_process_ip`` and
   ``main_process_port`` go into the same file; each machine starts its own fmllm run with its
