@@ -386,6 +386,16 @@ def dry_run(a: argparse.Namespace, arch: dict[str, Any], plan: list[tuple[Any, .
     return 0
 
 
+def _tag(value: str) -> str:
+    """--tag: a file-name part (letters, digits, '.', '_', '-')."""
+    import re
+
+    if value and not re.fullmatch(r"[A-Za-z0-9._-]{1,40}", value):
+        raise argparse.ArgumentTypeError(f"{value!r}: use up to 40 letters, digits, '.', '_' or '-' (it names the "
+                                         "result file)")
+    return value
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="14b", choices=["7b", "14b"])
@@ -399,7 +409,7 @@ def main() -> int:
     ap.add_argument("--memory-snapshot", action="store_true",
                     help="runner override memory_snapshot: rank 0's allocator history over steps 1-3 and every "
                          "rank's allocator segments by stream, copied to $OUT/<tag>-<run>/")
-    ap.add_argument("--tag", default="", help="prefix of the result file (bench_fsdp_gpu[-TAG].json), to keep "
+    ap.add_argument("--tag", default="", type=_tag, help="prefix of the result file (bench_fsdp_gpu[-TAG].json), to keep "
                                                "several invocations in one $OUT")
     ap.add_argument("--stop-on-failure", action="store_true", help="skip the later runs once one fails (saves "
                                                                   "device time when the first run shows a bug)")

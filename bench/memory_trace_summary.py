@@ -5,7 +5,9 @@ Python frames that made it, and every time a stream's reserved memory grew.
 
     python3 bench/memory_trace_summary.py RUN_DIR/memory_snapshot.pickle --min-gib 0.5
 
-Reads the pickle with the standard library only (no GPU, no torch needed).
+Reads the pickle with the standard library only (no GPU, no torch needed). Unpickling runs code:
+read only snapshots your own runs wrote. Exit codes: 0 summarised, 2 the file is missing or not an
+allocator history.
 """
 
 from __future__ import annotations
@@ -37,8 +39,21 @@ def main() -> int:
     ap.add_argument("--min-gib", type=float, default=0.5)
     ap.add_argument("--frames", type=int, default=14)
     a = ap.parse_args()
-    with open(a.pickle, "rb") as fh:
-        snap = pickle.load(fh)
+    try:
+        with open(a.pickle, "rb") as fh:
+            snap = pickle.load(fh)
+    except OSError as e:
+        print(f"{a.pickle}: cannot be read ({e.strerror or e}); pass the memory_snapshot.pickle a run wrote",
+              file=sys.stderr)
+        return 2
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as e:
+        print(f"{a.pickle}: not a pickle ({type(e).__name__}: {e}); pass the memory_snapshot.pickle a run wrote",
+              file=sys.stderr)
+        return 2
+    if not isinstance(snap, dict) or not isinstance(snap.get("device_traces"), list):
+        print(f"{a.pickle}: not a torch allocator history (no device_traces); pass the memory_snapshot.pickle a "
+              "run wrote with the runner's memory_snapshot override", file=sys.stderr)
+        return 2
     traces = snap.get("device_traces") or []
     for dev, trace in enumerate(traces):
         if not trace:

@@ -193,7 +193,8 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
     """The Trainer callback. ``checkpoint_adapter(folder)``: called on every rank after each
     checkpoint is written (FSDP: the adapter the Trainer's own FSDP checkpoint leaves out).
     ``release_load_cache``: hand the allocator's cached blocks back when training starts (FSDP:
-    every rank held the whole model before sharding it; cached, that stays "used" all run).
+    wrapping held the root unit twice; cached, that would stay "used" all run), after checking
+    the quantization state and recording what wrapping cost.
     ``memory_snapshot`` (a bench override, CUDA): rank 0 records torch's allocator history over
     the first 3 steps into ``memory_snapshot.pickle`` (pytorch.org/memory_viz reads it) and every
     rank writes its allocator segments by stream at the end of training (``memory_segments.json``)."""
@@ -330,6 +331,10 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
             self._last_log_t, self._last_log_tok, self._last_log_step = now, counter.tokens, state.global_step
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if memory_snapshot and device == "cuda" and files.main and state.global_step < 3:
+                # A run shorter than 3 steps: dump what was recorded.
+                torch.cuda.memory._dump_snapshot(str(files.dir / "memory_snapshot.pickle"))
+                torch.cuda.memory._record_memory_history(enabled=None)
             if memory_snapshot and device == "cuda":
                 (files.dir / f"memory_segments.rank{_rank()}.json").write_text(
                     json.dumps(allocator_segments(), indent=1))
