@@ -121,7 +121,8 @@ def test_terminal_gone_ends_the_tui(tmux: Tmux, project: tuple[Path, dict[str, s
     pid = tmux.start("drop", tui_argv("--config", str(cfg), "--vram", "24GiB"), env)
     tmux.wait_for("drop", "1 Checks", 20)
     tmux("kill-session", "-t", "drop")  # what a dropped SSH connection does to the pane
-    end = time.monotonic() + 15
+    # It must end, not end fast: on a loaded 2-core CI machine it once took longer than 15 s.
+    end = time.monotonic() + 60
     while time.monotonic() < end and _pid_alive(pid):
         time.sleep(0.1)
     assert not _pid_alive(pid), "fmllm-tui kept running on a dead terminal"
