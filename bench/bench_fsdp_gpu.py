@@ -219,7 +219,7 @@ def predicted(config: Path, arch: dict[str, Any], mode: str) -> dict[str, Any]:
         p = memory.predict(view, arch, mode="single")
     out: dict[str, Any] = {"peak_bytes": p.peak_process_bytes, "low_bytes": p.low_bytes, "high_bytes": p.high_bytes,
                            "peak_allocated_bytes": p.peak_allocated_bytes, "peak_phase": p.peak_phase,
-                           "breakdown": p.breakdown, "notes": p.notes}
+                           "breakdown": p.breakdown, "notes": p.notes, "phase_peaks": dict(p.phase_peaks)}
     if mode == "fsdp":
         # Not fmllm's model: the bench's own estimate, printed beside the measurement to tell a
         # load-phase peak from a training-phase one (weights as one GPU holds them, unsharded,
@@ -310,14 +310,18 @@ def verdicts(results: dict[str, Any]) -> list[str]:
             within = err is not None and abs(err) <= MEMORY_BAR_PCT
             inside = lo is not None and hi is not None and lo <= peak <= hi
             train = (phases.get("train") or {}).get(i)
-            train_err = signed_pct(train, point) if (train and point) else None
+            # Against the prediction's own training phase where it has one (FSDP: the wrap is
+            # another phase; rank 1 may still be wrapping when rank 0's state says "training").
+            train_point = (pred.get("phase_peaks") or {}).get("training") or point
+            train_err = signed_pct(train, train_point) if (train and train_point) else None
             by_phase = ", ".join(f"{p} {(phases.get(p) or {}).get(i, 0) / GiB:.2f}" for p in GpuSampler.PHASES)
             errs = f"{err:+.1f}%" if err is not None else "n/a"
             lines.append(f"{name} GPU {i}: measured {peak / GiB:.2f} GiB, predicted {(point or 0) / GiB:.2f} -> "
                          f"signed error {errs} ({'within' if within else 'OUTSIDE'} {MEMORY_BAR_PCT:.0f}%); range "
                          f"{(lo or 0) / GiB:.2f}-{(hi or 0) / GiB:.2f} {'inside' if inside else 'outside'}; "
                          f"per phase GiB: {by_phase}"
-                         + (f" (training phase alone {train_err:+.1f}%)" if train_err is not None else ""))
+                         + (f" (training phase {train / GiB:.2f} vs its prediction {train_point / GiB:.2f}: "
+                            f"{train_err:+.1f}%)" if train_err is not None else ""))
         if pred.get("load_estimate_bytes"):
             counted = "counts it" if pred.get("peak_phase") == "load" else "does not count it"
             lines.append(f"{name}: for contrast, the whole 4-bit model on each GPU (the old GPU loading) "
@@ -407,7 +411,7 @@ def main() -> int:
                                                       "same four examples a step: a second activation size)")
     ap.add_argument("--no-single", action="store_true", help="skip the one-GPU run (no loss comparison)")
     ap.add_argument("--memory-snapshot", action="store_true",
-                    help="runner override memory_snapshot: rank 0's allocator history over steps 1-3 and every "
+                    help="runner override memory_snapshot: rank 0's allocator history over steps 1-2 and every "
                          "rank's allocator segments by stream, copied to $OUT/<tag>-<run>/")
     ap.add_argument("--tag", default="", type=_tag, help="prefix of the result file (bench_fsdp_gpu[-TAG].json), to keep "
                                                "several invocations in one $OUT")

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Summarise a torch allocator history (``memory_snapshot.pickle`` written by the runner's
 ``memory_snapshot`` override): every allocation of at least ``--min-gib`` with its stream and the
-Python frames that made it, and every time a stream's reserved memory grew.
+Python frames that made it, every time a stream's reserved memory grew by 0.25 GiB or more, each
+stream's reserved/allocated when the reserve seen in the trace peaked, and the reserve growth summed
+by stream and by the Python frames that asked for it (small expandable-segment maps included).
 
     python3 bench/memory_trace_summary.py RUN_DIR/memory_snapshot.pickle --min-gib 0.5
 
@@ -38,6 +40,8 @@ def main() -> int:
     ap.add_argument("pickle")
     ap.add_argument("--min-gib", type=float, default=0.5)
     ap.add_argument("--frames", type=int, default=14)
+    ap.add_argument("--by-frames", type=int, default=6, help="frames that key the reserve-growth table")
+    ap.add_argument("--top", type=int, default=15, help="rows of the reserve-growth table")
     a = ap.parse_args()
     try:
         with open(a.pickle, "rb") as fh:
@@ -63,6 +67,8 @@ def main() -> int:
         per_stream: dict[int, int] = {}
         reserved: dict[int, int] = {}
         peak_total = 0
+        peak_reserved, at_peak_reserved = 0, {}
+        grown_by: dict[tuple[int, str], int] = {}
         for i, e in enumerate(trace):
             act, size, stream = e.get("action"), int(e.get("size", 0)), int(e.get("stream", 0))
             if act == "alloc":
@@ -80,12 +86,27 @@ def main() -> int:
                 per_stream[stream] = per_stream.get(stream, 0) - live.pop(e["addr"], size)
             elif act in ("segment_alloc", "segment_map"):
                 reserved[stream] = reserved.get(stream, 0) + size
+                key = (stream, frames_text(e.get("frames") or [], a.by_frames))
+                grown_by[key] = grown_by.get(key, 0) + size
+                if sum(reserved.values()) > peak_reserved:
+                    peak_reserved = sum(reserved.values())
+                    at_peak_reserved = {"event": i, "reserved": dict(reserved), "allocated": dict(per_stream)}
                 if size >= 0.25 * GiB:
                     print(f"[{i}] {act} +{size / GiB:.3f} GiB stream {stream} -> reserved "
                           + ", ".join(f"{s}: {v / GiB:.2f}" for s, v in reserved.items()))
             elif act in ("segment_free", "segment_unmap"):
                 reserved[stream] = reserved.get(stream, 0) - size
         print(f"peak allocated seen in the trace (from its start): {peak_total / GiB:.3f} GiB")
+        if at_peak_reserved:
+            print(f"peak reserved growth seen in the trace: {peak_reserved / GiB:.3f} GiB at event "
+                  f"[{at_peak_reserved['event']}]; by stream reserved / allocated then: "
+                  + ", ".join(f"{s}: {v / GiB:.2f} / {at_peak_reserved['allocated'].get(s, 0) / GiB:.2f}"
+                              for s, v in at_peak_reserved["reserved"].items()))
+        print("reserve growth by stream and the frames that asked for it (largest first, net of nothing):")
+        for (stream, where), size in sorted(grown_by.items(), key=lambda kv: -kv[1])[: a.top]:
+            if size < a.min_gib * GiB / 8:
+                break
+            print(f"  +{size / GiB:.3f} GiB stream {stream}\n      {where}")
     return 0
 
 

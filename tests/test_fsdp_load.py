@@ -25,6 +25,7 @@ from fmllm_tui.runner.lean import (  # noqa: E402
     prepare_for_training,
     quant_states_off_device,
 )
+from fmllm_tui.runner.train import fsdp_lazy_init  # noqa: E402
 
 CFG = {"base_model_name": "tiny", "quantization": {"bnb_4bit_quant_type": "nf4", "use_nested_quant": True,
                                                    "bnb_4bit_compute_dtype": "bfloat16"},
@@ -118,6 +119,10 @@ def test_cpu_quantized_model_trains_under_fsdp(tiny_model_dir: Path, gloo_world)
                    device_id=torch.device("cpu"), sync_module_states=False)
     flat = [p for p in wrapped.parameters()]
     assert not any(type(p).__name__ == "Params4bit" for p in flat)  # the 4-bit weights are flat views now
+    # The runner runs FSDP's lazy initialisation at train begin, before handing the cache back.
+    assert wrapped._is_root is None
+    assert fsdp_lazy_init(wrapped) and wrapped._is_root is True
+    assert not fsdp_lazy_init(peft_model) and not fsdp_lazy_init(None)
     loss, _ = loss_and_grads(wrapped)
     assert torch.equal(loss, ref_loss)
     # The quantization state survived flattening: every 4-bit layer still has it, on the CPU.
@@ -128,20 +133,6 @@ def test_cpu_quantized_model_trains_under_fsdp(tiny_model_dir: Path, gloo_world)
     total = sum(float(g.abs().sum()) for g in ref_grads.values())
     wrapped_total = sum(float(p.grad.abs().sum()) for p in trained)
     assert wrapped_total == pytest.approx(total, rel=1e-4)
-
-
-def test_first_forward_hands_the_cache_back_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fmllm_tui.runner.train import release_after_first_forward_start
-
-    calls = []
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(1))
-    layer = torch.nn.Linear(4, 4)
-    release_after_first_forward_start(layer)
-    assert len(layer._forward_pre_hooks) == 1
-    x = torch.ones(2, 4)
-    first = layer(x)
-    assert calls == [1] and not layer._forward_pre_hooks  # once, then the hook is gone
-    assert torch.equal(layer(x), first) and calls == [1]
 
 
 RANK_SCRIPT = r'''

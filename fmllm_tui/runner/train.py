@@ -69,6 +69,10 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_OOM = 0, 1, 2, 3
 TEST_SAMPLE_PER_SLOT = 4
 # Records scanned to find the minimal test's longest examples.
 TEST_SCAN_LIMIT = 2000
+# The memory_snapshot override records torch's allocator history over the first steps (a 14B
+# under FSDP makes ~70,000 allocator events a step).
+SNAPSHOT_STEPS = 2
+SNAPSHOT_MAX_ENTRIES = 600_000
 
 
 class StopRequested(Exception):
@@ -194,14 +198,20 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
     checkpoint is written (FSDP: the adapter the Trainer's own FSDP checkpoint leaves out).
     ``release_load_cache``: hand the allocator's cached blocks back when training starts (FSDP:
     wrapping held the root unit twice; cached, that would stay "used" all run), after checking
-    the quantization state and recording what wrapping cost.
+    the quantization state, recording what wrapping cost and running FSDP's lazy initialisation
+    (:func:`fsdp_lazy_init`); and again before each checkpoint.
     ``memory_snapshot`` (a bench override, CUDA): rank 0 records torch's allocator history over
-    the first 3 steps into ``memory_snapshot.pickle`` (pytorch.org/memory_viz reads it) and every
-    rank writes its allocator segments by stream at the end of training (``memory_segments.json``)."""
+    the first ``SNAPSHOT_STEPS`` steps into ``memory_snapshot.pickle`` (pytorch.org/memory_viz reads
+    it); every rank writes its allocator segments by stream (``memory_segments.<when>.rank<r>.json``)
+    when training starts, around the first-forward release (FSDP), after steps 1-3 (handing the
+    cache back after step 1, to see whether the reserve comes back) and at the end of training."""
     from transformers import TrainerCallback
 
     # Steps 4-5 (after allocation and kernel selection settle), for the bench's --profile.
     profile_steps = (3, 5) if profile else None
+
+    def record_segments(label: str) -> None:
+        (files.dir / f"memory_segments.{label}.rank{_rank()}.json").write_text(json.dumps(allocator_segments(), indent=1))
 
     class FmllmCallback(TrainerCallback):
         """Metrics rows, per-step times and the graceful stop."""
@@ -234,8 +244,11 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
                 self.wrapped_mem = {"wrapped_allocated_bytes": int(torch.cuda.memory_allocated()),
                                     "wrap_peak_allocated_bytes": int(torch.cuda.max_memory_allocated()),
                                     "wrap_peak_reserved_bytes": int(torch.cuda.max_memory_reserved())}
+                fsdp_lazy_init(kw.get("model"))
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
+                if memory_snapshot:
+                    record_segments("train_begin")
                 used = sampler.used_now() if sampler is not None else None
                 if used is not None and sampler.baseline_bytes is not None:
                     # CUDA context and NCCL's buffers: the process's use that torch does not reserve.
@@ -249,7 +262,7 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if memory_snapshot and device == "cuda" and files.main and state.global_step == 0:
-                torch.cuda.memory._record_memory_history(max_entries=200_000, stacks="python")
+                torch.cuda.memory._record_memory_history(max_entries=SNAPSHOT_MAX_ENTRIES, stacks="python")
             if profile_steps and state.global_step == profile_steps[0] and self.prof is None:
                 acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
                 self.prof = torch.profiler.profile(activities=acts)
@@ -270,9 +283,21 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
             self.prof = None
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if memory_snapshot and device == "cuda" and files.main and state.global_step == 3:
+            if memory_snapshot and device == "cuda" and files.main and state.global_step == SNAPSHOT_STEPS:
                 torch.cuda.memory._dump_snapshot(str(files.dir / "memory_snapshot.pickle"))
                 torch.cuda.memory._record_memory_history(enabled=None)
+            if release_load_cache and device == "cuda" and control.should_save:
+                # An FSDP checkpoint gathers units (the adapter's full state dict): from a cache
+                # the training filled, that would add a gathered root on top of the training's
+                # reserve; handed back first, it fits inside it (bench/RESULTS.md).
+                torch.cuda.empty_cache()
+            if memory_snapshot and device == "cuda" and 1 <= state.global_step <= 3:
+                # Is the reserve above the training's allocations made again every step? Hand the
+                # cache back after step 1 and look at it after steps 2 and 3.
+                record_segments(f"step{state.global_step}_end")
+                if state.global_step == 1:
+                    torch.cuda.empty_cache()
+                    record_segments("step1_end_released")
             if self.prof is not None and profile_steps and state.global_step >= profile_steps[1]:
                 self._end_profile()
             # End to end: the Trainer fetches a step's batches before on_step_begin, so a step
@@ -331,15 +356,20 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
             self._last_log_t, self._last_log_tok, self._last_log_step = now, counter.tokens, state.global_step
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if memory_snapshot and device == "cuda" and files.main and state.global_step < 3:
-                # A run shorter than 3 steps: dump what was recorded.
+            if memory_snapshot and device == "cuda" and files.main and state.global_step < SNAPSHOT_STEPS:
+                # A run shorter than SNAPSHOT_STEPS: dump what was recorded.
                 torch.cuda.memory._dump_snapshot(str(files.dir / "memory_snapshot.pickle"))
                 torch.cuda.memory._record_memory_history(enabled=None)
             if memory_snapshot and device == "cuda":
                 (files.dir / f"memory_segments.rank{_rank()}.json").write_text(
                     json.dumps(allocator_segments(), indent=1))
 
+        def record_segments(self, label: str) -> None:
+            record_segments(label)
+
         def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if memory_snapshot and device == "cuda":
+                record_segments(f"saved{state.global_step}")
             if checkpoint_adapter is not None:
                 checkpoint_adapter(Path(args.output_dir) / f"checkpoint-{state.global_step}")
             say(f"checkpoint saved at step {state.global_step}")
@@ -352,23 +382,21 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
 # ------------------------------------------------------------------------------------------------
 
 
-def release_after_first_forward_start(model: Any) -> Any:
-    """Hand torch's cached blocks back once, when the first forward reaches ``model``.
+def fsdp_lazy_init(wrapped: Any) -> bool:
+    """Run torch FSDP's lazy initialisation now, outside any forward. Entering ``no_sync()`` on the
+    root does it (and nothing else: the context is left at once). It allocates and frees each
+    unit's padded unsharded buffer on the default stream; done inside the first forward, the
+    root's (input embedding and head) stayed cached while the root gathered into its own block on
+    the unshard stream: one root more than the training needs (2.9 GiB for Qwen2.5-14B over 2
+    H100s, bench/RESULTS.md). Called before the cache is handed back at train begin. True when
+    ``wrapped`` is an FSDP root."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-    FSDP's lazy initialisation (inside the wrapped root's first forward, before it calls the
-    module it wraps) allocates and frees a buffer the size of each unit's gathered parameters on
-    the default stream; the root's (embeddings and head) is the largest, and the freed block stays
-    cached beside the training's own: 2.5-3.7 GiB above the training's allocations on 2 H100s
-    (Qwen2.5-7B/14B, allocator history in bench/RESULTS.md). Returns the hook's handle.
-    """
-    handle: Any = None
-
-    def hook(module: Any, args: Any) -> None:
-        handle.remove()
-        torch.cuda.empty_cache()
-
-    handle = model.register_forward_pre_hook(hook)
-    return handle
+    if not isinstance(wrapped, FSDP):
+        return False
+    with wrapped.no_sync():
+        pass
+    return True
 
 
 def allocator_segments() -> dict[str, Any]:
@@ -786,6 +814,8 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
 
     def fsdp_checkpoint_adapter(folder: Path) -> None:
         # A collective: every rank gathers, rank 0 writes the adapter into the checkpoint folder.
+        if cuda:
+            torch.cuda.empty_cache()  # what the Trainer's own sharded save left cached
         full = gather_full_state(trainer.model_wrapped, recipe.device)
         if files.main and key_map is not None:
             _write_adapter_files(model, folder, adapter_from_full_state(full, key_map))
@@ -797,8 +827,6 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
                               memory_snapshot=bool((runner.get("overrides") or {}).get("memory_snapshot")))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-        if mode == "fsdp":
-            release_after_first_forward_start(model)
     trainer_cls = Trainer
     if mode == "fsdp":
         class FsdpTrainer(Trainer):
@@ -880,6 +908,9 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
     if mode == "fsdp":
         # The adapter is sharded over the ranks: gather the full state dict (a collective; rank 0
         # receives it), as transformers' Trainer.save_model does for FSDP, and keep its tensors.
+        # The training's cached blocks go back first: the gather then fits inside them.
+        if cuda:
+            torch.cuda.empty_cache()
         full_state = gather_full_state(trainer.model_wrapped, recipe.device)
         if files.main and key_map is not None:
             fsdp_adapter = adapter_from_full_state(full_state, key_map)
