@@ -166,20 +166,10 @@ def test_multi_gpu_fit(report, loaded, inventory, planning, architecture, reques
     if changes:
         report.fail(f"{head}.", _fix(loaded, changes))
     per = memory.predict(dist.fsdp_view(view), arch, mode="fsdp", n_gpus=max(runner_n, 2))
-    # The training phase's allocator reserve was measured 2.5-3.7 GiB high on 2 H100s: FSDP's first
-    # forward leaves a freed buffer the size of the gathered root cached. fmllm's runner now hands it
-    # back right away; until a GPU run confirms that, plan headroom for it (bench/RESULTS.md).
-    root = per.fsdp_root_bytes
-    training = per.phase_peaks.get("training", per.peak_process_bytes)
-    unconfirmed = int(1.25 * root)
     report.set(runner_gpus=runner_n, runner_per_gpu_peak_bytes=per.peak_process_bytes, peak_phase=per.peak_phase,
-               training_peak_bytes=training, unconfirmed_headroom_bytes=unconfirmed)
+               training_peak_bytes=per.phase_peaks.get("training", per.peak_process_bytes))
     head = (f"does not fit one card ({one}); FSDP over {runner_n} GPUs" + (" with CPU offload" if d.cpu_offload else "")
             + f": per-GPU peak {_gib(per.peak_process_bytes)} ({per.peak_phase}) of {_gib(budget)}")
-    if training + unconfirmed > budget - margin:
-        report.warn(f"{head}; its training phase ({_gib(training)}) was measured up to "
-                    f"{_gib(unconfirmed)} higher before fmllm released FSDP's first-forward buffer, a fix not yet "
-                    "re-measured on GPUs (bench/RESULTS.md): that would not fit, so watch the first steps")
     report.ok(f"{head}")
 
 

@@ -44,9 +44,12 @@ torch's allocated peak, which uses no fitted reserve term, is within 2.3% on eve
 Refit with ``python bench/memory_calibrate.py --fit`` after adding points.
 
 FSDP over 2 H100s (Qwen2.5-7B/14B): the wrap phase within 0.8% and the training's allocations
-within 1.2%, but the training's allocator reserve not yet (bench/RESULTS.md).
+within 1.2%; with the runner running FSDP's lazy init before handing the cache back, the 14B's
+per-GPU peak (the wrap phase) within +0.2% and its training phase within +3.3% (micro-batch 1
+and 2; bench/RESULTS.md).
 
-Not calibrated by measurement yet (the range is widened): DDP, FSDP's training reserve, eager
+Not calibrated by measurement yet (the range is widened): DDP, FSDP beyond 2 GPUs and one model
+size with the cache handed back, eager
 attention beyond two points, full fine-tuning, fp32 compute, fmllm's chunked loss, other
 CUDA/driver stacks.
 """
