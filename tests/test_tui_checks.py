@@ -7,6 +7,7 @@ import asyncio
 import io
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -266,8 +267,20 @@ def test_tty_watchdog_ends_the_app_when_the_terminal_goes(env: Path, monkeypatch
             assert app.check_tty() is False
             await pilot.pause(0.2)
         assert app.return_code == 130
+        assert getattr(app, "_backstop", None) is None  # headless (a test): no process-ending backstop
 
     run(go())
+
+
+def test_terminal_gone_backstop_ends_the_process_after_its_grace() -> None:
+    from fmllm_tui.tui.app import exit_when_stuck
+
+    calls: list[int] = []
+    t0 = time.monotonic()
+    t = exit_when_stuck(0.2, 130, exit_fn=calls.append)
+    assert t.daemon and calls == []  # nothing before the grace; a daemon never holds the process up
+    t.join(5)
+    assert calls == [130] and time.monotonic() - t0 >= 0.2
 
 
 def test_cli_rejects_bad_flags_before_the_screen_starts(env: Path) -> None:

@@ -18,6 +18,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +37,22 @@ from fmllm_tui.tui.messages import ChecksChanged, ChecksEnded, ChecksEvent, Conf
 from fmllm_tui.tui.screens.checks import ChecksScreen
 
 TTY_CHECK_S = 3.0  # how often the watchdog looks at the terminal (dolphie uses 5 s)
+# Once the terminal is gone, how long the app may take to end before the process ends anyway: a
+# worker thread still busy (a prediction or lookup on a loaded machine) keeps Python waiting for it.
+TERMINAL_GONE_GRACE_S = 10.0
+
+
+def exit_when_stuck(grace_s: float, code: int, exit_fn: Any = os._exit) -> threading.Thread:
+    """A daemon thread that ends the process with ``code`` after ``grace_s`` seconds, if it is
+    still running then. Nothing is left to draw on; training runs are separate processes."""
+
+    def backstop() -> None:
+        time.sleep(grace_s)
+        exit_fn(code)
+
+    t = threading.Thread(target=backstop, name="fmllm-tui-terminal-gone", daemon=True)
+    t.start()
+    return t
 
 
 def _memory_screen() -> Screen:
@@ -163,6 +180,8 @@ class FmllmApp(App[int]):
         return alive
 
     def _terminal_gone(self) -> None:
+        if not self.is_headless and getattr(self, "_backstop", None) is None:
+            self._backstop = exit_when_stuck(TERMINAL_GONE_GRACE_S, int(ExitCode.INTERRUPTED))
         self.shutdown()
         self.exit(return_code=int(ExitCode.INTERRUPTED), message="fmllm-tui: the terminal went away")
 
