@@ -102,11 +102,12 @@ def main() -> int:
                   f"[{at_peak_reserved['event']}]; by stream reserved / allocated then: "
                   + ", ".join(f"{s}: {v / GiB:.2f} / {at_peak_reserved['allocated'].get(s, 0) / GiB:.2f}"
                               for s, v in at_peak_reserved["reserved"].items()))
-        print("reserve growth by stream and the frames that asked for it (largest first, net of nothing):")
+        print("reserve growth by stream and the frames that asked for it (largest first; gross: releases "
+              "not subtracted):")
         for (stream, where), size in sorted(grown_by.items(), key=lambda kv: -kv[1])[: a.top]:
             if size < a.min_gib * GiB / 8:
                 break
-            print(f"  +{size / GiB:.3f} GiB stream {stream}\n      {where}")
+            print(f"  +{size / GiB:.3f} GiB stream {stream}\n      {where or '(no frames)'}")
     return 0
 
 

@@ -205,3 +205,46 @@ def test_two_ranks_shard_the_cpu_quantized_model(tiny_model_dir: Path, tmp_path:
         assert r["losses"][0] == pytest.approx(r["ref"], abs=1e-4)  # sharding changed nothing
         assert r["losses"][-1] < r["losses"][0]  # and the adapters train
     assert ranks[0]["losses"] == pytest.approx(ranks[1]["losses"], abs=1e-6)
+
+
+def _cuda_calls(monkeypatch: pytest.MonkeyPatch, events: list[str]) -> None:
+    """torch.cuda's memory calls on a CPU machine: recorded or zero."""
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append("release"))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: events.append("reset"))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    for name in ("memory_allocated", "max_memory_allocated", "max_memory_reserved", "memory_reserved"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a: 0)
+
+
+@pytest.mark.parametrize("is_root", [True, False])
+def test_fsdp_train_begin_runs_the_lazy_init_before_releasing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str], is_root: bool) -> None:
+    from fmllm_tui.runner import train
+
+    events: list[str] = []
+    _cuda_calls(monkeypatch, events)
+    monkeypatch.setattr(train, "quant_states_off_device", lambda model, device: [])
+    monkeypatch.setattr(train, "fsdp_lazy_init", lambda model: events.append(f"lazy_init {model}") or is_root)
+    cb = train._make_callback(train.RunFiles(tmp_path), train.TokenCountingCollator(None), "cuda", "train",
+                              save_on_stop=True, sampler=None, release_load_cache=True)
+    state = type("S", (), {"global_step": 0, "max_steps": 4})()
+    cb.on_train_begin(None, state, None, model="root")
+    # The lazy init's freed buffer must be gone before the first forward gathers the root.
+    assert events == ["lazy_init root", "release", "reset"]
+    said = capsys.readouterr().out
+    assert ("not a torch FSDP root" in said) is (not is_root)
+
+
+def test_fsdp_trainer_releases_the_cache_before_every_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import Trainer
+
+    from fmllm_tui.runner.train import fsdp_trainer_class
+
+    events: list[str] = []
+    _cuda_calls(monkeypatch, events)
+    monkeypatch.setattr(Trainer, "_save_checkpoint", lambda self, model, trial: events.append(f"save {model}"))
+    for cuda, want in ((True, ["release", "save m"]), (False, ["save m"])):
+        events.clear()
+        cls = fsdp_trainer_class(Trainer, cuda)
+        cls._save_checkpoint(object.__new__(cls), "m", None)  # whatever asked for the save (steps, stop, eval)
+        assert events == want

@@ -199,12 +199,13 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
     ``release_load_cache``: hand the allocator's cached blocks back when training starts (FSDP:
     wrapping held the root unit twice; cached, that would stay "used" all run), after checking
     the quantization state, recording what wrapping cost and running FSDP's lazy initialisation
-    (:func:`fsdp_lazy_init`); and again before each checkpoint.
+    (:func:`fsdp_lazy_init`). (Before each checkpoint the FSDP trainer hands them back too.)
     ``memory_snapshot`` (a bench override, CUDA): rank 0 records torch's allocator history over
     the first ``SNAPSHOT_STEPS`` steps into ``memory_snapshot.pickle`` (pytorch.org/memory_viz reads
-    it); every rank writes its allocator segments by stream (``memory_segments.<when>.rank<r>.json``)
-    when training starts, around the first-forward release (FSDP), after steps 1-3 (handing the
-    cache back after step 1, to see whether the reserve comes back) and at the end of training."""
+    it); every rank writes its allocator segments by stream when training starts
+    (``memory_segments.train_begin.rank<r>.json``), after steps 1-3 (``step<n>_end``; the cache is
+    handed back after step 1, ``step1_end_released``, to see whether the reserve comes back), after
+    each checkpoint (``saved<step>``) and at the end of training (``memory_segments.rank<r>.json``)."""
     from transformers import TrainerCallback
 
     # Steps 4-5 (after allocation and kernel selection settle), for the bench's --profile.
@@ -244,7 +245,9 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
                 self.wrapped_mem = {"wrapped_allocated_bytes": int(torch.cuda.memory_allocated()),
                                     "wrap_peak_allocated_bytes": int(torch.cuda.max_memory_allocated()),
                                     "wrap_peak_reserved_bytes": int(torch.cuda.max_memory_reserved())}
-                fsdp_lazy_init(kw.get("model"))
+                if not fsdp_lazy_init(kw.get("model")):
+                    say("note: the model is not a torch FSDP root here, so FSDP's lazy initialisation runs in the "
+                        "first step and its buffer may stay cached (up to the embeddings and head more per GPU)")
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
                 if memory_snapshot:
@@ -286,11 +289,6 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
             if memory_snapshot and device == "cuda" and files.main and state.global_step == SNAPSHOT_STEPS:
                 torch.cuda.memory._dump_snapshot(str(files.dir / "memory_snapshot.pickle"))
                 torch.cuda.memory._record_memory_history(enabled=None)
-            if release_load_cache and device == "cuda" and control.should_save:
-                # An FSDP checkpoint gathers units (the adapter's full state dict): from a cache
-                # the training filled, that would add a gathered root on top of the training's
-                # reserve; handed back first, it fits inside it (bench/RESULTS.md).
-                torch.cuda.empty_cache()
             if memory_snapshot and device == "cuda" and 1 <= state.global_step <= 3:
                 # Is the reserve above the training's allocations made again every step? Hand the
                 # cache back after step 1 and look at it after steps 2 and 3.
@@ -364,9 +362,6 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
                 (files.dir / f"memory_segments.rank{_rank()}.json").write_text(
                     json.dumps(allocator_segments(), indent=1))
 
-        def record_segments(self, label: str) -> None:
-            record_segments(label)
-
         def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if memory_snapshot and device == "cuda":
                 record_segments(f"saved{state.global_step}")
@@ -397,6 +392,28 @@ def fsdp_lazy_init(wrapped: Any) -> bool:
     with wrapped.no_sync():
         pass
     return True
+
+
+def fsdp_trainer_class(base: type, cuda: bool) -> type:
+    """The Trainer (``base``) for FSDP runs: hands the allocator's cache back before every
+    checkpoint, and materialises the optimizer's state before a resume loads it."""
+
+    class FsdpTrainer(base):  # type: ignore[misc, valid-type]
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            # Every checkpoint (save_steps, the last step, a stop, after an evaluation) gathers
+            # units: the Trainer's sharded state dict unshards each one, then the adapter's full
+            # state dict. From a cache the training filled, that adds a gathered root on top of
+            # the training's reserve; handed back first, it fits inside it (bench/RESULTS.md).
+            if cuda:
+                torch.cuda.empty_cache()
+            super()._save_checkpoint(model, trial)
+
+        def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+            if checkpoint is not None and self.optimizer is not None:
+                materialize_optimizer_state(self.optimizer)
+            super()._load_optimizer_and_scheduler(checkpoint)
+
+    return FsdpTrainer
 
 
 def allocator_segments() -> dict[str, Any]:
@@ -827,15 +844,7 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
                               memory_snapshot=bool((runner.get("overrides") or {}).get("memory_snapshot")))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    trainer_cls = Trainer
-    if mode == "fsdp":
-        class FsdpTrainer(Trainer):
-            def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-                if checkpoint is not None and self.optimizer is not None:
-                    materialize_optimizer_state(self.optimizer)
-                super()._load_optimizer_and_scheduler(checkpoint)
-
-        trainer_cls = FsdpTrainer
+    trainer_cls = fsdp_trainer_class(Trainer, cuda) if mode == "fsdp" else Trainer
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
                           data_collator=counter, callbacks=[callback])
     checkpoint = None
