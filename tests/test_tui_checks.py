@@ -267,7 +267,7 @@ def test_tty_watchdog_ends_the_app_when_the_terminal_goes(env: Path, monkeypatch
             assert app.check_tty() is False
             await pilot.pause(0.2)
         assert app.return_code == 130
-        assert getattr(app, "_backstop", None) is None  # headless (a test): no process-ending backstop
+        assert app._backstop is None  # headless (a test): no process-ending backstop
 
     run(go())
 

@@ -144,6 +144,7 @@ class FmllmApp(App[int]):
         self.checks = ChecksState()
         self.workdir = Path(tempfile.mkdtemp(prefix="fmllm-tui-"))
         self._check_run: CheckRun | None = None
+        self._backstop: threading.Thread | None = None  # armed once the terminal is gone
         self._views: list[Any] = []
 
     # ---- life cycle -------------------------------------------------------------------------
@@ -180,7 +181,7 @@ class FmllmApp(App[int]):
         return alive
 
     def _terminal_gone(self) -> None:
-        if not self.is_headless and getattr(self, "_backstop", None) is None:
+        if not self.is_headless and self._backstop is None:
             self._backstop = exit_when_stuck(TERMINAL_GONE_GRACE_S, int(ExitCode.INTERRUPTED))
         self.shutdown()
         self.exit(return_code=int(ExitCode.INTERRUPTED), message="fmllm-tui: the terminal went away")
