@@ -35,13 +35,24 @@ def frames_text(frames: list[dict], keep: int) -> str:
     return "\n      ".join(out)
 
 
+def _count(text: str) -> int:
+    """A whole number of at least 1 (argparse names the flag when it is not)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is below 1")
+    return n
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("pickle")
     ap.add_argument("--min-gib", type=float, default=0.5)
-    ap.add_argument("--frames", type=int, default=14)
-    ap.add_argument("--by-frames", type=int, default=6, help="frames that key the reserve-growth table")
-    ap.add_argument("--top", type=int, default=15, help="rows of the reserve-growth table")
+    ap.add_argument("--frames", type=_count, default=14)
+    ap.add_argument("--by-frames", type=_count, default=6, help="frames that key the reserve-growth table")
+    ap.add_argument("--top", type=_count, default=15, help="rows of the reserve-growth table")
     a = ap.parse_args()
     try:
         with open(a.pickle, "rb") as fh:

@@ -54,3 +54,9 @@ def test_trace_summary_reports_large_allocations_and_growth(tmp_path: Path) -> N
     assert "segment_map +2.000 GiB stream 0" in r.stdout and "alloc 1.000 GiB stream 0" in r.stdout
     assert "fsdp/_flat_param.py:1287 init" in r.stdout and "alloc 0.000" not in r.stdout
     assert "peak allocated seen in the trace (from its start): 1.000 GiB" in r.stdout
+    # The reserve-growth table: the 2 GiB map on stream 0, with no frames to name.
+    assert "+2.000 GiB stream 0\n      (no frames)" in r.stdout
+    for flag, bad, why in (("--top", "0", "below 1"), ("--by-frames", "two", "not a whole number"),
+                           ("--frames", "-3", "below 1")):
+        r = _run("bench/memory_trace_summary.py", str(path), flag, bad)
+        assert r.returncode == 2 and flag in r.stderr and why in r.stderr, r.stderr
