@@ -160,7 +160,7 @@ def test_rerun_filter_and_help(env: Path) -> None:
             await pilot.press("slash", *"skip", "enter")
             shown = table_ids(app)
             assert shown and all(app.checks.results[c].status == "skip" for c in shown)
-            assert "filter" in screen_text(app)
+            await wait_until(pilot, lambda: "filter" in screen_text(app), 5, "the filter bar")
             await pilot.press("escape")
             assert len(table_ids(app)) == n
             # ? lists every key of every screen

@@ -58,14 +58,15 @@ def test_memory_screen_follows_keys_and_applies_through_the_fixers(cfg: Path) ->
 
             assert screen.budget.bytes == 24 * GiB and screen.budget.source == "--vram"
             want = memory.predict_inputs(base_inputs, arch).peak_process_bytes
-            assert f"predicted peak {human_bytes(want)}" in screen_text(app)
+            await wait_until(pilot, lambda: f"predicted peak {human_bytes(want)}" in screen_text(app), 5, "the peak")
 
             # B doubles the micro-batch: the prediction is the model's for the new inputs
             await pilot.press("B")
             assert plan().current.micro_batch == 2
             want2 = memory.predict_inputs(memory.vary(base_inputs, micro_batch=2), arch).peak_process_bytes
             assert want2 != want
-            assert f"predicted peak {human_bytes(want2)}" in screen_text(app)
+            await wait_until(pilot, lambda: f"predicted peak {human_bytes(want2)}" in screen_text(app), 5,
+                             "the new peak")
             # every knob moves: checkpointing and 4-bit toggle, the optimizer cycles, rank halves
             await pilot.press("c", "w", "o", "r")
             cur = plan().current

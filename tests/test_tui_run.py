@@ -93,7 +93,8 @@ def test_minimal_test_follow_quit_reattach_stop_kill(env: Path, tiny_model_dir: 
             await pilot.press("y")
             await wait_until(pilot, lambda: snap_of(screen).state == "stopped", 120, "the graceful stop")
             assert json.loads((state["run"] / "exit.json").read_text())["status"] == "stopped"
-            assert "stopped after a checkpoint" in screen_text(app)
+            # the screen repaints after the state flips: wait for the text, do not race the refresh
+            await wait_until(pilot, lambda: "stopped after a checkpoint" in screen_text(app), 10, "the stop message")
 
             # a new minimal test, killed at once
             await pilot.press("t")
