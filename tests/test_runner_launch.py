@@ -429,6 +429,71 @@ def test_cli_detach_status_stop_kill(tmp_path: Path, tiny_model_dir: Path, capsy
     assert "finished: stopped" in capsys.readouterr().out
 
 
+def test_stop_before_the_training_process_starts_does_not_start_it(tmp_path: Path) -> None:
+    """stop.requested already there when the supervisor gets to the launch: no child, "stopped"."""
+    from fmllm_tui.runner.supervise import supervise
+
+    marker = tmp_path / "started"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rd.write_json_atomic(run_dir / rd.RUN, {"kind": "train", "argv": [
+        sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"]})
+    (run_dir / rd.STOP_REQUEST).write_text("stop 0\n")
+    assert supervise(run_dir) == 0
+    rec = json.loads((run_dir / rd.EXIT).read_text())
+    assert rec["status"] == "stopped" and "before the training process started" in rec["message"]
+    assert not marker.exists() and not (run_dir / rd.CHILD_PID).exists()
+    assert "not starting it" in (run_dir / rd.LOG).read_text()
+
+
+def test_stop_never_signals_the_supervisor(tmp_path: Path) -> None:
+    """A supervisor that has not yet set its SIGTERM handler would die of a signal and leave no exit
+    record ("lost"): before the child is up, stop() only writes stop.requested."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rd.write_json_atomic(run_dir / rd.RUN, {"kind": "train", "argv": ["true"]})
+    # stands in for a supervisor still importing: default SIGTERM action, the run folder on its command line
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(run_dir)])
+    try:
+        (run_dir / rd.PID).write_text(f"{proc.pid}\n")
+        deadline = time.monotonic() + 10
+        while status(run_dir)["state"] != "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stop(run_dir) is True
+        time.sleep(0.5)
+        assert proc.poll() is None, "stop() signalled the supervisor"
+        assert (run_dir / rd.STOP_REQUEST).exists()
+        assert "before the training process started" in (run_dir / rd.LOG).read_text()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_stop_between_child_start_and_its_pid_file_reaches_the_child(tmp_path: Path) -> None:
+    """The supervisor writes child.pid and then looks for stop.requested: a stop that found no
+    child.pid still ends the child (here a child that would otherwise sleep for a minute)."""
+    from fmllm_tui.runner import supervise as sup
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rd.write_json_atomic(run_dir / rd.RUN, {"kind": "train", "argv": [
+        sys.executable, "-c", "import time; time.sleep(60)"]})
+    real_popen = subprocess.Popen
+
+    def popen_then_stop(*a, **kw):  # the stop lands right after the child started, before child.pid
+        child = real_popen(*a, **kw)
+        (run_dir / rd.STOP_REQUEST).write_text("stop 0\n")
+        return child
+
+    t0 = time.monotonic()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sup.subprocess, "Popen", popen_then_stop)
+        assert sup.supervise(run_dir) == 0
+    assert time.monotonic() - t0 < 30
+    rec = json.loads((run_dir / rd.EXIT).read_text())
+    assert rec["status"] == "stopped" and rec["signal"] == "SIGTERM"
+
+
 def test_status_reads_only_the_end_of_long_metrics(tmp_path: Path) -> None:
     from fmllm_tui.runner.launch import _last_jsonl
 

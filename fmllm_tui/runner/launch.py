@@ -504,15 +504,19 @@ def stop(run_dir: str | os.PathLike[str]) -> bool:
         # accelerate's launcher would give them only its 30 s grace before SIGKILL.
         rd.log_line(rdir, "stop requested (stop.requested: the ranks stop after this step)")
         return True
-    child = st.get("child_pid")
+    # Read child.pid only after stop.requested is written: the supervisor writes child.pid, then
+    # reads stop.requested, so whichever comes second sends the SIGTERM (it never starts a child
+    # once the file is there). The supervisor itself is not signalled: one that has not yet set
+    # its handler would die of it and leave no exit record.
+    child = _read_pid(rdir / rd.CHILD_PID)
     if child and _alive(child):
         try:
             os.kill(child, signal.SIGTERM)
         except ProcessLookupError:
             pass
+        rd.log_line(rdir, "stop requested (SIGTERM)")
     else:
-        os.kill(st["pid"], signal.SIGTERM)  # not started yet: the supervisor forwards it
-    rd.log_line(rdir, "stop requested (SIGTERM)")
+        rd.log_line(rdir, "stop requested before the training process started (stop.requested)")
     return True
 
 

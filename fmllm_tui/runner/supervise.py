@@ -87,6 +87,10 @@ def merge_outcomes(main: dict[str, Any] | None, ranks: list[dict[str, Any]],
     return main
 
 
+class _StoppedBeforeStart(Exception):
+    """stop.requested was there before the training process was started."""
+
+
 def _default_signals() -> None:
     """In the child, before exec: undo the supervisor's ignored signals (ignoring is inherited)."""
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
@@ -124,16 +128,28 @@ def supervise(run_dir: Path) -> int:
     try:
         if not argv:
             raise FileNotFoundError("run.json has no argv")
+        if stop_path.exists():
+            # fmllm-run stop came before the training process started: do not start it.
+            raise _StoppedBeforeStart
         log.write(f"[fmllm] starting: {' '.join(argv)}\n".encode())
         child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  env=env, cwd=spec.get("cwd") or None, preexec_fn=_default_signals)
         (run_dir / rd.CHILD_PID).write_text(f"{child.pid}\n")
+        # launch.stop() writes stop.requested, then reads child.pid; this writes child.pid, then reads
+        # stop.requested: one of the two sees the other, so a stop in this window reaches the child.
+        if stop_path.exists():
+            forward(signal.SIGTERM, None)
         while True:
             try:
                 returncode = child.wait()
                 break
             except InterruptedError:
                 continue
+    except _StoppedBeforeStart:
+        log.write(b"[fmllm] stop requested before the training process started: not starting it\n")
+        returncode = 0
+        rd.write_json_atomic(run_dir / rd.OUTCOME, {"status": "stopped", "ts": time.time(),
+                                                    "message": "stopped before the training process started"})
     except OSError as e:
         log.write(f"[fmllm] could not start the training process: {e}\n".encode())
         returncode = 127
