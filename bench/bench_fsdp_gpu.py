@@ -10,6 +10,7 @@ shared/device/fetch-wheels.sh):
         --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 && \\
     PYTHONUNBUFFERED=1 python3 bench/bench_fsdp_gpu.py          # 14B: FSDP over 2 GPUs vs 1 GPU, 20 steps
     python3 bench/bench_fsdp_gpu.py --offload                    # also FSDP with parameters in CPU RAM
+    python3 bench/bench_fsdp_gpu.py --model 7b --ddp             # also DDP over the 2 GPUs (7B fits one)
     python3 bench/bench_fsdp_gpu.py --dry-run                    # anywhere: configs, accelerate.yaml,
                                                                  # argv and predictions; launches nothing
 
@@ -79,7 +80,7 @@ LOSS_MAX_ABS_DIFF = 0.02
 # Seconds each part is planned to take (14B on H100s: a build took ~50 s, one 8-step single run
 # 41 s wall); the timeouts come from what is left of the budget, not from these.
 PLAN_S = {"setup": 25, "build": 120, "fsdp": 230, "fsdp-mb2": 200, "single": 110, "fsdp-offload": 260,
-          "report": 10}
+          "ddp": 150, "report": 10}
 
 
 def log(msg: str) -> None:
@@ -169,7 +170,8 @@ def write_config(work: Path, model: Path, data: Path, *, mode: str, steps: int, 
                  offload: bool, lr: float, mb: int = 1) -> Path:
     """The person's config.yaml for one run (nested layout, as shipped)."""
     work.mkdir(parents=True, exist_ok=True)
-    dist = {"single": "{mode: single}", "fsdp": f"{{mode: fsdp, num_processes: 2, cpu_offload: {str(offload).lower()}}}"}
+    dist = {"single": "{mode: single}", "fsdp": f"{{mode: fsdp, num_processes: 2, cpu_offload: {str(offload).lower()}}}",
+            "ddp": "{mode: ddp, num_processes: 2}"}
     text = textwrap.dedent(f"""\
         paths:
           output_dir: {work / 'out'}
@@ -215,6 +217,8 @@ def predicted(config: Path, arch: dict[str, Any], mode: str) -> dict[str, Any]:
     view = load_config(config).view
     if mode == "fsdp":
         p = memory.predict(fsdp_view(view), arch, mode="fsdp", n_gpus=2)
+    elif mode == "ddp":
+        p = memory.predict(view, arch, mode="ddp", n_gpus=2)
     else:
         p = memory.predict(view, arch, mode="single")
     out: dict[str, Any] = {"peak_bytes": p.peak_process_bytes, "low_bytes": p.low_bytes, "high_bytes": p.high_bytes,
@@ -328,7 +332,7 @@ def verdicts(results: dict[str, Any]) -> list[str]:
                          f"{pred['load_estimate_bytes'] / GiB:.2f} GiB; fmllm's FSDP prediction {counted}")
     one = results.get("single")
     for name, two in results.items():
-        if not name.startswith("fsdp") or not isinstance(one, dict) or not isinstance(two, dict):
+        if not name.startswith(("fsdp", "ddp")) or not isinstance(one, dict) or not isinstance(two, dict):
             continue
         if one.get("losses") and two.get("losses"):
             a, b = one["losses"], two["losses"]
@@ -367,7 +371,7 @@ def dry_run(a: argparse.Namespace, arch: dict[str, Any], plan: list[tuple[Any, .
                               lr=a.lr, mb=mb)
         entry: dict[str, Any] = {"config": str(config), "env": {**MULTICAST_OFF, **OFFLINE, **env},
                                  "runner_overrides": OVERRIDES}
-        if mode == "fsdp":
+        if mode in ("fsdp", "ddp"):
             launch = dist.plan_launch(load_config(config), kind="train")
             folder = runs / name / "run"
             folder.mkdir()
@@ -409,6 +413,9 @@ def main() -> int:
     ap.add_argument("--offload", action="store_true", help="also run FSDP with fsdp_offload_params")
     ap.add_argument("--mb2", action="store_true", help="also run FSDP with micro-batch 2 x accumulation 1 (the "
                                                       "same four examples a step: a second activation size)")
+    ap.add_argument("--ddp", action="store_true", help="also run DDP over the 2 GPUs (2 ranks x micro-batch 1 x "
+                                                      "accumulation 2: the FSDP run's data; every GPU holds the "
+                                                      "whole 4-bit model)")
     ap.add_argument("--no-single", action="store_true", help="skip the one-GPU run (no loss comparison)")
     ap.add_argument("--memory-snapshot", action="store_true",
                     help="runner override memory_snapshot: rank 0's allocator history over steps 1-2 and every "
@@ -433,6 +440,8 @@ def main() -> int:
     plan = [("fsdp", "fsdp", 2, False, [0, 1], {}, 1)]
     if a.mb2:
         plan.append(("fsdp-mb2", "fsdp", 1, False, [0, 1], {}, 2))
+    if a.ddp:
+        plan.append(("ddp", "ddp", 2, False, [0, 1], {}, 1))
     if a.offload:
         plan.append(("fsdp-offload", "fsdp", 2, True, [0, 1], {}, 1))
     if not a.no_single:
