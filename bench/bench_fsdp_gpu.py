@@ -10,7 +10,8 @@ shared/device/fetch-wheels.sh):
         --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 && \\
     PYTHONUNBUFFERED=1 python3 bench/bench_fsdp_gpu.py          # 14B: FSDP over 2 GPUs vs 1 GPU, 20 steps
     python3 bench/bench_fsdp_gpu.py --offload                    # also FSDP with parameters in CPU RAM
-    python3 bench/bench_fsdp_gpu.py --model 7b --ddp             # also DDP over the 2 GPUs (7B fits one)
+    python3 bench/bench_fsdp_gpu.py --model 7b --ddp             # also DDP over the 2 GPUs (7B fits one;
+                                                                 # written 2026-11-26 night, not yet run on GPUs)
     python3 bench/bench_fsdp_gpu.py --dry-run                    # anywhere: configs, accelerate.yaml,
                                                                  # argv and predictions; launches nothing
 
