@@ -232,7 +232,7 @@ def _spawn_supervisor(run_dir: Path) -> int:
         )
     finally:
         log.close()
-    (run_dir / rd.PID).write_text(f"{proc.pid}\n")
+    rd.write_text_atomic(run_dir / rd.PID, f"{proc.pid}\n")  # a reader never sees it empty
     # The supervisor is its own parent's child: reap it in a thread so it never lingers as a zombie.
     import threading
 
@@ -363,12 +363,12 @@ def resume(run_dir: str | os.PathLike[str]) -> Path:
     if not isinstance(record, dict):
         raise RunError(f"{rdir} is not an fmllm run folder (no run.json)")
     st = status(rdir)
-    if st["state"] == "running" and (rdir / rd.EXIT).exists():
-        # The exit record is written just before the supervisor exits: give it a moment to go.
+    if st["exit"] is not None:
+        # The supervisor writes the exit record as its last act: give the process a moment to go
+        # before a new one takes over the folder.
         deadline = time.monotonic() + 15
-        while st["state"] == "running" and time.monotonic() < deadline:
+        while _alive(st.get("pid"), str(rdir)) and time.monotonic() < deadline:
             time.sleep(0.1)
-            st = status(rdir)
     if st["state"] == "running":
         raise RunError(f"the run in {rdir} is still running (pid {st.get('pid')}); stop it first")
     if record.get("kind") == "test":
@@ -467,7 +467,9 @@ def _last_jsonl(path: Path, tail_bytes: int = 65536) -> dict[str, Any] | None:
 def status(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Where a run stands: ``state`` is running | ok | failed | killed | stopped | oom | lost.
 
-    ``lost``: the process is gone and left no exit record (a machine reboot, say).
+    ``lost``: the process is gone and left no exit record (a machine reboot, say). An exit
+    record wins over a live process: the supervisor writes it as its last act, and a follower
+    that polled in the moment before it exits must see the run as ended.
     """
     rdir = Path(run_dir).resolve()
     record = rd.read_json(rdir / rd.RUN) or {}
@@ -479,10 +481,10 @@ def status(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
                            "child_pid": _read_pid(rdir / rd.CHILD_PID),
                            "phase": (rd.read_json(rdir / rd.STATE) or {}).get("phase"),
                            "last_metrics": last, "exit": exit_rec}
-    if running:
-        out["state"] = "running"
-    elif isinstance(exit_rec, dict):
+    if isinstance(exit_rec, dict):
         out["state"] = exit_rec.get("status", "failed")
+    elif running:
+        out["state"] = "running"
     elif not record:
         out["state"] = "unknown"
     else:
@@ -527,7 +529,13 @@ def kill(run_dir: str | os.PathLike[str], timeout: float = 10.0) -> bool:
     if st["state"] != "running":
         return False
     pgid = st["pid"]
-    # accelerate's launcher starts each rank in a session of its own: the group kill misses them.
+    # Freeze the group first (supervisor, accelerate's launcher), so that no rank starts after the
+    # list below is taken: accelerate starts each rank in a session of its own, which the group
+    # kill misses.
+    try:
+        os.killpg(pgid, signal.SIGSTOP)
+    except (ProcessLookupError, PermissionError):
+        pass
     ranks = _descendants(pgid)
     try:
         os.killpg(pgid, signal.SIGKILL)

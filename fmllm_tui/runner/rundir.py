@@ -47,14 +47,13 @@ EXIT = "exit.json"
 STATUSES = ("ok", "failed", "killed", "stopped", "oom")
 
 
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
-    """Write JSON so a reader sees the old file or the new one, never half of one."""
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` so a reader sees the old file or the new one, never half of one."""
     p = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=str)
-            fh.write("\n")
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, p)
@@ -64,6 +63,11 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
         except OSError:
             pass
         raise
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
+    """Write JSON so a reader sees the old file or the new one, never half of one."""
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def read_json(path: str | os.PathLike[str]) -> Any | None:

@@ -134,7 +134,7 @@ def supervise(run_dir: Path) -> int:
         log.write(f"[fmllm] starting: {' '.join(argv)}\n".encode())
         child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  env=env, cwd=spec.get("cwd") or None, preexec_fn=_default_signals)
-        (run_dir / rd.CHILD_PID).write_text(f"{child.pid}\n")
+        rd.write_text_atomic(run_dir / rd.CHILD_PID, f"{child.pid}\n")
         # launch.stop() writes stop.requested, then reads child.pid; this writes child.pid, then reads
         # stop.requested: one of the two sees the other, so a stop in this window reaches the child.
         if stop_path.exists():

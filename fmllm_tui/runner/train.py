@@ -76,22 +76,40 @@ SNAPSHOT_MAX_ENTRIES = 600_000
 
 
 class StopRequested(Exception):
-    """SIGTERM/SIGINT before training started (nothing to checkpoint yet)."""
+    """SIGTERM/SIGINT that ends the process at once: before training started (nothing to
+    checkpoint yet), or a second one during or after training."""
+
+    def __init__(self, signame: str, phase: str):
+        super().__init__(signame)
+        self.signame, self.phase = signame, phase
+
+    def describe(self) -> str:
+        if self.phase == "loading":
+            return f"{self.signame} before training started; nothing to save"
+        return (f"a second {self.signame} {'during' if self.phase == 'training' else 'after'} training: ended at "
+                "once" + ("; fmllm-run resume continues from the last complete checkpoint"
+                          if self.phase == "training" else "; the adapter may not have been saved"))
 
 
 class SaveError(Exception):
     """Saving the adapter failed; nothing that looks complete was left behind."""
 
 
-_signals = {"count": 0, "training": False}
+# phase: loading (a stop ends the process: nothing to save), training (the first stop ends the
+# training after this step, with a checkpoint), after (the first stop lets the adapter save finish).
+_signals: dict[str, Any] = {"count": 0, "phase": "loading"}
 
 
 def _on_signal(signum: int, frame: Any) -> None:
     _signals["count"] += 1
-    if not _signals["training"] or _signals["count"] > 1:
-        raise StopRequested(signal.Signals(signum).name)
-    print(f"[fmllm] {signal.Signals(signum).name}: stopping after this step (a checkpoint is saved first)",
-          flush=True)
+    name, phase = signal.Signals(signum).name, _signals["phase"]
+    if phase == "loading" or _signals["count"] > 1:
+        raise StopRequested(name, phase)
+    if phase == "training":
+        print(f"[fmllm] {name}: stopping after this step (a checkpoint is saved first)", flush=True)
+    else:
+        print(f"[fmllm] {name} after training: the adapter save finishes first, sample generations are skipped",
+              flush=True)
 
 
 def _rank() -> int:
@@ -260,7 +278,7 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
             self.start = self._last_log_t = self._t0 = time.perf_counter()
             self._last_log_tok = self._tok0 = counter.tokens
             self._last_log_step = state.global_step
-            _signals["training"] = True
+            _signals["phase"] = "training"
             files.state("training", step=state.global_step, max_steps=state.max_steps)
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
@@ -860,7 +878,7 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
     t_train = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_s = time.perf_counter() - t_train
-    _signals["training"] = False
+    _signals["phase"] = "after"
     mem = memory_now(recipe.device)
     wrapped = callback.wrapped_mem
     if wrapped:
@@ -945,6 +963,9 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
             gen = None
             notes.append("no sample generation under FSDP: the model is sharded over the GPUs; load adapter/ on "
                          "one GPU to generate")
+        elif _signals["count"]:
+            gen = None
+            notes.append("no sample generation: a stop came after training")
         else:
             files.state("generating")
             gen = _generate(model, tokenizer, prompt, int(runner.get("max_new_tokens", 32)), raw)
@@ -962,6 +983,9 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
         n_samples = 0
         notes.append("no sample generations under FSDP: the model is sharded over the GPUs; load adapter/ on one "
                      "GPU to generate")
+    if _signals["count"] and n_samples:
+        n_samples = 0
+        notes.append("no sample generations: a stop came after training")
     if n_samples:
         files.state("generating samples")
     for rec in records[:n_samples]:
@@ -1119,7 +1143,7 @@ def main(argv: list[str] | None = None) -> int:
         out = run(run_dir, resume=ns.resume)
         return finish(out["status"], EXIT_OK, out.get("message") or f"finished {out['steps']} steps")
     except StopRequested as e:
-        return finish("stopped", EXIT_OK, f"{e} before training started; nothing to save")
+        return finish("stopped", EXIT_OK, e.describe())
     except DataError as e:
         return finish("failed", EXIT_BAD_INPUT, e.render(), problem="data", details=e.to_json())
     except RecipeError as e:

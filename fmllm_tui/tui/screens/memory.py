@@ -96,14 +96,15 @@ class MemoryScreen(FmllmScreen):
                        "Hub or in its cache, and not in fmllm's catalogue (see the Checks screen).")
             return
         try:
-            self.plan = memplan.MemoryPlan.build(loaded, arch, source)
-            self.plan.predict()
+            plan = memplan.MemoryPlan.build(loaded, arch, source)
+            plan.predict()
         except ValueError as e:  # memory.ArchitectureError is a ValueError
             self._fail(f"The memory model cannot use {loaded.view.base_model_name}: {e}")
             return
-        self.error = None
-        self.budget = memplan.budget_from_checks(self.fapp.checks.results) or await asyncio.to_thread(
+        budget = memplan.budget_from_checks(self.fapp.checks.results) or await asyncio.to_thread(
             memplan.budget_elsewhere, loaded.view, spec.gpu, spec.vram)
+        # plan and budget change together, with the screen: nothing sees the plan without its budget
+        self.plan, self.error, self.budget = plan, None, budget
         self.redraw()
 
     def _fail(self, why: str) -> None:

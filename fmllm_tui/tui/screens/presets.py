@@ -76,9 +76,11 @@ class PresetsScreen(FmllmScreen):
             self.query_one("#presets-summary", Static).update(
                 Text(f"The config cannot be read, so presets cannot be planned: {e}", style="red"))
             return
-        self.rows = await asyncio.to_thread(memplan.preset_rows, loaded, spec.offline)
-        self.budget = memplan.budget_from_checks(self.fapp.checks.results) or await asyncio.to_thread(
+        rows = await asyncio.to_thread(memplan.preset_rows, loaded, spec.offline)
+        budget = memplan.budget_from_checks(self.fapp.checks.results) or await asyncio.to_thread(
             memplan.budget_elsewhere, loaded.view, spec.gpu, spec.vram)
+        # rows and budget change together, with the table: nothing sees the rows without their budget
+        self.rows, self.budget = rows, budget
         self.redraw()
 
     @on(ConfigWritten)
