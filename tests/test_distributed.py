@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tui_support import scaled
 
 from fmllm_tui.config import load_config, load_config_text
 from fmllm_tui.runner import RunError, kill, resume, start, status, stop, wait
@@ -374,7 +375,7 @@ def run_config(tmp_path: Path, model: Path | str, fmllm: str, training: str = ""
 
 
 def wait_rows(run_dir: Path, step: int, timeout: float = 120) -> list[dict[str, Any]]:
-    end = time.monotonic() + timeout
+    end = time.monotonic() + scaled(timeout)
     while time.monotonic() < end:
         rows = read_jsonl(run_dir / rd.METRICS)
         if rows and rows[-1]["step"] >= step:
@@ -390,6 +391,33 @@ def _pids_of(run_dir: Path) -> list[int]:
 
     sup = int((run_dir / rd.PID).read_text().split()[0])
     return [sup] + [c.pid for c in psutil.Process(sup).children(recursive=True)]
+
+
+def _cmdline(pid: int) -> str:
+    """``pid``'s command line, or "" when it has gone meanwhile (short-lived children) or cannot
+    be read."""
+    import psutil
+
+    try:
+        return " ".join(psutil.Process(pid).cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return ""
+
+
+def _rank_pids(pids: list[int]) -> list[int]:
+    """The training ranks among ``pids`` (not accelerate's launcher)."""
+    return [p for p in pids if "fmllm_tui.runner.train" in (c := _cmdline(p)) and "accelerate" not in c]
+
+
+def _still_running(proc: Any) -> bool:
+    """``proc`` (a psutil.Process) is the same process and not a zombie (a zombie is gone for our
+    purposes; is_running() also tells a reused pid apart)."""
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 @pytest.mark.slow
@@ -411,13 +439,11 @@ def test_ddp_on_two_cpu_processes_stop_resume_kill(tmp_path: Path, tiny_model_di
     assert all(r["tokens"] > 0 and r["peak_bytes"] > 0 for r in first["ranks"])
     n_examples = sum(1 for line in SAMPLE.read_text().splitlines() if line.strip())
     assert first["epoch"] == pytest.approx(2 * 2 / n_examples, rel=0.2)
-    cmdlines = [" ".join(psutil.Process(p).cmdline()) for p in _pids_of(run_dir)]
-    ranks_alive = [c for c in cmdlines if "fmllm_tui.runner.train" in c and "accelerate" not in c]
-    assert len(ranks_alive) == 2
+    assert len(_rank_pids(_pids_of(run_dir))) == 2
 
     # stop: the ranks read stop.requested at a step's end, checkpoint and exit together
     assert stop(run_dir)
-    rec = wait(run_dir, timeout=90)
+    rec = wait(run_dir, timeout=scaled(90))
     assert rec["status"] == "stopped", rec
     summary = json.loads((run_dir / rd.SUMMARY).read_text())
     stopped_at = summary["steps"]
@@ -433,22 +459,33 @@ def test_ddp_on_two_cpu_processes_stop_resume_kill(tmp_path: Path, tiny_model_di
     assert new_port == record["distributed"]["main_process_port"] and isinstance(new_port, int) and old_port
 
     # kill (here while the ranks start): they run in sessions of their own, and still none survives
-    end = time.monotonic() + 60
+    end = time.monotonic() + scaled(60)
+    pids: list[int] = []
+    rank_pids: list[int] = []
     while time.monotonic() < end:
-        cmdlines = [" ".join(psutil.Process(p).cmdline()) for p in _pids_of(run_dir) if psutil.pid_exists(p)]
-        if len([c for c in cmdlines if "fmllm_tui.runner.train" in c and "accelerate" not in c]) == 2:
+        pids = _pids_of(run_dir)
+        rank_pids = _rank_pids(pids)
+        if len(rank_pids) == 2:
             break
         time.sleep(0.1)
-    pids = _pids_of(run_dir)
+    assert len(rank_pids) == 2, (f"the 2 ranks never started after the resume; processes: "
+                                 f"{[(p, _cmdline(p)) for p in pids]}\n{(run_dir / rd.LOG).read_text()[-3000:]}")
     assert len(pids) >= 4  # supervisor, accelerate's launcher, 2 ranks
-    rank_pids = [p for p in pids if "accelerate" not in " ".join(psutil.Process(p).cmdline())
-                 and "fmllm_tui.runner.train" in " ".join(psutil.Process(p).cmdline())]
-    assert len(rank_pids) == 2 and all(os.getsid(p) != os.getsid(pids[0]) for p in rank_pids)
+    assert all(os.getsid(p) != os.getsid(pids[0]) for p in rank_pids)
+    procs = []
+    for p in pids:  # held before the kill, so a pid reused afterwards is not taken for a survivor
+        try:
+            procs.append(psutil.Process(p))
+        except psutil.NoSuchProcess:
+            pass
     assert kill(run_dir)
     assert status(run_dir)["state"] == "killed"
-    time.sleep(0.5)
-    alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-    assert alive == [], [psutil.Process(p).cmdline() for p in alive]
+    end = time.monotonic() + 30
+    alive = [p for p in procs if _still_running(p)]
+    while alive and time.monotonic() < end:
+        time.sleep(0.1)
+        alive = [p for p in procs if _still_running(p)]
+    assert alive == [], [(p.pid, _cmdline(p.pid)) for p in alive]
 
 
 @pytest.mark.slow
@@ -456,7 +493,7 @@ def test_ddp_minimal_test_on_two_cpu_processes(tmp_path: Path, tiny_model_dir: P
     from fmllm_tui.runner import run_minimal_test
 
     cfg = run_config(tmp_path, tiny_model_dir, "minimal_test_steps: 4\ndistributed: {mode: ddp, num_processes: 2}\n")
-    report = run_minimal_test(load_config(cfg), device="cpu", timeout=180)
+    report = run_minimal_test(load_config(cfg), device="cpu", timeout=scaled(180))
     assert report["status"] == "ok" and report["ok"], json.dumps(report, default=str)[:3000]
     assert report["adapter_reloaded"] and report["steps"] == 4 and isinstance(report["generation"], str)
     result = json.loads((Path(report["run_dir"]) / rd.RESULT).read_text())

@@ -47,8 +47,9 @@ def test_memory_screen_follows_keys_and_applies_through_the_fixers(cfg: Path) ->
         app = FmllmApp(cfg, vram="24GiB", start_checks=False, deterministic=True)
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.press("2")
-            await wait_until(pilot, lambda: isinstance(app.screen, MemoryScreen) and app.screen.plan is not None,
-                             20, "the memory plan")
+            # the plan comes before the budget: wait for both (and so for the whole load)
+            await wait_until(pilot, lambda: isinstance(app.screen, MemoryScreen) and app.screen.plan is not None
+                             and app.screen.budget is not None, 20, "the memory plan and its budget")
             screen = app.screen
             assert isinstance(screen, MemoryScreen) and screen.budget is not None
 
@@ -61,27 +62,33 @@ def test_memory_screen_follows_keys_and_applies_through_the_fixers(cfg: Path) ->
             await wait_until(pilot, lambda: f"predicted peak {human_bytes(want)}" in screen_text(app), 5, "the peak")
 
             # B doubles the micro-batch: the prediction is the model's for the new inputs
-            await pilot.press("B")
-            assert plan().current.micro_batch == 2
+            await pilot.press("B")  # press() does not wait for the key's handler: wait for its effect
+            await wait_until(pilot, lambda: plan().current.micro_batch == 2, 5, "B to double the micro-batch")
             want2 = memory.predict_inputs(memory.vary(base_inputs, micro_batch=2), arch).peak_process_bytes
             assert want2 != want
             await wait_until(pilot, lambda: f"predicted peak {human_bytes(want2)}" in screen_text(app), 5,
                              "the new peak")
             # every knob moves: checkpointing and 4-bit toggle, the optimizer cycles, rank halves
             await pilot.press("c", "w", "o", "r")
-            cur = plan().current
-            assert cur.gradient_checkpointing is False and cur.use_4bit is False
-            assert cur.optim != base_inputs.optim and cur.lora_r == base_inputs.lora_r // 2
+
+            def all_four_moved() -> bool:
+                cur = plan().current
+                return (cur.gradient_checkpointing is False and cur.use_4bit is False
+                        and cur.optim != base_inputs.optim and cur.lora_r == base_inputs.lora_r // 2)
+
+            await wait_until(pilot, all_four_moved, 5, "c, w, o and r to move their knobs")
             # ←/→ change the highlighted row, which follows the last letter key (LoRA rank, row 3);
             # one up is the sequence length
             await pilot.press("x", "up", "left")
-            assert plan().current.seq_len == base_inputs.seq_len // 2
+            await wait_until(pilot, lambda: plan().current.seq_len == base_inputs.seq_len // 2, 5,
+                             "left to halve the sequence length")
             await pilot.press("x")
-            assert plan().current == plan().base
+            await wait_until(pilot, lambda: plan().current == plan().base, 5, "x to reset every knob")
 
             before = cfg.read_text()
             await pilot.press("B", "a")
-            await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 10, "the diff preview")
+            await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and bool(app.screen.query("#dialog-text")),
+                             10, "the diff preview")
             preview = str(app.screen.query_one("#dialog-text").render())
             assert "per_device_train_batch_size: 2" in preview
             await pilot.press("y")
@@ -116,10 +123,13 @@ def test_presets_screen_predicts_each_preset_and_applies_one(cfg: Path) -> None:
             assert [r.name for r in screen.rows] == list(PRESETS)
             row = next(r for r in screen.rows if r.name == "7b-10gb")
             assert row.peak_bytes == want
-            text = screen_text(app)
-            assert "7b-10gb" in text and human_bytes(want) in text and "GeForce RTX 3080" in text
+            # the rows come before the budget and the table's repaint: wait for what is read
+            await wait_until(pilot, lambda: all(s in screen_text(app) for s in ("7b-10gb", human_bytes(want),
+                                                                               "GeForce RTX 3080")),
+                             10, "the preset table")
             await pilot.press("enter")
-            await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 10, "the diff preview")
+            await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and bool(app.screen.query("#dialog-text")),
+                             10, "the diff preview")
             assert "Qwen/Qwen2.5-7B-Instruct" in str(app.screen.query_one("#dialog-text").render())
             await pilot.press("y")
             await wait_until(pilot, lambda: "Qwen/Qwen2.5-7B-Instruct" in cfg.read_text(), 10, "the write")

@@ -18,11 +18,22 @@ import pytest
 
 pytest.importorskip("pytest_textual_snapshot")
 
-from tui_support import checks_done, fake_gpu, quiet_env, wait_until, write_config  # noqa: E402
+from tui_support import checks_done, fake_gpu, quiet_env, screen_text, wait_until, write_config  # noqa: E402
 
 from fmllm_tui.tui.app import FmllmApp  # noqa: E402
+from fmllm_tui.tui.screens.detail import CheckDetailScreen  # noqa: E402
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
+
+
+def shown_ids(app: FmllmApp) -> list[str]:
+    """The check ids the Checks screen's table shows now (after its filter)."""
+    return list(app.get_screen_stack("checks")[0]._shown)
+
+
+def filter_box_closed(app: FmllmApp) -> bool:
+    """The filter was submitted: the box is hidden and keys reach the table again."""
+    return not app.get_screen_stack("checks")[0].query_one("#checks-filter").display
 
 
 @pytest.fixture
@@ -50,6 +61,9 @@ def test_checks_screen(snap_compare: Any, snap_dir: Path, size: tuple[int, int])
         # machine-state checks (free disk, free RAM) change between runs: show the config ones,
         # through the screen's own filter
         await pilot.press("slash", *"config", "enter")
+        # press() does not wait for the filter's messages to be handled: wait for them to show
+        await wait_until(pilot, lambda: filter_box_closed(pilot.app) and "filter “config”" in screen_text(pilot.app),
+                         10, "the config filter")
 
     assert snap_compare(app_for(snap_dir, attn="eager"), terminal_size=size, run_before=ready)
 
@@ -58,9 +72,16 @@ def test_checks_screen(snap_compare: Any, snap_dir: Path, size: tuple[int, int])
 def test_check_details_with_diff(snap_compare: Any, snap_dir: Path, size: tuple[int, int]) -> None:
     async def ready(pilot: Any) -> None:
         await checks_done(pilot)
-        await pilot.press("slash", *"attn", "enter", "enter")
-        await wait_until(pilot, lambda: "Diff" in str(pilot.app.screen.query_one("#detail-diff").render()), 20,
-                         "the diff")
+        app = pilot.app
+        # each key waits for the one before it to be handled: the first enter closes the filter
+        # box, the second opens the details of the row left
+        await pilot.press("slash", *"attn")
+        await wait_until(pilot, lambda: shown_ids(app) == ["gpu.flash_attn"], 10, "the attn filter")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: filter_box_closed(app), 10, "the filter box to close")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, CheckDetailScreen) and bool(app.screen.query("#detail-diff"))
+                         and "Diff" in str(app.screen.query_one("#detail-diff").render()), 20, "the diff")
 
     assert snap_compare(app_for(snap_dir, attn="eager"), terminal_size=size, run_before=ready)
 
@@ -69,7 +90,9 @@ def test_check_details_with_diff(snap_compare: Any, snap_dir: Path, size: tuple[
 def test_memory_screen(snap_compare: Any, snap_dir: Path, size: tuple[int, int]) -> None:
     async def ready(pilot: Any) -> None:
         await pilot.press("2")
-        await wait_until(pilot, lambda: getattr(pilot.app.screen, "plan", None) is not None, 20, "the plan")
+        # the plan comes before the budget it is drawn against: wait for both
+        await wait_until(pilot, lambda: getattr(pilot.app.screen, "plan", None) is not None
+                         and getattr(pilot.app.screen, "budget", None) is not None, 20, "the plan and its budget")
         await pilot.press("B")  # one change from the file, so the "changed" styling shows
 
     assert snap_compare(app_for(snap_dir, start_checks=False), terminal_size=size, run_before=ready)
@@ -79,7 +102,9 @@ def test_memory_screen(snap_compare: Any, snap_dir: Path, size: tuple[int, int])
 def test_presets_screen(snap_compare: Any, snap_dir: Path, size: tuple[int, int]) -> None:
     async def ready(pilot: Any) -> None:
         await pilot.press("3")
-        await wait_until(pilot, lambda: bool(getattr(pilot.app.screen, "rows", None)), 20, "the presets")
+        # the rows come before the budget the marks are drawn against: wait for both
+        await wait_until(pilot, lambda: bool(getattr(pilot.app.screen, "rows", None))
+                         and getattr(pilot.app.screen, "budget", None) is not None, 20, "the presets and their budget")
 
     assert snap_compare(app_for(snap_dir, start_checks=False), terminal_size=size, run_before=ready)
 

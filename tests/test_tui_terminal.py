@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tui_support import fake_gpu, quiet_env, write_config
+from tui_support import fake_gpu, quiet_env, scaled, write_config
 
 TUI = Path(sys.executable).with_name("fmllm-tui")
 
@@ -59,6 +59,9 @@ class Tmux:
         return self("capture-pane", "-p", "-t", name)
 
     def wait_for(self, name: str, text: str, timeout: float = 60.0) -> str:
+        """Wait for ``text`` on the pane (``timeout`` is scaled: the app and its checks import
+        torch on a loaded machine)."""
+        timeout = scaled(timeout)
         end = time.monotonic() + timeout
         shown = ""
         while time.monotonic() < end:
@@ -67,6 +70,18 @@ class Tmux:
                 return shown
             time.sleep(0.2)
         raise AssertionError(f"{text!r} did not appear within {timeout:.0f} s; the screen was:\n{shown}")
+
+    def wait_gone(self, name: str, text: str, timeout: float = 10.0) -> str:
+        """Wait for ``text`` to leave the pane (``timeout`` scaled)."""
+        timeout = scaled(timeout)
+        end = time.monotonic() + timeout
+        shown = ""
+        while time.monotonic() < end:
+            shown = self.screen(name)
+            if text not in shown:
+                return shown
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} still shown after {timeout:.0f} s; the screen was:\n{shown}")
 
     def pane_dead(self, name: str) -> bool:
         out = self("display-message", "-p", "-t", name, "#{pane_dead}", check=False).strip()
@@ -107,9 +122,11 @@ def test_in_tmux_like_over_ssh(tmux: Tmux, project: tuple[Path, dict[str, str]])
     tmux("send-keys", "-t", "main", "?")
     tmux.wait_for("main", "Everywhere", 10)
     tmux("send-keys", "-t", "main", "Escape")
-    time.sleep(0.8)  # tmux's escape-time: the key must arrive alone
+    # Escape must arrive alone (followed at once by "1" it reads as alt+1): send the next keys
+    # only once the help it closes has gone
+    tmux.wait_gone("main", "Everywhere", 10)
     tmux("send-keys", "-t", "main", "1", "q")
-    end = time.monotonic() + 20
+    end = time.monotonic() + scaled(20)
     while time.monotonic() < end and _pid_alive(pid):
         time.sleep(0.1)
     assert not _pid_alive(pid), "fmllm-tui did not exit on q"
@@ -122,7 +139,7 @@ def test_terminal_gone_ends_the_tui(tmux: Tmux, project: tuple[Path, dict[str, s
     tmux.wait_for("drop", "1 Checks", 20)
     tmux("kill-session", "-t", "drop")  # what a dropped SSH connection does to the pane
     # It must end, not end fast: on a loaded 2-core CI machine it once took longer than 15 s.
-    end = time.monotonic() + 60
+    end = time.monotonic() + scaled(60)
     while time.monotonic() < end and _pid_alive(pid):
         time.sleep(0.1)
     assert not _pid_alive(pid), "fmllm-tui kept running on a dead terminal"
@@ -137,7 +154,7 @@ def test_no_color_and_narrow_terminal(tmux: Tmux, project: tuple[Path, dict[str,
     colours = tmux("capture-pane", "-p", "-e", "-t", "mono")
     assert _hues(colours) == [], "NO_COLOR output still uses colours (only greys are allowed)"
     tmux("send-keys", "-t", "mono", "q")
-    end = time.monotonic() + 20
+    end = time.monotonic() + scaled(20)
     while time.monotonic() < end and _pid_alive(pid):
         time.sleep(0.1)
     assert not _pid_alive(pid)
@@ -195,6 +212,7 @@ def test_web_driver_as_textual_serve_runs_it(project: tuple[Path, dict[str, str]
 
     def read_until(needle: bytes, timeout: float) -> None:
         nonlocal seen
+        timeout = scaled(timeout)  # the app and its checks import torch on a loaded machine
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if needle in seen:
@@ -204,7 +222,7 @@ def test_web_driver_as_textual_serve_runs_it(project: tuple[Path, dict[str, str]
                 if not chunk:
                     raise AssertionError(f"the app exited early: {stderr.read().decode()[-2000:]}")
                 seen += chunk
-        raise AssertionError(f"{needle!r} not sent within {timeout} s")
+        raise AssertionError(f"{needle!r} not sent within {timeout:.0f} s")
 
     try:
         proc.stdin.write(_packet(b"M", json.dumps({"type": "resize", "width": 100, "height": 30}).encode()))
@@ -218,7 +236,7 @@ def test_web_driver_as_textual_serve_runs_it(project: tuple[Path, dict[str, str]
         read_until(b"predicted peak", 30)
         proc.stdin.write(_packet(b"M", json.dumps({"type": "quit"}).encode()))
         proc.stdin.flush()
-        assert proc.wait(20) == 0
+        assert proc.wait(scaled(20)) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

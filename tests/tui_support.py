@@ -1,5 +1,6 @@
 """Helpers for the TUI tests (tests/test_tui_*.py): a config in a folder, a fake GPU, a
-deterministic environment for the child ``fmllm-check``, and waiting on the app."""
+deterministic environment for the child ``fmllm-check``, and waiting on the app. ``scaled`` is
+shared with the tests that wait on training processes (this module never imports textual)."""
 
 from __future__ import annotations
 
@@ -107,15 +108,31 @@ def _no_gpu(folder: Path) -> Path:
     return p
 
 
+def timeout_scale() -> float:
+    """How many times longer than on an idle machine the tests wait (FMLLM_TEST_TIMEOUT_SCALE,
+    default 4): a loaded 2-core CI machine running two test workers is several times slower, and
+    waiting longer costs nothing when the condition comes true early."""
+    raw = os.environ.get("FMLLM_TEST_TIMEOUT_SCALE", "4")
+    try:
+        scale = float(raw)
+    except ValueError:
+        raise ValueError(f"FMLLM_TEST_TIMEOUT_SCALE must be a number such as 4, not {raw!r}") from None
+    if not scale > 0:
+        raise ValueError(f"FMLLM_TEST_TIMEOUT_SCALE must be above 0, not {raw!r}")
+    return scale
+
+
+def scaled(seconds: float) -> float:
+    """``seconds`` as a ceiling on waiting for something (a frame, a process, a run's end), scaled
+    by ``timeout_scale()``. Only for ceilings: never for how long something must last."""
+    return seconds * timeout_scale()
+
+
 async def wait_until(pilot: Any, predicate: Callable[[], bool], timeout: float = 60.0,
                      what: str = "condition") -> None:
-    """Let the app run until ``predicate()`` holds; fail the test with ``what`` after ``timeout``.
-
-    Timeouts are scaled (FMLLM_TEST_TIMEOUT_SCALE, default 4): a loaded 2-core CI machine running
-    two test workers is several times slower than an idle one, and waiting longer costs nothing
-    when the condition comes true early.
-    """
-    timeout *= float(os.environ.get("FMLLM_TEST_TIMEOUT_SCALE", "4"))
+    """Let the app run until ``predicate()`` holds; fail the test with ``what`` after ``timeout``
+    (scaled: see ``timeout_scale``)."""
+    timeout = scaled(timeout)
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if predicate():
