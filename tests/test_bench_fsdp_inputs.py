@@ -60,3 +60,29 @@ def test_trace_summary_reports_large_allocations_and_growth(tmp_path: Path) -> N
                            ("--frames", "-3", "below 1")):
         r = _run("bench/memory_trace_summary.py", str(path), flag, bad)
         assert r.returncode == 2 and flag in r.stderr and why in r.stderr, r.stderr
+
+
+def test_fsdp_bench_dry_run_plans_ddp_with_the_fsdp_runs_data(tmp_path: Path) -> None:
+    """--ddp --dry-run: fmllm's own accelerate config for DDP (no FSDP section), 2 processes, and
+    the DDP per-GPU prediction, which counts the whole model on each GPU (more than FSDP's share
+    of the weights, more than one GPU's run by the DDP terms)."""
+    import json
+    import os
+
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "bench/bench_fsdp_gpu.py", "--model", "7b", "--ddp", "--dry-run",
+                        "--runs-dir", str(tmp_path / "runs")], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OUT": str(out)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((out / "bench_fsdp_gpu.dry-run.json").read_text())
+    runs = report["runs"]
+    assert list(runs) == ["fsdp", "ddp", "single"]
+    ddp, fsdp, single = runs["ddp"], runs["fsdp"], runs["single"]
+    assert "MULTI_GPU" in ddp["accelerate_yaml"] and "fsdp_config" not in ddp["accelerate_yaml"]
+    assert "FSDP" in fsdp["accelerate_yaml"]
+    assert "--num_processes" in ddp["argv"] and ddp["argv"][ddp["argv"].index("--num_processes") + 1] == "2"
+    p_ddp, p_single = ddp["prediction"], single["prediction"]
+    assert "ddp_grad_buckets" in p_ddp["breakdown"]
+    assert p_ddp["peak_bytes"] > p_single["peak_bytes"]
+    assert p_ddp["breakdown"]["weights_4bit"] == p_single["breakdown"]["weights_4bit"]
+    assert p_ddp["breakdown"]["weights_4bit"] > fsdp["prediction"]["breakdown"]["weights_4bit"]
