@@ -125,9 +125,35 @@ def _emit(config: pytest.Config, event: dict[str, Any]) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "fmllm_check(id, title, category, severity): an fmllm health check")
+    _check_planning_options(config)
     path = config.getoption("fmllm_report", None)
     if path:
         config.stash[STREAM_KEY] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in unconfigure
+
+
+def _check_planning_options(config: pytest.Config) -> None:
+    """A GPU name or memory size that means nothing stops the session at once (pytest's usage
+    error, exit 4), instead of every check that plans with it crashing on its own."""
+    import os
+
+    gpu = config.getoption("fmllm_gpu", None) or os.environ.get("FMLLM_GPU")
+    vram = config.getoption("fmllm_vram", None) or os.environ.get("FMLLM_VRAM")
+    where_gpu = "--fmllm-gpu" if config.getoption("fmllm_gpu", None) else "FMLLM_GPU"
+    where_vram = "--fmllm-vram" if config.getoption("fmllm_vram", None) else "FMLLM_VRAM"
+    if gpu:
+        from fmllm_tui import gpudb
+
+        try:
+            gpudb.lookup(gpu)
+        except LookupError as e:
+            raise pytest.UsageError(f"{where_gpu}: {e}") from None
+    if vram:
+        from fmllm_tui.config import parse_size
+
+        try:
+            parse_size(vram)
+        except ValueError as e:
+            raise pytest.UsageError(f"{where_vram}: {e}") from None
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -23,7 +23,7 @@ def test_model_available(report, loaded, model_status):
     if st.kind in SOFT_KINDS and known:
         report.warn(f"{st.message} {mid} is a public model in fmllm's catalogue, so planning uses the catalogue's "
                     "architecture; the weights will be downloaded on the first run.",
-                    Fix(id="model.download", shell=f"huggingface-cli download {mid}", summary=st.remedy or ""))
+                    Fix(id="model.download", shell=f"hf download {mid}", summary=st.remedy or ""))
     fix = None
     if st.kind == "not_found" and st.suggestions:
         fix = planned_fix(loaded, "model.id", {"suggestions": st.suggestions},

@@ -117,6 +117,10 @@ class _Collector:
         self.collected = session.config.stash.get(ITEM_KEY, {}).get("checks", [])
 
 
+class ChecksNotRun(RuntimeError):
+    """pytest could not collect or run the checks at all (no result to report)."""
+
+
 def run_checks(opts: RunOptions) -> RunOutcome:
     """Run the suite once in this process and return every check's result."""
     import pytest
@@ -132,7 +136,7 @@ def run_checks(opts: RunOptions) -> RunOutcome:
     os.chdir(old_cwd)
     res = results(collector.config) if collector.config is not None else []
     if int(code) in (3, 4) and not res:
-        raise RuntimeError("pytest could not run the checks:\n" + sink.getvalue()[-3000:])
+        raise ChecksNotRun("pytest could not run the checks:\n" + sink.getvalue()[-3000:])
     return RunOutcome(results=list(res), pytest_exit=int(code), duration_s=time.perf_counter() - t0,
                       collected=collector.collected)
 
@@ -146,5 +150,5 @@ def list_checks(opts: RunOptions) -> list[dict[str, Any]]:
     with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), _no_plugin_autoload():
         code = pytest.main(pytest_args(opts, collect_only=True), plugins=[collector])
     if int(code) not in (0, 5) and not collector.collected:
-        raise RuntimeError("pytest could not collect the checks:\n" + sink.getvalue()[-3000:])
+        raise ChecksNotRun("pytest could not collect the checks:\n" + sink.getvalue()[-3000:])
     return collector.collected

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fmllm_tui import __version__
+from fmllm_tui.checkrun import ChecksNotRun
 from fmllm_tui.exitcodes import ExitCode
 from fmllm_tui.findings import Change, CheckResult, summarize
 from fmllm_tui.redact import mask_text
@@ -172,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nfmllm-check: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
+    except ChecksNotRun as e:  # pytest itself could not start: no check ran, nothing to report
+        print(f"fmllm-check: error: {e}\nReinstall fmllm (pip install -e .) or run `pytest checks/` to see "
+              "pytest's own message.", file=sys.stderr)
+        return ExitCode.CRASHED
     except BrokenPipeError:  # `fmllm-check | head`: the reader left; not an error of ours
         try:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit

@@ -263,6 +263,18 @@ class FmllmSettings(_Section):
             parse_size(v)
         return v
 
+    @field_validator("target_gpu")
+    @classmethod
+    def _target_gpu(cls, v: str | None) -> str | None:
+        if v is not None:
+            from fmllm_tui import gpudb
+
+            try:
+                gpudb.lookup(v)
+            except LookupError as e:
+                raise ValueError(str(e)) from None
+        return v
+
 
 class FineTuneConfig(BaseModel):
     """The typed, validated view every fmllm module reads."""

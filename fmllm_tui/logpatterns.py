@@ -143,7 +143,7 @@ FIX_SAVE_LIMIT = fix(
     shell="df -h .",
 )
 FIX_BNB = fix(None, "reinstall bitsandbytes for this CUDA and check it loads", shell="pip install -U bitsandbytes && python -m bitsandbytes")
-FIX_LOGIN = fix(None, "accept the model's licence on its Hub page, then log in with a token that has access", shell="huggingface-cli login")
+FIX_LOGIN = fix(None, "accept the model's licence on its Hub page, then log in with a token that has access", shell="hf auth login")
 FIX_NCCL = fix(
     None,
     "one rank is stuck or slow: find it with NCCL_DEBUG=INFO, tokenize the data before launch, "
@@ -375,8 +375,8 @@ def _x_disk(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
         d = path if path.endswith("/") else _osp.dirname(path) or "."
         f["shell"] = f"df -h {d}"
         if ".cache/huggingface" in path:
-            f = fix(None, "the Hugging Face cache filled the disk: move it to a bigger disk (HF_HOME) or clear old models",
-                    shell="huggingface-cli delete-cache")
+            f = fix(None, "the Hugging Face cache filled the disk: move it to a bigger disk (HF_HOME) or remove old "
+                    "models (`hf cache rm model/<id>`; `hf cache ls` lists them by size)", shell="hf cache ls")
     return {"values": v, "fix": f}
 
 
@@ -632,7 +632,7 @@ PATTERNS: list[Pattern] = [
     _p("hub_unreachable", ERR, "Hugging Face Hub unreachable",
        "the Hub could not be reached (no network, proxy, or offline mode) and the files are not in the local cache",
        fix(None, "download the model once where there is network (or point base_model_name at a local copy); "
-                 "HF_HUB_OFFLINE=1 only works with a full cache", shell="huggingface-cli download <model-id>"),
+                 "HF_HUB_OFFLINE=1 only works with a full cache", shell="hf download <model-id>"),
        r"We couldn't connect to '?https?://huggingface\.co|LocalEntryNotFoundError|outgoing traffic has been disabled"
        r"|Cannot find the requested files in the (?:local|disk) cache|HTTPSConnectionPool\(host='(?:huggingface\.co|cdn-lfs[\w.-]*|cas-bridge[\w.-]*)'"
        r"|(?:ConnectError|ConnectTimeout|ReadTimeout|ConnectionError|SSLError|ProxyError)\b.*huggingface\.co|Max retries exceeded with url: /api/models"
@@ -640,13 +640,13 @@ PATTERNS: list[Pattern] = [
        ("huggingface", "LocalEntryNotFoundError", "outgoing traffic", "requested files in the")),
     _p("hub_auth_invalid", ERR, "invalid Hugging Face token",
        "the Hugging Face token is invalid or expired",
-       fix(None, "log in again with a valid token (or fix HF_TOKEN)", shell="huggingface-cli login"),
+       fix(None, "log in again with a valid token (or fix HF_TOKEN)", shell="hf auth login"),
        r"Invalid (?:user token|credentials in Authorization header)|Invalid token passed"
        r"|401 Client Error: Unauthorized for url: https://huggingface\.co/api/whoami",
        ("Invalid", "api/whoami"), span=6),
     _p("hub_rate_limited", ERR, "Hub rate limit",
        "the Hub refused requests for going over its rate limit (429)",
-       fix(None, "log in (authenticated requests have a higher limit) and retry later", shell="huggingface-cli login"),
+       fix(None, "log in (authenticated requests have a higher limit) and retry later", shell="hf auth login"),
        r"429 Client Error|Too Many Requests for url", ("429", "Too Many Requests")),
     _p("trust_remote_code", ERR, "model needs trust_remote_code",
        "the model ships its own Python code, which runs only if you allow it",
@@ -662,7 +662,7 @@ PATTERNS: list[Pattern] = [
        ("recognize this architecture", "has model type", "does not exist or is not currently imported", "rope_scaling")),
     _p("weights_corrupt", ERR, "weights file unreadable",
        "a weights file is truncated or is a Git LFS pointer instead of the real file (interrupted download)",
-       fix(None, "delete the broken file from the cache and download it again", shell="huggingface-cli download <model-id> --force-download"),
+       fix(None, "delete the broken file from the cache and download it again", shell="hf download <model-id> --force-download"),
        r"HeaderTooLarge|MetadataIncompleteBuffer|invalid load key, '[^']*'|PytorchStreamReader failed reading zip archive",
        ("HeaderTooLarge", "MetadataIncompleteBuffer", "invalid load key", "PytorchStreamReader")),
     _p("weights_not_initialized", WARN, "some weights were newly initialized",

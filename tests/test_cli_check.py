@@ -85,6 +85,27 @@ def test_usage_errors_exit_2(tmp_path):
         assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("args, env, words", [
+    (["--fmllm-gpu", "RTX 9999"], {}, "--fmllm-gpu: unknown GPU 'RTX 9999'"),
+    ([], {"FMLLM_GPU": "24GB"}, "FMLLM_GPU: '24GB' is a memory size"),
+    (["--fmllm-vram", "lots"], {}, "--fmllm-vram:"),
+    ([], {"FMLLM_VRAM": "-3GiB"}, "FMLLM_VRAM:"),
+], ids=["gpu-flag", "gpu-env", "vram-flag", "vram-env"])
+def test_pytest_planning_options_bad_forms_stop_the_session(tmp_path, args, env, words):
+    """`pytest checks/` with a GPU name or size that means nothing: pytest's usage error (exit 4)
+    naming the option, before any check runs (each check that plans with it crashed on its own)."""
+    cfg = copy_config(tmp_path)
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "FMLLM_CONFIG": str(cfg), **env}
+    for k in ("FMLLM_GPU", "FMLLM_VRAM"):
+        if k not in env:
+            full_env.pop(k, None)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "checks", *args],
+                          capture_output=True, text=True, env=full_env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 4, (proc.stdout[-2000:], proc.stderr[-2000:])
+    assert words in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "passed" not in proc.stdout
+
+
 def test_invalid_config_exits_2_with_location(tmp_path):
     cfg = copy_config(tmp_path, "fine_tuning:\n  base_model_name: m\n  lora:\n    r: eight\n")
     before = cfg.read_bytes()
@@ -157,6 +178,21 @@ def test_crashing_check_exits_3(tmp_path, monkeypatch, capsys):
     assert {c["status"] for c in doc["checks"]} == {"crash"}
     assert "NVML binding blew up" in doc["checks"][0]["finding"]
     assert code == doc["exit_code"] == 3
+
+
+@pytest.mark.parametrize("flags", [[], ["--list-checks"]], ids=["run", "list"])
+def test_pytest_that_cannot_start_exits_3_with_its_message(tmp_path, monkeypatch, capsys, flags):
+    """pytest itself refuses (here: an option it does not know): no check ran, exit 3 and pytest's
+    words, not a traceback."""
+    from fmllm_tui import checkrun
+
+    cfg = copy_config(tmp_path)
+    real = checkrun.pytest_args
+    monkeypatch.setattr(checkrun, "pytest_args", lambda opts, **kw: [*real(opts, **kw), "--no-such-pytest-option"])
+    code = main(["--config", str(cfg), "--only", "config", *flags])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "pytest could not" in err and "--no-such-pytest-option" in err and "Traceback" not in err
 
 
 def test_interrupt_exits_130(monkeypatch, tmp_path):

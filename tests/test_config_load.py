@@ -125,10 +125,15 @@ def test_unknown_sections_are_kept_and_ignored(tmp_path):
         ("fine_tuning:\n  lora:\n    r: 8\n", None, None, ["model id is missing"]),
         ("just a string\n", 1, 1, ["top level must be a mapping"]),
         ("database:\n  host: x\n", 1, 1, ["no fine-tuning settings found"]),
+        ("fine_tuning:\n  base_model_name: m\nfmllm:\n  target_gpu: RTX 9999 Ultra\n", 4, 15,
+         ["fmllm.target_gpu", "unknown GPU 'RTX 9999 Ultra'", "--vram"]),
+        ("fine_tuning:\n  base_model_name: m\nfmllm:\n  target_gpu: 24GB\n", 4, 15,
+         ["fmllm.target_gpu", "is a memory size, not a GPU model"]),
+        ("fine_tuning:\n  base_model_name: m\nfmllm:\n  vram: lots\n", 4, 9, ["fmllm.vram", "lots"]),
     ],
     ids=["invalid-yaml", "wrong-type", "r-zero", "lr-negative", "seq-too-small", "unknown-key", "duplicate-key",
          "bool-for-int", "bad-choice", "bad-bool", "section-not-mapping", "bad-interpolation", "missing-model",
-         "not-a-mapping", "no-fine-tuning"],
+         "not-a-mapping", "no-fine-tuning", "target-gpu-unknown", "target-gpu-a-size", "vram-not-a-size"],
 )
 def test_bad_values_are_located(tmp_path, text, line, col, words):
     path = write(tmp_path, text)

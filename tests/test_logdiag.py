@@ -270,7 +270,7 @@ def test_gated_repo_values_and_secret_masking() -> None:
     hits = scan_file(LOGS / "hub_gated__transformers_oserror.log")
     h = hit(hits, "hub_gated")
     assert h.values["repo_id"] == "meta-llama/Llama-2-7b-hf"
-    assert fixof(h)["shell"] == "huggingface-cli login"
+    assert fixof(h)["shell"] == "hf auth login"
     pending = hit(scan_file(LOGS / "hub_gated__hub1x_pending.log"), "hub_gated")
     assert "pending" in pending.cause
     line = "OSError: You are trying to access a gated repo. token=hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123"
@@ -523,3 +523,24 @@ def test_engine_imports_no_torch_or_textual() -> None:
             "print(sorted(m for m in ('torch', 'textual', 'transformers', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_suggested_hub_commands_exist_in_the_installed_hf_cli() -> None:
+    """Every `hf ...` command fmllm suggests (log fixes, model checks, the smoke test) is one the
+    installed huggingface_hub CLI has (the old `huggingface-cli` is gone from it)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sources = [*root.glob("fmllm_tui/**/*.py"), *root.glob("checks/*.py")]
+    text = "\n".join(p.read_text(encoding="utf-8") for p in sources)
+    assert "huggingface-cli" not in text
+    commands = set(re.findall(r"\bhf ((?:auth|cache) [a-z]+|download)\b", text))
+    assert {"auth login", "download", "cache ls"} <= commands, commands
+    hf = Path(sys.executable).parent / "hf"
+    assert hf.exists(), f"{hf}: huggingface_hub's CLI is not installed next to this Python"
+    for cmd in sorted(commands):
+        proc = subprocess.run([str(hf), *cmd.split(), "--help"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, (cmd, proc.stdout[-500:], proc.stderr[-500:])

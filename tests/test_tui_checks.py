@@ -316,7 +316,7 @@ def test_terminal_gone_backstop_ends_the_process_after_its_grace() -> None:
 
 def test_cli_rejects_bad_flags_before_the_screen_starts(env: Path) -> None:
     for args, needle in ((["--gpu", "RTX 3090", "--vram", "10GiB"], "give one"),
-                         (["--vram", "lots"], "--vram")):
+                         (["--vram", "lots"], "--vram"), (["--gpu", "RTX 9999"], "unknown GPU 'RTX 9999'")):
         proc = subprocess.run([sys.executable, "-m", "fmllm_tui.cli_tui", *args], capture_output=True,
                               text=True, timeout=60, stdin=subprocess.DEVNULL)
         assert proc.returncode == 2, proc.stderr

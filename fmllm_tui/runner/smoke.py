@@ -178,7 +178,7 @@ def cpu_model_source(name: str, cfg: dict[str, Any], records: list[dict[str, Any
     arch, where = local_model_config(name, revision=fm.get("revision"))
     if arch is None:
         raise ValueError(f"no CUDA GPU, and {where}. Run on a machine with a GPU, or download the model's "
-                         f"config first (huggingface-cli download {name} config.json)")
+                         f"config first (hf download {name} config.json)")
     n = estimate_params(arch)
     if Path(os.path.expanduser(name)).is_dir() and n <= CPU_MAX_PARAMS:
         return name, f"no CUDA GPU: trained {name} itself on the CPU (about {n / 1e6:.1f}M parameters)"

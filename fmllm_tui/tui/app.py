@@ -390,6 +390,14 @@ def run_app(args: argparse.Namespace) -> int:
     if getattr(args, "gpu", None) and getattr(args, "vram", None):
         print("fmllm-tui: error: --gpu and --vram: give one (a GPU name, or a memory size)", file=sys.stderr)
         return int(ExitCode.USAGE)
+    if getattr(args, "gpu", None):
+        from fmllm_tui import gpudb
+
+        try:
+            gpudb.lookup(args.gpu)
+        except LookupError as e:
+            print(f"fmllm-tui: error: --gpu: {e}", file=sys.stderr)
+            return int(ExitCode.USAGE)
     if getattr(args, "vram", None):
         from fmllm_tui.config import parse_size
 
