@@ -16,7 +16,7 @@ def test_data_file(report, loaded, data_report):
         report.skip("fmllm.train_command runs your own script, which reads its own data")
     if not v.data_file:
         report.fail(f"no training data configured: set {key} to a JSONL file "
-                    f"({v.data_format} format; README: Data formats)")
+                    f"({v.data_format} format; README: Config reference, data_format)")
     if os.path.isdir(v.data_file):
         report.fail(f"{key} is {v.data_file}, a directory; point it at the JSONL file itself")
     if not os.path.exists(v.data_file):

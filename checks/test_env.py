@@ -12,26 +12,33 @@ RECOMMENDED_ALLOC = "expandable_segments:True"
 
 @check("env.alloc_conf", "PyTorch allocator settings", "env", severity="warning")
 def test_alloc_conf(report):
-    value = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF")
-    report.set(PYTORCH_CUDA_ALLOC_CONF=value, recommended=RECOMMENDED_ALLOC)
+    # torch reads PYTORCH_ALLOC_CONF first; PYTORCH_CUDA_ALLOC_CONF is its older name, read when
+    # the first is unset (c10/core/AllocatorConfig.h). Judge, and fix, the one torch will use.
+    name = "PYTORCH_ALLOC_CONF" if os.environ.get("PYTORCH_ALLOC_CONF") else "PYTORCH_CUDA_ALLOC_CONF"
+    value = os.environ.get(name)
+    report.set(variable=name, value=value, PYTORCH_CUDA_ALLOC_CONF=os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+               PYTORCH_ALLOC_CONF=os.environ.get("PYTORCH_ALLOC_CONF"), recommended=RECOMMENDED_ALLOC)
     fix = Fix(
         id="env.alloc_conf",
-        shell=f"export PYTORCH_CUDA_ALLOC_CONF={RECOMMENDED_ALLOC}",
-        summary="fmllm's runner sets this in the training process's environment by itself",
+        shell=f"export {name}={RECOMMENDED_ALLOC}",
+        summary="fmllm's runner sets this in the training process's environment by itself when neither "
+                "variable is set",
     )
     if not value:
         report.warn("PYTORCH_CUDA_ALLOC_CONF is not set. With expandable_segments:True the allocator grows "
                     "segments instead of leaving fragments, which avoids OOMs with memory 'reserved but "
                     "unallocated' when sequence lengths vary (fmllm-run sets it for its own runs).", fix)
+    shadowed = (f" (PYTORCH_CUDA_ALLOC_CONF={os.environ['PYTORCH_CUDA_ALLOC_CONF']} is also set; torch ignores it)"
+                if name == "PYTORCH_ALLOC_CONF" and os.environ.get("PYTORCH_CUDA_ALLOC_CONF") else "")
     opts = dict(p.split(":", 1) for p in value.split(",") if ":" in p)
     if opts.get("expandable_segments", "").lower() == "true":
-        report.ok(f"PYTORCH_CUDA_ALLOC_CONF={value}")
+        report.ok(f"{name}={value}{shadowed}")
     if "max_split_size_mb" in opts:
-        report.warn(f"PYTORCH_CUDA_ALLOC_CONF={value}: max_split_size_mb is a legacy workaround for "
+        report.warn(f"{name}={value}: max_split_size_mb is a legacy workaround for "
                     "fragmentation (it stops the allocator splitting large blocks, at the cost of more "
                     "cudaMalloc calls and wasted tails); expandable_segments:True removes the fragmentation "
-                    "itself. Replace it.", fix)
-    report.warn(f"PYTORCH_CUDA_ALLOC_CONF={value} does not enable expandable segments.", fix)
+                    f"itself. Replace it.{shadowed}", fix)
+    report.warn(f"{name}={value} does not enable expandable segments.{shadowed}", fix)
 
 
 @check("env.cuda_visible_devices", "CUDA_VISIBLE_DEVICES leaves a GPU visible", "env")

@@ -11,8 +11,11 @@
 Without ``--run-dir``, follow/status/stop/kill/resume act on the config's latest run. Runs are
 detached: ``start`` follows the run until it ends, but Ctrl-C only stops following.
 
-Exit codes: 0 ok, 1 the run failed (or ran out of memory, or was lost), 2 usage error, bad config
-or bad input, 130 the run was stopped or killed (or Ctrl-C while following).
+Exit codes (README, "Running: fmllm-run", has every case):
+  0    the followed run ended ok, a foreground test passed, a --detach launch, status, stop/kill of a live run
+  1    the followed run ended failed/oom/lost, a foreground test did not pass, stop/kill of a run not running
+  2    usage error, bad config or input, no runs yet, a --run-dir that is not a run folder
+  130  the followed run ended stopped or killed, or Ctrl-C while following (the run goes on)
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fmllm-run", description="Launch and watch fmllm fine-tuning runs (detached; they survive "
                 "the terminal closing).",
-                epilog="Exit codes: 0 ok, 1 run failed/oom/lost, 2 usage or bad config/input, 130 stopped or killed.")
+                epilog="Exit codes: 0 ok (also status, a --detach launch); 1 the run failed/oom/lost, a test did "
+                       "not pass, stop/kill of a run not running; 2 usage or bad config/input; 130 the followed "
+                       "run was stopped or killed, or Ctrl-C while following. README: every case.")
     p.add_argument("--version", action="version", version=f"fmllm {__version__}")
     p.add_argument("command", choices=COMMANDS, help="what to do")
     p.add_argument("--config", "-c", metavar="PATH", help="config file (default: $FMLLM_CONFIG or ./config.yaml)")
@@ -55,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "start: stop after N optimizer steps")
     p.add_argument("--detach", action="store_true", help="start/test/resume: return at once, leave the run going")
     p.add_argument("--json", action="store_true", help="JSON output (one object per line when following)")
-    p.add_argument("--timeout", type=float, metavar="S", help="test: kill the minimal test after S seconds")
+    p.add_argument("--timeout", type=float, metavar="S", help="test: kill the minimal test after S seconds "
+                   "(default 1800)")
     return p
 
 
@@ -224,6 +230,10 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
     cmd = args.command
     if args.steps is not None and args.steps < 1:
         _err("fmllm-run: --steps must be 1 or more")
+        return ExitCode.USAGE
+    timeout = getattr(args, "timeout", None)
+    if timeout is not None and not (timeout > 0 and timeout != float("inf")):
+        _err(f"fmllm-run: --timeout must be a number of seconds above 0 (got {timeout:g})")
         return ExitCode.USAGE
     if cmd == "test" and not args.detach:
         loaded = _load(args)

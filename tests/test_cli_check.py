@@ -282,3 +282,29 @@ def test_plugin_status_mapping(pytester):
     res.assert_outcomes(passed=2, failed=2, skipped=1, errors=1)
     failures = ET.parse(pytester.path / "j.xml").getroot().findall(".//failure")
     assert any("broken: 3 > 2" in f.get("message", "") for f in failures)
+
+
+@pytest.mark.parametrize("env, status, words, shell", [
+    ({}, "warn", "PYTORCH_CUDA_ALLOC_CONF is not set", "export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"),
+    ({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}, "pass", "PYTORCH_CUDA_ALLOC_CONF=expandable", None),
+    ({"PYTORCH_ALLOC_CONF": "max_split_size_mb:128"}, "warn", "PYTORCH_ALLOC_CONF=max_split_size_mb:128",
+     "export PYTORCH_ALLOC_CONF=expandable_segments:True"),
+    # torch reads PYTORCH_ALLOC_CONF first: the older name beside it is ignored
+    ({"PYTORCH_ALLOC_CONF": "expandable_segments:True", "PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:64"}, "pass",
+     "torch ignores it", None),
+    ({"PYTORCH_ALLOC_CONF": "garbage_collection_threshold:0.6", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"},
+     "warn", "PYTORCH_ALLOC_CONF=garbage_collection_threshold:0.6 does not enable", "export PYTORCH_ALLOC_CONF="),
+], ids=["unset", "cuda-name-good", "new-name-legacy", "new-name-wins", "new-name-shadows-good-old"])
+def test_alloc_conf_judges_the_variable_torch_reads(tmp_path, monkeypatch, capsys, env, status, words, shell):
+    cfg = copy_config(tmp_path)
+    for k in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    main(["--config", str(cfg), "--json", "--only", "env.alloc_conf"])
+    (res,) = json.loads(capsys.readouterr().out)["checks"]
+    assert res["status"] == status and words in res["finding"], res
+    if shell is None:
+        assert res["fix"] is None or res["status"] == "pass"
+    else:
+        assert res["fix"]["shell"].startswith(shell)

@@ -403,6 +403,9 @@ def test_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], ti
     assert main(["follow", "--config", str(cfg)]) == 2
     assert "no runs yet" in capsys.readouterr().err
     assert main(["test", "--config", str(cfg), "--steps", "0"]) == 2
+    for bad in ("0", "-5", "nan", "inf"):
+        assert main(["test", "--config", str(cfg), "--timeout", bad]) == 2
+        assert "--timeout must be a number of seconds above 0" in capsys.readouterr().err
     assert main(["start", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as ei:
