@@ -452,29 +452,6 @@ def test_stop_before_the_training_process_starts_does_not_start_it(tmp_path: Pat
     assert "not starting it" in (run_dir / rd.LOG).read_text()
 
 
-def test_stop_never_signals_the_supervisor(tmp_path: Path) -> None:
-    """A supervisor that has not yet set its SIGTERM handler would die of a signal and leave no exit
-    record ("lost"): before the child is up, stop() only writes stop.requested."""
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    rd.write_json_atomic(run_dir / rd.RUN, {"kind": "train", "argv": ["true"]})
-    # stands in for a supervisor still importing: default SIGTERM action, the run folder on its command line
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(run_dir)])
-    try:
-        (run_dir / rd.PID).write_text(f"{proc.pid}\n")
-        deadline = time.monotonic() + 10
-        while status(run_dir)["state"] != "running" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert stop(run_dir) is True
-        time.sleep(0.5)
-        assert proc.poll() is None, "stop() signalled the supervisor"
-        assert (run_dir / rd.STOP_REQUEST).exists()
-        assert "before the training process started" in (run_dir / rd.LOG).read_text()
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 def test_stop_between_child_start_and_its_pid_file_reaches_the_child(tmp_path: Path) -> None:
     """The supervisor writes child.pid and then looks for stop.requested: a stop that found no
     child.pid still ends the child (here a child that would otherwise sleep for a minute)."""

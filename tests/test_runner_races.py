@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fmllm_tui.runner import kill, status
+from fmllm_tui.runner import kill, status, stop
 from fmllm_tui.runner import rundir as rd
 
 
@@ -48,6 +48,25 @@ def test_exit_record_wins_over_a_supervisor_still_exiting(tmp_path: Path) -> Non
         assert st["state"] == "stopped" and st["exit"]["message"] == "stopped at step 3"
         assert kill(run_dir) is False  # not running any more: nothing is killed
         assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_stop_never_signals_the_supervisor(tmp_path: Path) -> None:
+    """A supervisor that has not yet set its SIGTERM handler would die of a signal and leave no exit
+    record ("lost"): before the child is up, stop() only writes stop.requested."""
+    run_dir = _run_dir(tmp_path)
+    proc = _fake_supervisor(run_dir)  # default SIGTERM action: a supervisor still importing
+    try:
+        deadline = time.monotonic() + 20
+        while status(run_dir)["state"] != "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stop(run_dir) is True
+        time.sleep(0.5)
+        assert proc.poll() is None, "stop() signalled the supervisor"
+        assert (run_dir / rd.STOP_REQUEST).exists()
+        assert "before the training process started" in (run_dir / rd.LOG).read_text()
     finally:
         proc.kill()
         proc.wait()
