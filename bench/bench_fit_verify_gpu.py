@@ -235,7 +235,7 @@ def config_differences(a_path: Path, b_path: Path) -> dict[str, tuple[Any, Any]]
 
 def _write_changed(loaded: Any, changes: list[Any], dest: Path) -> Any:
     """Render ``changes`` with fmllm's edit engine (comments kept, result validated) into ``dest``."""
-    from fixes.engine import encode, render_loaded
+    from fmllm_tui.fixes.engine import encode, render_loaded
     from fmllm_tui.config import load_config
 
     text, _applied, _new = render_loaded(loaded, changes)
@@ -247,8 +247,8 @@ def write_base_config(shipped: Path, dest: Path, model_path: Path, data_path: Pa
                       compute_capability: tuple[int, int]) -> tuple[Any, list[dict[str, Any]]]:
     """The shipped config pointed at the local model, the synthetic data and a scratch output
     folder, with the compute dtype the ``dtype.compute`` fixer picks for this GPU."""
-    from fixes import plan_fix
-    from fixes.fixers import change
+    from fmllm_tui.fixes import plan_fix
+    from fmllm_tui.fixes.fixers import change
     from fmllm_tui.config import load_config
 
     loaded = load_config(shipped)
@@ -280,7 +280,7 @@ def search(loaded: Any, arch: dict[str, Any], budget: int, lengths: list[int] | 
 def plan_budget(base: Any, arch: dict[str, Any], label: str, budget: int, lengths: list[int],
                 dest: Path, float16: Any = None) -> BudgetPlan:
     """Search one budget and write the config with the ``memory.fit`` fix applied to ``dest``."""
-    from fixes import plan_fix
+    from fmllm_tui.fixes import plan_fix
 
     res = search(base, arch, budget, lengths)
     same16 = None
@@ -317,7 +317,7 @@ def prepare(work: Path, budgets: list[tuple[str, int]], *, model_path: Path | No
                                     compute_capability)
     f16 = None
     if base.view.compute_dtype != "float16":
-        from fixes.fixers import change
+        from fmllm_tui.fixes.fixers import change
 
         f16 = _write_changed(base, change(base, "quantization.bnb_4bit_compute_dtype", "float16", "dtype check"),
                              work / "base-float16.yaml")
@@ -798,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
                 + (f" (check {c.get('check_changes')}, bench {c.get('bench_changes')})" if c["status"] == "differ" else "")
                 + (f": {c.get('message')}" if c.get("message") else ""))
     if a.dry_run:
-        from fixes.engine import diff
+        from fmllm_tui.fixes.engine import diff
         from fmllm_tui.config import load_config
 
         base = load_config(prep.base_path)

@@ -162,17 +162,40 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         stream.close()
 
 
+def only_matches(cid: str, wanted: str) -> bool:
+    """``--fmllm-only`` / ``--only`` semantics: the id itself, its base id, or a dotted prefix."""
+    base = cid.split("[", 1)[0]
+    return cid == wanted or base == wanted or base.startswith(wanted.rstrip(".") + ".")
+
+
+def unmatched_only(ids: list[str], only: list[str]) -> list[str]:
+    """One message per ``only`` entry that selects none of ``ids``, with a did-you-mean."""
+    import difflib
+
+    bases = sorted({i.split("[", 1)[0] for i in ids})
+    prefixes = sorted({b.split(".", 1)[0] for b in bases})
+    out = []
+    for o in only:
+        if any(only_matches(i, o) for i in ids):
+            continue
+        close = difflib.get_close_matches(o, bases + prefixes, n=3, cutoff=0.5)
+        hint = f" (did you mean {', '.join(close)}?)" if close else f" (the categories are {', '.join(prefixes)})"
+        out.append(f"{o!r} matches no check{hint}")
+    return out
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     only = config.getoption("fmllm_only", None) or []
     if only:
+        ids = [cid for cid in (check_id(it) for it in items) if cid is not None]
+        bad = unmatched_only(ids, only)
+        if bad:
+            # A green run of zero checks would hide the typo: stop with pytest's usage error.
+            raise pytest.UsageError("--fmllm-only: " + "; ".join(bad) + ". `fmllm-check --list` lists the ids.")
         keep, drop = [], []
         for it in items:
             cid = check_id(it) or ""
-            base = cid.split("[", 1)[0]
-            if any(cid == o or base == o or base.startswith(o.rstrip(".") + ".") for o in only):
-                keep.append(it)
-            else:
-                drop.append(it)
+            (keep if any(only_matches(cid, o) for o in only) else drop).append(it)
         if drop:
             config.hook.pytest_deselected(items=drop)
         items[:] = keep
@@ -216,6 +239,9 @@ def pytest_runtest_makereport_finding(item: pytest.Item, call: pytest.CallInfo[A
         return None
     value: CheckOutcome = exc.value  # type: ignore[assignment]
     passed = value.status in ("pass", "warn")
+    if value.status == "warn":
+        # CI readers see warnings in the JUnit report (a property per warning) and the summary.
+        item.user_properties.append(("fmllm_warning", mask_text(f"[{check_id(item)}] {value.finding}")))
     return pytest.TestReport(
         item.nodeid,
         item.location,
@@ -286,3 +312,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
         )
         results(item.config).append(result)
         _emit(item.config, {"event": "result", "result": result.to_json()})
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Warnings pass (CI stays green) but are listed, so a CI log shows them."""
+    warned = [r for r in config.stash.get(RESULTS_KEY, []) if r.status == "warn"]
+    if warned:
+        terminalreporter.section("fmllm warnings", sep="=", yellow=True)
+        for r in warned:
+            terminalreporter.line(f"! {r.id}: {r.finding}")

@@ -20,19 +20,8 @@ from typing import Any
 
 import pytest
 
-# The plugin's hooks and the `report` fixture, registered through this conftest so that
-# `pytest checks/` needs no entry point (pytest_plugins is not allowed in a nested conftest).
-from checks._plugin import (  # noqa: F401
-    pytest_addoption,
-    pytest_collection_finish,
-    pytest_collection_modifyitems,
-    pytest_configure,
-    pytest_runtest_makereport,
-    pytest_runtest_makereport_finding,
-    pytest_runtest_setup,
-    pytest_unconfigure,
-    report,
-)
+# The plugin's options, hooks and `report` fixture come from fmllm_tui.checks._plugin, which
+# pytest loads through fmllm's `pytest11` entry point (fmllm-check names it with -p).
 from fmllm_tui.config import ConfigError, LoadedConfig, load_config, parse_size
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from checks._plugin import check
+from fmllm_tui.checks._plugin import check
 from fmllm_tui.config import ConfigError
 from fmllm_tui.findings import Fix
 
 
 def planned_fix(loaded: Any, fix_id: str, values: dict[str, Any] | None = None, summary: str = "") -> Fix | None:
     """The fixer's exact changes for this finding (None when the fixer has nothing to change)."""
-    from fixes import plan_fix
+    from fmllm_tui.fixes import plan_fix
 
     changes = plan_fix(loaded, fix_id, values or {})
     if not changes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from checks._plugin import check
+from fmllm_tui.checks._plugin import check
 
 
 @check("data.file", "Training data parses", "data")

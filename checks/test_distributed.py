@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from checks._plugin import check
-from checks.test_config import planned_fix
+from fmllm_tui.checks._plugin import check
+from fmllm_tui.checks.test_config import planned_fix
 from fmllm_tui.findings import Fix
 
 GiB = 1024**3

@@ -6,8 +6,8 @@ import math
 import os
 import shutil
 
-from checks._plugin import check
-from checks.test_config import planned_fix
+from fmllm_tui.checks._plugin import check
+from fmllm_tui.checks.test_config import planned_fix
 
 GiB = 1024**3
 

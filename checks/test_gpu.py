@@ -9,8 +9,8 @@ import os
 import subprocess
 import sys
 
-from checks._plugin import check
-from checks.test_config import planned_fix
+from fmllm_tui.checks._plugin import check
+from fmllm_tui.checks.test_config import planned_fix
 
 GiB = 1024**3
 PLANNING_SKIP = "planning for {name} ({source}): this machine's GPU stack is not checked"

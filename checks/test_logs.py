@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from checks._plugin import check
+from fmllm_tui.checks._plugin import check
 from fmllm_tui.findings import Change, Fix
 
 
@@ -32,7 +32,7 @@ def _fix_for(hit, loaded) -> Fix | None:
     changes: list[Change] = []
     if fid and fid != "memory.fit":  # memory.fit needs the fit search: config.fit carries its exact changes
         try:
-            from fixes import plan_fix
+            from fmllm_tui.fixes import plan_fix
 
             changes = plan_fix(loaded, fid, {"hit": hit.values, "changes": fx.get("changes", [])})
         except Exception:  # a fixer that cannot plan from a log alone: keep the advice

@@ -3,9 +3,9 @@ and loading it runs no code nobody announced."""
 
 from __future__ import annotations
 
-from checks._plugin import check
-from checks.conftest import SOFT_KINDS
-from checks.test_config import planned_fix
+from fmllm_tui.checks._plugin import check
+from fmllm_tui.checks.conftest import SOFT_KINDS
+from fmllm_tui.checks.test_config import planned_fix
 from fmllm_tui.findings import Fix
 
 

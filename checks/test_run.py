@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from checks._plugin import check
+from fmllm_tui.checks._plugin import check
 
 GiB = 1024**3
 

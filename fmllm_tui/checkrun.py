@@ -18,8 +18,8 @@ from fmllm_tui.findings import CheckResult
 
 
 def checks_dir() -> Path:
-    """Where the installed (or checked-out) checks package lives."""
-    import checks
+    """Where the checks package lives: ``checks/`` of a checkout, ``fmllm_tui/checks`` installed."""
+    import fmllm_tui.checks as checks
 
     return Path(checks.__file__).resolve().parent
 
@@ -64,6 +64,7 @@ def pytest_args(opts: RunOptions, *, collect_only: bool = False) -> list[str]:
     d = checks_dir()
     args = [
         str(d),
+        "-p", "fmllm_tui.checks._plugin",  # plugin autoload is off here, so the entry point is named
         "-p", "no:cacheprovider",  # never write .pytest_cache into site-packages or the checkout
         "-p", "no:terminal",
         "-p", "no:randomly",
@@ -112,7 +113,7 @@ class _Collector:
         self.config = config
 
     def pytest_collection_finish(self, session: Any) -> None:
-        from checks._plugin import ITEM_KEY
+        from fmllm_tui.checks._plugin import ITEM_KEY
 
         self.collected = session.config.stash.get(ITEM_KEY, {}).get("checks", [])
 
@@ -125,7 +126,7 @@ def run_checks(opts: RunOptions) -> RunOutcome:
     """Run the suite once in this process and return every check's result."""
     import pytest
 
-    from checks._plugin import results
+    from fmllm_tui.checks._plugin import results
 
     collector = _Collector()
     t0 = time.perf_counter()

@@ -230,13 +230,13 @@ def _main(argv: list[str] | None) -> int:
             return ExitCode.USAGE
 
     if args.list_presets:
-        from fixes import list_presets
+        from fmllm_tui.fixes import list_presets
 
         print(list_presets())
         return ExitCode.OK
 
     if args.undo:
-        from fixes import FixError, undo
+        from fmllm_tui.fixes import FixError, undo
 
         try:
             used = undo(config_path)
@@ -266,7 +266,7 @@ def _main(argv: list[str] | None) -> int:
         return _recommend(args, config_path)
 
     if args.preset:
-        from fixes import PRESETS, FixError, apply_changes, preset_changes
+        from fmllm_tui.fixes import PRESETS, FixError, apply_changes, preset_changes
 
         if args.preset not in PRESETS:
             print(f"fmllm-check: error: --preset: unknown preset {args.preset!r}; choose from: "
@@ -298,7 +298,7 @@ def _main(argv: list[str] | None) -> int:
         edits, shells = collect_fix_changes(results)
         fix_report = {"applied": [], "shell": shells, "diff": "", "backup": None}
         if edits:
-            from fixes import FixError, apply_changes
+            from fmllm_tui.fixes import FixError, apply_changes
 
             merged: dict[str, Change] = {}
             for _fid, changes in edits:

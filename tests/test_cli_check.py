@@ -227,7 +227,7 @@ def test_list_checks():
 
 PLUGIN_CHECKS = '''
 import pytest
-from checks._plugin import check
+from fmllm_tui.checks._plugin import check
 
 @check("t.pass", "p", "t")
 def test_pass(report):
@@ -261,7 +261,7 @@ def test_setup_crash(report, bad_fixture):
 
 
 def test_plugin_status_mapping(pytester):
-    pytester.makeconftest("from checks._plugin import *  # noqa\n")
+    # No conftest: the plugin comes from fmllm's pytest11 entry point, as in a user's own project.
     pytester.makepyfile(test_checks=PLUGIN_CHECKS)
     stream = pytester.path / "stream.jsonl"
     res = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:textual-snapshot", "-p", "no:syrupy",
@@ -280,8 +280,30 @@ def test_plugin_status_mapping(pytester):
     assert events[0]["event"] == "collected" and len(events[0]["checks"]) == 6
     # pytest's own view: warn passes (CI stays green), fail and crashes fail.
     res.assert_outcomes(passed=2, failed=2, skipped=1, errors=1)
-    failures = ET.parse(pytester.path / "j.xml").getroot().findall(".//failure")
+    junit = ET.parse(pytester.path / "j.xml").getroot()
+    failures = junit.findall(".//failure")
     assert any("broken: 3 > 2" in f.get("message", "") for f in failures)
+    # A warning passes, yet CI readers see it: a JUnit property on its test case and a summary line.
+    (warn_case,) = [c for c in junit.iter("testcase") if c.get("name") == "test_warn"]
+    assert [(p.get("name"), p.get("value")) for p in warn_case.iter("property")] == [
+        ("fmllm_warning", "[t.warn] careful")]
+    assert not [p for c in junit.iter("testcase") if c.get("name") != "test_warn" for p in c.iter("property")]
+    res.stdout.fnmatch_lines(["*fmllm warnings*", "! t.warn: careful"])
+
+
+@pytest.mark.parametrize("only, words", [
+    ("t.wrn", "did you mean t.warn"),
+    ("zzz", "the categories are t"),
+])
+def test_plugin_only_that_matches_nothing_is_a_usage_error(pytester, only, words):
+    pytester.makepyfile(test_checks=PLUGIN_CHECKS)
+    res = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:textual-snapshot", "-p", "no:syrupy",
+                             "--fmllm-only", "t.pass", "--fmllm-only", only)
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines([f"*--fmllm-only: {only!r} matches no check*{words}*"])
+    res = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:textual-snapshot", "-p", "no:syrupy",
+                             "--fmllm-only", "t.")  # a dotted prefix selects its category
+    res.assert_outcomes(passed=2, failed=2, skipped=1, errors=1)
 
 
 @pytest.mark.parametrize("env, status, words, shell", [

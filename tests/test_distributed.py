@@ -621,7 +621,7 @@ def test_check_72b_on_two_24gb_cards_needs_fsdp_and_offload(tmp_path: Path, monk
     assert changes == {"fmllm.distributed.mode": "fsdp", "fmllm.distributed.cpu_offload": True}
     assert r.values["fsdp_gpus"] == 2 and r.values["fsdp_per_gpu_peak_bytes"] < 23 * GiB < r.values["single_gpu_peak_bytes"]
     # The fix is real: applied, the config says fsdp with offload, and the check passes.
-    from fixes import render_changes
+    from fmllm_tui.fixes import render_changes
 
     fixed = render_changes(load_config(tmp_path / "config.yaml"), r.fix.changes)
     (tmp_path / "config.yaml").write_text(fixed)
@@ -685,7 +685,7 @@ def test_check_14b_fits_one_card_and_nccl(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_preset_70b_multi_gpu_on_two_24gb_cards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fixes import preset_changes, render_changes
+    from fmllm_tui.fixes import preset_changes, render_changes
 
     path = tmp_path / "config.yaml"
     path.write_text(cfg_text(model="Qwen/Qwen2.5-7B-Instruct"))
@@ -779,7 +779,7 @@ def test_check_host_ram_for_fsdp_loading(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_memory_fit_fixer_writes_the_distributed_keys(tmp_path: Path) -> None:
-    from fixes import plan_fix, render_changes
+    from fmllm_tui.fixes import plan_fix, render_changes
 
     path = tmp_path / "config.yaml"
     path.write_text("# my run\n" + cfg_text())

@@ -15,8 +15,8 @@ import signal
 import time
 from pathlib import Path
 
-import fixes
-from fixes import safewrite as sw
+import fmllm_tui.fixes as fixes
+from fmllm_tui.fixes import safewrite as sw
 from fmllm_tui.config import load_config
 from fmllm_tui.findings import Change
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import fixes
-from fixes import FIXERS, FixError, plan_fix, plan_fixes, preset_changes, render_changes
+import fmllm_tui.fixes as fixes
+from fmllm_tui.fixes import FIXERS, FixError, plan_fix, plan_fixes, preset_changes, render_changes
 from fmllm_tui.config import load_config
 from fmllm_tui.findings import Fix
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
-import fixes
-from fixes.yamltext import YamlText
+import fmllm_tui.fixes as fixes
+from fmllm_tui.fixes.yamltext import YamlText
 from fmllm_tui.config import load_config
 
 DATA = Path(__file__).parent / "data" / "configs"

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-import fixes
-from fixes import FixError, apply_changes, undo
-from fixes import safewrite as sw
+import fmllm_tui.fixes as fixes
+from fmllm_tui.fixes import FixError, apply_changes, undo
+from fmllm_tui.fixes import safewrite as sw
 from fmllm_tui.config import ConfigError, load_config
 from fmllm_tui.findings import Change
 

@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from fixes.errors import FixError
-from fixes.yamltext import apply_change, plain_ok, render_scalar
+from fmllm_tui.fixes.errors import FixError
+from fmllm_tui.fixes.yamltext import apply_change, plain_ok, render_scalar
 from fmllm_tui.config import make_yaml, to_plain
 
 

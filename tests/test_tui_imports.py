@@ -12,9 +12,9 @@ from tui_support import ROOT, write_config
 
 HEADLESS = """
 import json, sys
-import checks._plugin, checks.conftest
-import fixes
-from fixes import apply_changes, plan_fix, preset_changes, PRESETS
+import fmllm_tui.checks._plugin, fmllm_tui.checks.conftest
+import fmllm_tui.fixes as fixes
+from fmllm_tui.fixes import apply_changes, plan_fix, preset_changes, PRESETS
 from fmllm_tui import checkrun, cli_check, cli_run, fitsearch, gpudb, hub, logdiag, memory, runner
 from fmllm_tui.runner import launch, monitor, rundir, supervise
 # the TUI's own helpers that hold no UI either
@@ -29,7 +29,7 @@ import json, sys
 import fmllm_tui.cli_tui
 from fmllm_tui.tui.app import FmllmApp, run_app
 heavy = ("torch", "transformers", "peft", "datasets", "pydantic", "ruamel", "textual_plotext", "plotext",
-         "fixes", "fmllm_tui.memory", "fmllm_tui.config", "fmllm_tui.runner", "huggingface_hub", "psutil")
+         "fmllm_tui.fixes", "fmllm_tui.memory", "fmllm_tui.config", "fmllm_tui.runner", "huggingface_hub", "psutil")
 print(json.dumps(sorted(m for m in sys.modules if m in heavy or m.split(".")[0] in heavy)))
 """
 

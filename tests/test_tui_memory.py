@@ -105,8 +105,8 @@ def test_memory_screen_follows_keys_and_applies_through_the_fixers(cfg: Path) ->
 
 
 def test_presets_screen_predicts_each_preset_and_applies_one(cfg: Path) -> None:
-    from fixes import PRESETS, preset_changes
-    from fixes.engine import render_loaded
+    from fmllm_tui.fixes import PRESETS, preset_changes
+    from fmllm_tui.fixes.engine import render_loaded
 
     loaded = load_config(cfg)
     after = render_loaded(loaded, preset_changes(loaded, "7b-10gb"))[2]

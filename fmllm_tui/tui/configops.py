@@ -33,7 +33,7 @@ def _render(e: Exception) -> str:
 
 def preview(path: str | Path, changes: list[Change]) -> Preview:
     """The unified diff ``changes`` would make to the file at ``path`` (nothing is written)."""
-    from fixes import FixError, apply_changes
+    from fmllm_tui.fixes import FixError, apply_changes
     from fmllm_tui.config import ConfigError, load_config
 
     try:
@@ -46,7 +46,7 @@ def preview(path: str | Path, changes: list[Change]) -> Preview:
 
 def apply(path: str | Path, changes: list[Change], expected_raw: bytes) -> Any:
     """Write ``changes`` (with a backup) if the file still holds ``expected_raw``; the ApplyResult."""
-    from fixes import FixError, apply_changes
+    from fmllm_tui.fixes import FixError, apply_changes
 
     try:
         return apply_changes(path, changes, expected_raw=expected_raw)
@@ -56,8 +56,8 @@ def apply(path: str | Path, changes: list[Change], expected_raw: bytes) -> Any:
 
 def undo(path: str | Path) -> str:
     """Restore the config from its last backup; the backup's path."""
-    from fixes import FixError
-    from fixes import undo as fixes_undo
+    from fmllm_tui.fixes import FixError
+    from fmllm_tui.fixes import undo as fixes_undo
 
     try:
         return str(fixes_undo(path))

@@ -205,7 +205,7 @@ class MemoryScreen(FmllmScreen):
         if self.plan is None or not self.plan.changed():
             self.notify("Nothing to apply: change a setting first (←/→ or the letter keys).")
             return
-        from fixes import FixError
+        from fmllm_tui.fixes import FixError
 
         try:
             changes = self.plan.changes(self.budget)

@@ -156,7 +156,7 @@ class PresetsScreen(FmllmScreen):
         self.run_worker(self._apply(r.name), group="presets-apply", exclusive=True, exit_on_error=False)
 
     async def _apply(self, name: str) -> None:
-        from fixes import FixError, preset_changes
+        from fmllm_tui.fixes import FixError, preset_changes
         from fmllm_tui.tui import configops
 
         try:
