@@ -23,7 +23,9 @@ from fmllm_tui.runner.lean import (  # noqa: E402
     load_threads,
     model_load_kwargs,
     prepare_for_training,
+    RecipeError,
     quant_states_off_device,
+    weights_not_in_storage,
 )
 from fmllm_tui.runner.train import fsdp_lazy_init  # noqa: E402
 
@@ -133,6 +135,50 @@ def test_cpu_quantized_model_trains_under_fsdp(tiny_model_dir: Path, gloo_world)
     total = sum(float(g.abs().sum()) for g in ref_grads.values())
     wrapped_total = sum(float(p.grad.abs().sum()) for p in trained)
     assert wrapped_total == pytest.approx(total, rel=1e-4)
+
+
+def _as_on_an_avx512bf16_host(model) -> list:
+    """What bitsandbytes sets on every Linear4bit on a CPU with AVX512-BF16 (Sapphire Rapids and
+    later): its eval-mode, no-grad forward then repacks the weight in place for CPU inference."""
+    lin = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    for m in lin:
+        m.support_avx512bf16_for_cpu = True
+    return lin
+
+
+def test_fsdp_storage_survives_a_cpu_forward_on_an_avx512bf16_host(tiny_model_dir: Path, gloo_world) -> None:
+    """The failure a fresh CI host with AVX512-BF16 showed ("Cannot flatten integer dtype tensors"):
+    a reference forward of the freshly loaded (eval-mode) model repacked the bf16-stored 4-bit
+    weights into uint8. The runner hands the model over in train mode, as the Trainer runs it."""
+    from peft.utils.other import fsdp_auto_wrap_policy
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    recipe = _recipe("fsdp")
+    model = load_model(str(tiny_model_dir), CFG, recipe)
+    assert model.training
+    _as_on_an_avx512bf16_host(model)
+    peft_model = prepare_for_training(model, CFG, recipe)
+    ids = torch.randint(0, model.config.vocab_size, (2, 24))
+    with torch.no_grad():
+        peft_model(input_ids=ids)
+    assert weights_not_in_storage(peft_model, "bfloat16") == []
+    wrapped = FSDP(peft_model, auto_wrap_policy=fsdp_auto_wrap_policy(peft_model), use_orig_params=False,
+                   device_id=torch.device("cpu"), sync_module_states=False)
+    assert wrapped(input_ids=ids, labels=ids).loss.isfinite()
+
+
+def test_a_repacked_4bit_weight_stops_the_fsdp_recipe_by_name(tiny_model_dir: Path) -> None:
+    recipe = _recipe("fsdp")
+    model = load_model(str(tiny_model_dir), CFG, recipe)
+    lin = _as_on_an_avx512bf16_host(model)
+    model.eval()  # what an eval-mode reference forward did before
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, model.config.vocab_size, (1, 8)))
+    wrong = weights_not_in_storage(model, "bfloat16")
+    assert len(wrong) == len(lin) and all(w.endswith("(repacked for CPU inference)") for w in wrong)
+    assert weights_not_in_storage(model, None) == []  # one GPU: bitsandbytes' own uint8, nothing to check
+    with pytest.raises(RecipeError, match=r"FSDP needs every 4-bit weight stored as bfloat16.*repacked for CPU"):
+        prepare_for_training(model, CFG, recipe)
 
 
 RANK_SCRIPT = r'''

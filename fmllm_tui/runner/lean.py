@@ -296,7 +296,35 @@ def load_model(source: str, cfg: dict[str, Any], recipe: Recipe, *, device_index
     else:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     model.config.use_cache = False
+    # transformers hands the model back in eval mode. On a CPU with AVX512-BF16, bitsandbytes
+    # (0.48+) repacks a Linear4bit's weight in place into its uint8 CPU-inference layout at the
+    # first eval-mode forward without grad, which FSDP then refuses ("Cannot flatten integer
+    # dtype tensors"); the Trainer trains in train mode anyway.
+    model.train()
     return model
+
+
+def weights_not_in_storage(model: Any, storage: str | None) -> list[str]:
+    """Names of the 4-bit layers whose packed weight is not stored as ``storage`` (the planned
+    ``bnb_4bit_quant_storage``), or was repacked by bitsandbytes for CPU inference; ``None``:
+    nothing is planned, nothing to check."""
+    if model is None or not storage:
+        return []
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return []
+    want = _DTYPES[storage]
+    bad = []
+    for name, module in model.named_modules():
+        if not isinstance(module, Linear4bit):
+            continue
+        weight = getattr(module, "weight", None)
+        if getattr(getattr(weight, "quant_state", None), "packing_format_for_cpu", False):
+            bad.append(f"{name} (repacked for CPU inference)")
+        elif getattr(weight, "dtype", None) != want:
+            bad.append(f"{name} ({str(getattr(weight, 'dtype', None)).replace('torch.', '')})")
+    return bad
 
 
 def quant_states_off_device(model: Any, device: torch.device) -> list[str]:
@@ -464,6 +492,12 @@ def prepare_for_training(model: Any, cfg: dict[str, Any], recipe: Recipe) -> Any
         else:
             recipe.compile_layers = False
             recipe.notes.append("fmllm.compile: this model has no decoder layers fmllm can compile; ran uncompiled")
+    wrong = weights_not_in_storage(peft_model, recipe.quant_storage)
+    if wrong:  # FSDP would stop later with "Cannot flatten integer dtype tensors", naming nothing
+        raise RecipeError(f"FSDP needs every 4-bit weight stored as {recipe.quant_storage} "
+                          f"(bnb_4bit_quant_storage); {len(wrong)} are not: {', '.join(wrong[:3])}"
+                          f"{' …' if len(wrong) > 3 else ''}. Report this with `pip freeze` (bitsandbytes, "
+                          "transformers): the install differs from fmllm's constraints.txt")
     return peft_model
 
 
