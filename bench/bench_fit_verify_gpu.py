@@ -236,6 +236,7 @@ def config_differences(a_path: Path, b_path: Path) -> dict[str, tuple[Any, Any]]
 def _write_changed(loaded: Any, changes: list[Any], dest: Path) -> Any:
     """Render ``changes`` with fmllm's edit engine (comments kept, result validated) into ``dest``."""
     from fmllm_tui.fixes.engine import encode, render_loaded
+
     from fmllm_tui.config import load_config
 
     text, _applied, _new = render_loaded(loaded, changes)
@@ -249,6 +250,7 @@ def write_base_config(shipped: Path, dest: Path, model_path: Path, data_path: Pa
     folder, with the compute dtype the ``dtype.compute`` fixer picks for this GPU."""
     from fmllm_tui.fixes import plan_fix
     from fmllm_tui.fixes.fixers import change
+
     from fmllm_tui.config import load_config
 
     loaded = load_config(shipped)
@@ -799,6 +801,7 @@ def main(argv: list[str] | None = None) -> int:
                 + (f": {c.get('message')}" if c.get("message") else ""))
     if a.dry_run:
         from fmllm_tui.fixes.engine import diff
+
         from fmllm_tui.config import load_config
 
         base = load_config(prep.base_path)

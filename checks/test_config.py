@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fmllm_tui.checks._plugin import check
+
 from fmllm_tui.config import ConfigError
 from fmllm_tui.findings import Fix
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from fmllm_tui.checks._plugin import check
 from fmllm_tui.checks.test_config import planned_fix
+
 from fmllm_tui.findings import Fix
 
 GiB = 1024**3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from fmllm_tui.checks._plugin import check
+
 from fmllm_tui.findings import Fix
 
 RECOMMENDED_ALLOC = "expandable_segments:True"

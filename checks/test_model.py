@@ -6,6 +6,7 @@ from __future__ import annotations
 from fmllm_tui.checks._plugin import check
 from fmllm_tui.checks.conftest import SOFT_KINDS
 from fmllm_tui.checks.test_config import planned_fix
+
 from fmllm_tui.findings import Fix
 
 

@@ -9,6 +9,7 @@ bench/bench_runner_gpu.py and recorded in bench/RESULTS.md.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -43,15 +44,13 @@ def _quantized(shape, quant_type, nested, seed=0):
     return BF.quantize_4bit(w, blocksize=64, compress_statistics=nested, quant_type=quant_type)
 
 
-def _reference_dequantize(packed, qs) -> "np.ndarray":
+def _reference_dequantize(packed, qs) -> np.ndarray:
     """The bf16 bit patterns bitsandbytes' CUDA kernel produces, computed in numpy from the packed
     bytes alone: an element is ``code[nibble] * scale`` in float32 (high nibble first), a nested
     scale ``code2[q] * absmax2[block / 256] + offset`` (a multiply, then an add: no fused
     multiply-add), rounded to bf16 to nearest even by integer arithmetic. Nothing here depends on
     the host's instruction set (bitsandbytes' own CPU path does: its AVX-512 kernel is off for some
     shapes)."""
-    import numpy as np
-
     f32 = np.float32
     rows, cols = qs.shape
     n = rows * cols
@@ -69,10 +68,8 @@ def _reference_dequantize(packed, qs) -> "np.ndarray":
     return _bf16_bits(values).reshape(rows, cols)
 
 
-def _bf16_bits(values: "np.ndarray") -> "np.ndarray":
+def _bf16_bits(values: np.ndarray) -> np.ndarray:
     """float32 -> bf16 bit patterns, rounded to nearest even in integer arithmetic."""
-    import numpy as np
-
     bits = values.astype(np.float32).view(np.uint32).astype(np.uint64)
     return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
 

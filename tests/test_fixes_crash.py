@@ -17,6 +17,7 @@ from pathlib import Path
 
 import fmllm_tui.fixes as fixes
 from fmllm_tui.fixes import safewrite as sw
+
 from fmllm_tui.config import load_config
 from fmllm_tui.findings import Change
 

@@ -6,10 +6,10 @@ import re
 import shlex
 from pathlib import Path
 
-import pytest
-
 import fmllm_tui.fixes as fixes
+import pytest
 from fmllm_tui.fixes import FIXERS, FixError, plan_fix, plan_fixes, preset_changes, render_changes
+
 from fmllm_tui.config import load_config
 from fmllm_tui.findings import Fix
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fmllm_tui.fixes as fixes
 import pytest
+from fmllm_tui.fixes.yamltext import YamlText
 from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
-import fmllm_tui.fixes as fixes
-from fmllm_tui.fixes.yamltext import YamlText
 from fmllm_tui.config import load_config
 
 DATA = Path(__file__).parent / "data" / "configs"

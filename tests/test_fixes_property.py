@@ -10,12 +10,12 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
+import fmllm_tui.fixes as fixes
+from fmllm_tui.fixes.yamltext import YamlText
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
-import fmllm_tui.fixes as fixes
-from fmllm_tui.fixes.yamltext import YamlText
 from fmllm_tui.config import ConfigError, load_config
 
 # Comment text: printable Unicode (no line breaks), tabs, and YAML's own punctuation.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 
 import pytest
-
 from fmllm_tui.fixes.errors import FixError
 from fmllm_tui.fixes.yamltext import apply_change, plain_ok, render_scalar
+
 from fmllm_tui.config import make_yaml, to_plain
 
 

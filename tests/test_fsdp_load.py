@@ -19,11 +19,11 @@ pytest.importorskip("bitsandbytes")
 
 from fmllm_tui.runner.lean import (  # noqa: E402
     Recipe,
+    RecipeError,
     load_model,
     load_threads,
     model_load_kwargs,
     prepare_for_training,
-    RecipeError,
     quant_states_off_device,
     weights_not_in_storage,
 )

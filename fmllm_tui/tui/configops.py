@@ -33,8 +33,8 @@ def _render(e: Exception) -> str:
 
 def preview(path: str | Path, changes: list[Change]) -> Preview:
     """The unified diff ``changes`` would make to the file at ``path`` (nothing is written)."""
-    from fmllm_tui.fixes import FixError, apply_changes
     from fmllm_tui.config import ConfigError, load_config
+    from fmllm_tui.fixes import FixError, apply_changes
 
     try:
         loaded = load_config(path)

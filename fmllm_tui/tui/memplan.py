@@ -202,8 +202,8 @@ class MemoryPlan:
 
     def changes(self, budget: Budget | None) -> list[Change]:
         """The varied settings as exact config changes, planned by the ``memory.fit`` fixer."""
-        from fmllm_tui.fixes import plan_fix
         from fmllm_tui.fitsearch import KEYS
+        from fmllm_tui.fixes import plan_fix
         from fmllm_tui.memory import predict_inputs
 
         items = []
@@ -243,9 +243,9 @@ class PresetRow:
 
 def preset_rows(loaded: Any, offline: bool) -> list[PresetRow]:
     """Every preset with the memory model's peak for the config as that preset would leave it."""
+    from fmllm_tui import catalogue, memory
     from fmllm_tui.fixes import PRESETS, FixError, preset_changes
     from fmllm_tui.fixes.engine import render_loaded
-    from fmllm_tui import catalogue, memory
 
     rows = []
     for name, pre in PRESETS.items():
