@@ -445,7 +445,7 @@ def minimal_test(model_path: Path, out: Path) -> dict[str, Any]:
     cfg = cfg.replace("data_dir: data", f"data_dir: {REPO / 'data'}").replace("output_dir: outputs", f"output_dir: {work}")
     (work / "config.yaml").write_text(cfg)
     t0 = time.time()
-    p = subprocess.run([sys.executable, "-m", "fmllm_tui.cli_run", "test", "--config", str(work / "config.yaml"),
+    p = subprocess.run([sys.executable, "-P", "-m", "fmllm_tui.cli_run", "test", "--config", str(work / "config.yaml"),
                         "--json", "--timeout", "300"], capture_output=True, text=True, cwd=str(REPO),
                        env={**os.environ, "PYTHONPATH": _pythonpath()})
     log(f"minimal test rc={p.returncode} in {time.time() - t0:.0f}s")

@@ -2,7 +2,8 @@
 """GPU probe of the compiled runner path (fmllm_tui/runner/compiled.py), before timing it.
 
 1. fmllm's traceable 4-bit dequantisation against bitsandbytes' CUDA kernel (nf4/fp4, nested or
-   not, the 7B's weight shapes): bit-exact or not, max |difference|.
+   not, the 7B's weight shapes and the CPU tests' shapes): bit-exact or not, max |difference|;
+   and the CPU tests' numpy reference (tests/dequant_reference.py) against the same kernel.
 2. ``torch._dynamo.explain`` of one decoder layer of a 4-bit LoRA model prepared with
    ``fmllm.compile: on``: graphs and graph breaks with their reasons (a break inside a layer
    splits it into several compiled pieces with Python between them).
@@ -29,19 +30,25 @@ def dequant_check() -> list[dict]:
     import torch
 
     from fmllm_tui.runner.compiled import dequantize_4bit
+    from tests.dequant_reference import reference_dequantize
 
     rows = []
     torch.manual_seed(0)
     for qt in ("nf4", "fp4"):
         for nested in (True, False):
-            for shape in ((3584, 3584), (512, 3584), (18944, 3584), (3584, 18944), (100, 72)):
+            for shape in ((3584, 3584), (512, 3584), (18944, 3584), (3584, 18944), (100, 72), (64, 32), (7, 9),
+                          (96, 200), (512, 384)):
                 w = (torch.randn(shape, device="cuda") * 0.02).to(torch.bfloat16)
                 packed, qs = BF.quantize_4bit(w, blocksize=64, compress_statistics=nested, quant_type=qt)
                 ref = BF.dequantize_4bit(packed, qs)
                 extra = (qs.state2.absmax, qs.state2.code, qs.offset) if nested else (None, None, None)
                 mine = dequantize_4bit(packed, qs.absmax, qs.code, tuple(qs.shape), qs.blocksize, torch.bfloat16, *extra)
+                # The CPU tests' host-independent reference must be what this CUDA kernel computes.
+                numpy_ref = reference_dequantize(packed, qs)
                 rows.append({"quant": qt, "nested": nested, "shape": list(shape), "equal": bool(torch.equal(ref, mine)),
-                             "max_abs_diff": float((ref.float() - mine.float()).abs().max())})
+                             "max_abs_diff": float((ref.float() - mine.float()).abs().max()),
+                             "reference_equal": bool((ref.view(torch.int16).cpu().numpy().view("uint16")
+                                                      == numpy_ref).all())})
     return rows
 
 

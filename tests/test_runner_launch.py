@@ -512,3 +512,26 @@ def test_latest_run_finds_a_run_dir_given_on_the_command_line(tmp_path: Path, ti
     assert wait(custom, timeout=30)["status"] == "ok"
     assert latest_run(loaded) == custom.resolve()
     assert stat.S_IMODE(custom.stat().st_mode) == 0o700
+
+
+def test_runs_load_no_hub_kernels_unless_the_user_asks(monkeypatch, tiny_model_dir):
+    """transformers 5.2x kernelizes every from_pretrained with code from the Hub (offline on a GPU:
+    "kernels-community/rotary ... not available in the local cache"); fmllm's runs turn that off,
+    and a user's own USE_HUB_KERNELS wins."""
+    import subprocess
+    import sys
+
+    from fmllm_tui.runner.launch import child_env
+
+    monkeypatch.delenv("USE_HUB_KERNELS", raising=False)
+    env = child_env()
+    assert env["USE_HUB_KERNELS"] == "NO"
+    monkeypatch.setenv("USE_HUB_KERNELS", "YES")
+    assert "USE_HUB_KERNELS" not in child_env()  # theirs is inherited untouched
+    code = ("import sys; from transformers import AutoModelForCausalLM; "
+            "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]); print(bool(getattr(m, 'use_kernels', False)))")
+    base = {k: v for k, v in os.environ.items() if k != "USE_HUB_KERNELS"}
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_model_dir)], env={**base, **env, "HF_HUB_OFFLINE": "1"},
+                         capture_output=True, text=True, timeout=scaled(120))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -196,6 +196,13 @@ def preflight(loaded: Any, kind: str) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 
 
+# transformers 5.2x kernelizes every from_pretrained on CUDA with code fetched from the Hub
+# (`kernels`, now a dependency): offline it stops the run ("kernels-community/rotary ... not
+# available in the local cache"), online it runs code the plan never saw. fmllm's runs load none
+# unless the user sets USE_HUB_KERNELS themselves.
+HUB_KERNELS_DEFAULT = "NO"
+
+
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment fixes every run gets (existing settings win)."""
     env: dict[str, str] = {}
@@ -203,7 +210,8 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         # Less fragmentation: the reserved-but-unallocated gap of many real OOMs.
         env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
     for k, v in (("PYTHONUNBUFFERED", "1"), ("TOKENIZERS_PARALLELISM", "false"),
-                 ("CUDA_DEVICE_ORDER", "PCI_BUS_ID"), ("HF_HUB_DISABLE_TELEMETRY", "1")):
+                 ("CUDA_DEVICE_ORDER", "PCI_BUS_ID"), ("HF_HUB_DISABLE_TELEMETRY", "1"),
+                 ("USE_HUB_KERNELS", HUB_KERNELS_DEFAULT)):
         if k not in os.environ:
             env[k] = v
     env.update(extra or {})

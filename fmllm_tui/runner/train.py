@@ -44,6 +44,7 @@ from typing import Any
 import torch
 
 from . import rundir as rd
+from .launch import HUB_KERNELS_DEFAULT
 from .data import (
     Collator,
     DataError,
@@ -1124,6 +1125,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("USE_HUB_KERNELS", HUB_KERNELS_DEFAULT)  # also when started without fmllm-run
 
     def finish(status: str, code: int, message: str, **extra: Any) -> int:
         record = {"status": status, "exit_code": code, "message": message, "ts": time.time(), **extra}
