@@ -22,7 +22,6 @@ def _script():
 
 def test_the_pins_fall_inside_pyproject_ranges_and_cover_every_dependency():
     import tomllib
-
     from packaging.requirements import Requirement
 
     uc = _script()

@@ -44,7 +44,6 @@ from typing import Any
 import torch
 
 from . import rundir as rd
-from .launch import HUB_KERNELS_DEFAULT
 from .data import (
     Collator,
     DataError,
@@ -53,6 +52,7 @@ from .data import (
     prompt_text,
     read_records,
 )
+from .launch import HUB_KERNELS_DEFAULT
 from .lean import (
     Recipe,
     RecipeError,
