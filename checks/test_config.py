@@ -28,6 +28,10 @@ def test_config_valid(report, config_or_error, options):
         report.fail(config_or_error.render())
     cfg = config_or_error
     report.set(layout=cfg.layout, model=cfg.view.base_model_name, data_file=cfg.view.data_file)
+    if cfg.warnings:
+        report.set(unknown_keys=[w.key for w in cfg.warnings])
+        report.warn(f"{options.config_path} is usable; {len(cfg.warnings)} key(s) fmllm does not know are "
+                    "ignored (kept in the file):\n" + "\n".join(w.render(str(options.config_path)) for w in cfg.warnings))
     report.ok(f"{options.config_path} is valid ({cfg.layout} layout, model {cfg.view.base_model_name})")
 
 

@@ -47,6 +47,7 @@ class Problem:
     line: int | None = None  # 1-based
     column: int | None = None  # 1-based
     hint: str | None = None
+    severity: Literal["error", "warning"] = "error"
 
     def render(self, path: str) -> str:
         where = path
@@ -54,7 +55,7 @@ class Problem:
             where += f":{self.line}"
             if self.column is not None:
                 where += f":{self.column}"
-        head = f"{where}: error: "
+        head = f"{where}: {self.severity}: "
         if self.key:
             head += f"{self.key}: "
         text = head + self.message
@@ -701,6 +702,8 @@ class LoadedConfig:
     layout: Literal["nested", "flat"]
     view: FineTuneConfig
     interpolated: dict[str, str] = field(default_factory=dict)
+    # Keys fmllm does not know inside the sections it reads: kept in the file, ignored, reported.
+    warnings: list[Problem] = field(default_factory=list)
 
     def file_key(self, canonical: str) -> str:
         """Dotted path in the person's file for a canonical setting name."""
@@ -780,6 +783,7 @@ def load_config_text(path: str | os.PathLike[str], text: str, raw: bytes | None 
             ],
         )
     problems: list[Problem] = []
+    warnings: list[Problem] = []
     root = doc["fine_tuning"] if layout == "nested" else doc
     root_key = "fine_tuning" if layout == "nested" else ""
     if layout == "nested" and not isinstance(root, dict):
@@ -798,14 +802,15 @@ def load_config_text(path: str | os.PathLike[str], text: str, raw: bytes | None 
                 fk = f"{root_key}.{k}"
                 line, col = position_of(doc, fk, value=False)
                 sug = _did_you_mean(str(k), sorted(allowed))
-                problems.append(
+                warnings.append(
                     Problem(
-                        f"unknown key {str(k)!r} in section 'fine_tuning'",
+                        f"unknown key {str(k)!r} in section 'fine_tuning' (fmllm ignores it)",
                         key=fk,
                         line=line,
                         column=col,
                         hint=(f"did you mean {sug!r}? " if sug else "")
                         + f"known keys: {', '.join(sorted(allowed))}",
+                        severity="warning",
                     )
                 )
     elif "base_model_name" not in doc:
@@ -877,49 +882,77 @@ def load_config_text(path: str | os.PathLike[str], text: str, raw: bytes | None 
 
     view: FineTuneConfig | None = None
     if not problems:
-        try:
-            view = FineTuneConfig.model_validate(data)
-        except ValidationError as ve:
-            for err in ve.errors():
-                loc = [str(x) for x in err["loc"]]
-                # Drop pydantic's union/literal branch labels from the location.
-                loc = [x for x in loc if not (x.startswith("literal[") or x in ("list[str]", "str", "int", "float", "bool", "function-after[_non_empty(), union[list[str],literal['all-linear']]]"))]
-                if err["type"] == "extra_forbidden":
-                    section_canon = ".".join(loc[:-1])
-                    name = loc[-1]
-                    fk = file_key_for(layout, ".".join(loc))
-                    line, col = position_of(doc, fk, value=False)
-                    model = _model_for(section_canon)
-                    options = sorted(model.model_fields) if model else []
-                    sug = _did_you_mean(name, options)
-                    section_name = file_key_for(layout, section_canon) if section_canon else "(top level)"
-                    problems.append(
-                        Problem(
-                            f"unknown key {name!r} in section {section_name!r}",
-                            key=fk,
-                            line=line,
-                            column=col,
-                            hint=(f"did you mean {sug!r}? " if sug else "")
-                            + ("other TrainingArguments go under training.extra_args" if section_canon.endswith("training") else f"known keys: {', '.join(options)}"),
-                        )
-                    )
-                    continue
-                canonical = ".".join(loc)
-                fk = file_key_for(layout, canonical)
-                line, col = position_of(doc, fk)
-                msg, hint = _describe(err)
-                problems.append(Problem(msg, key=fk, line=line, column=col, hint=hint or _HINTS.get(canonical)))
+        view = _validate(data, layout, doc, problems, warnings)
     if problems or view is None:
         # Keep problems in file order so the first one on screen is the first in the file.
         problems.sort(key=lambda pr: (pr.line or 0, pr.column or 0))
         raise ConfigError(p, _dedupe(problems))
+    warnings.sort(key=lambda pr: (pr.line or 0, pr.column or 0))
 
     base = p.resolve().parent
     view.data_file = _resolve_path(base, view.paths.ft_combined_data_file, view.paths.data_dir)
     view.eval_data_file = _resolve_path(base, view.paths.ft_eval_data_file, view.paths.data_dir)
     out = view.paths.ft_output_dir or view.paths.output_dir or "outputs"
     view.output_dir = str((base / os.path.expanduser(out)).resolve()) if not os.path.isabs(os.path.expanduser(out)) else os.path.expanduser(out)
-    return LoadedConfig(path=p, text=text, raw=raw, doc=doc, layout=layout, view=view, interpolated=interpolated)
+    return LoadedConfig(path=p, text=text, raw=raw, doc=doc, layout=layout, view=view, interpolated=interpolated,
+                        warnings=_dedupe(warnings))
+
+
+def _validate(data: dict[str, Any], layout: Literal["nested", "flat"], doc: CommentedMap,
+              problems: list[Problem], warnings: list[Problem]) -> FineTuneConfig | None:
+    """The typed view of ``data``. A key fmllm does not know, in a section it reads, is a warning
+    (real projects keep keys of their own there) and is dropped from the view; a known key of the
+    wrong type or range is an error. Appends to ``problems`` and ``warnings``."""
+    for _ in range(8):  # each pass drops the unknown keys pydantic named; nesting is shallow
+        try:
+            return FineTuneConfig.model_validate(data)
+        except ValidationError as ve:
+            errors = ve.errors()
+        unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+        if len(unknown) < len(errors):
+            break
+        for err in unknown:
+            loc = [str(x) for x in err["loc"]]
+            warnings.append(_unknown_key(loc, layout, doc))
+            target: Any = data
+            for part in loc[:-1]:
+                target = target[part]
+            target.pop(loc[-1], None)
+    for err in errors:
+        loc = [str(x) for x in err["loc"]]
+        # Drop pydantic's union/literal branch labels from the location.
+        loc = [x for x in loc if not (x.startswith("literal[") or x in ("list[str]", "str", "int", "float", "bool", "function-after[_non_empty(), union[list[str],literal['all-linear']]]"))]
+        if err["type"] == "extra_forbidden":
+            warnings.append(_unknown_key(loc, layout, doc))
+            continue
+        canonical = ".".join(loc)
+        fk = file_key_for(layout, canonical)
+        line, col = position_of(doc, fk)
+        msg, hint = _describe(err)
+        problems.append(Problem(msg, key=fk, line=line, column=col, hint=hint or _HINTS.get(canonical)))
+    return None
+
+
+def _unknown_key(loc: list[str], layout: Literal["nested", "flat"], doc: CommentedMap) -> Problem:
+    """The warning for a key fmllm does not read, with a did-you-mean among the section's keys."""
+    section_canon = ".".join(loc[:-1])
+    name = loc[-1]
+    fk = file_key_for(layout, ".".join(loc))
+    line, col = position_of(doc, fk, value=False)
+    model = _model_for(section_canon)
+    options = sorted(model.model_fields) if model else []
+    sug = _did_you_mean(name, options)
+    section_name = file_key_for(layout, section_canon) if section_canon else "(top level)"
+    return Problem(
+        f"unknown key {name!r} in section {section_name!r} (fmllm ignores it)",
+        key=fk,
+        line=line,
+        column=col,
+        hint=(f"did you mean {sug!r}? " if sug else "")
+        + ("other TrainingArguments go under training.extra_args" if section_canon.endswith("training")
+           else f"known keys: {', '.join(options)}"),
+        severity="warning",
+    )
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 import shutil
 import subprocess
@@ -115,7 +117,6 @@ def test_unknown_sections_are_kept_and_ignored(tmp_path):
         ("fine_tuning:\n  base_model_name: m\n  lora:\n    r: 0\n", 4, 8, ["fine_tuning.lora.r", ">= 1"]),
         ("fine_tuning:\n  base_model_name: m\n  training:\n    learning_rate: -1\n", 4, 20, ["learning_rate", "> 0"]),
         ("fine_tuning:\n  base_model_name: m\n  training:\n    max_seq_length: 10\n", 4, 21, ["max_seq_length", ">= 32"]),
-        ("fine_tuning:\n  base_model_name: m\n  lora:\n    lora_alpha: 16\n", 4, 5, ["unknown key 'lora_alpha'", "did you mean 'alpha'"]),
         ("fine_tuning:\n  base_model_name: m\n  lora:\n    r: 8\n    r: 16\n", 5, 5, ["duplicate key 'r'", "line 4"]),
         ("fine_tuning:\n  base_model_name: m\n  lora:\n    r: true\n", 4, 8, ["lora.r", "not true/false"]),
         ("fine_tuning:\n  base_model_name: m\n  training:\n    optim: paged_adamw_32\n", 4, 12, ["optim", "did you mean 'paged_adamw_32bit'"]),
@@ -131,7 +132,7 @@ def test_unknown_sections_are_kept_and_ignored(tmp_path):
          ["fmllm.target_gpu", "is a memory size, not a GPU model"]),
         ("fine_tuning:\n  base_model_name: m\nfmllm:\n  vram: lots\n", 4, 9, ["fmllm.vram", "lots"]),
     ],
-    ids=["invalid-yaml", "wrong-type", "r-zero", "lr-negative", "seq-too-small", "unknown-key", "duplicate-key",
+    ids=["invalid-yaml", "wrong-type", "r-zero", "lr-negative", "seq-too-small", "duplicate-key",
          "bool-for-int", "bad-choice", "bad-bool", "section-not-mapping", "bad-interpolation", "missing-model",
          "not-a-mapping", "no-fine-tuning", "target-gpu-unknown", "target-gpu-a-size", "vram-not-a-size"],
 )
@@ -147,6 +148,58 @@ def test_bad_values_are_located(tmp_path, text, line, col, words):
         assert w in msg, msg
     assert "Traceback" not in msg
     assert "did not change the file" in msg
+
+
+REAL = """# a real project's config: keys of its own inside fmllm's sections
+fine_tuning:
+  base_model_name: m
+  wandb_project: my-proj   # read by the project's own code
+  lora:
+    r: 8
+    lora_alpha: 16
+  training:
+    my_own_flag: true
+fmllm:
+  distributed:
+    mode: auto
+    zero_stage: 3
+database:
+  url: ${oc.env:DB_URL}
+  secret: ${vault:db/password}
+"""
+
+
+def test_unknown_keys_in_read_sections_are_warnings_not_errors(tmp_path):
+    path = write(tmp_path, REAL)
+    cfg = load_config(path)  # accepted
+    got = [(w.key, w.line, w.column, w.severity) for w in cfg.warnings]
+    assert got == [("fine_tuning.wandb_project", 4, 3, "warning"), ("fine_tuning.lora.lora_alpha", 7, 5, "warning"),
+                   ("fine_tuning.training.my_own_flag", 9, 5, "warning"), ("fmllm.distributed.zero_stage", 13, 5, "warning")]
+    text = "\n".join(w.render(str(path)) for w in cfg.warnings)
+    assert f"{path}:7:5: warning: fine_tuning.lora.lora_alpha: unknown key 'lora_alpha'" in text
+    assert "did you mean 'alpha'" in text and "training.extra_args" in text
+    assert cfg.view.lora.r == 8 and cfg.text == REAL  # the rest is read; the file is untouched
+    # The project's own keys stay in the document, so a fix keeps them.
+    assert cfg.doc["fine_tuning"]["wandb_project"] == "my-proj"
+
+
+def test_a_wrong_value_beside_an_unknown_key_is_still_an_error(tmp_path):
+    path = write(tmp_path, "fine_tuning:\n  base_model_name: m\n  lora:\n    r: 0\n    lora_alpha: 16\n")
+    err = load_error(path)
+    assert [(p.key, p.severity) for p in err.problems] == [("fine_tuning.lora.r", "error")]
+
+
+def test_config_valid_warns_naming_the_unknown_keys(tmp_path, capsys):
+    from fmllm_tui.cli_check import main
+
+    (tmp_path / "data").mkdir()
+    path = write(tmp_path, REAL)
+    code = main(["--config", str(path), "--offline", "--vram", "24GiB", "--only", "config.valid", "--json"])
+    (res,) = json.loads(capsys.readouterr().out)["checks"]
+    assert code == 0 and res["status"] == "warn"
+    assert res["values"]["unknown_keys"] == ["fine_tuning.wandb_project", "fine_tuning.lora.lora_alpha",
+                                             "fine_tuning.training.my_own_flag", "fmllm.distributed.zero_stage"]
+    assert "did you mean 'alpha'" in res["finding"]
 
 
 def test_several_problems_are_all_reported_in_file_order(tmp_path):
