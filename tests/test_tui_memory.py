@@ -64,7 +64,9 @@ def test_memory_screen_follows_keys_and_applies_through_the_fixers(cfg: Path) ->
             # B doubles the micro-batch: the prediction is the model's for the new inputs
             await pilot.press("B")  # press() does not wait for the key's handler: wait for its effect
             await wait_until(pilot, lambda: plan().current.micro_batch == 2, 5, "B to double the micro-batch")
-            want2 = memory.predict_inputs(memory.vary(base_inputs, micro_batch=2), arch).peak_process_bytes
+            # ... and halves the accumulation: the effective batch (1 x 4) is kept
+            assert plan().current.grad_accum == 2 and plan().effective_batch() == (4, 4)
+            want2 = memory.predict_inputs(memory.vary(base_inputs, micro_batch=2, grad_accum=2), arch).peak_process_bytes
             assert want2 != want
             await wait_until(pilot, lambda: f"predicted peak {human_bytes(want2)}" in screen_text(app), 5,
                              "the new peak")
@@ -90,10 +92,11 @@ def test_memory_screen_follows_keys_and_applies_through_the_fixers(cfg: Path) ->
             await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and bool(app.screen.query("#dialog-text")),
                              10, "the diff preview")
             preview = str(app.screen.query_one("#dialog-text").render())
-            assert "per_device_train_batch_size: 2" in preview
+            assert "per_device_train_batch_size: 2" in preview and "gradient_accumulation_steps: 2" in preview
             await pilot.press("y")
             await wait_until(pilot, lambda: "per_device_train_batch_size: 2" in cfg.read_text(), 10,
                              "the config write")
+            assert "gradient_accumulation_steps: 2" in cfg.read_text()
             assert (cfg.parent / "config.yaml.bak").read_text() == before
             assert "# micro-batch" in cfg.read_text()  # the person's comment survives
             # the screen re-reads the file: the written value is now the file's own
@@ -164,6 +167,12 @@ def test_pow2_steps_and_toggles() -> None:
     assert memplan.step(memory.vary(inp, seq_len=32), "seq_len", False).seq_len == 32  # the config's floor
     assert memplan.step(inp, "micro_batch", False).micro_batch == 1
     assert memplan.step(inp, "micro_batch", True).micro_batch == 2
+    # the effective batch is kept where it can be: 1 x 8 -> 2 x 4 -> ... -> 8 x 1; past it, 16 x 1
+    acc = memory.vary(inp, grad_accum=8)
+    assert [(s.micro_batch, s.grad_accum) for s in (memplan.step(acc, "micro_batch", True),
+                                                    memplan.step(memory.vary(acc, micro_batch=8, grad_accum=1),
+                                                                 "micro_batch", True))] == [(2, 4), (16, 1)]
+    assert memplan.step(memory.vary(inp, micro_batch=4, grad_accum=2), "micro_batch", False).grad_accum == 4
     assert memplan.step(inp, "lora_r", True).lora_r == 16
     assert memplan.step(inp, "gradient_checkpointing", True).gradient_checkpointing is not inp.gradient_checkpointing
     opts = memplan.optimizers()

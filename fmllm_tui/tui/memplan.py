@@ -77,12 +77,21 @@ def _pow2_step(value: int, up: bool, lo: int, hi: int) -> int:
     return max(p if p < value else value // 2, lo)
 
 
+def accumulation_for(effective: int, micro_batch: int) -> int:
+    """The accumulation that keeps ``effective`` examples per optimizer step at ``micro_batch``
+    (the nearest whole number, at least 1, where it cannot be kept exactly)."""
+    return max(1, round(effective / micro_batch))
+
+
 def step(inp: Any, knob: str, up: bool) -> Any:
     """``inp`` (PlanInputs) with one setting moved a notch up or down (booleans toggle)."""
     from fmllm_tui.memory import vary
 
     if knob == "micro_batch":
-        return vary(inp, micro_batch=_pow2_step(inp.micro_batch, up, 1, 65_536))
+        # Keep the effective batch (micro-batch x accumulation), as the fit search does: the
+        # micro-batch is a memory knob, the effective batch a training decision.
+        mb = _pow2_step(inp.micro_batch, up, 1, 65_536)
+        return vary(inp, micro_batch=mb, grad_accum=accumulation_for(inp.micro_batch * inp.grad_accum, mb))
     if knob == "seq_len":
         return vary(inp, seq_len=_pow2_step(inp.seq_len, up, 32, 1_048_576))
     if knob == "lora_r":
@@ -196,9 +205,14 @@ class MemoryPlan:
         self.current = self.base
 
     def changed(self) -> list[tuple[str, Any, Any]]:
-        """(knob, file value, varied value) of every setting that differs from the file."""
-        return [(k, getattr(self.base, k), getattr(self.current, k)) for k, _ in KNOBS
+        """(knob, file value, varied value) of every setting that differs from the file, the
+        accumulation that keeps the effective batch included."""
+        return [(k, getattr(self.base, k), getattr(self.current, k)) for k in (*(k for k, _ in KNOBS), "grad_accum")
                 if getattr(self.base, k) != getattr(self.current, k)]
+
+    def effective_batch(self) -> tuple[int, int]:
+        """(file, varied) examples per optimizer step."""
+        return (self.base.micro_batch * self.base.grad_accum, self.current.micro_batch * self.current.grad_accum)
 
     def changes(self, budget: Budget | None) -> list[Change]:
         """The varied settings as exact config changes, planned by the ``memory.fit`` fixer."""

@@ -158,6 +158,10 @@ class MemoryScreen(FmllmScreen):
             delta = pred.peak_process_bytes - base
             status.append(f"\n{len(changed)} change(s) from the file, {'+' if delta >= 0 else '−'}"
                           f"{human_bytes(abs(delta))}; a applies them, x resets", style="yellow")
+            was_eff, now_eff = plan.effective_batch()
+            if was_eff != now_eff:
+                status.append(f"\neffective batch {was_eff} -> {now_eff}: it cannot be kept at this micro-batch",
+                              style="bold yellow")
         self.query_one("#mem-status", Static).update(status)
         table = self.query_one("#mem-knobs", DataTable)
         row = table.cursor_row
