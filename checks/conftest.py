@@ -162,3 +162,13 @@ def data_report(loaded):
     if not path or not os.path.isfile(path):
         return None
     return inspect_data(path, loaded.view.data_format, model=loaded.view.base_model_name)
+
+
+@pytest.fixture(scope="session")
+def planned_seq_len(loaded, data_report) -> tuple[int, str | None]:
+    """The sequence length every check plans for (fitsearch.planning_seq_len: the data's longest
+    example when known, else max_seq_length), and why when it is not max_seq_length."""
+    from fmllm_tui.fitsearch import planning_seq_len
+
+    lengths = data_report.lengths if data_report is not None and data_report.rows else None
+    return planning_seq_len(loaded.view.training.max_seq_length, lengths)

@@ -100,7 +100,7 @@ def test_gpu_count(report, loaded, inventory, planning, architecture):
 
 
 @check("config.multi_gpu_fit", "The model fits one GPU, or several with FSDP", "memory")
-def test_multi_gpu_fit(report, loaded, inventory, planning, architecture, request):
+def test_multi_gpu_fit(report, loaded, inventory, planning, architecture, request, planned_seq_len):
     from fmllm_tui import fitsearch, memory
     from fmllm_tui.runner import distributed as dist
 
@@ -124,12 +124,15 @@ def test_multi_gpu_fit(report, loaded, inventory, planning, architecture, reques
         per_machine = len(devices)
     available = per_machine * d.num_machines
     margin = fitsearch.default_margin(budget)
-    single = memory.predict(view, arch, mode="single")
+    # The same sequence length config.fit plans for (the data's longest example when known).
+    seq_len, seq_why = planned_seq_len
+    single = memory.predict(view, arch, mode="single", seq_len=seq_len)
     fits_one = single.peak_process_bytes <= budget - margin
     report.set(single_gpu_peak_bytes=single.peak_process_bytes, budget_bytes=budget, margin_bytes=margin,
                gpus_available=available, planning=planned, architecture_source=source, mode=d.mode,
-               cpu_offload=d.cpu_offload)
-    one = f"predicted single-GPU peak {_gib(single.peak_process_bytes)}, {_gib(budget)} available on {where}"
+               cpu_offload=d.cpu_offload, planned_seq_len=seq_len)
+    one = (f"predicted single-GPU peak {_gib(single.peak_process_bytes)}, {_gib(budget)} available on {where}"
+           + (f"; {seq_why}" if seq_why else ""))
     if fits_one:
         if d.mode == "fsdp" and available > 1:
             fix = _fix(loaded, [_change("fmllm.distributed.mode", "fsdp", "ddp",
@@ -138,7 +141,7 @@ def test_multi_gpu_fit(report, loaded, inventory, planning, architecture, reques
                         "trains faster when the whole model fits each GPU.", fix)
         report.ok(f"fits one card: {one}" + ("; auto trains with DDP over the "
                                              f"{available} GPUs" if d.mode == "auto" and available > 1 else ""))
-    plan = dist.shard_search(view, arch, budget, available)
+    plan = dist.shard_search(view, arch, budget, available, seq_len=seq_len)
     if plan is None:
         report.fail(f"will not fit one card ({one}), nor {dist.MAX_PLAN_GPUS} such GPUs with FSDP and CPU offload. "
                     "Use a smaller model (fmllm-check --recommend) or GPUs with more memory.")

@@ -16,7 +16,7 @@ def _gib(b: float) -> str:
     return f"{b / GiB:.2f} GiB"
 
 
-def _mode(view, inventory, arch=None, budget=None) -> tuple[str, int]:
+def _mode(view, inventory, arch=None, budget=None, seq_len=None) -> tuple[str, int]:
     """The mode the runner will use (fmllm_tui.runner.distributed.plan_mode), for the prediction."""
     from fmllm_tui.runner.distributed import DistributedError, plan_mode
 
@@ -26,7 +26,7 @@ def _mode(view, inventory, arch=None, budget=None) -> tuple[str, int]:
         from fmllm_tui import memory
 
         try:
-            fits = memory.predict(view, arch).peak_process_bytes <= budget
+            fits = memory.predict(view, arch, seq_len=seq_len).peak_process_bytes <= budget
         except (ValueError, memory.ArchitectureError):
             fits = None
     try:
@@ -37,14 +37,14 @@ def _mode(view, inventory, arch=None, budget=None) -> tuple[str, int]:
 
 
 @check("config.fit", "The run fits the GPU memory", "memory")
-def test_config_fit(report, loaded, target, architecture, data_report, inventory):
+def test_config_fit(report, loaded, target, architecture, data_report, inventory, planned_seq_len):
     from fmllm_tui import fitsearch
 
     arch, source = architecture
     if arch is None:
         report.skip("the model's architecture is unknown (see model.available), so its memory cannot be predicted")
     v = loaded.view
-    mode, n = _mode(v, inventory, arch, target.budget_bytes)
+    mode, n = _mode(v, inventory, arch, target.budget_bytes, planned_seq_len[0])
     if mode == "fsdp":
         from fmllm_tui.runner.distributed import fsdp_view
 

@@ -360,6 +360,21 @@ def _truncation(lengths: list[int] | None, seq: int) -> tuple[float | None, floa
     return over / n, (lost / total if total else 0.0)
 
 
+def planning_seq_len(max_seq_length: int, example_lengths: list[int] | None) -> tuple[int, str | None]:
+    """The sequence length every fmllm face plans for, and why when it is not max_seq_length.
+
+    Batches are padded to their longest example, so with the data's lengths known the run's
+    peak is set by the longest example (up to max_seq_length); without them, by max_seq_length.
+    config.fit, config.multi_gpu_fit and the fit search read this one decision.
+    """
+    if example_lengths:
+        longest = max(example_lengths)
+        if 0 < longest < max_seq_length:
+            return longest, (f"the longest example has {longest} tokens (< max_seq_length {max_seq_length}): "
+                             "planned for batches of that length")
+    return max_seq_length, None
+
+
 def _fit_inputs(
     base: PlanInputs,
     arch: memory.ArchSpec,
@@ -372,12 +387,10 @@ def _fit_inputs(
 ) -> FitResult:
     limit = budget_bytes - margin_bytes
     notes: list[str] = []
-    if example_lengths:
-        longest = max(example_lengths)
-        if longest < base.seq_len:
-            notes.append(f"the longest example has {longest} tokens (< max_seq_length {base.seq_len}): "
-                         "planned for batches of that length")
-            base = replace(base, seq_len=longest)
+    seq_len, why = planning_seq_len(base.seq_len, example_lengths)
+    if why:
+        notes.append(why)
+        base = replace(base, seq_len=seq_len)
     search = _Search(base, arch, limit)
     before = search.pred(base)
     fits_now = before.peak_process_bytes <= limit

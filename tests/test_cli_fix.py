@@ -114,3 +114,28 @@ def test_unknown_preset_and_fix_on_invalid_config(tmp_path, capsys):
     before = cfg.read_bytes()
     assert main(["--config", str(cfg), "--fix", "--vram", "24GiB"]) == 2
     assert cfg.read_bytes() == before
+
+
+def test_fix_on_the_shipped_config_for_an_rtx_3080_makes_nothing_worse(tmp_path, capsys):
+    """The regression of the "one plan" issue: config.fit planned for the data's longest example
+    and multi_gpu_fit for max_seq_length, so the fit's change set (micro-batch 8, no
+    checkpointing) turned multi_gpu_fit into "use a smaller model". Both now read one planned
+    length and show one peak; a second --fix changes nothing."""
+    cfg = shipped_copy(tmp_path)
+    args = ("--config", str(cfg), "--gpu", "RTX 3080", "--offline")
+    _, before = statuses(capsys, *args)
+    assert before["config.fit"]["values"]["predicted_peak_bytes"] == before["config.multi_gpu_fit"]["values"][
+        "single_gpu_peak_bytes"]
+    main([*args, "--fix"])
+    capsys.readouterr()
+    fixed = cfg.read_text()
+    _, after = statuses(capsys, *args)
+    passed_before = {k for k, c in before.items() if c["status"] == "pass"}
+    assert not [k for k in passed_before if after[k]["status"] == "fail"], {k: after[k]["finding"] for k in after}
+    assert sum(c["status"] == "fail" for c in after.values()) <= sum(c["status"] == "fail" for c in before.values())
+    assert after["config.multi_gpu_fit"]["status"] == "pass"
+    assert after["config.fit"]["values"]["predicted_peak_bytes"] == after["config.multi_gpu_fit"]["values"][
+        "single_gpu_peak_bytes"]
+    main([*args, "--fix"])
+    capsys.readouterr()
+    assert cfg.read_text() == fixed  # a second --fix changes nothing
