@@ -172,3 +172,53 @@ def planned_seq_len(loaded, data_report) -> tuple[int, str | None]:
 
     lengths = data_report.lengths if data_report is not None and data_report.rows else None
     return planning_seq_len(loaded.view.training.max_seq_length, lengths)
+
+
+def _mode(view, inventory, arch=None, budget=None, seq_len=None) -> tuple[str, int]:
+    """The mode the runner will use (fmllm_tui.runner.distributed.plan_mode), for the prediction."""
+    from fmllm_tui.runner.distributed import DistributedError, plan_mode
+
+    n_visible = len(inventory.devices) if inventory.ok and inventory.devices else 1
+    fits = None
+    if arch is not None and budget is not None:
+        from fmllm_tui import memory
+
+        try:
+            fits = memory.predict(view, arch, seq_len=seq_len).peak_process_bytes <= budget
+        except (ValueError, memory.ArchitectureError):
+            fits = None
+    try:
+        mode, n, _why = plan_mode(view, n_visible, fits)
+    except DistributedError:
+        return "single", 1  # config.multi_gpu_fit / gpu.count report the problem
+    return (mode if mode in ("ddp", "fsdp") else "single"), max(1, n)
+
+
+@dataclass
+class FitPlan:
+    """config.fit's plan, shared so every check that judges the fit reads the same one."""
+
+    mode: str
+    n_gpus: int
+    view: Any  # the view as the runner trains it (fsdp_view under FSDP)
+    fit: Any  # fitsearch.FitResult
+    lengths: list[int] | None
+
+
+@pytest.fixture(scope="session")
+def fit_plan(loaded, target, architecture, data_report, inventory, planned_seq_len) -> FitPlan:
+    """The fit search for the config on the target (skips when the architecture is unknown)."""
+    from fmllm_tui import fitsearch
+
+    arch, _source = architecture
+    if arch is None:
+        pytest.skip("the model's architecture is unknown (see model.available), so its memory cannot be predicted")
+    v = loaded.view
+    mode, n = _mode(v, inventory, arch, target.budget_bytes, planned_seq_len[0])
+    if mode == "fsdp":
+        from fmllm_tui.runner.distributed import fsdp_view
+
+        v = fsdp_view(v)  # as the FSDP runner trains it: the input embedding stays on the GPUs
+    lengths = data_report.lengths if data_report is not None and data_report.rows else None
+    fit = fitsearch.fit(v, arch, target.budget_bytes, example_lengths=lengths, gpu=target.card, mode=mode, n_gpus=n)
+    return FitPlan(mode, n, v, fit, lengths)

@@ -141,6 +141,10 @@ def test_multi_gpu_fit(report, loaded, inventory, planning, architecture, reques
                         "trains faster when the whole model fits each GPU.", fix)
         report.ok(f"fits one card: {one}" + ("; auto trains with DDP over the "
                                              f"{available} GPUs" if d.mode == "auto" and available > 1 else ""))
+    one_card_fix = _one_card_fit(request, d)
+    if one_card_fix is not None:
+        report.set(fits_one_card_after_fit_changes=True)
+        report.ok(f"fits one card with config.fit's changes ({one_card_fix}); as the config is: {one}")
     plan = dist.shard_search(view, arch, budget, available, seq_len=seq_len)
     if plan is None:
         report.fail(f"will not fit one card ({one}), nor {dist.MAX_PLAN_GPUS} such GPUs with FSDP and CPU offload. "
@@ -148,10 +152,15 @@ def test_multi_gpu_fit(report, loaded, inventory, planning, architecture, reques
     report.set(fsdp_gpus=plan.n_gpus, fsdp_cpu_offload=plan.cpu_offload, fsdp_per_gpu_peak_bytes=plan.per_gpu_peak_bytes,
                fsdp_within_available=plan.within_available)
     head = f"will not fit one card ({one}) but fits {plan.n_gpus} with {plan.describe()}"
-    if not plan.within_available and not planned:
-        report.fail(f"will not fit one card ({one}); it needs {plan.describe()} and this machine has "
-                    f"{available} GPU{'s' if available != 1 else ''}. Use a machine with {plan.n_gpus} such GPUs, "
-                    "a smaller model (fmllm-check --recommend), or GPUs with more memory.")
+    if not plan.within_available:
+        # Never a fix for more processes than the target has GPUs: a named card is one GPU unless
+        # fmllm.distributed.num_processes says how many there are.
+        have = (f"this machine has {available} GPU{'s' if available != 1 else ''}" if not planned else
+                f"the target is {available} such GPU{'s' if available != 1 else ''}"
+                + (" (set fmllm.distributed.num_processes to the number you have)" if not d.num_processes else ""))
+        report.fail(f"will not fit one card ({one}); it needs {plan.describe()} and {have}. Use "
+                    f"{plan.n_gpus} such GPUs, a smaller model (fmllm-check --recommend, or the card's preset: "
+                    "fmllm-check --list-presets), or GPUs with more memory.")
     # What the runner would do with the config as it is (plan_mode's rules).
     runner_n = d.num_processes or available
     runner_fsdp = runner_n > 1 and (d.mode == "fsdp" or (d.mode == "auto" and not planned))
@@ -174,6 +183,22 @@ def test_multi_gpu_fit(report, loaded, inventory, planning, architecture, reques
     head = (f"does not fit one card ({one}); FSDP over {runner_n} GPUs" + (" with CPU offload" if d.cpu_offload else "")
             + f": per-GPU peak {_gib(per.peak_process_bytes)} ({per.peak_phase}) of {_gib(budget)}")
     report.ok(f"{head}")
+
+
+def _one_card_fit(request: pytest.FixtureRequest, d: Any) -> str | None:
+    """config.fit's one-card change set, when it makes the run fit one GPU (what to say before
+    FSDP or a smaller model); None when it does not, or FSDP was asked for."""
+    if d.mode == "fsdp":
+        return None
+    try:
+        plan = request.getfixturevalue("fit_plan")
+    except pytest.skip.Exception:
+        return None
+    fit = plan.fit
+    if plan.mode != "single" or not fit.fits or fit.fits_now or not fit.changes:
+        return None
+    return (f"predicted {_gib(fit.prediction_after.peak_process_bytes)} after "
+            + ", ".join(f"{c['key']} {c['from']} -> {c['to']}" for c in fit.changes))
 
 
 @check("host.load_ram", "Host RAM for FSDP's loading", "host", severity="warning")

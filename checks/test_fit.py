@@ -16,41 +16,10 @@ def _gib(b: float) -> str:
     return f"{b / GiB:.2f} GiB"
 
 
-def _mode(view, inventory, arch=None, budget=None, seq_len=None) -> tuple[str, int]:
-    """The mode the runner will use (fmllm_tui.runner.distributed.plan_mode), for the prediction."""
-    from fmllm_tui.runner.distributed import DistributedError, plan_mode
-
-    n_visible = len(inventory.devices) if inventory.ok and inventory.devices else 1
-    fits = None
-    if arch is not None and budget is not None:
-        from fmllm_tui import memory
-
-        try:
-            fits = memory.predict(view, arch, seq_len=seq_len).peak_process_bytes <= budget
-        except (ValueError, memory.ArchitectureError):
-            fits = None
-    try:
-        mode, n, _why = plan_mode(view, n_visible, fits)
-    except DistributedError:
-        return "single", 1  # config.multi_gpu_fit / gpu.count report the problem
-    return (mode if mode in ("ddp", "fsdp") else "single"), max(1, n)
-
-
 @check("config.fit", "The run fits the GPU memory", "memory")
-def test_config_fit(report, loaded, target, architecture, data_report, inventory, planned_seq_len):
-    from fmllm_tui import fitsearch
-
-    arch, source = architecture
-    if arch is None:
-        report.skip("the model's architecture is unknown (see model.available), so its memory cannot be predicted")
-    v = loaded.view
-    mode, n = _mode(v, inventory, arch, target.budget_bytes, planned_seq_len[0])
-    if mode == "fsdp":
-        from fmllm_tui.runner.distributed import fsdp_view
-
-        v = fsdp_view(v)  # as the FSDP runner trains it: the input embedding stays on the GPUs
-    lengths = data_report.lengths if data_report is not None and data_report.rows else None
-    fit = fitsearch.fit(v, arch, target.budget_bytes, example_lengths=lengths, gpu=target.card, mode=mode, n_gpus=n)
+def test_config_fit(report, loaded, target, architecture, fit_plan):
+    _arch, source = architecture
+    mode, n, v, fit, lengths = fit_plan.mode, fit_plan.n_gpus, fit_plan.view, fit_plan.fit, fit_plan.lengths
     # With the data's lengths known, batches are as long as its longest example (up to
     # max_seq_length): that is the peak this run will reach, and what the search planned from.
     pred = fit.prediction_before

@@ -139,3 +139,22 @@ def test_fix_on_the_shipped_config_for_an_rtx_3080_makes_nothing_worse(tmp_path,
     main([*args, "--fix"])
     capsys.readouterr()
     assert cfg.read_text() == fixed  # a second --fix changes nothing
+
+
+def test_a_14b_on_an_rtx_3080_gets_the_one_card_plan_not_fsdp_for_gpus_it_lacks(tmp_path, capsys):
+    """multi_gpu_fit reads config.fit's plan before proposing FSDP or a smaller model, and never
+    writes a process count for GPUs the person did not say they have."""
+    cfg = shipped_copy(tmp_path)
+    cfg.write_text(cfg.read_text().replace("Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-14B-Instruct"))
+    args = ("--config", str(cfg), "--gpu", "RTX 3080", "--offline")
+    _, before = statuses(capsys, *args)
+    multi = before["config.multi_gpu_fit"]
+    assert multi["status"] == "pass" and "fits one card with config.fit's changes" in multi["finding"], multi
+    assert before["config.fit"]["status"] == "fail" and before["config.fit"]["fix"]
+    main([*args, "--fix"])
+    capsys.readouterr()
+    text = cfg.read_text()
+    assert "distributed" not in text and "num_processes" not in text
+    _, after = statuses(capsys, *args)
+    assert sum(c["status"] == "fail" for c in after.values()) == 0, {k: c["finding"] for k, c in after.items()
+                                                                     if c["status"] == "fail"}

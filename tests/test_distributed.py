@@ -654,15 +654,21 @@ def test_check_model_too_big_for_this_machine_and_planning(tmp_path: Path, monke
     res = run_checks(tmp_path, monkeypatch, cfg_text(), fake_gpus(tmp_path, 1), ["config.multi_gpu_fit"])
     r = res["config.multi_gpu_fit"]
     assert r.status == "fail" and "this machine has 1 GPU" in r.finding and r.fix is None
-    # Planning for a named card with no GPU here: the fix says how many to use.
+    # Planning for a named card with no GPU here: a named card is one GPU unless the config says
+    # how many. What FSDP would need is said, never applied as a fix for GPUs the person may not have.
     res = run_checks(tmp_path, monkeypatch, cfg_text(), None, ["config.multi_gpu_fit", "gpu.count"], gpu="RTX 3090")
     r = res["config.multi_gpu_fit"]
     # Beyond what is here, more GPUs without offload come before fewer with it (offload is slow).
     # 3 would hold the sharded training, but wrapping holds the 72B's embeddings and head twice.
-    assert r.status == "fail" and "fits 4 with FSDP over 4 GPUs (per-GPU peak" in r.finding, r.finding
-    assert {c.key: c.to for c in r.fix.changes} == {"fmllm.distributed.mode": "fsdp",
-                                                    "fmllm.distributed.num_processes": 4}
+    assert r.status == "fail" and "it needs FSDP over 4 GPUs (per-GPU peak" in r.finding, r.finding
+    assert "the target is 1 such GPU (set fmllm.distributed.num_processes" in r.finding and r.fix is None
     assert res["gpu.count"].status == "skip" and "planning for RTX 3090" in res["gpu.count"].finding
+    # Saying there are 4 such cards makes the FSDP plan a fix within them.
+    res = run_checks(tmp_path, monkeypatch, cfg_text(fmllm="distributed: {mode: ddp, num_processes: 4}\n"),
+                     None, ["config.multi_gpu_fit"], gpu="RTX 3090")
+    r = res["config.multi_gpu_fit"]
+    assert r.status == "fail" and "fits 4 with FSDP over 4 GPUs (per-GPU peak" in r.finding, r.finding
+    assert {c.key: c.to for c in r.fix.changes} == {"fmllm.distributed.mode": "fsdp"}
 
 
 def test_check_14b_fits_one_card_and_nccl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
