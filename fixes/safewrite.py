@@ -6,7 +6,9 @@ The write path, in order (each step can fail and leave the original untouched):
 2. refuse a read-only file or folder with a clear message;
 3. take an exclusive ``flock`` on ``.<name>.fmllm-lock`` next to the target; a second fmllm
    waits up to ``lock_timeout`` seconds, then refuses naming the holder's pid (the kernel drops
-   the lock when a process dies, so a crash never leaves a stale lock);
+   the lock when a process dies, so a crash never leaves a stale lock). The holder removes the
+   file while it still holds the lock, so none lingers in the person's folder; a waiter that
+   then gets the lock of the removed file sees it is no longer the one at the path and retries;
 4. load the config, refuse if its bytes differ from ``expected_raw`` (changed since planning);
 5. render and verify the new text (``fixes.engine``); nothing to do -> nothing is written;
 6. write the backup (``<name>.bak``, or ``<name>.bak.<timestamp>`` when that exists) through a
@@ -156,13 +158,55 @@ def _check_writable(target: Path) -> os.stat_result:
 
 @contextlib.contextmanager
 def config_lock(target: Path, timeout: float = 10.0) -> Iterator[None]:
-    """Exclusive lock for changing ``target``; waits up to ``timeout`` s, then FixError."""
+    """Exclusive lock for changing ``target``; waits up to ``timeout`` s, then FixError.
+
+    The lock file exists only while it is held: the holder unlinks it before letting go, and a
+    process counts as holding only when the file it locked is still the one at the path.
+    """
     lock_path = target.parent / f".{target.name}.fmllm-lock"
+    start = time.monotonic()
+    while True:
+        fd = _open_lock_file(lock_path, target)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() - start >= timeout:
+                        holder = ""
+                        with contextlib.suppress(OSError, ValueError):
+                            holder = f" (pid {int(lock_path.read_text().split()[0])})"
+                        raise FixError(
+                            f"another fmllm process{holder} is changing this config; waited {timeout:g} s",
+                            path=target,
+                            hint="run again when it has finished (the lock goes away with that process)",
+                        ) from None
+                    time.sleep(0.05)
+            if _is_file_at(fd, lock_path):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the holder before us removed this file as it let go: lock the one there now
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        with contextlib.suppress(OSError):
+            os.pwrite(fd, f"{os.getpid():<12d}\n".encode(), 0)  # fixed width: no truncate needed
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)  # only while holding it: no one else can have the file at the path now
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _open_lock_file(lock_path: Path, target: Path) -> int:
+    try:
+        return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     except PermissionError as denied:
         try:
-            fd = os.open(lock_path, os.O_RDONLY)  # someone else's lock file: flock works read-only
+            return os.open(lock_path, os.O_RDONLY)  # someone else's lock file: flock works read-only
         except OSError:
             raise FixError(
                 f"cannot create the lock file {lock_path}: {_os_message(denied)}",
@@ -171,30 +215,16 @@ def config_lock(target: Path, timeout: float = 10.0) -> Iterator[None]:
             ) from None
     except OSError as e:
         raise FixError(f"cannot create the lock file {lock_path}: {_os_message(e)}", path=target) from None
-    start = time.monotonic()
+
+
+def _is_file_at(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is still the file at ``path`` (not removed, not replaced)."""
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() - start >= timeout:
-                    holder = ""
-                    with contextlib.suppress(OSError, ValueError):
-                        holder = f" (pid {int(lock_path.read_text().split()[0])})"
-                    raise FixError(
-                        f"another fmllm process{holder} is changing this config; waited {timeout:g} s",
-                        path=target,
-                        hint="run again when it has finished (the lock goes away with that process)",
-                    ) from None
-                time.sleep(0.05)
-        with contextlib.suppress(OSError):
-            os.pwrite(fd, f"{os.getpid():<12d}\n".encode(), 0)  # fixed width: no truncate needed
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        st = os.stat(path)
+    except OSError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
 def list_backups(path: str | os.PathLike[str]) -> list[Path]:
