@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,7 +234,7 @@ def end_runs_started_since(before: dict[int, str]) -> list[str]:
         return []
     from fmllm_tui.runner.launch import kill
 
-    with _sigint_ignored():  # a second Ctrl-C must not leave the training half-killed
+    with sigint_ignored():  # a second Ctrl-C must not leave the training half-killed
         for pid, rdir in new.items():
             try:
                 import psutil
@@ -252,7 +253,8 @@ def end_runs_started_since(before: dict[int, str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def _sigint_ignored():
+def sigint_ignored() -> Iterator[None]:
+    """Ctrl-C waits until the block ends (main thread only; elsewhere signals cannot be set)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

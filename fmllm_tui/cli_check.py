@@ -1,7 +1,8 @@
 """fmllm-check: the headless doctor. Runs the checks, prints findings, applies fixes.
 
-Exit codes: 0 nothing failed (warnings allowed), 1 a check failed, 2 usage error or unreadable
-config, 3 a check crashed or could not run, 130 interrupted.
+Exit codes: 0 nothing failed (warnings allowed), 1 a check failed, 2 usage error (an --only that
+matches no check included) or unreadable config, 3 a check crashed or could not run, 130
+interrupted (Ctrl-C: the report of the checks that completed, marked partial).
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from fmllm_tui import __version__
-from fmllm_tui.checkrun import ChecksNotRun
+from fmllm_tui.checkrun import ChecksNotRun, OnlyMatchesNothing, sigint_ignored
 from fmllm_tui.exitcodes import ExitCode
 from fmllm_tui.findings import Change, CheckResult, summarize
 from fmllm_tui.redact import mask_text
@@ -31,7 +33,7 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse exits 2 on its own; keep the one-line form
+    def error(self, message: str) -> NoReturn:  # argparse exits 2 on its own; keep the one-line form
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(ExitCode.USAGE)
@@ -41,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="fmllm-check",
         description="Check that a QLoRA fine-tune will fit and run on your GPU, explain why not, and fix the config.",
-        epilog="Exit codes: 0 ok (warnings allowed), 1 a check failed, 2 usage error or unreadable config, "
-        "3 a check crashed or could not run, 130 interrupted. README: fmllm-check.",
+        epilog="Exit codes: 0 ok (warnings allowed), 1 a check failed, 2 usage error (also an --only that "
+        "matches no check) or unreadable config, 3 a check crashed or could not run, 130 interrupted "
+        "(the report is partial). README: fmllm-check.",
     )
     p.add_argument("--version", action="version", version=f"fmllm {__version__}")
     p.add_argument("--config", "-c", metavar="PATH", help="config file (default: $FMLLM_CONFIG or ./config.yaml)")
@@ -51,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--undo", action="store_true", help="restore the config from its last backup and exit")
     p.add_argument("--test", action="store_true", help="also run the minimal fine-tuning test")
     p.add_argument("--only", nargs="+", metavar="ID", default=[], help="run only these checks (ids or prefixes, e.g. gpu)")
-    p.add_argument("--list-checks", action="store_true", help="list every check and exit")
+    p.add_argument("--list-checks", "--list", action="store_true", help="list every check (or those --only selects) and exit")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     p.add_argument("--junitxml", metavar="FILE", help="also write a JUnit XML report")
     g = p.add_mutually_exclusive_group()
@@ -80,7 +83,9 @@ def format_change(c: Change) -> str:
     return f"{c.key}: {_fmt_value(c.from_) if c.from_ is not None else '(unset)'} -> {_fmt_value(c.to)}"
 
 
-def render_human(results: list[CheckResult], stream: TextIO, *, header: str = "") -> None:
+def render_human(results: list[CheckResult], stream: TextIO, *, header: str = "",
+                 fix_command: str = "fmllm-check --fix") -> None:
+    """The text report; ``fix_command`` is the "apply with" hint (with the flags of this run)."""
     plain = _use_ascii(stream)
     w = stream.write
     if header:
@@ -101,7 +106,10 @@ def render_human(results: list[CheckResult], stream: TextIO, *, header: str = ""
                     w(f"      fix ({r.fix.id}):\n")
                     for c in r.fix.changes:
                         w(f"        {format_change(c)}\n")
-                    w("        apply with: fmllm-check --fix\n")
+                    if r.fix.safe:
+                        w(f"        apply with: {fix_command}\n")
+                    else:  # --fix applies safe fixes only: never point at it for this one
+                        w("        (not applied by --fix: make this change by hand)\n")
                 if r.fix.shell:
                     w(f"      run: {r.fix.shell}\n")
                 if r.fix.summary:
@@ -113,6 +121,47 @@ def render_human(results: list[CheckResult], stream: TextIO, *, header: str = ""
         f"\n{s['pass']} passed, {s['warn']} warnings, {s['fail']} failed, {s['skip']} skipped, "
         f"{s['crash']} crashed\n"
     )
+
+
+def rerun_flags(args: argparse.Namespace, config_path: Path) -> list[str]:
+    """The flags that shaped this run's findings, as argv words for a printed fmllm-check command:
+    the config (unless it is the plain default), ``--gpu``/``--vram``, ``--offline``, ``--log`` and
+    ``--only``. Not ``--test``: a fix command would train again for nothing."""
+    words: list[str] = []
+    if os.environ.get("FMLLM_CONFIG") or Path(config_path) != Path("config.yaml"):
+        words += ["-c", _path_word(str(config_path))]
+    if args.gpu:
+        words += ["--gpu", args.gpu]
+    if args.vram:
+        words += ["--vram", args.vram]
+    if args.offline:
+        words.append("--offline")
+    if args.log:
+        words += ["--log", *(_path_word(f) for f in args.log)]
+    if args.only:
+        words += ["--only", *args.only]
+    return words
+
+
+def _path_word(path: str) -> str:
+    return f"./{path}" if path.startswith("-") else path  # never read back as a flag
+
+
+def command_hint(*words: str) -> str:
+    """An fmllm-check command line to print, each word shell-quoted: runs as printed."""
+    return shlex.join(["fmllm-check", *words])
+
+
+def interrupted_note(results: list[CheckResult], planned: list[str]) -> str:
+    """One line saying the report is partial and which checks completed."""
+    done = [r.id for r in results]
+    of = f" of {len(planned)}" if planned else ""
+    line = f"interrupted (Ctrl-C): partial report, {len(done)}{of} checks completed"
+    line += f": {', '.join(done)}" if done else ""
+    missing = [cid for cid in planned if cid not in set(done)]
+    if missing:
+        line += f"; not completed: {', '.join(missing)}"
+    return line
 
 
 def exit_code_for(results: list[CheckResult], config_ok: bool) -> ExitCode:
@@ -170,9 +219,15 @@ def collect_fix_changes(results: list[CheckResult]) -> tuple[list[tuple[str, lis
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main_env(argv)
-    except KeyboardInterrupt:
-        print("\nfmllm-check: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # before the checks began (start-up): nothing completed
+        if "--json" in (argv if argv is not None else sys.argv[1:]):
+            print(json.dumps({"fmllm_version": __version__, "interrupted": True, "checks": [],
+                              "completed": [], "exit_code": int(ExitCode.INTERRUPTED)}, indent=2))
+        print("\nfmllm-check: interrupted before any check completed", file=sys.stderr)
         return ExitCode.INTERRUPTED
+    except OnlyMatchesNothing as e:
+        print(f"fmllm-check: error: --only: {e}. `fmllm-check --list-checks` lists the ids.", file=sys.stderr)
+        return ExitCode.USAGE
     except ChecksNotRun as e:  # pytest itself could not start: no check ran, nothing to report
         print(f"fmllm-check: error: {e}\nReinstall fmllm (pip install -e .) or run `pytest checks/` to see "
               "pytest's own message.", file=sys.stderr)
@@ -246,7 +301,7 @@ def _main(argv: list[str] | None) -> int:
         print(f"restored {config_path} from {used}")
         return ExitCode.OK
 
-    from fmllm_tui.checkrun import RunOptions, list_checks, run_checks
+    from fmllm_tui.checkrun import RunOptions, list_checks
 
     opts = RunOptions(
         config=str(config_path), gpu=args.gpu, vram=args.vram, logs=list(args.log), offline=args.offline,
@@ -285,18 +340,45 @@ def _main(argv: list[str] | None) -> int:
         out = sys.stderr if args.json else sys.stdout
         print(mask_text(res.diff) or f"preset {args.preset}: the config already matches", file=out)
         if res.backup_path:
-            print(f"backup: {res.backup_path} (undo with fmllm-check --undo)", file=out)
+            print(f"backup: {res.backup_path} (undo with "
+                  f"{command_hint('--undo', *_config_words(rerun_flags(args, config_path)))})", file=out)
         if args.dry_run:
             return ExitCode.OK
 
-    outcome = run_checks(opts)
-    results = outcome.results
-    before = results
-    fix_report: dict[str, Any] | None = None
+    hint_flags = rerun_flags(args, config_path)
+    undo_hint = command_hint("--undo", *_config_words(hint_flags))
+    # What a Ctrl-C leaves to report, filled in as the run goes.
+    state: dict[str, Any] = {"results": [], "before": None, "fix": None, "planned": [], "interrupted": False}
+    try:
+        error = _run(args, opts, config_path, state, undo_hint)
+    except KeyboardInterrupt:  # outside a check (between runs, while writing the fix)
+        error, state["interrupted"] = None, True
+    if error is not None:
+        return error
+    with sigint_ignored():  # one whole report, also when Ctrl-C comes as it is printed
+        return _report(args, config_path, state, hint_flags, interrupted=state["interrupted"])
 
+
+def _run(args: argparse.Namespace, opts: Any, config_path: Path, state: dict[str, Any], undo_hint: str) -> int | None:
+    """The checks, and with --fix the fix and the checks again, filling ``state`` (its
+    ``interrupted`` is set when a Ctrl-C cut the checks short). Returns an exit code for an error
+    it has already printed, else None."""
+    from fmllm_tui.checkrun import run_checks
+    from fmllm_tui.config import ConfigError, load_config
+
+    outcome = run_checks(opts)
+    state.update(results=outcome.results, planned=[m["id"] for m in outcome.collected])
+    if outcome.interrupted:
+        if args.fix:
+            state["fix"] = {"applied": [], "shell": [], "diff": "", "backup": None}
+        state["interrupted"] = True
+        return None
+    results = outcome.results
     if args.fix:
+        state["before"] = results
         edits, shells = collect_fix_changes(results)
-        fix_report = {"applied": [], "shell": shells, "diff": "", "backup": None}
+        fix_report: dict[str, Any] = {"applied": [], "shell": shells, "diff": "", "backup": None}
+        state["fix"] = fix_report
         if edits:
             from fmllm_tui.fixes import FixError, apply_changes
 
@@ -306,7 +388,8 @@ def _main(argv: list[str] | None) -> int:
                     merged[c.key] = c  # later fixes see and override earlier ones on the same key
             try:
                 cur = load_config(config_path)
-                res = apply_changes(config_path, list(merged.values()), dry_run=args.dry_run, expected_raw=cur.raw)
+                res = apply_changes(config_path, list(merged.values()), dry_run=args.dry_run,
+                                    expected_raw=cur.raw)
             except ConfigError as e:
                 print(e.render(), file=sys.stderr)
                 return ExitCode.USAGE
@@ -320,15 +403,32 @@ def _main(argv: list[str] | None) -> int:
                 print("--dry-run: these changes would be made (nothing written):", file=out)
             print(mask_text(res.diff), file=out)
             if res.backup_path:
-                print(f"backup: {res.backup_path} (undo with fmllm-check --undo)", file=out)
+                print(f"backup: {res.backup_path} (undo with {undo_hint})", file=out)
             if not args.dry_run:
+                state.update(results=[], planned=[])  # the check after the fix has not run yet
                 outcome = run_checks(opts)
-                results = outcome.results
+                state.update(results=outcome.results, planned=[m["id"] for m in outcome.collected])
+                if outcome.interrupted:
+                    state["interrupted"] = True
+                    return None
         for cmd in shells:
             print(f"not a config change; run: {cmd}", file=sys.stderr if args.json else sys.stdout)
+    return None
 
+
+def _config_words(flags: list[str]) -> list[str]:
+    return flags[:2] if flags[:1] == ["-c"] else []
+
+
+def _report(args: argparse.Namespace, config_path: Path, state: dict[str, Any], hint_flags: list[str], *,
+            interrupted: bool) -> int:
+    """Print the report (human or JSON) and return the exit code. ``interrupted``: a Ctrl-C ended
+    the run; the report holds the checks that completed, says it is partial, and exits 130."""
+    results: list[CheckResult] = state["results"]
+    before: list[CheckResult] | None = state["before"]
+    fix_report: dict[str, Any] | None = state["fix"]
     config_ok = _config_ok(results)
-    code = exit_code_for(results, config_ok)
+    code = ExitCode.INTERRUPTED if interrupted else exit_code_for(results, config_ok)
     if args.json:
         doc: dict[str, Any] = {
             "fmllm_version": __version__,
@@ -336,24 +436,34 @@ def _main(argv: list[str] | None) -> int:
             "environment": environment_info(),
             "checks": [r.to_json() for r in results],
             "summary": summarize(results),
+            "interrupted": interrupted,
             "exit_code": int(code),
         }
+        if interrupted:
+            doc["completed"] = [r.id for r in results]
+            doc["not_completed"] = [cid for cid in state["planned"] if cid not in set(doc["completed"])]
         if fix_report is not None:
             doc["fix"] = fix_report
-            doc["before"] = {"summary": summarize(before)}
+            doc["before"] = {"summary": summarize(before or [])}
         print(json.dumps(doc, indent=2, default=str))
     else:
         header = f"fmllm-check {__version__} · {config_path}"
         if args.gpu or args.vram:
             header += f" · planning for {args.gpu or args.vram}"
-        if fix_report is not None and not args.dry_run and fix_report["applied"]:
+        if fix_report is not None and before is not None and not args.dry_run and fix_report["applied"]:
             sb, sa = summarize(before), summarize(results)
+            after = "after (partial)" if interrupted else "after"
             header += (f"\nbefore --fix: {sb['fail']} failed, {sb['warn']} warnings; "
-                       f"after: {sa['fail']} failed, {sa['warn']} warnings")
-        render_human(results, sys.stdout, header=header)
-        if not config_ok:
+                       f"{after}: {sa['fail']} failed, {sa['warn']} warnings")
+        render_human(results, sys.stdout, header=header, fix_command=command_hint("--fix", *hint_flags))
+        if interrupted:
+            print(interrupted_note(results, state["planned"]), file=sys.stdout)
+        elif not config_ok:
             bad = next(r for r in results if r.id == "config.valid")
             print(bad.finding, file=sys.stderr)
+    if interrupted:
+        print("fmllm-check: interrupted (Ctrl-C); the report is partial"
+              + (" (a minimal test's training process was stopped)" if args.test else ""), file=sys.stderr)
     return int(code)
 
 

@@ -205,6 +205,29 @@ def test_interrupt_exits_130(monkeypatch, tmp_path):
     assert main(["--config", str(cfg)]) == 130
 
 
+def test_interrupt_after_the_fix_is_reported_as_partial_json(monkeypatch, tmp_path, capsys):
+    """Ctrl-C while the checks run again after --fix wrote the config: the JSON says what was
+    applied, that the checks after it are incomplete, and exit_code 130 (never 0)."""
+    from fmllm_tui import checkrun
+
+    cfg = copy_config(tmp_path)
+    real = checkrun.run_checks
+    calls = []
+
+    def second_interrupted(opts):
+        calls.append(opts)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(opts)
+
+    monkeypatch.setattr(checkrun, "run_checks", second_interrupted)
+    code = main(["--config", str(cfg), "--fix", "--json", "--gpu", "RTX 3080", "--offline", "--only", "gpu.bf16"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == doc["exit_code"] == 130 and doc["interrupted"] is True
+    assert doc["fix"]["applied"] == ["dtype.compute"] and doc["before"]["summary"]["warn"] == 1
+    assert doc["checks"] == [] and doc["completed"] == []
+
+
 def test_exit_code_precedence():
     def r(status):
         return CheckResult(id="x", title="x", category="c", severity="error", status=status, finding="")
