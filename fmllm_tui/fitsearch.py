@@ -112,7 +112,7 @@ class FitResult:
 
 @dataclass
 class Recommendation:
-    """One catalogue model on a budget: whether and how it fits, its peak and relative speed."""
+    """One catalogue model on a budget: whether and how it fits, its peak and predicted tokens/s."""
 
     model_id: str
     also: list[str]
@@ -126,7 +126,6 @@ class Recommendation:
     low_bytes: int
     high_bytes: int
     tokens_per_second: float
-    relative_speed: float  # tokens/s over the fastest fitting model's in this list
     message: str
 
     def to_json(self) -> dict[str, Any]:
@@ -142,7 +141,8 @@ class Recommendation:
         )
         return (
             f"  {head}: fits {how}; peak {self.peak_process_bytes / GiB:.1f} GiB "
-            f"({self.low_bytes / GiB:.1f}-{self.high_bytes / GiB:.1f}), relative speed {self.relative_speed:.2f}"
+            f"({self.low_bytes / GiB:.1f}-{self.high_bytes / GiB:.1f}), ~{self.tokens_per_second:,.0f} tokens/s "
+            "(estimate)"
         )
 
 
@@ -543,8 +543,9 @@ def recommend(
 
     Only tiers 0-2 of the search are used (batching, checkpointing, loss, 4-bit, offload,
     optimizer): the sequence length and LoRA rank stay as configured. Models with identical
-    architectures (base and instruct) share one entry. Largest models first; ``relative_speed``
-    is tokens/s over the fastest fitting entry's.
+    architectures (base and instruct) share one entry. Largest models first. A model is listed
+    as fitting only when the high end of its predicted range fits the budget too (the range is
+    the memory model's own error band).
     """
     from fmllm_tui import catalogue  # deferred: a separate module with its own data file
 
@@ -566,24 +567,25 @@ def recommend(
                           allow_seq_cut=False, allow_rank_cut=False)
         entry = catalogue.catalogue_entry(members[0]) or {}
         pred = res.prediction_after
+        fits, message = res.fits, res.message
+        if fits and pred.high_bytes > budget_bytes:
+            fits = False
+            message = (f"its predicted range reaches {pred.high_bytes / GiB:.1f} GiB, above the "
+                       f"{budget_bytes / GiB:.1f} GiB available, even with {len(res.changes)} change(s)")
         out.append(Recommendation(
             model_id=members[0],
             also=members[1:],
             family=entry.get("family"),
             size=entry.get("size"),
             params=memory.param_count(spec),
-            fits_as_is=res.fits_now,
-            fits=res.fits,
-            changes=res.changes if res.fits else [],
+            fits_as_is=res.fits_now and fits,
+            fits=fits,
+            changes=res.changes if fits else [],
             peak_process_bytes=pred.peak_process_bytes,
             low_bytes=pred.low_bytes,
             high_bytes=pred.high_bytes,
             tokens_per_second=pred.tokens_per_second,
-            relative_speed=0.0,
-            message=res.message,
+            message=message,
         ))
-    fastest = max((r.tokens_per_second for r in out if r.fits), default=0.0)
-    for r in out:
-        r.relative_speed = r.tokens_per_second / fastest if (r.fits and fastest) else 0.0
     out.sort(key=lambda r: (-r.params, r.model_id.lower()))
     return out if include_unfit else [r for r in out if r.fits]
