@@ -49,12 +49,25 @@ def test_config_fit(report, loaded, target, architecture, fit_plan):
     head = (f"predicted peak {_gib(pred.peak_process_bytes)} (range {_gib(pred.low_bytes)}-{_gib(pred.high_bytes)}) "
             f"on {target.name} with {_gib(target.budget_bytes)} available{data_note}")
     fix = None
+    cut = next((c for c in fit.changes if c["key"] == "training.max_seq_length"), None)
     if fit.changes:
         lines = "; ".join(f"{c['key']} {c['from']} -> {c['to']} ({c['why']})" for c in fit.changes)
         fix = planned_fix(loaded, "memory.fit", {"changes": fit.changes}, summary=lines)
+        if fix is not None and cut is not None and not (fit.truncated_share == 0 and lengths):
+            # A shorter max_seq_length than the data needs (or data fmllm could not read) changes
+            # what is trained on: offered, never applied by --fix or "apply all safe".
+            fix.safe = False
     if not fit.fits_now:
         if fit.fits:
-            report.fail(f"does not fit: {head}. {fit.message}", fix)
+            unsafe = ""
+            if fix is not None and not fix.safe:
+                share = (f"{fit.truncated_share:.1%} of the examples" if fit.truncated_share is not None
+                         else "an unknown share of the examples (the data could not be read)")
+                unsafe = (f" The change set cuts max_seq_length to {cut['to']}, which truncates {share}: "
+                          "--fix does not apply it; apply it by hand if that is acceptable, or use a smaller "
+                          "model (fmllm-check --recommend) or a card with more memory.")
+            msg = fit.message if fit.message.endswith(".") else fit.message + "."
+            report.fail(f"does not fit: {head}. {msg}{unsafe}", fix)
         more = ""
         if mode == "single":
             more = (" It needs more GPU memory than one card has: try a smaller model (fmllm-check --recommend), "

@@ -70,7 +70,9 @@ def test_undo_without_backup_is_a_usage_error(tmp_path, capsys):
 
 def test_memory_fix_makes_a_14b_fit_12gib(tmp_path, capsys):
     cfg = shipped_copy(tmp_path)
-    long_row = json.dumps({"instruction": "Summarise. " + "word " * 5000, "input": "", "output": "ok"})
+    # Long examples (about 2,000 tokens) that fit once the micro-batch drops: no example is cut,
+    # so the change set is safe (a cut that truncates them would be offered, never applied).
+    long_row = json.dumps({"instruction": "Summarise. " + "word " * 1500, "input": "", "output": "ok"})
     (tmp_path / "data" / "sample_instructions.jsonl").write_text((long_row + "\n") * 4)
     cfg.write_text(cfg.read_text().replace("Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-14B-Instruct")
                    .replace("max_seq_length: 1024", "max_seq_length: 4096")
@@ -81,7 +83,7 @@ def test_memory_fix_makes_a_14b_fit_12gib(tmp_path, capsys):
     assert fit["status"] == "fail" and code == 1
     assert fit["values"]["predicted_peak_bytes"] > fit["values"]["budget_bytes"]
     keys = {c["key"] for c in fit["fix"]["changes"]}
-    assert "fine_tuning.training.per_device_train_batch_size" in keys
+    assert "fine_tuning.training.per_device_train_batch_size" in keys and fit["fix"]["safe"]
     code = main(["--config", str(cfg), "--vram", "12GiB", "--offline", "--fix", "--only", "config.fit"])
     capsys.readouterr()
     code, checks = statuses(capsys, "--config", str(cfg), "--vram", "12GiB", "--offline", "--only", "config.fit")
@@ -158,3 +160,25 @@ def test_a_14b_on_an_rtx_3080_gets_the_one_card_plan_not_fsdp_for_gpus_it_lacks(
     _, after = statuses(capsys, *args)
     assert sum(c["status"] == "fail" for c in after.values()) == 0, {k: c["finding"] for k, c in after.items()
                                                                      if c["status"] == "fail"}
+
+
+def test_a_sequence_cut_that_truncates_the_data_is_offered_never_applied(tmp_path, capsys):
+    """When only a shorter max_seq_length fits and the data is longer, the change set is an
+    unsafe fix: the finding gives the share truncated, and --fix leaves the file alone."""
+    cfg = shipped_copy(tmp_path)
+    cfg.write_text(cfg.read_text().replace("max_seq_length: 1024", "max_seq_length: 8192"))
+    data = tmp_path / "data" / "sample_instructions.jsonl"
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    data.write_text("".join(json.dumps({**r, "output": " ".join(f"word{j}" for j in range(2000 + 500 * i))}) + "\n"
+                            for i, r in enumerate(rows)))
+    args = ("--config", str(cfg), "--vram", "7GiB", "--offline", "--only", "config.fit")
+    code, res = statuses(capsys, *args)
+    fit = res["config.fit"]
+    assert code == 1 and fit["status"] == "fail"
+    assert fit["fix"]["safe"] is False
+    assert any(c["key"] == "fine_tuning.training.max_seq_length" for c in fit["fix"]["changes"])
+    assert "--fix does not apply it" in fit["finding"] and "of the examples" in fit["finding"]
+    before = cfg.read_text()
+    main([*args, "--fix"])
+    out = capsys.readouterr().out
+    assert cfg.read_text() == before, out  # nothing written: the only fix on offer is unsafe
