@@ -466,6 +466,67 @@ def read_text(path: Path) -> tuple[bytes, str]:
     return raw, text
 
 
+#: What a config may cost before fmllm reads it (a config is a few KB; real ones stay far below).
+MAX_CONFIG_CHARS = 4 * 1024 * 1024
+MAX_NESTING = 64
+MAX_EXPANDED_NODES = 200_000  # nodes once every alias is expanded (a "billion laughs" has 10**9)
+
+
+def _check_cost(path: Path, text: str) -> None:
+    """Size, nesting depth and alias expansion of ``text``, from the YAML event stream (no
+    document is built): each over its limit is a located ConfigError, found in well under a
+    second with bounded memory. YAML errors are left to the real parse."""
+    from ruamel.yaml.events import (
+        AliasEvent,
+        CollectionEndEvent,
+        CollectionStartEvent,
+        NodeEvent,
+    )
+
+    if len(text) > MAX_CONFIG_CHARS:
+        raise ConfigError(path, [Problem(f"the file is {len(text) / 2**20:.1f} MiB; fmllm reads configs up to "
+                                         f"{MAX_CONFIG_CHARS // 2**20} MiB", line=1, column=1,
+                                         hint="is this the right file? a config.yaml is a few KB")])
+    frames: list[list[Any]] = []  # open collections: [anchor, expanded node count]
+    anchors: dict[str, int] = {}
+    total = 0
+
+    def stop(ev: Any, message: str, hint: str) -> None:
+        mark = ev.start_mark
+        raise ConfigError(path, [Problem(message, line=mark.line + 1, column=mark.column + 1, hint=hint)])
+
+    def add(n: int) -> None:
+        nonlocal total
+        total += n
+        if frames:
+            frames[-1][1] += n
+
+    try:
+        for ev in make_yaml().parse(io.StringIO(text)):
+            if isinstance(ev, CollectionStartEvent):
+                add(1)
+                frames.append([ev.anchor, 1])
+                if len(frames) > MAX_NESTING:
+                    stop(ev, f"the settings nest more than {MAX_NESTING} levels deep here",
+                         "a config is a few levels deep; this looks generated or broken")
+            elif isinstance(ev, CollectionEndEvent):
+                anchor, n = frames.pop()
+                if anchor is not None:
+                    anchors[anchor] = n
+            elif isinstance(ev, AliasEvent):
+                add(anchors.get(ev.anchor, 1))
+            elif isinstance(ev, NodeEvent):  # a scalar
+                add(1)
+                if ev.anchor is not None:
+                    anchors[ev.anchor] = 1
+            if total > MAX_EXPANDED_NODES:
+                stop(ev, f"the aliases (*name) expand to more than {MAX_EXPANDED_NODES:,} values here",
+                     "an alias that repeats other aliases grows exponentially ('billion laughs'); "
+                     "write the values out, or reference each anchor once")
+    except (YAMLError, RecursionError):
+        return  # the real parse reports it, located
+
+
 def parse_document(path: Path, text: str) -> CommentedMap:
     """Parse YAML text into the round-trip document; errors become ConfigError with line/col."""
     if not text.strip() or all(
@@ -480,9 +541,12 @@ def parse_document(path: Path, text: str) -> CommentedMap:
                 )
             ],
         )
+    _check_cost(path, text)
     y = make_yaml()
     try:
         doc = y.load(io.StringIO(text))
+    except RecursionError:
+        raise ConfigError(path, [Problem("the settings nest too deeply to read", line=1, column=1)]) from None
     except MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark is not None else None

@@ -266,3 +266,47 @@ def test_parse_size():
     for bad in ("ten", "-3GiB", "0", "10XB", ""):
         with pytest.raises(ValueError):
             parse_size(bad)
+
+
+SHIPPED = (ROOT / "config.yaml").read_text()
+LAUGHS = "\nlaughs:  # a section fmllm does not read\n  a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"  {chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]\n" for i in range(8))
+
+
+@pytest.mark.parametrize("text, line, words", [
+    # the alias that crosses the limit: 9**6 values at the sixth level ('f'), on the block's 7th line
+    (SHIPPED + LAUGHS, SHIPPED.count("\n") + 8, "aliases (*name) expand to more than"),
+    (SHIPPED + "\ndeep:\n" + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(400)) + "  " * 401 + "v: 1\n",
+     SHIPPED.count("\n") + 66, "nest more than 64 levels"),
+    (SHIPPED + "\ndeep: " + "[" * 5000 + "]" * 5000 + "\n", SHIPPED.count("\n") + 2, "nest more than 64 levels"),
+], ids=["billion-laughs", "deep-block-mapping", "deep-flow-list"])
+def test_a_config_that_would_cost_too_much_is_a_located_error(tmp_path, text, line, words):
+    """Alias bombs and deep nesting, even in sections fmllm does not read, stop before the
+    document is built (they used to grow memory without bound, or raise RecursionError)."""
+    path = write(tmp_path, text)
+    err = load_error(path)
+    (first,) = err.problems
+    assert words in first.message and first.line == line, err.render()
+    assert f"{path}:{line}:" in err.render()
+
+
+def test_the_cost_limits_leave_ordinary_anchors_and_merge_keys_alone(tmp_path):
+    text = SHIPPED.replace("fine_tuning:\n", "lora_defaults: &ld\n  r: 16\n  alpha: 32\nfine_tuning:\n", 1).replace(
+        "  lora:\n    r: 8                  # LoRA rank; barely moves peak memory, lower it last\n"
+        "    alpha: 8              # scaling (alpha / r); no memory effect\n", "  lora:\n    <<: *ld\n", 1)
+    cfg = load_config(write(tmp_path, text))
+    assert (cfg.view.lora.r, cfg.view.lora.alpha) == (16, 32)
+
+
+def test_a_huge_file_is_refused_before_parsing(tmp_path):
+    path = write(tmp_path, SHIPPED + "\n# " + "x" * (5 * 2**20) + "\n")
+    err = load_error(path)
+    assert "fmllm reads configs up to 4 MiB" in err.render() and err.problems[0].line == 1
+
+
+def test_fmllm_check_exits_2_on_an_alias_bomb(tmp_path, capsys):
+    from fmllm_tui.cli_check import main
+
+    path = write(tmp_path, SHIPPED + LAUGHS)
+    assert main(["--config", str(path), "--offline", "--vram", "24GiB"]) == 2
+    assert "expand to more than" in capsys.readouterr().err
