@@ -514,6 +514,9 @@ def _check_cost(path: Path, text: str) -> None:
                 if anchor is not None:
                     anchors[anchor] = n
             elif isinstance(ev, AliasEvent):
+                if any(f[0] == ev.anchor for f in frames):
+                    stop(ev, f"*{ev.anchor} refers to the section it is inside (&{ev.anchor} is still open here): "
+                         "a cycle", "point the alias (or the merge key <<:) at an anchor defined before this section")
                 add(anchors.get(ev.anchor, 1))
             elif isinstance(ev, NodeEvent):  # a scalar
                 add(1)
@@ -954,12 +957,33 @@ def load_config_text(path: str | os.PathLike[str], text: str, raw: bytes | None 
     warnings.sort(key=lambda pr: (pr.line or 0, pr.column or 0))
 
     base = p.resolve().parent
+    bad_id = _model_id_problem(base, view.base_model_name)
+    if bad_id:
+        fk = file_key_for(layout, "base_model_name")
+        line, col = position_of(doc, fk)
+        raise ConfigError(p, [Problem(bad_id, key=fk, line=line, column=col,
+                                      hint="a Hub id like Qwen/Qwen2.5-7B-Instruct, or the path of a local folder")])
     view.data_file = _resolve_path(base, view.paths.ft_combined_data_file, view.paths.data_dir)
     view.eval_data_file = _resolve_path(base, view.paths.ft_eval_data_file, view.paths.data_dir)
     out = view.paths.ft_output_dir or view.paths.output_dir or "outputs"
     view.output_dir = str((base / os.path.expanduser(out)).resolve()) if not os.path.isabs(os.path.expanduser(out)) else os.path.expanduser(out)
     return LoadedConfig(path=p, text=text, raw=raw, doc=doc, layout=layout, view=view, interpolated=interpolated,
                         warnings=_dedupe(warnings))
+
+
+def _model_id_problem(base: Path, model_id: str) -> str | None:
+    """Why ``model_id`` is neither a local folder nor a valid Hub id (hub.validate_model_id's
+    rule); None when it is usable. Every check then plans from a model it can name."""
+    from fmllm_tui.hub import _looks_like_path, validate_model_id
+
+    try:
+        candidates = [Path(model_id).expanduser(), base / Path(model_id).expanduser()]
+        if any(c.is_dir() for c in candidates) or _looks_like_path(model_id):
+            return None  # a folder (model.available says whether it holds a model)
+    except (OSError, RuntimeError, ValueError):
+        pass
+    problem = validate_model_id(model_id)
+    return f"{model_id!r} is not a valid model id: {problem}" if problem else None
 
 
 def _validate(data: dict[str, Any], layout: Literal["nested", "flat"], doc: CommentedMap,

@@ -29,7 +29,7 @@ HUB_WEB = "https://huggingface.co"
 LOGIN_CMD = "hf auth login"
 KINDS = ("local_dir", "hub", "cache", "gated_no_token", "gated_no_access", "invalid_token",
          "not_found", "unreachable", "offline_missing", "invalid_id", "revision_not_found")
-_REPO_ID_RE = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+_REPO_ID_RE = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$", re.ASCII)  # the Hub's ids are ASCII
 # Files that are pickles but not model weights.
 _NOT_WEIGHTS = ("training_args.bin", "optimizer.pt", "scheduler.pt", "adapter_model.bin")
 
@@ -134,9 +134,15 @@ def validate_model_id(model_id: str) -> str | None:
     if len(model_id.rsplit("/", 1)[-1]) > 96:
         return "the model name is longer than 96 characters"
     if not _REPO_ID_RE.match(model_id):
-        bad = sorted({c for c in model_id if not (c.isalnum() or c in "/_.-")})
+        bad = sorted({c for c in model_id if not ((c.isascii() and c.isalnum()) or c in "/_.-")})
         if bad:
-            return f"the model id contains characters the Hub doesn't allow: {' '.join(repr(c) for c in bad)}"
+            import unicodedata
+
+            named = [f"{c!r} ({unicodedata.name(c, f'U+{ord(c):04X}')}, at position {model_id.index(c) + 1})"
+                     if not c.isascii() else repr(c) for c in bad]
+            lookalike = any(not c.isascii() and c.isalpha() for c in bad)
+            return (f"the model id contains characters the Hub doesn't allow: {', '.join(named)}"
+                    + ("; a letter that looks Latin but is not: retype it" if lookalike else ""))
         return "each part of a Hub id must start with a letter or digit"
     return None
 

@@ -310,3 +310,34 @@ def test_fmllm_check_exits_2_on_an_alias_bomb(tmp_path, capsys):
     path = write(tmp_path, SHIPPED + LAUGHS)
     assert main(["--config", str(path), "--offline", "--vram", "24GiB"]) == 2
     assert "expand to more than" in capsys.readouterr().err
+
+
+def test_a_model_id_with_a_look_alike_letter_is_a_located_config_error(tmp_path, capsys):
+    """A Cyrillic 'с' in 'Instruct' crashed 12 checks (exit 3): huggingface_hub refused the id in
+    each. It is a config error at the key, naming the character."""
+    from fmllm_tui.cli_check import main
+
+    path = write(tmp_path, SHIPPED.replace("Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B-Instru\u0441t"))
+    err = load_error(path)
+    (first,) = err.problems
+    assert (first.key, first.line) == ("fine_tuning.base_model_name", 12)
+    assert "CYRILLIC SMALL LETTER ES, at position 23" in first.message and "retype it" in first.message
+    assert main(["--config", str(path), "--offline", "--vram", "24GiB"]) == 2
+    assert "[CRASH]" not in capsys.readouterr().out
+
+
+def test_a_local_folder_and_a_path_are_not_judged_as_hub_ids(tmp_path):
+    model = tmp_path / "my models" / "qwen 7b"  # spaces: no Hub id could be this
+    model.mkdir(parents=True)
+    cfg = load_config(write(tmp_path, SHIPPED.replace("Qwen/Qwen2.5-7B-Instruct", "my models/qwen 7b")))
+    assert cfg.view.base_model_name == "my models/qwen 7b"
+    cfg = load_config(write(tmp_path, SHIPPED.replace("Qwen/Qwen2.5-7B-Instruct", "./not/there/yet")))
+    assert cfg.view.base_model_name == "./not/there/yet"  # model.available says it is missing
+
+
+def test_a_merge_key_into_its_own_anchor_is_a_located_config_error(tmp_path):
+    """`lora: &lo` holding `<<: *lo` crashed every check (exit 3) inside ruamel."""
+    path = write(tmp_path, SHIPPED.replace("  lora:\n", "  lora: &lo\n    <<: *lo\n", 1))
+    err = load_error(path)
+    (first,) = err.problems
+    assert "*lo refers to the section it is inside" in first.message and first.line == 17
