@@ -158,19 +158,16 @@ def stub_model_dir(dest: Path) -> Path:
 
 @contextlib.contextmanager
 def liger_assumption(mode: str) -> Iterator[bool]:
-    """Plan as if liger-kernel were installed (``on``), not (``off``), or as it is here (``here``).
-
-    The memory model picks the loss (liger vs chunked) by whether liger-kernel is installed; the
-    GPU host has it, this CPU machine may not, and the search's choice depends on it."""
+    """Plan with liger-kernel in the planned GPU install (``on``, fmllm's default on any machine),
+    without it (``off``), or as this machine has it (``here``): fmllm_tui.recipe's
+    PLANNED_GPU_HAS_LIGER, patched for the search when asked."""
     from unittest import mock
 
-    from fmllm_tui import memory
+    from fmllm_tui import recipe
 
-    if mode == "here":
-        yield memory.liger_available()
-        return
-    with mock.patch.object(memory, "liger_available", lambda: mode == "on"):
-        yield mode == "on"
+    want = {"on": True, "off": False}.get(mode, recipe.liger_installed())
+    with mock.patch.object(recipe, "PLANNED_GPU_HAS_LIGER", want):
+        yield want
 
 
 # ------------------------------------------------------------------------------------------------
@@ -849,9 +846,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _liger_here() -> bool:
-    from fmllm_tui import memory
+    from fmllm_tui import recipe
 
-    return memory.liger_available()
+    return recipe.liger_installed()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import sys
 from fmllm_tui.checks._plugin import check
 from fmllm_tui.checks.test_config import planned_fix
 
+from fmllm_tui.findings import Fix
+
 GiB = 1024**3
 PLANNING_SKIP = "planning for {name} ({source}): this machine's GPU stack is not checked"
 
@@ -164,3 +166,27 @@ def test_bitsandbytes(report, inventory, target, loaded):
                     "check torch is a CUDA build; pip install -U bitsandbytes.")
     report.ok(f"bitsandbytes {res.get('version')}: nf4 quantize + 4-bit matmul on {res.get('device')} "
               f"match the dense result (max relative error {res.get('rel_error'):.3f})")
+
+
+@check("gpu.liger", "The GPU install has what the plan assumes", "gpu", severity="warning")
+def test_liger(report, inventory, target, loaded):
+    """Plans for a CUDA card assume fmllm's GPU install (liger-kernel, fmllm_tui.recipe); on the
+    GPU machine itself, say when the install lacks it, so the run is the one planned."""
+    from fmllm_tui import recipe
+
+    if target.planning:
+        report.skip(PLANNING_SKIP.format(name=target.name, source=target.source))
+    if not inventory.ok or not inventory.devices:
+        report.skip("no CUDA GPU here: the CPU runs use the chunked loss, as planned for the CPU")
+    fm = loaded.view.fmllm
+    needs = fm.memory_recipe == "fmllm" and fm.loss in ("auto", "liger")
+    report.set(liger_installed=recipe.liger_installed(), planned_with_liger=needs)
+    if not needs:
+        report.skip(f"memory_recipe {fm.memory_recipe}, loss {fm.loss}: liger-kernel is not used")
+    if not recipe.liger_installed():
+        report.warn("liger-kernel is not installed: the plan assumes its fused loss (a few MB) and kernels; "
+                    "this run would use the chunked loss and the model's own layers, with a higher peak than "
+                    "predicted.", Fix(id="gpu.liger", shell="pip install liger-kernel",
+                                      summary="fmllm's GPU extra; from a checkout, pin it: "
+                                              "pip install -c constraints.txt -e '.[gpu]'", safe=False))
+    report.ok("liger-kernel is installed, as the plan assumes")

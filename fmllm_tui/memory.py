@@ -547,30 +547,16 @@ def _optimizer_bytes(optim: str, numels: list[int], state_bytes: int = 4) -> tup
     return torch_bytes, int(PAGED_NVML_FACTOR * nvml_paged)
 
 
-_liger_cache: dict[str, bool] = {}
-
-
-def liger_available() -> bool:
-    """Whether liger-kernel is installed here (looked up without importing it)."""
-    if "v" not in _liger_cache:
-        import importlib.util
-
-        try:
-            _liger_cache["v"] = importlib.util.find_spec("liger_kernel") is not None
-        except (ImportError, ValueError):
-            _liger_cache["v"] = False
-    return _liger_cache["v"]
-
-
 def resolve_loss(recipe: str, loss: str) -> str:
-    """The loss implementation a recipe runs: plain | chunked | liger (as the runner decides)."""
+    """The loss implementation a recipe runs on the planned CUDA card: plain | chunked | liger
+    (fmllm_tui.recipe's rule, with the GPU install the plan assumes: liger-kernel present)."""
+    from fmllm_tui import recipe as rules
+
     if recipe in ("plain", "noprep"):
         return "plain"
     if recipe == "lean":
         return "liger"
-    if loss == "auto":
-        return "liger" if liger_available() else "chunked"
-    return loss
+    return rules.loss_kind(loss, cuda=True, has_liger=rules.PLANNED_GPU_HAS_LIGER)[0]
 
 
 def resolve_compiled(inp: PlanInputs) -> bool:
@@ -584,15 +570,18 @@ def resolve_compiled(inp: PlanInputs) -> bool:
 
 
 def resolve_liger_layers(inp: PlanInputs) -> bool:
-    """Whether liger's RMSNorm/SwiGLU/RoPE kernels patch the model (fmllm: when installed and the
-    layers are not compiled; compiled layers fuse those operations themselves)."""
+    """Whether liger's RMSNorm/SwiGLU/RoPE kernels patch the model (fmllm_tui.recipe's rule on the
+    planned CUDA card: the fmllm recipe, uncompiled, with the GPU install the plan assumes)."""
+    from fmllm_tui import recipe as rules
+
     if resolve_compiled(inp):
         return False
     if inp.liger_layers is not None:
         return inp.liger_layers
     if inp.recipe == "lean":
         return True
-    return inp.recipe == "fmllm" and (liger_available() or inp.loss == "liger")
+    return rules.liger_layers(recipe=inp.recipe, cuda=True, compiled=False, want="auto",
+                              has_liger=rules.PLANNED_GPU_HAS_LIGER)
 
 
 # --------------------------------------------------------------------------------------------
@@ -680,7 +669,15 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
         n_train = sum(numels)
         bd["lora_weights"] = 4 * n_train  # peft keeps adapters in fp32
         bd["lora_grads"] = 4 * n_train
-        opt_torch, opt_paged = _optimizer_bytes(inp.optim, numels)
+        from fmllm_tui import recipe as rules
+
+        # The optimizer the runner really steps (a small adapter's 32-bit AdamW runs fused).
+        optim = rules.fused_adamw(inp.optim, recipe=inp.recipe, cuda=True, distributed=inp.mode,
+                                  trainable_params=n_train)
+        if optim != inp.optim:
+            notes.append(f"optimizer {inp.optim} runs as {optim} (a {4 * 2 * n_train / 2**20:.0f} MiB state is too "
+                         "small for paging to matter)")
+        opt_torch, opt_paged = _optimizer_bytes(optim, numels)
     bd["optimizer_state"] = opt_torch
     bd["runtime_misc"] = RUNTIME_MISC_BYTES
     mask_bytes = 0

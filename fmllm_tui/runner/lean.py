@@ -30,6 +30,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from fmllm_tui import recipe as rules
+
 from .loss import install_lean_forward, lean_forward_unsupported, loss_fn_for, resolve_loss_kind
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -136,15 +138,17 @@ def plan_recipe(cfg: dict[str, Any], *, cuda: bool, overrides: dict[str, Any] | 
         compile_layers = False
         notes.append("fmllm.compile is on but FSDP's flat parameters (use_orig_params off, the QLoRA recipe) "
                      "cannot be compiled per layer: ran uncompiled")
-    liger_kernels = False
-    if recipe_name == "fmllm" and cuda and not compile_layers:
-        want = ov.get("liger_kernels", "auto")
-        if want != "off":
-            from .loss import liger_available
+    want_liger = ov.get("liger_kernels", "auto")
+    has_liger = False
+    if recipe_name == "fmllm" and cuda and not compile_layers and want_liger != "off":
+        from .loss import liger_available
 
-            liger_kernels = liger_available()
-            if not liger_kernels and want == "on":
-                notes.append("liger-kernel is not installed: RMSNorm/SwiGLU/RoPE use the model's own code")
+        has_liger = liger_available()
+        if not has_liger:
+            notes.append("liger-kernel is not installed: RMSNorm/SwiGLU/RoPE use the model's own code, and the "
+                         "plan assumed them (pip install -c constraints.txt 'fmllm[gpu]')")
+    liger_kernels = rules.liger_layers(recipe=recipe_name, cuda=cuda, compiled=compile_layers, want=want_liger,
+                                       has_liger=has_liger)
     offload_setting = ov.get("offload_embeddings") or fm.get("offload_embeddings", "auto")
     offload = recipe_name == "fmllm" and cuda and offload_setting in ("auto", "on")
     if offload_setting == "on" and not cuda:

@@ -46,19 +46,11 @@ def liger_available() -> bool:
 
 
 def resolve_loss_kind(requested: str, *, cuda: bool, has_liger: bool | None = None) -> tuple[str, str | None]:
-    """The loss implementation to use and, when it differs from the request, why."""
-    if requested == "plain":
-        return "plain", None
-    if requested == "chunked":
-        return "chunked", None
-    liger = liger_available() if has_liger is None else has_liger
-    if requested == "liger":
-        if not cuda:
-            return "chunked", "fmllm.loss is liger but there is no CUDA GPU: used the chunked loss"
-        if not liger:
-            return "chunked", "fmllm.loss is liger but liger-kernel is not installed (pip install liger-kernel): used the chunked loss"
-        return "liger", None
-    return ("liger", None) if (cuda and liger) else ("chunked", None)
+    """The loss implementation to use here and, when it differs from the request, why
+    (fmllm_tui.recipe.loss_kind with this machine's liger-kernel)."""
+    from fmllm_tui.recipe import loss_kind
+
+    return loss_kind(requested, cuda=cuda, has_liger=liger_available() if has_liger is None else has_liger)
 
 
 def _ce_sum_of_chunk(hidden: torch.Tensor, head: torch.nn.Module, target: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,8 @@ from typing import Any
 
 import torch
 
+from fmllm_tui import recipe as rules
+
 from . import rundir as rd
 from .data import (
     Collator,
@@ -1000,26 +1002,18 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
     return summary
 
 
-# AdamW state below this is too small for paging to CPU RAM to matter.
-FUSED_ADAMW_MAX_STATE_BYTES = 1 * 1024**3
-
-
 def fused_adamw_swap(recipe: Recipe, trainable: int, *, forced: bool) -> str | None:
     """The fmllm recipe on a GPU runs 32-bit AdamW as torch's fused kernel when the adapter's
-    optimizer state is small: the same update rule, one kernel launch instead of a Python loop
-    over every LoRA tensor (the loop costs ~10% of a step at 1024 tokens). Returns the note."""
-    if forced or recipe.memory_recipe != "fmllm" or recipe.device != "cuda":
+    optimizer state is small (fmllm_tui.recipe.fused_adamw, the rule the memory model plans
+    with): the same update rule, one kernel launch instead of a Python loop over every LoRA
+    tensor (the loop costs ~10% of a step at 1024 tokens). Returns the note."""
+    new = rules.fused_adamw(recipe.optim, recipe=recipe.memory_recipe, cuda=recipe.device == "cuda",
+                            distributed=recipe.distributed, trainable_params=trainable, forced=forced)
+    if new == recipe.optim:
         return None
-    if recipe.distributed == "fsdp":
-        return None  # FSDP steps flat (possibly CPU-offloaded) parameters: torch's own AdamW
-    if recipe.optim not in ("paged_adamw_32bit", "adamw_torch"):
-        return None
-    state = trainable * 8  # two fp32 moments per trainable parameter
-    if state > FUSED_ADAMW_MAX_STATE_BYTES:
-        return None
-    old, recipe.optim = recipe.optim, "adamw_torch_fused"
-    return (f"optimizer {old} ran as adamw_torch_fused: the same AdamW update in one fused kernel; the "
-            f"adapter's optimizer state ({state / 2**20:.0f} MiB) is too small for paging to matter")
+    old, recipe.optim = recipe.optim, new
+    return (f"optimizer {old} ran as {new}: the same AdamW update in one fused kernel; the "
+            f"adapter's optimizer state ({trainable * 8 / 2**20:.0f} MiB) is too small for paging to matter")
 
 
 def _no_examples_problem(stats: Any, max_len: int) -> Any:
