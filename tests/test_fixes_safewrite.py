@@ -17,11 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
-
 import fmllm_tui.fixes as fixes
+import pytest
 from fmllm_tui.fixes import FixError, apply_changes, undo
 from fmllm_tui.fixes import safewrite as sw
+
 from fmllm_tui.config import ConfigError, load_config
 from fmllm_tui.findings import Change
 
