@@ -490,7 +490,9 @@ def _recommend(args: argparse.Namespace, config_path: Path) -> int:
             return ExitCode.USAGE
         budget, name = inv.devices[0].free_bytes, inv.devices[0].name
         card = gpudb.match_nvml(inv.devices[0].name, inv.devices[0].total_bytes)
-    recs = fitsearch.recommend(budget, loaded.view, gpu=card)
+    from fmllm_tui.datafile import example_lengths
+
+    recs = fitsearch.recommend(budget, loaded.view, gpu=card, example_lengths=example_lengths(loaded.view))
     if args.json:
         print(json.dumps({"gpu": name, "budget_bytes": budget, "recommendations": [r.to_json() for r in recs]},
                          indent=2, default=str))

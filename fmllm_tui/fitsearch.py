@@ -538,6 +538,7 @@ def recommend(
     margin_bytes: int | None = None,
     include_unfit: bool = False,
     model_ids: list[str] | None = None,
+    example_lengths: list[int] | None = None,
 ) -> list[Recommendation]:
     """Which catalogue models fit ``budget_bytes`` with ``base_view``'s training settings.
 
@@ -545,7 +546,8 @@ def recommend(
     optimizer): the sequence length and LoRA rank stay as configured. Models with identical
     architectures (base and instruct) share one entry. Largest models first. A model is listed
     as fitting only when the high end of its predicted range fits the budget too (the range is
-    the memory model's own error band).
+    the memory model's own error band). ``example_lengths``: the data's, planned as config.fit
+    plans (the longest example, up to max_seq_length).
     """
     from fmllm_tui import catalogue  # deferred: a separate module with its own data file
 
@@ -553,6 +555,7 @@ def recommend(
         raise ValueError(f"the memory budget must be positive, got {budget_bytes} bytes")
     margin = default_margin(budget_bytes) if margin_bytes is None else int(margin_bytes)
     inp, _ = memory.inputs_from_view(base_view, gpu=gpu)
+    inp = replace(inp, seq_len=planning_seq_len(inp.seq_len, example_lengths)[0])  # as config.fit plans
     ids = model_ids if model_ids is not None else catalogue.known_model_ids()
     groups: dict[memory.ArchSpec, list[str]] = {}  # same shapes, same plan (base and instruct)
     for mid in ids:

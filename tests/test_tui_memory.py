@@ -14,7 +14,9 @@ from tui_support import quiet_env, screen_text, wait_until, write_config  # noqa
 
 from fmllm_tui import catalogue, memory  # noqa: E402
 from fmllm_tui.config import load_config  # noqa: E402
+from fmllm_tui.datafile import example_lengths  # noqa: E402
 from fmllm_tui.findings import CheckResult  # noqa: E402
+from fmllm_tui.fitsearch import planning_seq_len  # noqa: E402
 from fmllm_tui.tui import memplan  # noqa: E402
 from fmllm_tui.tui.app import FmllmApp  # noqa: E402
 from fmllm_tui.tui.screens.dialogs import ConfirmScreen  # noqa: E402
@@ -42,6 +44,11 @@ def arch_of(model: str) -> dict:
 def test_memory_screen_follows_keys_and_applies_through_the_fixers(cfg: Path) -> None:
     arch = arch_of(MODEL)
     base_inputs, _ = memory.inputs_from_view(load_config(cfg).view)
+    lengths = example_lengths(load_config(cfg).view)
+
+    def planned(inp: memory.PlanInputs) -> memory.PlanInputs:
+        """The screen predicts at the checks' planned length; its knob stays max_seq_length."""
+        return memory.vary(inp, seq_len=planning_seq_len(inp.seq_len, lengths)[0])
 
     async def go() -> None:
         app = FmllmApp(cfg, vram="24GiB", start_checks=False, deterministic=True)
@@ -58,7 +65,7 @@ def test_memory_screen_follows_keys_and_applies_through_the_fixers(cfg: Path) ->
                 return screen.plan
 
             assert screen.budget.bytes == 24 * GiB and screen.budget.source == "--vram"
-            want = memory.predict_inputs(base_inputs, arch).peak_process_bytes
+            want = memory.predict_inputs(planned(base_inputs), arch).peak_process_bytes
             await wait_until(pilot, lambda: f"predicted peak {human_bytes(want)}" in screen_text(app), 5, "the peak")
 
             # B doubles the micro-batch: the prediction is the model's for the new inputs
@@ -66,7 +73,8 @@ def test_memory_screen_follows_keys_and_applies_through_the_fixers(cfg: Path) ->
             await wait_until(pilot, lambda: plan().current.micro_batch == 2, 5, "B to double the micro-batch")
             # ... and halves the accumulation: the effective batch (1 x 4) is kept
             assert plan().current.grad_accum == 2 and plan().effective_batch() == (4, 4)
-            want2 = memory.predict_inputs(memory.vary(base_inputs, micro_batch=2, grad_accum=2), arch).peak_process_bytes
+            want2 = memory.predict_inputs(planned(memory.vary(base_inputs, micro_batch=2, grad_accum=2)),
+                                          arch).peak_process_bytes
             assert want2 != want
             await wait_until(pilot, lambda: f"predicted peak {human_bytes(want2)}" in screen_text(app), 5,
                              "the new peak")
@@ -113,7 +121,9 @@ def test_presets_screen_predicts_each_preset_and_applies_one(cfg: Path) -> None:
 
     loaded = load_config(cfg)
     after = render_loaded(loaded, preset_changes(loaded, "7b-10gb"))[2]
-    want = memory.predict(after.view, arch_of("Qwen/Qwen2.5-7B-Instruct")).peak_process_bytes
+    # Planned, as every face plans, at the data's longest example (up to max_seq_length).
+    seq = planning_seq_len(after.view.training.max_seq_length, example_lengths(loaded.view))[0]
+    want = memory.predict(after.view, arch_of("Qwen/Qwen2.5-7B-Instruct"), seq_len=seq).peak_process_bytes
 
     async def go() -> None:
         app = FmllmApp(cfg, gpu="RTX 3080", start_checks=False, deterministic=True)

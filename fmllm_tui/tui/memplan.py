@@ -179,24 +179,35 @@ class MemoryPlan:
     base: Any  # PlanInputs from the file
     current: Any  # PlanInputs as varied on screen
     notes: list[str] = field(default_factory=list)
+    lengths: list[int] | None = None  # tokens per example of the training data, when readable
 
     @classmethod
     def build(cls, loaded: Any, arch: dict[str, Any], arch_source: str) -> MemoryPlan:
+        from fmllm_tui.datafile import example_lengths
         from fmllm_tui.memory import inputs_from_view
 
         base, notes = inputs_from_view(loaded.view)
-        return cls(loaded, arch, arch_source, base, base, notes)
+        return cls(loaded, arch, arch_source, base, base, notes, example_lengths(loaded.view))
+
+    def planned(self, inp: Any) -> Any:
+        """``inp`` at the sequence length the checks plan for (fitsearch.planning_seq_len): the
+        seq_len knob stays max_seq_length, the prediction is for the data's longest example."""
+        from fmllm_tui.fitsearch import planning_seq_len
+        from fmllm_tui.memory import vary
+
+        seq, _why = planning_seq_len(inp.seq_len, self.lengths)
+        return inp if seq == inp.seq_len else vary(inp, seq_len=seq)
 
     def predict(self) -> Any:
         """The memory model's Prediction for the varied settings (ArchitectureError if unusable)."""
         from fmllm_tui.memory import predict_inputs
 
-        return predict_inputs(self.current, self.arch)
+        return predict_inputs(self.planned(self.current), self.arch)
 
     def predict_base(self) -> Any:
         from fmllm_tui.memory import predict_inputs
 
-        return predict_inputs(self.base, self.arch)
+        return predict_inputs(self.planned(self.base), self.arch)
 
     def move(self, knob: str, up: bool) -> None:
         self.current = step(self.current, knob, up)
@@ -222,8 +233,8 @@ class MemoryPlan:
 
         items = []
         for knob, before, after in self.changed():
-            one = predict_inputs(self.base, self.arch).peak_process_bytes - predict_inputs(
-                _with(self.base, knob, after), self.arch).peak_process_bytes
+            one = predict_inputs(self.planned(self.base), self.arch).peak_process_bytes - predict_inputs(
+                self.planned(_with(self.base, knob, after)), self.arch).peak_process_bytes
             why = f"planned in fmllm-tui's memory screen ({show(before)} -> {show(after)})"
             item: dict[str, Any] = {"key": KEYS[knob], "to": after, "why": why}
             if one > 0:
@@ -258,9 +269,12 @@ class PresetRow:
 def preset_rows(loaded: Any, offline: bool) -> list[PresetRow]:
     """Every preset with the memory model's peak for the config as that preset would leave it."""
     from fmllm_tui import catalogue, memory
+    from fmllm_tui.datafile import example_lengths
+    from fmllm_tui.fitsearch import planning_seq_len
     from fmllm_tui.fixes import PRESETS, FixError, preset_changes
     from fmllm_tui.fixes.engine import render_loaded
 
+    lengths = example_lengths(loaded.view)  # presets keep the data: planned as the checks plan it
     rows = []
     for name, pre in PRESETS.items():
         peak = low = high = None
@@ -274,7 +288,8 @@ def preset_rows(loaded: Any, offline: bool) -> list[PresetRow]:
             if arch is None:
                 err = f"no architecture for {pre.model}"
             else:
-                p = memory.predict(after.view, arch, n_gpus=pre.gpus,
+                seq, _why = planning_seq_len(after.view.training.max_seq_length, lengths)
+                p = memory.predict(after.view, arch, n_gpus=pre.gpus, seq_len=seq,
                                    mode=after.view.fmllm.distributed.mode if pre.gpus > 1 else "single")
                 peak, low, high = p.peak_process_bytes, p.low_bytes, p.high_bytes
         except (FixError, ValueError) as e:

@@ -96,7 +96,7 @@ class MemoryScreen(FmllmScreen):
                        "Hub or in its cache, and not in fmllm's catalogue (see the Checks screen).")
             return
         try:
-            plan = memplan.MemoryPlan.build(loaded, arch, source)
+            plan = await asyncio.to_thread(memplan.MemoryPlan.build, loaded, arch, source)  # reads the data
             plan.predict()
         except ValueError as e:  # memory.ArchitectureError is a ValueError
             self._fail(f"The memory model cannot use {loaded.view.base_model_name}: {e}")

@@ -1,0 +1,57 @@
+"""One number: for the same config and card, config.fit, config.multi_gpu_fit, the Memory screen,
+the Presets screen and --recommend show the same predicted peak (the "one plan" issue found
+5.55, 6.1 and 6.08 GiB for the shipped config on an RTX 3080)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from fmllm_tui import catalogue, fitsearch, gpudb, memory
+from fmllm_tui.cli_check import main
+from fmllm_tui.config import load_config
+from fmllm_tui.datafile import example_lengths
+from fmllm_tui.tui import memplan
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "Qwen/Qwen2.5-7B-Instruct"
+
+
+def test_every_face_shows_the_same_peak_for_the_shipped_config_on_an_rtx_3080(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    shutil.copytree(ROOT / "data", tmp_path / "data")
+    cfg = tmp_path / "config.yaml"
+    shutil.copy(ROOT / "config.yaml", cfg)
+    main(["--config", str(cfg), "--gpu", "RTX 3080", "--offline", "--json"])
+    checks = {c["id"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    fit = checks["config.fit"]["values"]["predicted_peak_bytes"]
+    assert checks["config.multi_gpu_fit"]["values"]["single_gpu_peak_bytes"] == fit
+
+    loaded = load_config(cfg)
+    arch = catalogue.get_architecture(MODEL)
+    plan = memplan.MemoryPlan.build(loaded, arch, "catalogue")
+    assert plan.predict().peak_process_bytes == fit  # the Memory screen
+    assert plan.current.seq_len == loaded.view.training.max_seq_length  # its knob is still the setting
+
+    # The Presets screen plans each preset's config at the same planned length.
+    lengths = example_lengths(loaded.view)
+    assert lengths and max(lengths) < loaded.view.training.max_seq_length
+    rows = {r.name: r for r in memplan.preset_rows(loaded, offline=True)}
+    from fmllm_tui.fixes import preset_changes
+    from fmllm_tui.fixes.engine import render_loaded
+
+    after = render_loaded(loaded, preset_changes(loaded, "7b-10gb"))[2]
+    want = memory.predict(after.view, arch, seq_len=fitsearch.planning_seq_len(
+        after.view.training.max_seq_length, lengths)[0]).peak_process_bytes
+    assert rows["7b-10gb"].peak_bytes == want
+
+    # --recommend plans the model at the same length: the same change set as config.fit's, and
+    # the same peak after it.
+    card = gpudb.lookup("RTX 3080")
+    (rec,) = fitsearch.recommend(card.usable_bytes, loaded.view, gpu=card, model_ids=[MODEL],
+                                 example_lengths=lengths, include_unfit=True)
+    fit_after = checks["config.fit"]["values"]["fit"]
+    assert rec.peak_process_bytes == fit_after["predicted_peak_after_bytes"]
+    assert [(c["key"], c["to"]) for c in rec.changes] == [(c["key"], c["to"]) for c in fit_after["changes"]]
