@@ -70,8 +70,13 @@ def test_config_fit(report, loaded, target, architecture, fit_plan):
             report.fail(f"does not fit: {head}. {msg}{unsafe}", fix)
         more = ""
         if mode == "single":
-            more = (" It needs more GPU memory than one card has: try a smaller model (fmllm-check --recommend), "
-                    "or several GPUs with fmllm.distributed.mode: fsdp (preset 70b-multi-gpu).")
+            alts = _alternatives(loaded, target, lengths)
+            report.set(alternatives=alts)
+            listed = "; ".join(f"{a['what']} (predicted {_gib(a['peak_bytes'])})" for a in alts)
+            more = (" Nothing sensible fits one such card. " + (f"What does: {listed}. " if listed else "")
+                    + "None is applied for you: a preset with fmllm-check --preset NAME, another model by hand "
+                    "(fmllm-check --recommend lists more), or FSDP over several GPUs if you have them "
+                    "(fmllm.distributed.mode: fsdp, num_processes: N; see config.multi_gpu_fit).")
         report.fail(f"does not fit, even with every memory saving: {head}. {fit.message}{more}")
     if fix is not None and fit.speedup >= 1.3:
         report.warn(f"fits with room to spare: {head}. {fit.message} Predicted {fit.speedup:.1f}x the tokens/s.", fix)
@@ -138,3 +143,30 @@ def test_ram(report, loaded, architecture):
         report.warn(f"{_gib(avail)} of RAM available, loading needs about {_gib(need)}: the kernel may kill the "
                     "run while loading shards ('Killed'). Close other programs or add swap.")
     report.ok(f"{_gib(avail)} of RAM available; loading needs about {_gib(need)}")
+
+
+def _alternatives(loaded, target, lengths, limit: int = 3) -> list[dict]:
+    """What fits the card instead, with predicted peaks: presets (as they would leave this config),
+    then the largest catalogue models with this config's settings (fitsearch.recommend)."""
+    from fmllm_tui.fixes import PRESETS, FixError, preset_changes
+    from fmllm_tui.fixes.engine import render_loaded
+
+    from fmllm_tui import catalogue, fitsearch, memory
+
+    limit_bytes = target.budget_bytes - fitsearch.default_margin(target.budget_bytes)
+    out: list[dict] = []
+    for name, pre in PRESETS.items():
+        pre_arch = catalogue.get_architecture(pre.model)
+        if pre.gpus > 1 or pre_arch is None:
+            continue
+        try:
+            after = render_loaded(loaded, preset_changes(loaded, name))[2]
+            seq = fitsearch.planning_seq_len(after.view.training.max_seq_length, lengths)[0]
+            pred = memory.predict(after.view, pre_arch, seq_len=seq, gpu=target.card)
+        except (FixError, ValueError):
+            continue
+        if pred.high_bytes <= target.budget_bytes and pred.peak_process_bytes <= limit_bytes:
+            out.append({"kind": "preset", "what": f"preset {name} ({pre.model})", "peak_bytes": pred.peak_process_bytes})
+    recs = fitsearch.recommend(target.budget_bytes, loaded.view, gpu=target.card, example_lengths=lengths)
+    out += [{"kind": "model", "what": r.model_id, "peak_bytes": r.peak_process_bytes} for r in recs[:limit]]
+    return out[: limit + 2]

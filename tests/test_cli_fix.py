@@ -182,3 +182,21 @@ def test_a_sequence_cut_that_truncates_the_data_is_offered_never_applied(tmp_pat
     main([*args, "--fix"])
     out = capsys.readouterr().out
     assert cfg.read_text() == before, out  # nothing written: the only fix on offer is unsafe
+
+
+def test_when_nothing_fits_one_card_the_finding_lists_what_does_and_applies_none(tmp_path, capsys):
+    cfg = shipped_copy(tmp_path)
+    cfg.write_text(cfg.read_text().replace("Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-72B-Instruct"))
+    args = ("--config", str(cfg), "--gpu", "RTX 3080", "--offline", "--only", "config.fit")
+    code, res = statuses(capsys, *args)
+    fit = res["config.fit"]
+    assert code == 1 and fit["status"] == "fail" and fit["fix"] is None
+    alts = fit["values"]["alternatives"]
+    budget = fit["values"]["budget_bytes"]
+    assert any(a["kind"] == "preset" and "7b-10gb" in a["what"] for a in alts)
+    assert any(a["kind"] == "model" for a in alts) and all(0 < a["peak_bytes"] < budget for a in alts)
+    assert "Nothing sensible fits one such card" in fit["finding"] and "None is applied for you" in fit["finding"]
+    before = cfg.read_text()
+    main([*args, "--fix"])
+    capsys.readouterr()
+    assert cfg.read_text() == before
