@@ -20,15 +20,26 @@ _NOT_SECRET = {"max_tokens", "pad_token", "eos_token", "bos_token", "unk_token",
                "tokenizer", "tokenizer_name", "key", "sort_key", "token_count", "max_new_tokens",
                "add_special_tokens", "special_tokens"}
 HF_TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{8,}\b")
-_URL_CRED_RE = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@", re.I)
+# The password runs to the last '@' before the host (it may hold '@' and '/' itself).
+_URL_CRED_RE = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^\s]*)@(?=[^@\s]*(?:\s|$))",
+                          re.I)
 _BEARER_RE = re.compile(r"(?i)(authorization:\s*bearer\s+|bearer\s+)([A-Za-z0-9._~+/=-]{8,})")
+
+
+# "tokens" (plural) names a count or a length (planned_tokens_per_example, tokens_per_second)
+# unless a secret's kind comes with it (api_tokens, auth_tokens, access_tokens, ...).
+_TOKEN_COUNT = re.compile(r"tokens", re.IGNORECASE)
+_SECRET_TOKENS = re.compile(r"(api|auth|access|secret|bearer|refresh|hf|id)[_-]?tokens", re.IGNORECASE)
 
 
 def is_secret_key(key: str) -> bool:
     k = str(key)
     if k.lower() in _NOT_SECRET:
         return False
-    return bool(_SECRET_KEY.search(k))
+    hits = {m.group(0).lower() for m in _SECRET_KEY.finditer(k)}
+    if hits == {"token"} and _TOKEN_COUNT.search(k) and not _SECRET_TOKENS.search(k):
+        return False
+    return bool(hits)
 
 
 def mask_text(text: str, extra_secrets: list[str] | None = None) -> str:
@@ -42,13 +53,15 @@ def mask_text(text: str, extra_secrets: list[str] | None = None) -> str:
     return out
 
 
-def mask_data(obj: Any, _key: str | None = None) -> Any:
-    """Copy of a nested dict/list with secret-named values replaced by ``***``."""
+def mask_data(obj: Any, _secret: bool = False) -> Any:
+    """Copy of a nested dict/list with secret-named values replaced by ``***``: every value under
+    a secret-named key, lists and sections of them included (``credentials: [...]``)."""
     if isinstance(obj, dict):
-        return {k: (MASK if is_secret_key(str(k)) and obj[k] not in (None, "") and not isinstance(obj[k], (dict, list))
-                    else mask_data(v, str(k))) for k, v in obj.items()}
+        return {k: mask_data(v, _secret or is_secret_key(str(k))) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [mask_data(v, _key) for v in obj]
+        return [mask_data(v, _secret) for v in obj]
+    if _secret and obj not in (None, "") and not isinstance(obj, bool):
+        return MASK
     if isinstance(obj, str):
         return mask_text(obj)
     return obj
@@ -58,18 +71,15 @@ def secret_values(obj: Any) -> list[str]:
     """Every scalar value under a secret-named key (to mask them where they appear as text)."""
     found: list[str] = []
 
-    def walk(o: Any) -> None:
+    def walk(o: Any, secret: bool) -> None:
         if isinstance(o, dict):
             for k, v in o.items():
-                if is_secret_key(str(k)) and isinstance(v, (str, int)) and not isinstance(v, bool):
-                    s = str(v)
-                    if len(s) >= 4:
-                        found.append(s)
-                else:
-                    walk(v)
+                walk(v, secret or is_secret_key(str(k)))
         elif isinstance(o, list):
             for v in o:
-                walk(v)
+                walk(v, secret)
+        elif secret and isinstance(o, (str, int)) and not isinstance(o, bool) and len(str(o)) >= 4:
+            found.append(str(o))
 
-    walk(obj)
+    walk(obj, False)
     return found

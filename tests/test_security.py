@@ -121,3 +121,39 @@ def test_run_directory_is_private_and_masked(tmp_path, capsys, tiny_model_dir, m
     text = json.dumps(resolved)
     assert "***" in text and "hooks.example.com" in text  # masked, not dropped
     assert os.environ.get("HF_TOKEN") == HF  # passed through to the child, never written down
+
+
+LIST_SECRETS = ["s3cret-list-value-1", "s3cret-list-value-2"]
+
+
+def test_secrets_in_lists_and_sections_under_secret_names_are_masked(tmp_path, capsys):
+    """Issue 22: a LIST under a secret-named key showed in the run folder's config.json and next
+    to a change in the --fix --dry-run diff."""
+    data = mask_data({"credentials": [LIST_SECRETS[0], {"user": "x", "pw": LIST_SECRETS[1]}],
+                      "auth": {"kind": "basic", "value": "abcd1234"}, "ok": ["plain"]})
+    assert data == {"credentials": ["***", {"user": "***", "pw": "***"}], "auth": {"kind": "***", "value": "***"},
+                    "ok": ["plain"]}
+    from fmllm_tui.redact import secret_values
+
+    assert set(LIST_SECRETS) <= set(secret_values({"api_keys": [LIST_SECRETS[0]], "a": {"tokens": [1],
+                                                                                         "credentials": [LIST_SECRETS[1]]}}))
+    cfg = make_config(tmp_path)
+    # A secret list right beside the changed line, so the diff's context shows it.
+    cfg.write_text(cfg.read_text().replace(
+        "    bnb_4bit_compute_dtype: float16\n",
+        f"    bnb_4bit_compute_dtype: float16\napi_keys: [{LIST_SECRETS[0]}, {LIST_SECRETS[1]}]\n", 1))
+    main(["--config", str(cfg), "--gpu", "RTX 3090", "--offline", "--fix", "--dry-run", "--only", "gpu.bf16"])
+    out = capsys.readouterr()
+    assert "bnb_4bit_compute_dtype: bfloat16" in out.out
+    for s in LIST_SECRETS:
+        assert s not in out.out + out.err
+
+
+def test_counts_named_tokens_are_not_secrets_and_url_passwords_are_masked_whole():
+    for k in ("planned_tokens_per_example", "tokens_per_second", "train_tokens"):
+        assert not is_secret_key(k), k
+    for k in ("api_tokens", "auth_tokens", "hf_token", "access_tokens"):
+        assert is_secret_key(k), k
+    for pw in ("p@ss/word", "a/b@c", "plain"):
+        out = mask_text(f"db: postgres://app:{pw}@db.local/x and more")
+        assert pw not in out and "postgres://app:***@db.local/x and more" in out, out
