@@ -310,13 +310,15 @@ def test_train_command_args_arrive_literally(tmp_path: Path, tiny_model_dir: Pat
         json.dump({"argv": sys.argv[1:], "cwd": os.getcwd(), "metrics": os.environ["FMLLM_METRICS"]}, open(out, "w"))
         print("my trainer ran")
     """))
-    argv = json.dumps([sys.executable, "my_train.py", *HOSTILE])
+    token = "hf_" + "Ab1" * 10  # a token passed on the command line: given to the trainer, never logged
+    argv = json.dumps([sys.executable, "my_train.py", *HOSTILE, token])
     cfg = write_config(tmp_path, tiny_model_dir, fmllm=f"train_command: {argv}\n")
     run_dir = start(load_config(cfg), "train")
     rec = wait(run_dir, timeout=60)
     assert rec and rec["status"] == "ok", (run_dir / rd.LOG).read_text()
     got = json.loads((run_dir / "argv.json").read_text())
-    assert got["argv"] == HOSTILE
+    assert got["argv"] == [*HOSTILE, token]
+    assert token not in (run_dir / rd.LOG).read_text() and "[fmllm] starting:" in (run_dir / rd.LOG).read_text()
     assert got["cwd"] == str(tmp_path)  # relative script paths are read from the config's folder
     assert got["metrics"] == str(run_dir / rd.METRICS)
     assert "my trainer ran" in (run_dir / rd.LOG).read_text()

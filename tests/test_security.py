@@ -114,6 +114,10 @@ def test_run_directory_is_private_and_masked(tmp_path, capsys, tiny_model_dir, m
     doc = json.loads(capsys.readouterr().out)
     run_dir = Path(doc["checks"][0]["values"]["run_dir"])
     assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    # Every file of the run is private, train.log included (it was 0644: opened before the umask).
+    loose = {str(f.relative_to(run_dir)): oct(stat.S_IMODE(f.stat().st_mode)) for f in run_dir.rglob("*")
+             if f.is_file() and stat.S_IMODE(f.stat().st_mode) & 0o077}
+    assert not loose, loose
     for f in run_dir.rglob("*"):
         if f.is_file() and f.suffix in (".json", ".jsonl", ".log", ".txt", ".yaml"):
             assert_clean(f.read_text(errors="replace"), str(f.relative_to(run_dir)))

@@ -230,7 +230,7 @@ def _train_argv(run_dir: Path, resume: bool, distributed: dict[str, Any] | None)
 
 
 def _spawn_supervisor(run_dir: Path) -> int:
-    log = open(run_dir / rd.LOG, "ab")
+    log = rd.open_private_append(run_dir / rd.LOG)  # private like the folder (this process's umask is the user's)
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "fmllm_tui.runner.supervise", str(run_dir)],

@@ -95,3 +95,13 @@ def log_line(run_dir: str | os.PathLike[str], text: str) -> None:
 def adapter_complete(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is an adapter folder whose save finished (its marker was written last)."""
     return (Path(path) / COMPLETE_MARKER).is_file()
+
+
+def open_private_append(path: Path, buffering: int = -1) -> Any:
+    """``path`` opened for appending bytes, created 0600 (a run's files are the user's alone)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an older file keeps its mode otherwise
+    except OSError:
+        pass
+    return os.fdopen(fd, "ab", buffering=buffering)

@@ -105,7 +105,7 @@ def supervise(run_dir: Path) -> int:
     env = dict(os.environ)
     env.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
     started = time.time()
-    log = open(run_dir / rd.LOG, "ab", buffering=0)
+    log = rd.open_private_append(run_dir / rd.LOG, buffering=0)
     stop_path = run_dir / rd.STOP_REQUEST
     child: subprocess.Popen[bytes] | None = None
 
@@ -131,7 +131,9 @@ def supervise(run_dir: Path) -> int:
         if stop_path.exists():
             # fmllm-run stop came before the training process started: do not start it.
             raise _StoppedBeforeStart
-        log.write(f"[fmllm] starting: {' '.join(argv)}\n".encode())
+        from fmllm_tui.redact import mask_text
+
+        log.write(f"[fmllm] starting: {mask_text(' '.join(argv))}\n".encode())  # a token in train_command
         child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  env=env, cwd=spec.get("cwd") or None, preexec_fn=_default_signals)
         rd.write_text_atomic(run_dir / rd.CHILD_PID, f"{child.pid}\n")
