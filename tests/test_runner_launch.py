@@ -379,9 +379,12 @@ def test_follower_keeps_partial_lines_for_later(tmp_path: Path) -> None:
         (0, None, False, None, "ok"),
         (0, None, True, None, "stopped"),
         (-15, None, True, None, "stopped"),
-        (-9, None, False, None, "failed"),
+        (-9, None, False, None, "killed"),  # killed from outside, unasked: killed, not failed (issue 22)
+        (-15, None, False, None, "killed"),
+        (137, None, False, None, "killed"),
+        (-11, None, False, None, "failed"),  # a crash's own signal
         (1, None, False, [{"pattern": "cuda_oom", "severity": "error"}], "oom"),
-        (-9, None, False, [{"pattern": "host_oom", "severity": "error"}], "failed"),
+        (-9, None, False, [{"pattern": "host_oom", "severity": "error"}], "killed"),  # the diagnosis says why
         (1, {"status": "ok"}, False, None, "failed"),
     ],
 )

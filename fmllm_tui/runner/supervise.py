@@ -46,15 +46,19 @@ def decide_status(returncode: int, outcome: dict[str, Any] | None, stop_requeste
         return "stopped" if stop_requested else "ok"
     if returncode < 0 and stop_requested:
         return "stopped" if -returncode in (signal.SIGTERM, signal.SIGINT) else "killed"
-    if returncode in (-signal.SIGKILL, 137):
-        pass  # killed from outside (often the host's OOM killer): the diagnosis says more
     for hit in diagnosis or []:
         # logdiag's GPU memory patterns: cuda_oom, cuda_oom_eval, cuda_oom_loading, ... (host_oom is RAM).
         if str(hit.get("pattern", "")).startswith(("cuda_oom", "mps_oom")) and hit.get("severity") != "warning":
             return "oom"
     if stop_requested:
         return "stopped"
+    if -returncode in _KILL_SIGNALS or returncode == 137:
+        return "killed"  # from outside, nobody asked fmllm (often the host's OOM killer): the diagnosis says more
     return "failed"
+
+
+# Signals that end a process from outside; a crash's own signals (SIGSEGV, SIGABRT, SIGBUS) are failures.
+_KILL_SIGNALS = {int(signal.SIGKILL), int(signal.SIGTERM), int(signal.SIGINT), int(signal.SIGHUP), int(signal.SIGQUIT)}
 
 
 def rank_outcomes(run_dir: Path, started: float) -> list[dict[str, Any]]:
