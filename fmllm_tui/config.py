@@ -727,7 +727,10 @@ def _describe(error: dict[str, Any]) -> tuple[str, str | None]:
     etype = error["type"]
     ctx = error.get("ctx") or {}
     found = error.get("input")
-    shown = "nothing (empty value)" if found is None else repr(found)
+    from fmllm_tui.redact import mask_data
+
+    # A section pasted where a value belongs may hold secrets (password: ...): masked in the message.
+    shown = "nothing (empty value)" if found is None else repr(mask_data(found))
     if etype == "literal_error":
         expected = ctx.get("expected", "")
         options = re.findall(r"'([^']*)'", expected)

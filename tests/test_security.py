@@ -104,6 +104,13 @@ def test_invalid_config_message_masks_secret_values(tmp_path, capsys):
     out = capsys.readouterr()
     assert code == 2 and "whole number" in out.err
     assert HF not in out.out + out.err
+    # A section of secrets where a value belongs (issue 22): named in the error, values masked.
+    cfg.write_text("fine_tuning:\n  base_model_name: m\n  lora:\n    r: {password: supersecretvalue1}\n"
+                   "    target_modules: [q_proj, {api_key: supersecretvalue2}]\n")
+    code = main(["--config", str(cfg), "--vram", "24GiB"])
+    out = capsys.readouterr()
+    assert code == 2 and "found {'password': '***'}, expected a whole number" in out.err
+    assert "supersecretvalue" not in out.out + out.err
 
 
 @pytest.mark.slow
