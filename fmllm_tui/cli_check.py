@@ -83,6 +83,11 @@ def format_change(c: Change) -> str:
     return f"{c.key}: {_fmt_value(c.from_) if c.from_ is not None else '(unset)'} -> {_fmt_value(c.to)}"
 
 
+def warnings(n: int) -> str:
+    """'1 warning', '3 warnings'."""
+    return f"{n} warning" + ("" if n == 1 else "s")
+
+
 def render_human(results: list[CheckResult], stream: TextIO, *, header: str = "",
                  fix_command: str = "fmllm-check --fix") -> None:
     """The text report; ``fix_command`` is the "apply with" hint (with the flags of this run)."""
@@ -118,7 +123,7 @@ def render_human(results: list[CheckResult], stream: TextIO, *, header: str = ""
             w(f"      {first}\n")
     s = summarize(results)
     w(
-        f"\n{s['pass']} passed, {s['warn']} warnings, {s['fail']} failed, {s['skip']} skipped, "
+        f"\n{s['pass']} passed, {warnings(s['warn'])}, {s['fail']} failed, {s['skip']} skipped, "
         f"{s['crash']} crashed\n"
     )
 
@@ -453,8 +458,8 @@ def _report(args: argparse.Namespace, config_path: Path, state: dict[str, Any], 
         if fix_report is not None and before is not None and not args.dry_run and fix_report["applied"]:
             sb, sa = summarize(before), summarize(results)
             after = "after (partial)" if interrupted else "after"
-            header += (f"\nbefore --fix: {sb['fail']} failed, {sb['warn']} warnings; "
-                       f"{after}: {sa['fail']} failed, {sa['warn']} warnings")
+            header += (f"\nbefore --fix: {sb['fail']} failed, {warnings(sb['warn'])}; "
+                       f"{after}: {sa['fail']} failed, {warnings(sa['warn'])}")
         render_human(results, sys.stdout, header=header, fix_command=command_hint("--fix", *hint_flags))
         if interrupted:
             print(interrupted_note(results, state["planned"]), file=sys.stdout)

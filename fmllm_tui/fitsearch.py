@@ -445,13 +445,15 @@ def _fit_inputs(
         message = (f"fits: predicted peak {before.peak_process_bytes / gib:.1f} GiB of {budget_bytes / gib:.1f} GiB "
                    f"({(limit - before.peak_process_bytes) / gib:.1f} GiB to spare after the margin)")
     elif fits_now:
-        message = (f"fits with room to spare; {len(changes)} change(s) use it for a predicted {speedup:.2f}x "
-                   f"tokens/s (peak {before.peak_process_bytes / gib:.1f} -> {after.peak_process_bytes / gib:.1f} GiB "
+        # The verdict ("fits with room to spare", "does not fit") is the caller's first words: the
+        # message says only what the change set does.
+        message = (f"{len(changes)} change(s) use the room for a predicted {speedup:.2f}x the tokens/s "
+                   f"(peak {before.peak_process_bytes / gib:.1f} -> {after.peak_process_bytes / gib:.1f} GiB "
                    f"of {budget_bytes / gib:.1f} GiB)")
     else:
-        message = (f"does not fit: predicted peak {before.peak_process_bytes / gib:.1f} GiB, budget "
-                   f"{budget_bytes / gib:.1f} GiB less a {margin_bytes / gib:.2f} GiB margin; {len(changes)} change(s) "
-                   f"bring it to {after.peak_process_bytes / gib:.1f} GiB (relative speed {speedup:.2f}x)")
+        message = (f"{len(changes)} change(s) bring the peak from {before.peak_process_bytes / gib:.1f} to "
+                   f"{after.peak_process_bytes / gib:.1f} GiB, within {budget_bytes / gib:.1f} GiB less a "
+                   f"{margin_bytes / gib:.2f} GiB margin, at {speedup:.2f}x the tokens/s")
         if tier >= 3 and trunc is not None:
             message += f"; the shorter max_seq_length truncates {trunc:.1%} of the examples"
     settings = {KEYS[k]: getattr(after_plan, k) for k in ORDER if k not in ("lora_alpha",)}

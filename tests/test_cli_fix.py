@@ -31,7 +31,7 @@ def test_fix_applies_then_rechecks_and_keeps_comments(tmp_path, capsys):
     code = main(["--config", str(cfg), "--gpu", "RTX 3090", "--offline", "--fix", "--only", "gpu.bf16"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "before --fix: 0 failed, 1 warnings; after: 0 failed, 0 warnings" in out
+    assert "before --fix: 0 failed, 1 warning; after: 0 failed, 0 warnings" in out
     new = cfg.read_text()
     assert "bnb_4bit_compute_dtype: bfloat16 # bfloat16 on Ampere" in new
     # Only that value changed: every other line, comments included, is byte-identical.

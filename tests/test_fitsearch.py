@@ -64,7 +64,7 @@ def test_grows_the_micro_batch_when_memory_is_plentiful() -> None:
     assert res.speedup > 1.5 and res.relative_speed_after > res.relative_speed_before
     grow = next(c for c in res.changes if c["key"] == "training.per_device_train_batch_size")
     assert grow["saving_bytes"] < 0  # it spends memory
-    assert "fits with room to spare" in res.message
+    assert "use the room for a predicted" in res.message and "fits with room to spare" not in res.message
 
 
 def test_no_changes_when_it_fits_and_cannot_go_faster() -> None:
