@@ -29,6 +29,11 @@ def test_model_available(report, loaded, model_status):
     if st.kind == "not_found" and st.suggestions:
         fix = planned_fix(loaded, "model.id", {"suggestions": st.suggestions},
                           summary=f"headless --fix takes the top suggestion, {st.suggestions[0]}")
+    elif st.kind == "offline_missing" and st.suggestions:
+        # Offline, a likely typo cannot be confirmed: the suggestion is offered, never applied by --fix.
+        fix = planned_fix(loaded, "model.id", {"suggestions": st.suggestions}, summary=st.remedy or "")
+        if fix is not None:
+            fix.safe = False
     elif st.remedy:
         fix = Fix(id=f"model.{st.kind}", shell=st.remedy)
     text = st.message

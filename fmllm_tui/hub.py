@@ -332,9 +332,14 @@ def _check_cache(model_id: str, revision: str | None, *, offline_reason: str) ->
             suggestions = catalogue.rank_ids(model_id, [*cached_model_ids(), *catalogue.known_model_ids()])
         elif known != model_id:
             suggestions = [known]
-        return ModelStatus(model_id, "offline_missing", False, msg,
-                           remedy=f"download it while online (`hf download {model_id}`), "
-                                  "or turn offline mode off (unset HF_HUB_OFFLINE / drop --offline)",
+        if not known and suggestions:
+            # Likely a typo: offline, fmllm cannot tell, so it does not send anyone to download it.
+            remedy = (f"check the id: fmllm does not know {model_id!r} and cannot ask the Hub offline; did you mean "
+                      f"{suggestions[0]}? If the id is right, download it while online (`hf download {model_id}`)")
+        else:
+            remedy = (f"download it while online (`hf download {model_id}`), "
+                      "or turn offline mode off (unset HF_HUB_OFFLINE / drop --offline)")
+        return ModelStatus(model_id, "offline_missing", False, msg, remedy=remedy,
                            suggestions=suggestions, revision=revision)
     files = _snapshot_files(snap)
     has_st, pickle_only = weight_summary(files)

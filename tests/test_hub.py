@@ -212,8 +212,11 @@ def test_offline_cache_hit_and_miss(hub, monkeypatch):
     s = check_model("Qwen/Qwen2.5-15B-Instruct")
     assert (s.kind, s.ok) == ("offline_missing", False)
     assert s.suggestions[0] == "Qwen/Qwen2.5-14B-Instruct"  # from the catalogue
-    assert "hf download" in s.remedy
-    assert check_model("Qwen/Qwen2.5-7B-Instruct").suggestions == []  # a right id needs no did-you-mean
+    # A likely typo offline: the remedy leads with the id to check, not a download of the typo.
+    assert s.remedy.startswith("check the id") and "did you mean Qwen/Qwen2.5-14B-Instruct?" in s.remedy
+    right = check_model("Qwen/Qwen2.5-7B-Instruct")
+    assert right.suggestions == []  # a right id needs no did-you-mean
+    assert right.remedy.startswith("download it while online (`hf download Qwen/Qwen2.5-7B-Instruct`)")
     assert not hub.requests
 
 

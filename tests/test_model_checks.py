@@ -120,3 +120,19 @@ def test_pickle_only_weights_warn(tmp_path, capsys, hub_server):
     code, checks = run(tmp_path, capsys, "acme/old-model", only=("security.pickle_weights",))
     c = checks["security.pickle_weights"]
     assert c["status"] == "warn" and "pickle" in c["finding"] and "safe_serialization" in c["finding"]
+
+
+def test_offline_typo_offers_the_catalogue_id_but_never_applies_it(tmp_path, capsys, monkeypatch):
+    """Offline, a misspelt id used to get 'download it' (hf download of the typo) as its fix."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    code, checks = run(tmp_path, capsys, "Qwen/Qwen2.5-15B-Instruct", only=("model.available",))
+    av = checks["model.available"]
+    assert code == 1 and av["status"] == "fail"
+    assert av["fix"]["id"] == "model.id" and av["fix"]["safe"] is False
+    assert av["fix"]["changes"][0]["to"] == "Qwen/Qwen2.5-14B-Instruct"
+    assert not (av["fix"].get("shell") or "").startswith("hf download")
+    before = (tmp_path / "config.yaml").read_text()
+    main(["--config", str(tmp_path / "config.yaml"), "--only", "model.available", "--fix"])
+    capsys.readouterr()
+    assert (tmp_path / "config.yaml").read_text() == before
