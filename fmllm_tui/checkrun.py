@@ -27,6 +27,23 @@ def checks_dir() -> Path:
     return Path(checks.__file__).resolve().parent
 
 
+def finding_flags(*, gpu: str | None, vram: str | None, offline: bool, logs: Any = (), only: Any = ()) -> list[str]:
+    """fmllm-check's flags that shape the findings (not the config path), as argv words: one
+    spelling for the TUI's child run and the commands fmllm-check prints."""
+    words: list[str] = []
+    if gpu:
+        words += ["--gpu", gpu]
+    if vram:
+        words += ["--vram", vram]
+    if offline:
+        words.append("--offline")
+    if logs:
+        words += ["--log", *logs]
+    if only:
+        words += ["--only", *only]
+    return words
+
+
 @dataclass
 class RunOptions:
     config: str

@@ -133,19 +133,12 @@ def rerun_flags(args: argparse.Namespace, config_path: Path) -> list[str]:
     the config (unless it is the plain default), ``--gpu``/``--vram``, ``--offline``, ``--log`` and
     ``--only``. Not ``--test``: a fix command would train again for nothing."""
     words: list[str] = []
+    from fmllm_tui.checkrun import finding_flags
+
     if os.environ.get("FMLLM_CONFIG") or Path(config_path) != Path("config.yaml"):
         words += ["-c", _path_word(str(config_path))]
-    if args.gpu:
-        words += ["--gpu", args.gpu]
-    if args.vram:
-        words += ["--vram", args.vram]
-    if args.offline:
-        words.append("--offline")
-    if args.log:
-        words += ["--log", *(_path_word(f) for f in args.log)]
-    if args.only:
-        words += ["--only", *args.only]
-    return words
+    return words + finding_flags(gpu=args.gpu, vram=args.vram, offline=args.offline,
+                                 logs=[_path_word(f) for f in args.log or []], only=args.only)
 
 
 def _path_word(path: str) -> str:

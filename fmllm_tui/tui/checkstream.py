@@ -34,17 +34,10 @@ class CheckRunSpec:
 
     def argv(self, report: Path) -> list[str]:
         """The child's command line, writing its event stream to ``report``."""
-        argv = [sys.executable, "-m", "fmllm_tui.cli_check", "--config", self.config,
-                "--report", str(report), "--json"]
-        if self.gpu:
-            argv += ["--gpu", self.gpu]
-        if self.vram:
-            argv += ["--vram", self.vram]
-        if self.offline:
-            argv.append("--offline")
-        if self.logs:
-            argv += ["--log", *self.logs]
-        return argv
+        from fmllm_tui.checkrun import finding_flags
+
+        return [sys.executable, "-m", "fmllm_tui.cli_check", "--config", self.config, "--report", str(report),
+                "--json", *finding_flags(gpu=self.gpu, vram=self.vram, offline=self.offline, logs=self.logs)]
 
 
 def child_env() -> dict[str, str]:
