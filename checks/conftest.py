@@ -168,9 +168,10 @@ def data_report(loaded):
 def planned_seq_len(loaded, data_report) -> tuple[int, str | None]:
     """The sequence length every check plans for (fitsearch.planning_seq_len: the data's longest
     example when known, else max_seq_length), and why when it is not max_seq_length."""
+    from fmllm_tui.datafile import lengths_of
     from fmllm_tui.fitsearch import planning_seq_len
 
-    lengths = data_report.lengths if data_report is not None and data_report.rows else None
+    lengths = lengths_of(data_report)
     return planning_seq_len(loaded.view.training.max_seq_length, lengths)
 
 
@@ -209,6 +210,7 @@ class FitPlan:
 def fit_plan(loaded, target, architecture, data_report, inventory, planned_seq_len) -> FitPlan:
     """The fit search for the config on the target (skips when the architecture is unknown)."""
     from fmllm_tui import fitsearch
+    from fmllm_tui.datafile import lengths_of
 
     arch, _source = architecture
     if arch is None:
@@ -219,6 +221,6 @@ def fit_plan(loaded, target, architecture, data_report, inventory, planned_seq_l
         from fmllm_tui.runner.distributed import fsdp_view
 
         v = fsdp_view(v)  # as the FSDP runner trains it: the input embedding stays on the GPUs
-    lengths = data_report.lengths if data_report is not None and data_report.rows else None
+    lengths = lengths_of(data_report)
     fit = fitsearch.fit(v, arch, target.budget_bytes, example_lengths=lengths, gpu=target.card, mode=mode, n_gpus=n)
     return FitPlan(mode, n, v, fit, lengths)

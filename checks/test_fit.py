@@ -148,22 +148,18 @@ def test_ram(report, loaded, architecture):
 def _alternatives(loaded, target, lengths, limit: int = 3) -> list[dict]:
     """What fits the card instead, with predicted peaks: presets (as they would leave this config),
     then the largest catalogue models with this config's settings (fitsearch.recommend)."""
-    from fmllm_tui.fixes import PRESETS, FixError, preset_changes
-    from fmllm_tui.fixes.engine import render_loaded
+    from fmllm_tui.fixes import PRESETS, FixError
 
-    from fmllm_tui import catalogue, fitsearch, memory
+    from fmllm_tui import fitsearch
 
     limit_bytes = target.budget_bytes - fitsearch.default_margin(target.budget_bytes)
     out: list[dict] = []
     for name, pre in PRESETS.items():
-        pre_arch = catalogue.get_architecture(pre.model)
-        if pre.gpus > 1 or pre_arch is None:
+        if pre.gpus > 1:
             continue
         try:
-            after = render_loaded(loaded, preset_changes(loaded, name))[2]
-            seq = fitsearch.planning_seq_len(after.view.training.max_seq_length, lengths)[0]
-            pred = memory.predict(after.view, pre_arch, seq_len=seq, gpu=target.card)
-        except (FixError, ValueError):
+            pred = fitsearch.preset_prediction(loaded, name, lengths, gpu=target.card)
+        except (LookupError, FixError, ValueError):
             continue
         if pred.high_bytes <= target.budget_bytes and pred.peak_process_bytes <= limit_bytes:
             out.append({"kind": "preset", "what": f"preset {name} ({pre.model})", "peak_bytes": pred.peak_process_bytes})

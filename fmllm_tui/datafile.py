@@ -126,16 +126,18 @@ def inspect_data(path: str, data_format: str, *, model: str | None = None, limit
     return rep
 
 
+def lengths_of(rep: DataReport | None) -> list[int] | None:
+    """A report's tokens per example, or None when there is no report or it holds no row."""
+    return list(rep.lengths) if rep is not None and rep.rows else None
+
+
 def example_lengths(view: Any) -> list[int] | None:
     """Tokens per example of the config's training data (what the fit plans from:
     fitsearch.planning_seq_len), or None when the file is not there or holds no row."""
-    import os
-
     path = getattr(view, "data_file", None)
     if not path or not os.path.isfile(path):
         return None
     try:
-        rep = inspect_data(path, view.data_format, model=view.base_model_name)
+        return lengths_of(inspect_data(path, view.data_format, model=view.base_model_name))
     except OSError:
         return None
-    return list(rep.lengths) if rep.rows else None

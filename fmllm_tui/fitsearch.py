@@ -594,3 +594,24 @@ def recommend(
         ))
     out.sort(key=lambda r: (-r.params, r.model_id.lower()))
     return out if include_unfit else [r for r in out if r.fits]
+
+
+def preset_prediction(loaded: Any, name: str, lengths: list[int] | None, *, gpu: GpuCard | None = None,
+                      arch_for: Any = None) -> memory.Prediction:
+    """The memory model's prediction for ``loaded`` as preset ``name`` would leave it, at the length
+    the checks plan for (``planning_seq_len`` with the data's ``lengths``). The architecture is the
+    catalogue's for the preset's model, else ``arch_for(view)``. Raises LookupError when there is
+    none, FixError or ValueError when the preset or the model cannot be planned."""
+    from fmllm_tui import catalogue
+    from fmllm_tui.fixes import PRESETS, preset_changes
+    from fmllm_tui.fixes.engine import render_loaded
+
+    pre = PRESETS[name]
+    changes = preset_changes(loaded, name)
+    after = render_loaded(loaded, changes)[2] if changes else loaded
+    arch = catalogue.get_architecture(pre.model) or (arch_for(after.view) if arch_for else None)
+    if arch is None:
+        raise LookupError(f"no architecture for {pre.model}")
+    seq = planning_seq_len(after.view.training.max_seq_length, lengths)[0]
+    return memory.predict(after.view, arch, n_gpus=pre.gpus, seq_len=seq, gpu=gpu,
+                          mode=after.view.fmllm.distributed.mode if pre.gpus > 1 else "single")

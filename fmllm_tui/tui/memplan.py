@@ -267,31 +267,22 @@ class PresetRow:
 
 
 def preset_rows(loaded: Any, offline: bool) -> list[PresetRow]:
-    """Every preset with the memory model's peak for the config as that preset would leave it."""
-    from fmllm_tui import catalogue, memory
+    """Every preset with the memory model's peak for the config as that preset would leave it
+    (fitsearch.preset_prediction: planned as the checks plan, at the data's longest example)."""
     from fmllm_tui.datafile import example_lengths
-    from fmllm_tui.fitsearch import planning_seq_len
-    from fmllm_tui.fixes import PRESETS, FixError, preset_changes
-    from fmllm_tui.fixes.engine import render_loaded
+    from fmllm_tui.fitsearch import preset_prediction
+    from fmllm_tui.fixes import PRESETS, FixError
 
-    lengths = example_lengths(loaded.view)  # presets keep the data: planned as the checks plan it
+    lengths = example_lengths(loaded.view)
     rows = []
     for name, pre in PRESETS.items():
         peak = low = high = None
         err = None
         try:
-            changes = preset_changes(loaded, name)
-            after = render_loaded(loaded, changes)[2] if changes else loaded
-            arch = catalogue.get_architecture(pre.model)
-            if arch is None:
-                arch, _src = architecture(after.view, offline)
-            if arch is None:
-                err = f"no architecture for {pre.model}"
-            else:
-                seq, _why = planning_seq_len(after.view.training.max_seq_length, lengths)
-                p = memory.predict(after.view, arch, n_gpus=pre.gpus, seq_len=seq,
-                                   mode=after.view.fmllm.distributed.mode if pre.gpus > 1 else "single")
-                peak, low, high = p.peak_process_bytes, p.low_bytes, p.high_bytes
+            p = preset_prediction(loaded, name, lengths, arch_for=lambda view: architecture(view, offline)[0])
+            peak, low, high = p.peak_process_bytes, p.low_bytes, p.high_bytes
+        except LookupError as e:
+            err = str(e)
         except (FixError, ValueError) as e:
             err = e.render() if hasattr(e, "render") else str(e)
         rows.append(PresetRow(name, pre.description, pre.model, pre.target_gpu_memory, peak, low, high,
