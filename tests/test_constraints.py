@@ -100,3 +100,13 @@ def test_no_torch_pin_and_no_torch_flag_is_a_usage_error(tmp_path, capsys):
     target.write_text("accelerate==1.0\n")
     assert uc.main(["--constraints", str(target)]) == 2
     assert "--torch" in capsys.readouterr().err
+
+
+def test_an_environment_that_cannot_be_read_leaves_the_pins_alone(tmp_path, capsys):
+    uc = _script()
+    target = tmp_path / "constraints.txt"
+    target.write_text("torch==2.13.0\n")
+    assert uc.main(["--python", str(tmp_path / "no-such-python"), "--suite", "exit 0",
+                    "--constraints", str(target)]) == 3
+    assert "could not read the environment" in capsys.readouterr().err
+    assert target.read_text() == "torch==2.13.0\n"
