@@ -58,7 +58,39 @@ ARCHS: dict[str, dict[str, Any]] = {
              "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 32768,
              "use_sliding_window": False},
 }
-APPROX_BYTES = {"7b": 15.3e9, "14b": 29.6e9, "0.5b": 1.0e9}
+# Catalogue families (issue 19): short name -> the Hub id whose config.json (fmllm's catalogue)
+# is built with random weights. The three above keep their explicit dicts (earlier results).
+CATALOGUE_MODELS: dict[str, str] = {
+    "llama8b": "meta-llama/Llama-3.1-8B-Instruct", "mistral7b": "mistralai/Mistral-7B-Instruct-v0.3",
+    "qwen3-8b": "Qwen/Qwen3-8B", "qwen3-4b": "Qwen/Qwen3-4B", "qwen3-1.7b": "Qwen/Qwen3-1.7B",
+    "qwen2.5-3b": "Qwen/Qwen2.5-3B-Instruct", "llama3b": "meta-llama/Llama-3.2-3B-Instruct",
+    "gemma2-2b": "google/gemma-2-2b-it", "gemma2-9b": "google/gemma-2-9b-it", "phi4": "microsoft/phi-4",
+}
+HUB_IDS: dict[str, str] = {"7b": "Qwen/Qwen2.5-7B-Instruct", "14b": "Qwen/Qwen2.5-14B-Instruct",
+                           "0.5b": "Qwen/Qwen2.5-0.5B-Instruct", **CATALOGUE_MODELS}
+# config.json keys that name files, dtypes or token ids of the real tokenizer (the bench trains its own).
+_DROP_KEYS = ("architectures", "torch_dtype", "bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def arch_config(name: str) -> dict[str, Any]:
+    """The config dict (with model_type) the bench builds for a short model name."""
+    if name in ARCHS:
+        return dict(ARCHS[name])
+    from fmllm_tui import catalogue
+
+    arch = catalogue.get_architecture(HUB_IDS[name])
+    if arch is None:
+        raise KeyError(f"{name}: {HUB_IDS[name]} is not in fmllm's catalogue")
+    return {k: v for k, v in arch.items() if k not in _DROP_KEYS}
+
+
+def approx_bytes(name: str) -> float:
+    """bf16 checkpoint size of the architecture (disk needed to build it)."""
+    from fmllm_tui import memory
+
+    return 2.0 * memory.param_count(arch_config(name))
+
+
 # Recipes: fmllm.memory_recipe plus runner overrides (bench knobs, not config settings).
 RECIPES: dict[str, dict[str, Any]] = {
     "fmllm": {"memory_recipe": "fmllm"},
@@ -104,7 +136,7 @@ def build_model(name: str, dest: Path) -> None:
     from fmllm_tui.runner.smoke import train_tokenizer
 
     tok = train_tokenizer(synthetic_texts(200), vocab_size=512)
-    cfg = dict(ARCHS[name])
+    cfg = arch_config(name)
     model_type = cfg.pop("model_type")
     cfg.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     config = AutoConfig.for_model(model_type, **cfg)
@@ -118,22 +150,27 @@ def build_model(name: str, dest: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, max_shard_size="5GB")
     tok.save_pretrained(tmp)
-    (tmp / "fmllm-bench-complete").write_text(json.dumps({"arch": ARCHS[name], "built_s": time.time() - t0}))
+    (tmp / "fmllm-bench-complete").write_text(json.dumps({"arch": arch_config(name), "built_s": time.time() - t0}))
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
 
 
+def model_path(name: str, model_dir: Path) -> Path:
+    return model_dir / f"{name}-random"
+
+
 def ensure_model(name: str, model_dir: Path, others: list[str]) -> Path:
-    dest = model_dir / f"qwen2.5-{name}-random"
+    """Build the random-weight model once; remove the other bench models when disk is short."""
+    dest = model_path(name, model_dir)
     if (dest / "fmllm-bench-complete").is_file():
         return dest
     model_dir.mkdir(parents=True, exist_ok=True)
-    need = APPROX_BYTES[name] * 1.1 + 2e9
+    need = approx_bytes(name) * 1.1 + 2e9
     free = shutil.disk_usage(model_dir).free
     if free < need:
         for other in others:
             if other != name:
-                victim = model_dir / f"qwen2.5-{other}-random"
+                victim = model_path(other, model_dir)
                 if victim.exists():
                     log(f"disk: {free / 1e9:.1f} GB free, removing {victim.name} to make room")
                     shutil.rmtree(victim, ignore_errors=True)
@@ -234,6 +271,9 @@ def run_config(case: dict[str, Any], model_path: Path, data: Path, runs: Path, t
     from fmllm_tui.runner.launch import child_env
 
     env = {**os.environ, **child_env({"PYTHONPATH": _pythonpath()})}
+    if case.get("alloc_conf") is not None:  # e.g. the plain recipe without expandable segments
+        env["PYTORCH_CUDA_ALLOC_CONF"] = case["alloc_conf"]
+    alloc_conf = env.get("PYTORCH_CUDA_ALLOC_CONF", "")
     sampler = DeviceSampler()
     idle = sampler.used()
     t0 = time.time()
@@ -259,15 +299,25 @@ def run_config(case: dict[str, Any], model_path: Path, data: Path, runs: Path, t
         "load_allocated_bytes": res.get("load_allocated_bytes"),
         "losses": res.get("losses"), "step_times_s": res.get("step_times_s"), "step_tokens": res.get("step_tokens"),
         "recipe": res.get("recipe"), "load_s": res.get("load_s"), "versions": res.get("versions"),
-        "device_name": res.get("device_name"),
+        "device_name": res.get("device_name"), "alloc_conf": alloc_conf,
     }
     times, toks = res.get("step_times_s") or [], res.get("step_tokens") or []
-    # Tokens/s from step 3 on (steps 3-8 of the 8-step default, as in the anchor measurements):
-    # the first two include warm-up (and a compile).
-    if len(times) >= 8:
+    # Tokens/s from step 3 on (as in the anchor measurements): the first two include warm-up
+    # (and the compile). The first step's excess over a steady step is the start-up cost the
+    # time-before-launch estimate adds (compile, autotuning, allocator growth).
+    if len(times) >= 4:
         out["tokens_per_s"] = sum(toks[2:]) / sum(times[2:])
+        steady = sorted(times[2:])[len(times[2:]) // 2]
+        out["first_step_extra_s"] = times[0] - steady
     elif times:
         out["tokens_per_s"] = sum(toks) / sum(times)
+    if toks:
+        out["tokens_per_micro_batch"] = toks[-1] / max(1, case.get("ga", 2))
+    seg = _read(rdir / "memory_segments.step1_end.rank0.json")
+    if seg:  # the allocator after the first step, before the cache is handed back (fragmentation)
+        out["segments_step1"] = {k: seg.get(k) for k in ("reserved_bytes", "allocated_bytes", "max_reserved_bytes",
+                                                         "max_allocated_bytes", "streams")}
+        out["segments_step1"]["largest_blocks"] = (seg.get("largest_blocks") or [])[:12]
     if outcome.get("status") == "oom":
         out["oom"] = outcome.get("memory")
     prof = rdir / "profile.txt"
@@ -276,6 +326,113 @@ def run_config(case: dict[str, Any], model_path: Path, data: Path, runs: Path, t
     if out["status"] != "ok":
         out["log_tail"] = (rdir / "train.log").read_text(errors="replace")[-3000:]
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Predicted, then measured (issue 19): every case as a point of bench/memory_points.json
+# ------------------------------------------------------------------------------------------------
+
+H100_NVML_NAME = "NVIDIA H100 80GB HBM3"
+
+
+def case_point(case: dict[str, Any], gpu_name: str = H100_NVML_NAME) -> dict[str, Any]:
+    """The case as a point of bench/memory_points.json (schema 1), settings as the config sets
+    them (the memory model applies the runner's decisions: optimizer swap, loss, compile)."""
+    recipe = dict(RECIPES[case.get("recipe", "fmllm")])
+    recipe.update(case.get("overrides") or {})
+    mem_recipe = recipe["memory_recipe"]
+    compiled = mem_recipe == "fmllm" and recipe.get("compile", "auto") != "off"
+    settings = {
+        "max_seq_length": case.get("seq", 1024), "micro_batch": case.get("batch", 1),
+        "gradient_accumulation_steps": case.get("ga", 2), "gradient_checkpointing": case.get("gc", True),
+        "use_4bit": True, "quant_type": "nf4", "nested_quant": True, "compute_dtype": "bfloat16",
+        "use_adapter": True, "lora_r": case.get("r", 8), "lora_alpha": case.get("alpha", 8),
+        "lora_dropout": case.get("dropout", 0.1),
+        "target_modules": case.get("targets", ["q_proj", "k_proj", "v_proj", "o_proj"]),
+        "optim": recipe.get("optim") or case.get("optim", "paged_adamw_32bit"), "attn_implementation": "sdpa",
+        "loss": recipe.get("loss", "auto"), "offload_embeddings": recipe.get("offload_embeddings", "auto"),
+        "padded": False, "mode": "single", "n_gpus": 1, "compiled": compiled,
+    }
+    if recipe.get("liger_kernels") == "off":
+        settings["liger_layers"] = False
+    alloc = case.get("alloc_conf")
+    return {"id": f"{case.get('model', '7b')}/{case['name']}", "model": HUB_IDS[case.get("model", "7b")],
+            "recipe": mem_recipe, "scenario": f"runner-{case.get('recipe', 'fmllm')}", "settings": settings,
+            "env": {"gpu": gpu_name, "alloc_conf": "expandable_segments:True" if alloc is None else alloc},
+            "harness": "runner", "heldout": bool(case.get("heldout"))}
+
+
+def predict_point(point: dict[str, Any], gpu_card: str = "h100") -> dict[str, Any]:
+    """The memory model's prediction (and time estimate) for a point, torch-free."""
+    from dataclasses import replace as _replace
+
+    from fmllm_tui import gpudb, memory
+
+    card = gpudb.lookup(gpu_card)
+    inp = _replace(memory.point_inputs(point), tflops=card.tflops16, bandwidth_gbs=card.bandwidth_gbs)
+    pr = memory.predict_inputs(inp, arch_config(_short(point["model"])))
+    out = {"process_peak_bytes": pr.peak_process_bytes, "low_bytes": pr.low_bytes, "high_bytes": pr.high_bytes,
+           "peak_allocated_bytes": pr.peak_allocated_bytes, "peak_reserved_bytes": pr.peak_reserved_bytes,
+           "tokens_per_s": pr.tokens_per_second, "peak_phase": pr.peak_phase, "loss": pr.loss}
+    est = getattr(memory, "estimate_time", None)
+    if est is not None:  # the time-before-launch estimate (memory.estimate_time), when present
+        t = est(inp, arch_config(_short(point["model"])), steps=8, gpu=card)
+        out.update(tokens_per_s=t.tokens_per_second, first_step_extra_s=t.startup_s)
+    return out
+
+
+def _short(hub_id: str) -> str:
+    return next(k for k, v in HUB_IDS.items() if v == hub_id)
+
+
+def measured_point(case: dict[str, Any], res: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
+    """The point as it ran: the runner's own decisions (optimizer, loss, compile, offload) and what was measured."""
+    pt = case_point(case, env.get("gpu") or H100_NVML_NAME)
+    rec = res.get("recipe") or {}
+    st = pt["settings"]
+    if rec:
+        st.update(optim=rec.get("optim", st["optim"]), loss=rec.get("loss", st["loss"]),
+                  compiled=bool(rec.get("compile_layers")), liger_layers=bool(rec.get("liger_kernels")),
+                  offload_embeddings="on" if rec.get("offload_embeddings") else "off")
+    pt["env"].update({k: env.get(k) for k in ("driver", "cuda", "torch", "transformers", "peft", "accelerate",
+                                              "bitsandbytes", "liger-kernel")})
+    pt["env"].update(alloc_conf=res.get("alloc_conf") or "", date=time.strftime("%Y-%m-%d"))
+    pt["measured"] = {
+        "peak_allocated_bytes": res.get("torch_max_allocated_bytes"), "peak_reserved_bytes": res.get("torch_max_reserved_bytes"),
+        "nvml_device_peak_bytes": res.get("device_peak_bytes"), "idle_baseline_bytes": res.get("idle_used_bytes"),
+        "process_peak_bytes": res.get("process_peak_bytes"), "tokens_per_second": res.get("tokens_per_s"),
+        "first_step_extra_s": res.get("first_step_extra_s"), "cuda_context_bytes": res.get("cuda_context_bytes"),
+        "tokens_per_micro_batch": res.get("tokens_per_micro_batch"),
+    }
+    pt["precision_bytes"] = 1
+    pt["source"] = "bench/bench_runner_gpu.py --matrix (issue 19): fmllm's runner, random weights of the exact config"
+    return pt
+
+
+def error_table(points: list[dict[str, Any]], predicted: dict[str, dict[str, Any]]) -> str:
+    """Predicted (before the run, from --predicted) and now (this memory.py on the settings that
+    really ran) against the measurement: process peak, range, torch allocated, tokens/s."""
+    lines = [f"{'point':44} {'meas GiB':>8} {'before':>7} {'err':>6} {'now':>7} {'err':>6} {'in range':>8} "
+             f"{'alloc err':>9} {'tok/s meas':>10} {'pred':>7} {'err':>5} {'1st+ s':>6}"]
+    for pt in points:
+        meas = pt["measured"]
+        pm = meas.get("process_peak_bytes")
+        if not pm:
+            continue
+        now = predict_point(pt)
+        before = predicted.get(pt["id"], {})
+        pb = before.get("process_peak_bytes")
+        eb = f"{(pb - pm) / pm * 100:+5.1f}%" if pb else "    -"
+        en = (now["process_peak_bytes"] - pm) / pm * 100
+        inr = "yes" if now["low_bytes"] <= pm <= now["high_bytes"] else "NO"
+        am = meas.get("peak_allocated_bytes") or 0
+        ea = f"{(now['peak_allocated_bytes'] - am) / am * 100:+5.1f}%" if am else "-"
+        tm, tp = meas.get("tokens_per_second"), now["tokens_per_s"]
+        et = f"{(tp - tm) / tm * 100:+4.0f}%" if tm else "-"
+        lines.append(f"{pt['id'][:44]:44} {pm / 2**30:8.2f} {(pb or 0) / 2**30:7.2f} {eb:>6} "
+                     f"{now['process_peak_bytes'] / 2**30:7.2f} {en:+5.1f}% {inr:>8} {ea:>9} "
+                     f"{(tm or 0):10,.0f} {tp:7,.0f} {et:>5} {(meas.get('first_step_extra_s') or 0):6.1f}")
+    return "\n".join(lines)
 
 
 def _pythonpath() -> str:
@@ -344,6 +501,87 @@ def env_report() -> dict[str, Any]:
     return info
 
 
+def _cases(a: argparse.Namespace) -> list[dict[str, Any]]:
+    """The configurations of this invocation, in run order (a matrix's cases grouped by model)."""
+    cases: list[dict[str, Any]] = []
+    models = [m for m in a.models.split(",") if m]
+    if a.matrix:
+        for i, c in enumerate(json.loads(Path(a.matrix).read_text())):
+            c.setdefault("name", f"cal{i}-{c.get('model', '7b')}-{c.get('recipe', 'fmllm')}-s{c.get('seq', 1024)}")
+            cases.append(c)
+        order = list(dict.fromkeys(c.get("model", "7b") for c in cases))
+        cases.sort(key=lambda c: order.index(c.get("model", "7b")))  # stable: one model on disk at a time
+    elif a.vram:
+        from fmllm_tui.config import parse_size
+
+        for m in models:
+            for size in a.vram.split(","):
+                cases.append({"name": f"{m}-fmllm-vram{size}", "model": m, "recipe": "fmllm", "steps": 4,
+                              "vram_bytes": parse_size(size), "seq": a.seq})
+    else:
+        for m in models:
+            for r in a.recipes.split(","):
+                cases.append({"name": f"{m}-{r}", "model": m, "recipe": r, "seq": a.seq, "steps": a.steps})
+    if a.profile:
+        for c in cases:
+            c.setdefault("overrides", {})["profile"] = True
+    return cases
+
+
+def write_predictions(cases: list[dict[str, Any]], path: Path) -> None:
+    """The memory model's predictions for the matrix, written before it is measured (torch-free)."""
+    import subprocess as sp
+
+    points = [case_point(c) for c in cases]
+    commit = sp.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    doc = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "memory_py_commit": commit, "card": "H100 SXM 80GB",
+           "predictions": {pt["id"]: {**predict_point(pt), "heldout": pt["heldout"]} for pt in points}}
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    for pid, pr in doc["predictions"].items():
+        print(f"{pid:48} {pr['process_peak_bytes'] / 2**30:6.2f} GiB ({pr['low_bytes'] / 2**30:.2f}-"
+              f"{pr['high_bytes'] / 2**30:.2f}) alloc {pr['peak_allocated_bytes'] / 2**30:6.2f} "
+              f"{pr['tokens_per_s']:8,.0f} tok/s")
+
+
+def _run_cases(a: argparse.Namespace, cases: list[dict[str, Any]], report: dict[str, Any], t_start: float) -> None:
+    """Build each model when its first case comes (removing the last one), run the cases, keep the results."""
+    model_dir, runs, out = Path(a.model_dir), Path(a.runs_dir), out_dir()
+    runs.mkdir(parents=True, exist_ok=True)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    longest = max([c.get("seq", 1024) for c in cases] + [1024])
+    data = write_data(model_dir / f"bench-data-{longest}.jsonl", words=longest + 400)
+    order = list(dict.fromkeys(c.get("model", "7b") for c in cases))
+    paths: dict[str, Path] = {}
+    report["points"] = []
+    for case in cases:
+        m, elapsed = case.get("model", "7b"), time.time() - t_start
+        per_run = 30 + approx_bytes(m) / 1e9 * 2.5  # seconds: start-up, load, compile, steps
+        need_build = m not in paths
+        if elapsed + per_run * (1.8 if need_build else 0.8) > a.budget_s:
+            report["results"].append({"name": case["name"], "status": "skipped", "message": "time budget"})
+            log(f"budget: skipping {case['name']}")
+            continue
+        if need_build:
+            try:
+                paths[m] = ensure_model(m, model_dir, order)
+            except Exception as e:  # one model failing to build must not lose the others
+                report["results"].append({"name": case["name"], "status": "failed", "message": f"build: {e}"})
+                log(f"build {m} failed: {e}")
+                continue
+        log(f"run {case['name']}")
+        try:
+            res = run_config(case, paths[m], data, runs, timeout=max(60.0, a.budget_s - elapsed))
+        except Exception as e:  # keep the other configurations' results
+            res = {"name": case["name"], "status": "crashed", "message": f"{type(e).__name__}: {e}"}
+        report["results"].append(res)
+        if res.get("status") == "ok" and a.matrix:
+            report["points"].append(measured_point(case, res, report["env"]))
+            (out / "points.json").write_text(json.dumps(report["points"], indent=1, default=str))
+        (out / "bench_runner.json").write_text(json.dumps(report, indent=2, default=str))
+        log(f"{case['name']}: {res.get('status')} peak {gib(res.get('process_peak_bytes'))} GiB "
+            f"tok/s {res.get('tokens_per_s')}  {res.get('message') or ''}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="7b,14b")
@@ -354,84 +592,35 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=540)
     ap.add_argument("--runs-dir", default="/tmp/fmllm-bench-runs", help="run folders (logs, metrics, adapters)")
     ap.add_argument("--matrix", metavar="FILE", help="JSON list of configurations (calibration)")
+    ap.add_argument("--predict-out", metavar="FILE", help="with --matrix: write the predictions and stop (CPU)")
+    ap.add_argument("--predicted", metavar="FILE", help="with --matrix: predictions written before the run")
     ap.add_argument("--vram", metavar="SIZES", help="comma-separated caps for the fmllm recipe on --models")
     ap.add_argument("--minimal-test", action="store_true", help="fmllm-run test with the shipped config on the 7B")
     ap.add_argument("--profile", action="store_true", help="also write a torch.profiler table of steps 4-5")
     ap.add_argument("--build", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    model_dir = Path(a.model_dir)
     if a.build:
-        build_model(a.build, model_dir / f"qwen2.5-{a.build}-random")
+        build_model(a.build, model_path(a.build, Path(a.model_dir)))
+        return 0
+    cases = _cases(a)
+    if a.predict_out:
+        write_predictions(cases, Path(a.predict_out))
         return 0
     t_start = time.time()
-    out = out_dir()
-    runs = Path(a.runs_dir)
-    runs.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "env": env_report(), "results": []}
-    result_file = out / "bench_runner.json"
     log(json.dumps(report["env"]))
-    models = [m for m in a.models.split(",") if m]
-    model_dir.mkdir(parents=True, exist_ok=True)
-    data = write_data(model_dir / "bench-data.jsonl")
-    cases: list[dict[str, Any]] = []
-    if a.matrix:
-        for i, c in enumerate(json.loads(Path(a.matrix).read_text())):
-            c.setdefault("name", f"cal{i}-{c.get('model', '7b')}-{c.get('recipe', 'fmllm')}-s{c.get('seq', 1024)}")
-            cases.append(c)
-    elif a.vram:
-        for m in models:
-            for size in a.vram.split(","):
-                from fmllm_tui.config import parse_size
-
-                cases.append({"name": f"{m}-fmllm-vram{size}", "model": m, "recipe": "fmllm", "steps": 4,
-                              "vram_bytes": parse_size(size), "seq": a.seq})
-    else:
-        for m in models:
-            for r in a.recipes.split(","):
-                cases.append({"name": f"{m}-{r}", "model": m, "recipe": r, "seq": a.seq, "steps": a.steps})
-    if a.profile:
-        for c in cases:
-            c.setdefault("overrides", {})["profile"] = True
-    needed = sorted({c.get("model", "7b") for c in cases} | ({"7b"} if a.minimal_test else set()),
-                    key=lambda m: list(ARCHS).index(m))
-    paths: dict[str, Path] = {}
-    for m in needed:
-        if time.time() - t_start > a.budget_s - 120:
-            log(f"budget: skipping the {m} model")
-            continue
-        try:
-            paths[m] = ensure_model(m, model_dir, needed)
-        except Exception as e:  # one model failing to build must not lose the others
-            report["results"].append({"name": f"build-{m}", "status": "failed", "message": str(e)})
-            log(f"build {m} failed: {e}")
-    for case in cases:
-        m = case.get("model", "7b")
-        elapsed = time.time() - t_start
-        per_run = 240 if m == "14b" else 150
-        if m not in paths:
-            report["results"].append({"name": case["name"], "status": "skipped", "message": f"no {m} model"})
-            continue
-        if elapsed + per_run * 0.6 > a.budget_s:
-            report["results"].append({"name": case["name"], "status": "skipped", "message": "time budget"})
-            log(f"budget: skipping {case['name']}")
-            continue
-        log(f"run {case['name']}")
-        try:
-            res = run_config(case, paths[m], data, runs, timeout=max(60.0, a.budget_s - elapsed))
-        except Exception as e:  # keep the other configurations' results
-            res = {"name": case["name"], "status": "crashed", "message": f"{type(e).__name__}: {e}"}
-        report["results"].append(res)
-        result_file.write_text(json.dumps(report, indent=2, default=str))
-        log(f"{case['name']}: {res.get('status')} peak {gib(res.get('process_peak_bytes'))} GiB "
-            f"tok/s {res.get('tokens_per_s')}  {res.get('message') or ''}")
-    if a.minimal_test and "7b" in paths:
-        report["minimal_test"] = minimal_test(paths["7b"], runs)
+    _run_cases(a, cases, report, t_start)
+    if a.minimal_test:
+        report["minimal_test"] = minimal_test(ensure_model("7b", Path(a.model_dir), ["7b"]), Path(a.runs_dir))
     report["comparison"] = compare(report["results"])
     report["wall_s"] = time.time() - t_start
-    result_file.write_text(json.dumps(report, indent=2, default=str))
+    (out_dir() / "bench_runner.json").write_text(json.dumps(report, indent=2, default=str))
     print(table([r for r in report["results"] if "name" in r]))
     for line in report["comparison"]:
         print(line)
+    if report.get("points"):
+        predicted = json.loads(Path(a.predicted).read_text())["predictions"] if a.predicted else {}
+        print(error_table(report["points"], predicted))
     return 0
 
 
