@@ -362,13 +362,13 @@ def case_point(case: dict[str, Any], gpu_name: str = H100_NVML_NAME) -> dict[str
             "harness": "runner", "heldout": bool(case.get("heldout"))}
 
 
-def predict_point(point: dict[str, Any], gpu_card: str = "h100") -> dict[str, Any]:
-    """The memory model's prediction (and time estimate) for a point, torch-free."""
+def predict_point(point: dict[str, Any]) -> dict[str, Any]:
+    """The memory model's prediction (and time estimate) for a point on its GPU, torch-free."""
     from dataclasses import replace as _replace
 
     from fmllm_tui import gpudb, memory
 
-    card = gpudb.lookup(gpu_card)
+    card = gpudb.match_nvml(str(point["env"].get("gpu") or "")) or gpudb.lookup("h100")
     inp = _replace(memory.point_inputs(point), tflops=card.tflops16, bandwidth_gbs=card.bandwidth_gbs)
     pr = memory.predict_inputs(inp, arch_config(_short(point["model"])))
     out = {"process_peak_bytes": pr.peak_process_bytes, "low_bytes": pr.low_bytes, "high_bytes": pr.high_bytes,
