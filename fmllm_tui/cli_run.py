@@ -158,6 +158,20 @@ def _follow(run_dir: Path, as_json: bool, out: TextIO, skip_existing: bool = Fal
     return STATUS_EXIT.get(status, ExitCode.FAILED)
 
 
+def _print_processes(st: dict[str, Any], out: TextIO) -> None:
+    """The processes that hold a run, and a note when its supervisor is gone (killed from outside)."""
+    live = st.get("processes") or []
+    trainers = [p for p in live if p.get("role") != "supervisor"]
+    if not trainers:
+        return
+    names = ", ".join(f"pid {p['pid']} ({'rank ' + p['role'][4:] if p['role'].startswith('rank') else 'training command'})"
+                      for p in trainers)
+    out.write(f"processes: {names}\n")
+    if not st.get("supervisor_alive"):
+        out.write("note: its supervisor is gone (killed from outside): no exit code or log diagnosis will be "
+                  "recorded; stop or kill still reach the training processes\n")
+
+
 def _print_summary(run_dir: Path, out: TextIO) -> None:
     from fmllm_tui.runner import rundir as rd
     from fmllm_tui.runner.monitor import format_duration
@@ -260,6 +274,7 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
             out.write(json.dumps(st, default=str) + "\n")
         else:
             out.write(f"run: {run_dir}\nstate: {st['state']}" + (f" ({st['phase']})" if st.get("phase") else "") + "\n")
+            _print_processes(st, out)
             if st.get("last_metrics"):
                 from fmllm_tui.runner.monitor import format_metrics
 

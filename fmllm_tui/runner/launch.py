@@ -26,8 +26,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from . import procs
 from . import rundir as rd
 from .monitor import JsonlFollower
+from .supervise import orphan_exit
 
 KINDS = ("train", "test")
 MIN_FREE_BYTES = 1 * 1024**3
@@ -240,7 +242,7 @@ def _spawn_supervisor(run_dir: Path) -> int:
         )
     finally:
         log.close()
-    rd.write_text_atomic(run_dir / rd.PID, f"{proc.pid}\n")  # a reader never sees it empty
+    procs.write_pid_record(run_dir / rd.PID, proc.pid)  # pid and start time (safe from pid reuse), atomically
     # The supervisor is its own parent's child: reap it in a thread so it never lingers as a zombie.
     import threading
 
@@ -377,8 +379,13 @@ def resume(run_dir: str | os.PathLike[str]) -> Path:
         deadline = time.monotonic() + 15
         while _alive(st.get("pid"), str(rdir)) and time.monotonic() < deadline:
             time.sleep(0.1)
-    if st["state"] == "running":
-        raise RunError(f"the run in {rdir} is still running (pid {st.get('pid')}); stop it first")
+    holders = procs.live(rdir)
+    if st["state"] == "running" or holders:
+        # Refused, not adopted: a process fmllm did not start cannot be waited on for its exit code.
+        who = procs.holders_text(holders) or f"pid {st.get('pid')}"
+        gone = "" if any(p.role == "supervisor" for p in holders) else " (its supervisor is gone)"
+        raise RunError(f"the run in {rdir} is still running: {who}{gone}; follow it with fmllm-run follow "
+                       f"--run-dir {rdir}, or end it with fmllm-run stop (or kill), then resume")
     if record.get("kind") == "test":
         raise RunError("a minimal test is not resumed: run it again with fmllm-run test")
     old_exit = rdir / rd.EXIT
@@ -424,16 +431,6 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (the run's own: supervisor, launcher, ranks)."""
-    try:
-        import psutil
-
-        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
-    except Exception:  # gone already, or psutil missing: nothing more to find
-        return []
-
-
 def _alive(pid: int | None, must_mention: str | None = None) -> bool:
     """True when ``pid`` runs (not a zombie) and, if given, its command line mentions ``must_mention``."""
     if not pid:
@@ -475,24 +472,32 @@ def _last_jsonl(path: Path, tail_bytes: int = 65536) -> dict[str, Any] | None:
 def status(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Where a run stands: ``state`` is running | ok | failed | killed | stopped | oom | lost.
 
-    ``lost``: the process is gone and left no exit record (a machine reboot, say). An exit
-    record wins over a live process: the supervisor writes it as its last act, and a follower
-    that polled in the moment before it exits must see the run as ended.
+    A run runs while any of its processes does (:mod:`.procs`: the supervisor, what it started,
+    every rank), also when its supervisor was killed. ``lost``: every process is gone and left no
+    exit record (a machine reboot, say); when the training process left its own outcome, that
+    is the state (``exit.recorded_by`` says so). An exit record wins over a live supervisor: it
+    writes the record as its last act, and a follower that polled in the moment before it exits
+    must see the run as ended. It does not win over a live training process.
     """
     rdir = Path(run_dir).resolve()
     record = rd.read_json(rdir / rd.RUN) or {}
     pid = _read_pid(rdir / rd.PID)
     exit_rec = rd.read_json(rdir / rd.EXIT)
-    running = _alive(pid, str(rdir))
+    live = procs.live(rdir)
+    running = bool(live)
     last = _last_jsonl(rdir / rd.METRICS)
     out: dict[str, Any] = {"run_dir": str(rdir), "kind": record.get("kind"), "pid": pid,
                            "child_pid": _read_pid(rdir / rd.CHILD_PID),
                            "phase": (rd.read_json(rdir / rd.STATE) or {}).get("phase"),
-                           "last_metrics": last, "exit": exit_rec}
-    if isinstance(exit_rec, dict):
+                           "last_metrics": last, "exit": exit_rec, **procs.summary_of(live)}
+    if procs.trainers(live):
+        out["state"] = "running"
+    elif isinstance(exit_rec, dict):
         out["state"] = exit_rec.get("status", "failed")
     elif running:
         out["state"] = "running"
+    elif isinstance(orphan := orphan_exit(rdir, record), dict):
+        out["state"], out["exit"] = orphan["status"], orphan
     elif not record:
         out["state"] = "unknown"
     else:
@@ -518,10 +523,12 @@ def stop(run_dir: str | os.PathLike[str]) -> bool:
     # reads stop.requested, so whichever comes second sends the SIGTERM (it never starts a child
     # once the file is there). The supervisor itself is not signalled: one that has not yet set
     # its handler would die of it and leave no exit record.
-    child = _read_pid(rdir / rd.CHILD_PID)
-    if child and _alive(child):
+    # Its start time too: a child that ended long ago may have left its pid to someone else. Also
+    # reached when the supervisor is gone (killed from outside) and the training process lives on.
+    children = [p for p in procs.live(rdir) if p.role == "child"]
+    if children:
         try:
-            os.kill(child, signal.SIGTERM)
+            os.kill(children[0].pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
         rd.log_line(rdir, "stop requested (SIGTERM)")
@@ -531,32 +538,17 @@ def stop(run_dir: str | os.PathLike[str]) -> bool:
 
 
 def kill(run_dir: str | os.PathLike[str], timeout: float = 10.0) -> bool:
-    """SIGKILL the run's whole process group and record it as "killed". False if not running."""
+    """SIGKILL every process of the run (supervisor, training process, every rank; also those left
+    without their supervisor) and record it as "killed". False if not running."""
     rdir = Path(run_dir).resolve()
     st = status(rdir)
     if st["state"] != "running":
         return False
-    pgid = st["pid"]
-    # Freeze the group first (supervisor, accelerate's launcher), so that no rank starts after the
-    # list below is taken: accelerate starts each rank in a session of its own, which the group
-    # kill misses.
-    try:
-        os.killpg(pgid, signal.SIGSTOP)
-    except (ProcessLookupError, PermissionError):
-        pass
-    ranks = _descendants(pgid)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    for pid in ranks:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    child = st.get("child_pid")
+    # Every process of the run, found through its records (supervisor, launcher, each rank: also
+    # when the supervisor is gone), their groups frozen before anything is listed (procs.kill_all).
+    signalled = procs.kill_all(rdir)
     end = time.monotonic() + timeout
-    while time.monotonic() < end and (_alive(pgid) or _alive(child) or any(_alive(p) for p in ranks)):
+    while time.monotonic() < end and (procs.live(rdir) or any(_alive(p) for p in signalled)):
         time.sleep(0.05)
     if not (rdir / rd.EXIT).exists():
         now = time.time()
@@ -583,11 +575,12 @@ def wait(run_dir: str | os.PathLike[str], timeout: float | None = None, poll: fl
         rec = rd.read_json(rdir / rd.EXIT)
         if isinstance(rec, dict):
             return rec
-        if not _alive(_read_pid(rdir / rd.PID), str(rdir)):
+        if not procs.live(rdir):
             # The supervisor writes exit.json just before it ends; give the file a moment.
             lost_since = lost_since or time.monotonic()
             if time.monotonic() - lost_since > 3.0:
-                return {"status": "lost", "message": "the run's process is gone and left no exit record"}
+                return orphan_exit(rdir, rd.read_json(rdir / rd.RUN) or {}) or {
+                    "status": "lost", "message": "the run's process is gone and left no exit record"}
         if end is not None and time.monotonic() > end:
             return None
         time.sleep(poll)
@@ -640,11 +633,13 @@ def follow(run_dir: str | os.PathLike[str], *, poll: float = 0.5, timeout: float
                 gpu_ok = False
             else:
                 yield {"type": "gpu", **gpus[0], "gpus": gpus, "ts": time.time()}
-        if not _alive(_read_pid(rdir / rd.PID), str(rdir)):
+        if not procs.live(rdir):
             lost_since = lost_since or time.monotonic()
             if time.monotonic() - lost_since > 3.0:
-                yield {"type": "exit", "status": "lost",
-                       "message": "the run's process is gone and left no exit record"}
+                for row in reader.read_new():
+                    yield {"type": "metrics", **row}
+                yield {"type": "exit", **(orphan_exit(rdir, rd.read_json(rdir / rd.RUN) or {}) or {
+                    "status": "lost", "message": "the run's process is gone and left no exit record"})}
                 return
         if end is not None and time.monotonic() > end:
             yield {"type": "timeout"}

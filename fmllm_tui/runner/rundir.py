@@ -4,8 +4,10 @@ Layout of ``<output_dir>/runs/<YYYYmmdd-HHMMSS>-<kind>/`` (created mode 0700)::
 
     config.json     the resolved config (secrets masked) and the runner's own settings
     run.json        the launch record: kind, argv of the training process, config path, times
-    pid             the supervisor's pid (= the run's process group id), one line
-    child.pid       the training process's pid
+    pid             the supervisor's pid (= the run's process group id) and start time, one line
+    child.pid       the pid and start time of what the supervisor started (trainer or launcher)
+    trainer.rank<N>.pid  each training process's pid and start time, written by itself
+    supervisor.lock one supervisor at a time: it holds an exclusive lock on this file while it lives
     train.log       stdout + stderr of the training process, plus fmllm's own lines ("[fmllm] ...")
     state.json      the phase now (loading, tokenizing, training, saving, generating, done) and step
     metrics.jsonl   one JSON object per logged step
@@ -31,6 +33,8 @@ CONFIG = "config.json"
 RUN = "run.json"
 PID = "pid"
 CHILD_PID = "child.pid"
+TRAINER_PID_GLOB = "trainer.rank*.pid"
+SUPERVISOR_LOCK = "supervisor.lock"
 LOG = "train.log"
 STATE = "state.json"
 METRICS = "metrics.jsonl"
@@ -45,6 +49,11 @@ STOP_REQUEST = "stop.requested"
 EXIT = "exit.json"
 
 STATUSES = ("ok", "failed", "killed", "stopped", "oom")
+
+
+def trainer_pid(rank: int) -> str:
+    """The file a training process of ``rank`` records its pid and start time in."""
+    return f"trainer.rank{int(rank)}.pid"
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:

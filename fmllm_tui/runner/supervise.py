@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import procs
 from . import rundir as rd
 
 
@@ -61,6 +62,24 @@ def decide_status(returncode: int, outcome: dict[str, Any] | None, stop_requeste
 _KILL_SIGNALS = {int(signal.SIGKILL), int(signal.SIGTERM), int(signal.SIGINT), int(signal.SIGHUP), int(signal.SIGQUIT)}
 
 
+def orphan_exit(run_dir: Path, record: dict[str, Any]) -> dict[str, Any] | None:
+    """The exit record of an attempt whose supervisor was gone before its training process ended
+    (killed from outside): built from the process's own ``outcome.json`` (no exit code is known
+    then), or None when this attempt left none."""
+    outcome = rd.read_json(run_dir / rd.OUTCOME)
+    if not isinstance(outcome, dict) or outcome.get("status") not in rd.STATUSES:
+        return None
+    attempts = record.get("attempts") or [{}]
+    started = float(attempts[-1].get("started") or 0)
+    ended = float(outcome.get("ts") or 0)
+    if ended < started - 1:
+        return None  # left by an earlier attempt
+    return {"status": outcome["status"], "exit_code": outcome.get("exit_code"), "signal": None,
+            "kind": record.get("kind"), "started": started, "ended": ended, "wall_s": max(0.0, ended - started),
+            "message": outcome.get("message"), "outcome": outcome, "diagnosis": None,
+            "recorded_by": "training process (its supervisor was gone: no exit code or log diagnosis)"}
+
+
 def rank_outcomes(run_dir: Path, started: float) -> list[dict[str, Any]]:
     """The outcomes non-zero ranks left in this attempt (``outcome.rank<N>.json``), by rank."""
     out = []
@@ -95,15 +114,55 @@ class _StoppedBeforeStart(Exception):
     """stop.requested was there before the training process was started."""
 
 
+class _HeldByAnother(Exception):
+    """A training process of this run still lives: starting another would put two in one folder."""
+
+    def __init__(self, holders: list[procs.RunProcess]):
+        super().__init__(procs.holders_text(holders))
+        self.holders = holders
+
+
 def _default_signals() -> None:
     """In the child, before exec: undo the supervisor's ignored signals (ignoring is inherited)."""
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
 
 
+def take_lock(run_dir: Path, wait_s: float = 15.0) -> int | None:
+    """An exclusive lock on the run's ``supervisor.lock`` (the fd; the kernel drops it when this
+    process ends, however it ends), or None when another supervisor still holds it after
+    ``wait_s`` (a previous one writing its exit record gets that long to go)."""
+    import fcntl
+
+    fd = os.open(run_dir / rd.SUPERVISOR_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.1)
+
+
 def supervise(run_dir: Path) -> int:
     """Run the training process of ``run_dir`` to its end and record how it ended."""
     os.umask(0o077)  # the run's files are private, like its folder
+    lock = take_lock(run_dir)
+    if lock is None:
+        # Two resumes at once: the other supervisor has the run; this one must not start a trainer.
+        rd.log_line(run_dir, f"another supervisor holds {run_dir / rd.SUPERVISOR_LOCK}: this one (pid "
+                             f"{os.getpid()}) starts nothing")
+        return 1
+    try:
+        return _supervise_locked(run_dir)
+    finally:
+        os.close(lock)
+
+
+def _supervise_locked(run_dir: Path) -> int:
     spec = rd.read_json(run_dir / rd.RUN) or {}
     argv = [str(a) for a in spec.get("argv") or []]
     env = dict(os.environ)
@@ -137,10 +196,15 @@ def supervise(run_dir: Path) -> int:
             raise _StoppedBeforeStart
         from fmllm_tui.redact import mask_text
 
+        holders = procs.trainers(procs.live(run_dir))
+        if holders:
+            # Never two trainers in one folder (a resume raced another, or a supervisor was killed
+            # and its trainer lives on): both would write the same checkpoints and metrics.
+            raise _HeldByAnother(holders)
         log.write(f"[fmllm] starting: {mask_text(' '.join(argv))}\n".encode())  # a token in train_command
         child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  env=env, cwd=spec.get("cwd") or None, preexec_fn=_default_signals)
-        rd.write_text_atomic(run_dir / rd.CHILD_PID, f"{child.pid}\n")
+        procs.write_pid_record(run_dir / rd.CHILD_PID, child.pid)  # pid and start time: safe from pid reuse
         # launch.stop() writes stop.requested, then reads child.pid; this writes child.pid, then reads
         # stop.requested: one of the two sees the other, so a stop in this window reaches the child.
         if stop_path.exists():
@@ -151,6 +215,12 @@ def supervise(run_dir: Path) -> int:
                 break
             except InterruptedError:
                 continue
+    except _HeldByAnother as e:
+        # No exit record: the run is the live trainer's, and its end is its own to record.
+        log.write(f"[fmllm] not starting a second training process: {procs.holders_text(e.holders)} still holds "
+                  f"{run_dir}; follow it with fmllm-run follow, or end it with fmllm-run kill, then resume\n".encode())
+        log.close()
+        return 1
     except _StoppedBeforeStart:
         log.write(b"[fmllm] stop requested before the training process started: not starting it\n")
         returncode = 0

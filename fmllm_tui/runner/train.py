@@ -1116,6 +1116,10 @@ def main(argv: list[str] | None = None) -> int:
     ns = ap.parse_args(argv)
     run_dir = Path(ns.run_dir).resolve()
     files = RunFiles(run_dir)
+    from .procs import write_pid_record
+
+    # Every rank says who it is: the run lives while it does, also if its supervisor is killed.
+    write_pid_record(run_dir / rd.trainer_pid(_rank()))
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
