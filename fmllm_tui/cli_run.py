@@ -29,7 +29,7 @@ from typing import Any, NoReturn, TextIO
 
 from fmllm_tui import __version__
 from fmllm_tui.exitcodes import ExitCode
-from fmllm_tui.redact import mask_text
+from fmllm_tui.redact import mask_data, mask_text
 
 COMMANDS = ("start", "test", "follow", "status", "stop", "kill", "resume")
 STATUS_EXIT = {"ok": ExitCode.OK, "failed": ExitCode.FAILED, "oom": ExitCode.FAILED, "lost": ExitCode.FAILED,
@@ -106,7 +106,7 @@ def _print_event(ev: dict[str, Any], as_json: bool, out: TextIO) -> None:
     from fmllm_tui.runner.monitor import format_duration, format_metrics
 
     if as_json:
-        out.write(json.dumps(ev, default=str) + "\n")
+        out.write(json.dumps(mask_data(ev), default=str) + "\n")
         out.flush()
         return
     kind = ev.get("type")
@@ -271,7 +271,7 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
     if cmd == "status":
         st = runner.status(run_dir)
         if args.json:
-            out.write(json.dumps(st, default=str) + "\n")
+            out.write(json.dumps(mask_data(st), default=str) + "\n")
         else:
             out.write(f"run: {run_dir}\nstate: {st['state']}" + (f" ({st['phase']})" if st.get("phase") else "") + "\n")
             _print_processes(st, out)

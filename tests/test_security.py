@@ -168,3 +168,57 @@ def test_counts_named_tokens_are_not_secrets_and_url_passwords_are_masked_whole(
     for pw in ("p@ss/word", "a/b@c", "plain"):
         out = mask_text(f"db: postgres://app:{pw}@db.local/x and more")
         assert pw not in out and "postgres://app:***@db.local/x and more" in out, out
+
+
+CMD_SECRETS = ["hf_" + "Cmd4" * 6, "sk-proj-" + "Q9" * 12, "flag-secret-value-77"]
+
+
+def test_train_command_secrets_never_reach_the_run_folder_or_status(tmp_path, capsys):
+    """Issue 22: an hf_ token (or sk- key) in fmllm.train_command was written to run.json. The run
+    folder and `fmllm-run status` keep it masked; the training command still gets it, on resume too
+    (read again from the config, which must still be the command the run started with)."""
+    import sys
+    import textwrap
+
+    from fmllm_tui.cli_run import main as run_cli
+    from fmllm_tui.config import load_config
+    from fmllm_tui.runner import RunError, resume, start, wait
+
+    got = tmp_path / "got.jsonl"  # outside the run folder: what the trainer received
+    (tmp_path / "trainer.py").write_text(textwrap.dedent(f"""\
+        import json, os, sys
+        with open({str(got)!r}, "a") as fh:
+            fh.write(json.dumps({{"argv": sys.argv[1:], "resume": os.environ.get("FMLLM_RESUME")}}) + "\\n")
+        print("trainer ran with", len(sys.argv), "args")
+    """))
+    argv = [sys.executable, "trainer.py", "--hub", CMD_SECRETS[0], CMD_SECRETS[1], "--api-key", CMD_SECRETS[2],
+            "--max_new_tokens", "5"]
+    cfg = make_config(tmp_path, model="Qwen/Qwen2.5-0.5B-Instruct")
+    cfg.write_text(cfg.read_text() + f"  train_command: {json.dumps(argv)}\n")
+    run_dir = start(load_config(cfg), "train")
+    rec = wait(run_dir, timeout=60)
+    assert rec and rec["status"] == "ok", (run_dir / "train.log").read_text()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["argv"][-2:] == ["--max_new_tokens", "5"] and record["secrets_handed_over"] is True
+    assert record["argv"][3:7] == ["hf_***", "sk-proj-***", "--api-key", "***"]
+    resume(run_dir)
+    rec = wait(run_dir, timeout=60)
+    assert rec and rec["status"] == "ok", (run_dir / "train.log").read_text()
+    calls = [json.loads(line) for line in got.read_text().splitlines()]
+    assert [c["argv"] for c in calls] == [argv[2:]] * 2 and calls[1]["resume"] == "1"
+    assert run_cli(["status", "--run-dir", str(run_dir), "--json"]) == 0
+    assert run_cli(["status", "--run-dir", str(run_dir)]) == 0
+    out = capsys.readouterr()
+    texts = {str(f.relative_to(run_dir)): f.read_text(errors="replace") for f in run_dir.rglob("*") if f.is_file()}
+    for s in CMD_SECRETS:
+        assert s not in out.out + out.err
+        for name, text in texts.items():
+            assert s not in text, f"{s[:6]}... in {name}"
+    # A rotated secret in the same command is taken from the config; another command is not resumed.
+    cfg.write_text(cfg.read_text().replace(CMD_SECRETS[2], "rotated-secret-value"))
+    resume(run_dir)
+    assert (wait(run_dir, timeout=60) or {}).get("status") == "ok"
+    assert json.loads(got.read_text().splitlines()[-1])["argv"][4] == "rotated-secret-value"
+    cfg.write_text(cfg.read_text().replace('"5"', '"6"'))
+    with pytest.raises(RunError, match="no longer the command it started with"):
+        resume(run_dir)

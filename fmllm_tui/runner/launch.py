@@ -29,7 +29,7 @@ from typing import Any
 from . import procs
 from . import rundir as rd
 from .monitor import JsonlFollower
-from .supervise import orphan_exit
+from .supervise import masked_launch, orphan_exit
 
 KINDS = ("train", "test")
 MIN_FREE_BYTES = 1 * 1024**3
@@ -231,15 +231,22 @@ def _train_argv(run_dir: Path, resume: bool, distributed: dict[str, Any] | None)
     return [sys.executable, *tail]
 
 
-def _spawn_supervisor(run_dir: Path) -> int:
+def _spawn_supervisor(run_dir: Path, handover: dict[str, Any] | None = None) -> int:
+    """Start the supervisor; ``handover`` (the real argv and env, when run.json's are masked) goes
+    to it on its stdin, never into the run folder."""
     log = rd.open_private_append(run_dir / rd.LOG)  # private like the folder (this process's umask is the user's)
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "fmllm_tui.runner.supervise", str(run_dir)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.PIPE if handover else subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True, cwd=str(run_dir),
             env={**os.environ, **_pythonpath_env()},
         )
+        if handover and proc.stdin is not None:
+            import json
+
+            with proc.stdin:
+                proc.stdin.write(json.dumps(handover).encode())
     finally:
         log.close()
     procs.write_pid_record(run_dir / rd.PID, proc.pid)  # pid and start time (safe from pid reuse), atomically
@@ -349,9 +356,12 @@ def start(loaded: Any, kind: str = "train", *, run_dir: str | os.PathLike[str] |
     if device == "cpu":
         extra_env["CUDA_VISIBLE_DEVICES"] = ""
     argv = list(custom) if custom else _train_argv(rdir, False, distributed)
+    # A token in fmllm.train_command (or the env) reaches the trainer through the supervisor's
+    # stdin; run.json keeps it masked.
+    shown, handover = masked_launch(argv, child_env(extra_env))
     record = {
-        "kind": kind, "argv": argv, "custom_command": bool(custom), "created": spec["created"],
-        "config_path": spec["config_path"], "env": child_env(extra_env), "distributed": distributed,
+        "kind": kind, **shown, "custom_command": bool(custom), "created": spec["created"],
+        "config_path": spec["config_path"], "distributed": distributed,
         "cwd": str(Path(loaded.path).resolve().parent) if custom else str(rdir), "warnings": warnings,
         "attempts": [{"started": time.time(), "resume": False}],
     }
@@ -360,7 +370,7 @@ def start(loaded: Any, kind: str = "train", *, run_dir: str | os.PathLike[str] |
         rd.log_line(rdir, f"warning: {w}")
     if plan.get("reason") and plan.get("decided"):
         rd.log_line(rdir, f"distributed: {plan['reason']}" + (f"; {plan['note']}" if plan.get("note") else ""))
-    _spawn_supervisor(rdir)
+    _spawn_supervisor(rdir, handover)
     # The pointers live in the config's runs folder also for a --run-dir elsewhere (absolute link).
     _point_latest(runs_root(loaded), rdir, loaded.path)
     return rdir
@@ -388,6 +398,7 @@ def resume(run_dir: str | os.PathLike[str]) -> Path:
                        f"--run-dir {rdir}, or end it with fmllm-run stop (or kill), then resume")
     if record.get("kind") == "test":
         raise RunError("a minimal test is not resumed: run it again with fmllm-run test")
+    handover = _resume_handover(record)
     old_exit = rdir / rd.EXIT
     if old_exit.exists():
         n = len(list(rdir.glob("exit.*.json"))) + 1
@@ -399,6 +410,8 @@ def resume(run_dir: str | os.PathLike[str]) -> Path:
             pass
     if record.get("custom_command"):
         record["env"] = {**record.get("env", {}), "FMLLM_RESUME": "1"}
+        if handover:
+            handover["env"]["FMLLM_RESUME"] = "1"
     else:
         dist = record.get("distributed")
         if isinstance(dist, dict) and dist.get("port_auto") and dist.get("accelerate_config"):
@@ -415,8 +428,32 @@ def resume(run_dir: str | os.PathLike[str]) -> Path:
     record.setdefault("attempts", []).append({"started": time.time(), "resume": True})
     rd.write_json_atomic(rdir / rd.RUN, record)
     rd.log_line(rdir, f"---- resume at {time.strftime('%Y-%m-%d %H:%M:%S')} ----")
-    _spawn_supervisor(rdir)
+    _spawn_supervisor(rdir, handover)
     return rdir
+
+
+def _resume_handover(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The real command of a run whose run.json holds it masked: fmllm.train_command read again
+    from the config, which must still mask to what run.json holds. Raises :class:`RunError`."""
+    if not record.get("secrets_handed_over"):
+        return None
+    from fmllm_tui.config import ConfigError, load_config
+
+    path = record.get("config_path")
+    try:
+        command = list(load_config(Path(str(path))).view.fmllm.train_command or [])
+    except ConfigError as e:
+        raise RunError(f"this run's command holds secrets the run folder does not keep, and its config cannot be "
+                       f"read again: {e.render()}") from None
+    env = {str(k): str(v) for k, v in (record.get("env") or {}).items()}
+    if any("***" in v for v in env.values()):
+        raise RunError("this run was started with a token in its environment, which the run folder does not keep: "
+                       "start a new run with fmllm-run start")
+    shown, handover = masked_launch(command, env)
+    if not record.get("custom_command") or handover is None or shown["argv"] != record.get("argv"):
+        raise RunError(f"this run's command holds secrets the run folder does not keep, and fmllm.train_command in "
+                       f"{path} is no longer the command it started with: start a new run with fmllm-run start")
+    return handover
 
 
 # ------------------------------------------------------------------------------------------------

@@ -110,6 +110,39 @@ def merge_outcomes(main: dict[str, Any] | None, ranks: list[dict[str, Any]],
     return main
 
 
+def masked_launch(argv: list[str], env: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """What run.json may hold of a launch (argv and env with known token formats and the values of
+    secret-named flags masked, and ``secrets_handed_over`` when anything was), and the real values
+    to hand to the supervisor on its stdin (None when nothing was masked): the run folder never
+    holds a token, and the training command still gets it."""
+    from fmllm_tui.redact import mask_argv, mask_text
+
+    shown_argv = mask_argv(argv)
+    shown_env = {k: mask_text(str(v)) for k, v in env.items()}
+    masked = shown_argv != list(argv) or shown_env != env
+    shown: dict[str, Any] = {"argv": shown_argv, "env": shown_env, "secrets_handed_over": masked}
+    return shown, ({"argv": list(argv), "env": dict(env)} if masked else None)
+
+
+def handed_over(spec: dict[str, Any], stream: Any) -> tuple[list[str], dict[str, str]]:
+    """The argv and env to start: run.json's, or when it holds masked secrets, the real ones the
+    launching process wrote to this process's stdin. Raises FileNotFoundError without them."""
+    argv = [str(a) for a in spec.get("argv") or []]
+    env = {str(k): str(v) for k, v in (spec.get("env") or {}).items()}
+    if not spec.get("secrets_handed_over"):
+        return argv, env
+    import json
+
+    try:
+        real = json.loads(stream.read() or "null")
+    except (OSError, ValueError):
+        real = None
+    if not isinstance(real, dict) or not isinstance(real.get("argv"), list):
+        raise FileNotFoundError("run.json's training command holds masked secrets and the launching process "
+                                "handed over none: start the run again with fmllm-run start")
+    return [str(a) for a in real["argv"]], {str(k): str(v) for k, v in (real.get("env") or {}).items()}
+
+
 class _StoppedBeforeStart(Exception):
     """stop.requested was there before the training process was started."""
 
@@ -164,9 +197,13 @@ def supervise(run_dir: Path) -> int:
 
 def _supervise_locked(run_dir: Path) -> int:
     spec = rd.read_json(run_dir / rd.RUN) or {}
-    argv = [str(a) for a in spec.get("argv") or []]
+    try:
+        argv, spec_env = handed_over(spec, sys.stdin)
+        handover_error = None
+    except FileNotFoundError as e:
+        argv, spec_env, handover_error = [], {}, e
     env = dict(os.environ)
-    env.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
+    env.update(spec_env)
     started = time.time()
     log = rd.open_private_append(run_dir / rd.LOG, buffering=0)
     stop_path = run_dir / rd.STOP_REQUEST
@@ -189,19 +226,21 @@ def _supervise_locked(run_dir: Path) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     returncode: int
     try:
+        if handover_error is not None:
+            raise handover_error
         if not argv:
             raise FileNotFoundError("run.json has no argv")
         if stop_path.exists():
             # fmllm-run stop came before the training process started: do not start it.
             raise _StoppedBeforeStart
-        from fmllm_tui.redact import mask_text
+        from fmllm_tui.redact import mask_argv
 
         holders = procs.trainers(procs.live(run_dir))
         if holders:
             # Never two trainers in one folder (a resume raced another, or a supervisor was killed
             # and its trainer lives on): both would write the same checkpoints and metrics.
             raise _HeldByAnother(holders)
-        log.write(f"[fmllm] starting: {mask_text(' '.join(argv))}\n".encode())  # a token in train_command
+        log.write(f"[fmllm] starting: {' '.join(mask_argv(argv))}\n".encode())  # a token in train_command
         child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  env=env, cwd=spec.get("cwd") or None, preexec_fn=_default_signals)
         procs.write_pid_record(run_dir / rd.CHILD_PID, child.pid)  # pid and start time: safe from pid reuse
@@ -227,9 +266,11 @@ def _supervise_locked(run_dir: Path) -> int:
         rd.write_json_atomic(run_dir / rd.OUTCOME, {"status": "stopped", "ts": time.time(),
                                                     "message": "stopped before the training process started"})
     except OSError as e:
-        log.write(f"[fmllm] could not start the training process: {e}\n".encode())
+        from fmllm_tui.redact import mask_text
+
+        log.write(mask_text(f"[fmllm] could not start the training process: {e}\n").encode())
         returncode = 127
-        outcome_msg = f"could not start {argv[0] if argv else 'the training process'}: {e.strerror or e}"
+        outcome_msg = mask_text(f"could not start {argv[0] if argv else 'the training process'}: {e.strerror or e}")
         rd.write_json_atomic(run_dir / rd.OUTCOME, {"status": "failed", "exit_code": 127, "message": outcome_msg})
     ended = time.time()
     if returncode < 0:
@@ -264,7 +305,10 @@ def _supervise_locked(run_dir: Path) -> int:
     if record["message"] is None:
         record["message"] = (f"the training command exited with code {returncode}" if returncode >= 0
                              else f"the training command was ended by {record['signal']}")
-    rd.write_json_atomic(run_dir / rd.EXIT, record)
+    from fmllm_tui.redact import mask_data
+
+    # A message or a diagnosed log line may quote the training command or what it printed.
+    rd.write_json_atomic(run_dir / rd.EXIT, mask_data(record))
     return 0
 
 
