@@ -4,9 +4,9 @@
 return :class:`Hit` objects: the failure (pattern id from :data:`PATTERNS`), file:line, the
 matched excerpt (secrets masked), its cause with the numbers the log gave, and the fix.
 
-How it stays fast and flat on a 1 GB log: the input is read in large binary blocks; a handful of
-literal "trigger" strings (``Traceback (most recent call last)``, ``rror``, ``Killed``, ``nan``,
-``Warning``…) are searched with C-speed ``bytes.find``; only the lines they hit (plus a short
+How it stays fast and flat on a 1 GB log: the input is read in large binary blocks; one
+multi-pattern pass (:mod:`fmllm_tui.logprefilter`: every pattern's regex compiled together,
+Hyperscan where installed) finds the lines any pattern can match; only those lines (plus a short
 window after them, and the whole traceback after a traceback header) are decoded and matched
 against the detailed regexes. Loss dicts and progress bars are sampled per block (first/last
 entries and the ones just before each hit), which is enough for the multi-line analyses (NaN
@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from fmllm_tui.logadvice import RunSettings, oom_fix, rank_key
 from fmllm_tui.logpatterns import (
     BY_ID,
     FIX_ALLOC_CONF,
@@ -38,12 +39,14 @@ from fmllm_tui.logpatterns import (
     Pattern,
     fix,
     human,
+    marker_phase,
     pip_name,
     size_bytes,
 )
+from fmllm_tui.logprefilter import prefilter
 from fmllm_tui.redact import mask_data, mask_text
 
-__all__ = ["Hit", "PATTERNS", "Pattern", "scan_file", "scan_lines", "TRIGGERS"]
+__all__ = ["Hit", "PATTERNS", "Pattern", "RunSettings", "scan_file", "scan_lines"]
 
 # --------------------------------------------------------------------------------------------
 # Public result type
@@ -64,6 +67,7 @@ class Hit:
     severity: str
     fix: dict[str, Any] | None
     values: dict[str, Any] = field(default_factory=dict)
+    phase: str = "load"  # logadvice.PHASES: load, first_step, training, eval, predict, generation, save, merge
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form (the shape fmllm-check --json and the TUI use)."""
@@ -77,6 +81,7 @@ class Hit:
             "cause": self.cause,
             "fix": self.fix,
             "severity": self.severity,
+            "phase": self.phase,
             "values": self.values,
         }
 
@@ -85,23 +90,9 @@ class Hit:
 # Block scanning (pure bytes work; runs in worker processes for big files)
 # --------------------------------------------------------------------------------------------
 
-#: Literal strings that make a line worth decoding. Every pattern's wording contains one of these
-#: (tests check it); an exception line that ends a traceback is always decoded (the traceback
-#: header is a trigger and its window is walked to the exception line).
-TRIGGERS: tuple[bytes, ...] = (
-    b"Traceback (most recent call last)",
-    b"rror",  # FooError:, CUDA error:, 'c10::Error', [Errno 28], error writing ...
-    b"Killed",  # the shell's line when the OOM killer struck
-    b"nan",  # {'loss': nan, ...} / 'grad_norm': 'nan' (transformers >= 4.5x prints strings)
-    b"Warning",  # UserWarning/FutureWarning lines from warnings.warn
-    b"Watchdog caught collective",
-    b"were not initialized from the model checkpoint",
-    b"Token indices sequence length is longer",
-    b"because they were offloaded to the",
-    b"Segmentation fault",
-    b"only supports torch.float16",  # flash-attn with an fp32 model (a logger warning)
-)
-_TB_HEADER = TRIGGERS[0]
+#: The line that opens a traceback: the walk to its exception line starts there. Which other lines
+#: are decoded is decided by :mod:`fmllm_tui.logprefilter`, derived from every pattern.
+_TB_HEADER = b"Traceback (most recent call last)"
 
 BLOCK = 8 << 20  # bytes per block
 LOOKAHEAD = 256 << 10  # bytes past a block's end available for windows after a hit
@@ -168,13 +159,14 @@ def _scan_chunk(data: bytes, s: int, e: int, eof: bool) -> tuple[int, list[tuple
     for windows); ``eof`` says whether it ends the input.
     """
     end_all = len(data)
+    pf = prefilter()
     hits: dict[int, tuple[int, bytes, int]] = {}  # seg_start -> (seg_end, text, kind)
     queue: list[tuple[int, bool]] = []  # (line start of a HIT, is a traceback header to walk)
 
     def add(a: int, b: int, kind: int) -> None:
         old = hits.get(a)
         text = old[1] if old is not None else data[a : min(b, a + MAX_LINE)]
-        if kind == CTX and old is None and a >= e and any(t in text for t in TRIGGERS):
+        if kind == CTX and old is None and a >= e and pf.line_ends(text, 0, len(text)):
             # a window line past the block's end: the next block will not look at it again
             # (the engine's watermark skips it), so it is judged here like any trigger line
             kind = HIT
@@ -184,15 +176,9 @@ def _scan_chunk(data: bytes, s: int, e: int, eof: bool) -> tuple[int, list[tuple
                 la = data.rfind(b"\n", 0, a) + 1
                 queue.append((la, _TB_HEADER in text and (old is None or a >= e)))
 
-    for trig in TRIGGERS:
-        pos = data.find(trig, s, e)
-        while pos != -1:
-            a, b = _segment(data, pos, s, end_all)
-            add(a, b, HIT)
-            nxt = max(b, pos + len(trig))
-            if nxt >= e:
-                break
-            pos = data.find(trig, nxt, e)
+    for pos in pf.line_ends(data, s, e):
+        a, b = _segment(data, pos, s, end_all)
+        add(a, b, HIT)
 
     # windows after hits (the whole traceback after a header), and the progress bar / loss
     # dict just before error-ish hits
@@ -388,18 +374,34 @@ _DICT_VAL = {
 _SITE = re.compile(r"(?:site|dist)-packages[/\\]([A-Za-z_]\w*)")
 _STDLIB_HINT = re.compile(r"[/\\]lib[/\\]python\d\.\d+[/\\](?!site-packages|dist-packages)")
 
-# frame function names that say which phase a traceback happened in (innermost wins)
+# frame function names that say which phase a traceback happened in; the first phase of
+# _PHASE_ORDER with a frame in the traceback wins (an evaluation inside the training loop is eval,
+# a generation inside a GRPO training step is generation)
 _PHASE_FUNCS = {
-    "eval": {"evaluate", "evaluation_loop", "prediction_step", "prediction_loop", "_evaluate", "predict",
-             "eval_step", "evaluation_step", "_run_evaluation"},
+    "merge": {"merge_and_unload", "_unload_and_optionally_merge", "merge_adapter", "merge_lora", "_merge_lora",
+              "export_model", "merge_weights"},
+    "generation": {"generate", "_sample", "sample", "greedy_search", "_greedy_search", "beam_search", "_beam_search",
+                   "_assisted_decoding", "generate_completions", "_generate_and_score_completions"},
     "save": {"_save_checkpoint", "save_model", "_save", "save_pretrained", "save_state", "_save_tpu",
-             "_save_optimizer_and_scheduler", "get_state_dict", "save_checkpoint", "save_file"},
-    "loading": {"from_pretrained", "_load_pretrained_model", "load_state_dict", "load_checkpoint_and_dispatch",
-                "_load_state_dict_into_meta_model", "dispatch_model", "load_checkpoint_in_model", "load_model",
-                "prepare_model_for_kbit_training", "_load_state_dict_into_model", "get_peft_model", "load_shard_file",
-                "_materialize_copy", "create_quantized_param", "convert_and_load_state_dict_in_model"},
-    "train": {"training_step", "_inner_training_loop", "compute_loss", "backward", "train_step", "optimizer_step"},
+             "_save_optimizer_and_scheduler", "get_state_dict", "save_checkpoint", "save_file", "save_16bit_model",
+             "_zero3_consolidated_16bit_state_dict"},
+    "predict": {"predict", "prediction_loop"},
+    "eval": {"evaluate", "evaluation_loop", "prediction_step", "_evaluate", "eval_step", "evaluation_step",
+             "_run_evaluation"},
+    "load": {"from_pretrained", "_load_pretrained_model", "load_state_dict", "load_checkpoint_and_dispatch",
+             "_load_state_dict_into_meta_model", "dispatch_model", "load_checkpoint_in_model", "load_model",
+             "prepare_model_for_kbit_training", "_load_state_dict_into_model", "get_peft_model", "load_shard_file",
+             "_materialize_copy", "create_quantized_param", "convert_and_load_state_dict_in_model", "load_model_and_tokenizer",
+             "_load_from_checkpoint", "load_adapter"},
+    "training": {"training_step", "_inner_training_loop", "compute_loss", "backward", "train_step", "optimizer_step"},
 }
+_PHASE_ORDER = ("merge", "generation", "save", "predict", "eval", "load", "training")
+_LOSS_FUNCS = {"cross_entropy", "log_softmax", "_log_softmax", "nll_loss", "ForCausalLMLoss", "fixed_cross_entropy",
+               "loss_function", "cross_entropy_loss", "softmax_cross_entropy"}
+# a bar's description -> the phase it shows (merge bars are not training steps)
+_BAR_PHASES = (("merg", "merge"), ("unload", "merge"), ("eval", "eval"), ("predict", "predict"),
+               ("generat", "generation"), ("sav", "save"), ("loading", "load"), ("checkpoint shards", "load"),
+               ("fetching", "load"), ("download", "load"), ("map", "load"), ("token", "load"))
 
 
 def _clean(raw: bytes) -> str:
@@ -444,6 +446,7 @@ class _Frame:
     file: str
     line: int
     func: str
+    src: str = ""  # the source line printed under it
 
 
 @dataclass
@@ -512,8 +515,8 @@ class _Ctx:
     def culprit(self) -> dict[str, Any]:
         return _culprit(self.frames)
 
-    def phase(self) -> str:
-        return self.engine.phase(self.frames)
+    def phase(self, default: str | None = None) -> str:
+        return self.engine.phase(self.frames, default)
 
     def rank_exception(self, rank: int) -> str | None:
         return self.engine.rank_exc.get(str(rank))
@@ -543,9 +546,10 @@ def _culprit(frames: list[_Frame]) -> dict[str, Any]:
 class _Engine:
     """Consumes records in file order and builds the hits."""
 
-    def __init__(self, name: str, vocab_size: int | None):
+    def __init__(self, name: str, vocab_size: int | None, settings: RunSettings | None = None):
         self.name = name
         self.vocab_size = vocab_size
+        self.settings = settings or RunSettings()
         self.hits: dict[tuple[str, str], Hit] = {}
         self.tbs: dict[str, _Tb] = {}
         self.chain_counter = 0
@@ -554,6 +558,7 @@ class _Engine:
         self.provisional: dict[tuple[str, str], tuple[set[int], Hit]] = {}
         self.rank_exc: dict[str, str] = {}
         self.last_bar: _Bar | None = None
+        self.marker: tuple[int, str] | None = None  # (line, phase) of the latest phase banner
         self.last_train_bar: _Bar | None = None
         self.bar_totals: Counter[int] = Counter()
         # loss samples: the first few and a bounded tail keep memory flat on any log size
@@ -636,24 +641,45 @@ class _Engine:
                 if len(self.loss_head) < 8:
                     self.loss_head.append(rec)
 
-    def phase(self, frames: list[_Frame]) -> str:
-        for fr in reversed(frames):
-            func = fr.func.rsplit(".", 1)[-1]  # IPython writes Trainer.training_step
-            for phase, names in _PHASE_FUNCS.items():
-                if func in names:
-                    return phase
+    def phase(self, frames: list[_Frame], default: str | None = None) -> str:
+        """The phase (logadvice.PHASES) of a failure: its traceback's frames, else the latest phase
+        banner or telling progress bar, else whether training had started, else ``default``."""
+        funcs = {fr.func.rsplit(".", 1)[-1] for fr in frames}  # IPython writes Trainer.training_step
+        for ph in _PHASE_ORDER:
+            if funcs & _PHASE_FUNCS[ph]:
+                return self._first_step(ph)
+        evidence: list[tuple[int, str]] = []
+        if self.marker is not None:
+            evidence.append(self.marker)
         bar = self.last_bar
         if bar is not None:
-            d = bar.desc.lower()
-            if "eval" in d or "predict" in d:
-                return "eval"
-            if "loading" in d or "checkpoint shards" in d or "fetching" in d:
-                return "loading" if self.last_train_bar is None or self.last_train_bar.line < bar.line else "train"
-            tt = self.train_total()
-            if not bar.desc and tt is not None and bar.total != tt and self.last_train_bar is not None \
-                    and self.last_train_bar.n < self.last_train_bar.total:
-                return "eval"
-        return "train"
+            bar_ph = self._bar_phase(bar)
+            if bar_ph is not None:
+                evidence.append((bar.line, bar_ph))
+        if self.last_train_bar is not None:
+            evidence.append((self.last_train_bar.line, "training"))
+        if self.losses:
+            evidence.append((self.losses[-1].line, "training"))
+        if evidence:
+            return self._first_step(max(evidence)[1])
+        return default or "load"
+
+    def _bar_phase(self, bar: _Bar) -> str | None:
+        d = bar.desc.lower()
+        for word, ph in _BAR_PHASES:
+            if word in d:
+                return ph
+        tt = self.train_total()
+        if not bar.desc and tt is not None and bar.total != tt and self.last_train_bar is not None \
+                and self.last_train_bar.n < self.last_train_bar.total:
+            return "eval"  # a bar of another length under an unfinished training bar
+        return None
+
+    def _first_step(self, ph: str) -> str:
+        """'training' before any step finished (no loss logged, the bar at 0) is the first step."""
+        if ph == "training" and self.loss_count == 0 and self.step() in (None, 0):
+            return "first_step"
+        return ph
 
     def step(self) -> int | None:
         if self.last_train_bar is not None:
@@ -689,6 +715,8 @@ class _Engine:
             self.prev_frame_line[rank] = line_no
             return True, False
         if body[:1].isspace() and self.prev_frame_line.get(rank, -9) >= line_no - 3 and tb is not None and tb.open:
+            if tb.frames and not tb.frames[-1].src:
+                tb.frames[-1].src = body.strip()[:200]
             return True, False  # source line under a frame, or ^^^^ markers
         if tb is not None and tb.open and body and not body[:1].isspace():
             em = _EXC.match(body.strip())
@@ -700,12 +728,13 @@ class _Engine:
 
     # ---- hits ---------------------------------------------------------------------------
     def add(self, pid: str, key: str, line_no: int, excerpt: str, cause: str, severity: str,
-            fix_: dict[str, Any] | None, values: dict[str, Any]) -> Hit:
+            fix_: dict[str, Any] | None, values: dict[str, Any], phase: str | None = None) -> Hit:
         k = (pid, key)
         h = self.hits.get(k)
         cause, values = mask_text(cause), mask_data(values)  # causes quote log text: no tokens in them
         if h is None:
-            h = Hit(pid, self.name, line_no, line_no, 1, _excerpt(excerpt), cause, severity, fix_, values)
+            ph = phase or values.get("phase") or self.phase([], BY_ID[pid].phase or None)
+            h = Hit(pid, self.name, line_no, line_no, 1, _excerpt(excerpt), cause, severity, fix_, values, ph)
             self.hits[k] = h
         else:
             h.count += 1
@@ -721,6 +750,9 @@ class _Engine:
             return
         if "%|" in body:
             self._bar(body, line_no)
+        ph = marker_phase(body)
+        if ph is not None:
+            self.marker = (line_no, ph)
         if ("loss" in body or "grad_norm" in body) and ("'" in body or '"' in body):
             self._loss(body, line_no)
         is_tb_line, closes = self._traceback(rank, body, line_no)
@@ -738,8 +770,9 @@ class _Engine:
         matches = self.match_cache.get(text)
         if matches is None:
             matches = []
+            names = prefilter().names_in(text)  # the patterns that can match: the rest are skipped
             for p in PATTERNS:
-                if p.rx is None or (p.needles and not any(n in text for n in p.needles)):
+                if p.rx is None or p.id not in names:
                     continue
                 m = p.rx.search(text)
                 if m:
@@ -754,8 +787,6 @@ class _Engine:
                 if p.id in done or p.rx is None:
                     continue
                 joined = " ".join([text, *[a.strip() for a in ctx.after[: p.span]]])
-                if p.needles and not any(n in joined for n in p.needles):
-                    continue
                 m2 = p.rx.search(joined)
                 if m2:
                     matches = [*matches, (p, m2)]
@@ -780,7 +811,7 @@ class _Engine:
                         values.setdefault("raised_in", f"{c['file']}:{c['line']} in {c['function']}")
                 sev = r.get("severity", pat.severity)
                 self.add(pid, str(r.get("key", "")), line_no, r.get("excerpt", text), cause, sev,
-                         r.get("fix", pat.fix), values)
+                         r.get("fix", pat.fix), values, values.get("phase") or ctx.phase(pat.phase or None))
                 if sev == "error" or closes:
                     explained = True  # a specific pattern on the exception line itself explains it
         if explained and chain is not None:
@@ -826,7 +857,7 @@ class _Engine:
             fx = fix(None, f"start from {spot}: that is where it failed")
         key = f"{etype}:{c.get('file', '')}:{c.get('line', '')}"
         h = Hit("exception", self.name, line_no, line_no, 1, _excerpt(text), mask_text(cause), "error", fx,
-                mask_data(values))
+                mask_data(values), ctx.phase())
         k = ("exception", key)
         old = self.provisional.get(k)
         if old is None:
@@ -844,7 +875,7 @@ class _Engine:
             self.hits.setdefault(key, h)
         self._loss_findings()
         out = list(self.hits.values())
-        out.sort(key=lambda h: (0 if h.severity == "error" else 1, h.line, h.pattern))
+        out.sort(key=lambda h: (*rank_key(h.pattern, h.severity, h.line), h.pattern))
         return out
 
     def _loss_findings(self) -> None:
@@ -962,6 +993,30 @@ _PROC = re.compile(rf"Process (?P<pid>\d+) has (?P<mem>{SIZE}) memory in use")
 _THIS_PROC = re.compile(rf"this process has (?P<mem>{SIZE}) memory in use")
 
 
+_OOM_BY_PHASE = {"load": "cuda_oom_loading", "eval": "cuda_oom_eval", "predict": "cuda_oom_eval",
+                 "generation": "cuda_oom_generation", "save": "cuda_oom_save", "merge": "cuda_oom_merge"}
+_OOM_WHERE = {"load": "while loading the model", "first_step": "in the first training step",
+              "training": "in a training step", "eval": "while evaluating", "predict": "while predicting",
+              "generation": "while generating", "save": "while saving a checkpoint",
+              "merge": "while merging the adapter into the model"}
+_OOM_WHY = {
+    "cuda_oom_eval": ". Training steps fit; the evaluation/prediction batch (and its logits) does not",
+    "cuda_oom_generation": ". Generation keeps a KV cache per sequence: the sequences generated at once do not fit",
+    "cuda_oom_merge": ". Merging loads the base model unquantized; the training settings are not the cause",
+    "model_too_big_per_card": (". Every process loads its own full copy of the model, so each card must hold "
+                               "all of it: split the model across the cards (FSDP, or one process with device_map) "
+                               "or load it in 4-bit; a smaller batch does not help"),
+}
+
+
+def _in_loss(frames: list[_Frame]) -> bool:
+    """Whether the innermost frames are the loss (cross-entropy over full-vocabulary logits)."""
+    for fr in frames[-4:]:
+        if fr.func.rsplit(".", 1)[-1] in _LOSS_FUNCS or "logits.float()" in fr.src or "cross_entropy" in fr.src:
+            return True
+    return False
+
+
 def _oom(m: re.Match[str], ctx: _Ctx) -> list[tuple[str, dict[str, Any]]]:
     """The OOM hit (id by phase) plus fragmentation / other-process findings from its numbers."""
     joined = " ".join([ctx.line, *[a.strip() for a in ctx.after[:6]]])
@@ -995,16 +1050,21 @@ def _oom(m: re.Match[str], ctx: _Ctx) -> list[tuple[str, dict[str, Any]]]:
         tm = _OOM_TRY.search(joined)
         if tm:
             v["tried_to_allocate_bytes"] = size_bytes(tm.group("try"))
-    phase = ctx.phase()
+    phase = ctx.phase("training")
     step = ctx.engine.step()
     v["phase"] = phase
     if step is not None:
         v["step"] = step
     logs_before = ctx.engine.loss_count
-    late = phase == "train" and ((step is not None and step >= 20) or (step is None and logs_before >= 10))
-    pid = {"eval": "cuda_oom_eval", "loading": "cuda_oom_loading", "save": "cuda_oom_save"}.get(phase, "cuda_oom")
+    late = phase == "training" and ((step is not None and step >= 20) or (step is None and logs_before >= 10))
+    pid = _OOM_BY_PHASE.get(phase, "cuda_oom")
     if late:
         pid = "cuda_oom_late"
+    elif phase == "load" and (ctx.rank or (v.get("gpu") or 0) > 0 or (ctx.engine.settings.num_processes or 1) > 1):
+        pid = "model_too_big_per_card"  # one full copy per GPU: each card must hold the whole model
+    in_loss = _in_loss(ctx.frames)
+    if in_loss:
+        v["in_loss"] = True
     nums = ""
     if v.get("tried_to_allocate_bytes") is not None:
         nums = f"tried to allocate {human(v['tried_to_allocate_bytes'])}"
@@ -1012,30 +1072,28 @@ def _oom(m: re.Match[str], ctx: _Ctx) -> list[tuple[str, dict[str, Any]]]:
             nums += f" with {human(v.get('free_bytes'))} free of {human(v['total_bytes'])}"
         if v.get("reserved_bytes"):
             nums += f"; PyTorch held {human(v['reserved_bytes'])}"
-    where = {"eval": "while evaluating", "loading": "while loading the model", "save": "while saving a checkpoint",
-             "train": "in a training step"}[phase]
-    cause = f"CUDA ran out of memory {where}"
-    if step is not None and phase == "train":
-        cause += " (the first step)" if step == 0 else f" (step {step})"
+    cause = f"CUDA ran out of memory {_OOM_WHERE[phase]}"
+    if step is not None and phase == "training":
+        cause += f" (step {step})"
     if nums:
         cause += f": {nums}"
+    cause += _OOM_WHY.get(pid, "")
     if pid == "cuda_oom_late":
         cause += (f". It ran {step if step is not None else logs_before} steps{'' if step is not None else ' (logs)'} fine "
                   "first, so one long batch is the outlier: cap max_seq_length or drop the longest examples rather "
                   "than shrinking the batch")
-    elif pid == "cuda_oom_eval":
-        cause += ". Training steps fit; the evaluation batch does not: lower per_device_eval_batch_size"
     total = v.get("total_bytes") or 0
     other = v.get("other_process_bytes") or 0
     other_flag = bool(total and other >= max(512 * 1024**2, int(0.05 * total)))
     if other_flag:
         cause += f". Other processes held {human(other)} of this GPU: free it first, then see if the run fits"
     elif pid == "cuda_oom":
-        cause += ". The batch's activations do not fit"
+        cause += ". The loss's logits do not fit" if in_loss else ". The batch's activations do not fit"
     culprit = ctx.culprit()
     if culprit:
         v["raised_in"] = f"{culprit['file']}:{culprit['line']} in {culprit['function']}"
-    out: list[tuple[str, dict[str, Any]]] = [(pid, {"values": v, "cause": cause, "key": ""})]
+    fx = oom_fix(pid, phase, ctx.engine.settings, in_loss)
+    out: list[tuple[str, dict[str, Any]]] = [(pid, {"values": v, "cause": cause, "key": "", "fix": fx})]
     unalloc = v.get("reserved_unallocated_bytes") or 0
     tried = v.get("tried_to_allocate_bytes") or 0
     if total and unalloc >= max(tried, int(0.05 * total)):
@@ -1145,8 +1203,8 @@ def _file_blocks(path: str, size: int) -> Iterator[_Result]:
             yield nl, [(off, rel, t, k) for off, rel, t, k in recs]
 
 
-def _run(name: str, blocks: Iterable[_Result], vocab_size: int | None) -> list[Hit]:
-    engine = _Engine(name, vocab_size)
+def _run(name: str, blocks: Iterable[_Result], vocab_size: int | None, settings: RunSettings | None) -> list[Hit]:
+    engine = _Engine(name, vocab_size, settings)
     lines = 0
     for nl, records in blocks:
         _feed(engine, lines, records)
@@ -1154,9 +1212,12 @@ def _run(name: str, blocks: Iterable[_Result], vocab_size: int | None) -> list[H
     return engine.finish()
 
 
-def scan_file(path: str | os.PathLike[str], *, vocab_size: int | None = None) -> list[Hit]:
-    """Diagnose a training log file. Raises OSError (FileNotFoundError, IsADirectoryError, …)
-    when it cannot be read; any content, binary included, is scanned without error."""
+def scan_file(path: str | os.PathLike[str], *, vocab_size: int | None = None,
+              settings: RunSettings | None = None) -> list[Hit]:
+    """Diagnose a training log file, root cause first. ``settings``: the run's config and plan as far
+    as known (:meth:`RunSettings.from_config`), so a fix does not advise what is already done.
+    Raises OSError (FileNotFoundError, IsADirectoryError, …) when it cannot be read; any content,
+    binary included, is scanned without error."""
     p = os.fspath(path)
     size = os.path.getsize(p)
     if os.path.isdir(p):
@@ -1165,7 +1226,7 @@ def scan_file(path: str | os.PathLike[str], *, vocab_size: int | None = None) ->
         from concurrent.futures.process import BrokenProcessPool
 
         try:
-            return _run(p, _file_blocks(p, size), vocab_size)
+            return _run(p, _file_blocks(p, size), vocab_size, settings)
         except (BrokenProcessPool, PermissionError, NotImplementedError):
             pass  # no worker processes here (sandbox, no /dev/shm): one streaming pass instead
 
@@ -1177,10 +1238,11 @@ def scan_file(path: str | os.PathLike[str], *, vocab_size: int | None = None) ->
                     return
                 yield b
 
-    return _run(p, _stream_blocks(chunks()), vocab_size)
+    return _run(p, _stream_blocks(chunks()), vocab_size, settings)
 
 
-def scan_lines(lines: Iterable[str | bytes], name: str = "<log>", *, vocab_size: int | None = None) -> list[Hit]:
+def scan_lines(lines: Iterable[str | bytes], name: str = "<log>", *, vocab_size: int | None = None,
+               settings: RunSettings | None = None) -> list[Hit]:
     """Diagnose log lines (one item per line, with or without its newline) from any source."""
 
     def chunks() -> Iterator[bytes]:
@@ -1198,4 +1260,4 @@ def scan_lines(lines: Iterable[str | bytes], name: str = "<log>", *, vocab_size:
         if parts:
             yield b"".join(parts)
 
-    return _run(name, _stream_blocks(chunks()), vocab_size)
+    return _run(name, _stream_blocks(chunks()), vocab_size, settings)

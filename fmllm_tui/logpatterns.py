@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 # --------------------------------------------------------------------------------------------
@@ -236,6 +236,7 @@ class Pattern:
     needles: tuple[str, ...] = ()  # cheap substring test before the regex (any one must be present)
     extract: Callable[..., dict[str, Any] | None] | None = None
     span: int = 0  # following lines joined to the hit line before matching (messages split over lines)
+    phase: str = ""  # the phase to name when the log gives no evidence ("": load, or what the log shows)
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "severity": self.severity, "title": self.title, "cause": self.cause,
@@ -244,8 +245,8 @@ class Pattern:
 
 def _p(id: str, severity: str, title: str, cause: str, fix_: dict[str, Any] | None, rx: str | None,
        needles: tuple[str, ...] = (), extract: Callable[..., dict[str, Any] | None] | None = None,
-       flags: int = 0, span: int = 0) -> Pattern:
-    return Pattern(id, severity, title, cause, fix_, re.compile(rx, flags) if rx else None, needles, extract, span)
+       flags: int = 0, span: int = 0, phase: str = "") -> Pattern:
+    return Pattern(id, severity, title, cause, fix_, re.compile(rx, flags) if rx else None, needles, extract, span, phase)
 
 
 # --------------------------------------------------------------------------------------------
@@ -550,6 +551,20 @@ PATTERNS: list[Pattern] = [
     _p("cuda_oom_late", ERR, "CUDA out of memory at a late step",
        "the GPU ran out of memory after many successful steps: one unusually long batch, not the batch size",
        FIX_SEQ_LEN, None),
+    _p("cuda_oom_generation", ERR, "CUDA out of memory while generating",
+       "the GPU ran out of memory while generating text (sampling for GRPO/PPO, predict_with_generate, or a sample "
+       "after training): the KV cache of the sequences generated at once, not the training step",
+       fix(None, "generate fewer sequences at once and fewer max_new_tokens; the train batch is not the cause"), None,
+       phase="generation"),
+    _p("cuda_oom_merge", ERR, "CUDA out of memory while merging the adapter",
+       "the GPU ran out of memory while merging the LoRA adapter into the base model, which is loaded unquantized in 16-bit",
+       fix(None, "merge on the CPU (hide the GPU) or on a card that holds the full 16-bit model",
+           shell='export CUDA_VISIBLE_DEVICES=""'), None, phase="merge"),
+    _p("model_too_big_per_card", ERR, "the model does not fit on each card",
+       "every process of a multi-GPU run loads its own full copy of the model and one card cannot hold it",
+       fix(None, "split the model across the cards instead of one copy per card (FSDP, or one process with "
+           "device_map='auto'), or load it in 4-bit; a smaller batch does not help", [("quantization.use_4bit", True)]),
+       None, phase="load"),
     _p("cuda_oom_fragmentation", WARN, "GPU memory fragmentation",
        "a large share of PyTorch's reserved memory was free but fragmented, so the allocation failed anyway",
        FIX_ALLOC_CONF, None),
@@ -908,8 +923,40 @@ PATTERNS: list[Pattern] = [
        "the run stopped on an exception that fmllm has no specific pattern for; the last frame shows where", None, None),
 ]
 
+#: The phase a finding names when the log shows none (no frames, banners or bars): where these
+#: failures happen in a run. Anything else defaults to load (the run never showed a step).
+_FAILS_IN = {
+    "first_step": ("gc_inputs_no_grad", "no_grad_checkpointing", "ddp_reentrant", "checkpoint_metadata", "fp16_unscale",
+                   "no_loss_returned", "unpadded_batch", "pad_token_missing", "dtype_mismatch", "device_mismatch",
+                   "bf16_matmul_unsupported", "flash_attn_dtype", "bnb_compute_dtype_slow", "cuda_oom", "mps_oom",
+                   "auto_batch_exhausted", "torch_compile_failed", "fsdp_4bit"),
+    "training": ("loss_nan", "loss_zero", "loss_flat", "fp16_overflow", "nccl_timeout", "cuda_oom_late",
+                 "token_id_out_of_range", "cuda_oom_fragmentation", "gpu_other_process"),
+}
+PATTERNS = [replace(p, phase=ph) for p in PATTERNS
+            for ph in [next((k for k, ids in _FAILS_IN.items() if p.id in ids), p.phase)]]
+
+#: Lines that announce a phase of the run (the trainer's banners, checkpoint saves, adapter merges):
+#: with no traceback frames to go by, the latest of these (or a newer progress bar) names the
+#: phase of a failure after it.
+PHASE_MARKERS: tuple[tuple[str, str], ...] = (
+    (r"\*{5} Running training \*{5}|Running training|Start(?:ing)? training|trainer\.train\(\)", "training"),
+    (r"\*{5} Running Evaluation \*{5}|Running Evaluation", "eval"),
+    (r"\*{5} Running Prediction \*{5}|Running Prediction|\*{5} predict metrics \*{5}", "predict"),
+    (r"Saving model checkpoint to|Saving model to|Model weights saved in|Saving the (?:final )?model", "save"),
+    (r"Unloading and merging|merge_and_unload|[Mm]erg(?:e|ing) (?:the )?(?:LoRA|lora|adapter|PEFT|peft)", "merge"),
+)
+PHASE_MARKER_RX = re.compile("|".join(f"(?P<m{i}>{rx})" for i, (rx, _ph) in enumerate(PHASE_MARKERS)))
+
+
+def marker_phase(text: str) -> str | None:
+    """The phase a banner line announces, or None."""
+    m = PHASE_MARKER_RX.search(text)
+    return PHASE_MARKERS[int(m.lastgroup[1:])][1] if m and m.lastgroup else None
+
+
 BY_ID: dict[str, Pattern] = {p.id: p for p in PATTERNS}
 if len(BY_ID) != len(PATTERNS):  # pragma: no cover - guards the table itself
     raise RuntimeError("duplicate pattern ids in PATTERNS")
 
-__all__ = ["BY_ID", "PATTERNS", "Pattern", "fix", "human", "pip_name", "size_bytes"]
+__all__ = ["BY_ID", "PATTERNS", "PHASE_MARKERS", "Pattern", "fix", "human", "marker_phase", "pip_name", "size_bytes"]

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from fmllm_tui import logdiag
+from fmllm_tui.logadvice import PHASES
 from fmllm_tui.logdiag import PATTERNS, Hit, scan_file, scan_lines
 
 LOGS = Path(__file__).parent / "data" / "logs"
@@ -85,7 +86,8 @@ def test_excerpt_finds_its_pattern(path: Path) -> None:
     assert "\x1b" not in h.excerpt
     assert h.severity in ("error", "warning")
     d = h.to_json()
-    assert set(d) == {"pattern", "file", "line", "last_line", "excerpt", "count", "cause", "fix", "severity", "values"}
+    assert set(d) == {"pattern", "file", "line", "last_line", "excerpt", "count", "cause", "fix", "severity", "phase", "values"}
+    assert d["phase"] in PHASES
     json.dumps(d)
     if h.fix is not None:
         assert fixof(h)["id"] in FIX_IDS
@@ -110,7 +112,7 @@ def test_oom_new_wording_numbers() -> None:
     assert v["reserved_unallocated_bytes"] == int(346.58 * MiB)
     assert v["this_process_bytes"] == int(22.60 * GiB)
     assert v["other_process_bytes"] == 0
-    assert v["phase"] == "train" and v["step"] == 1
+    assert v["phase"] == "training" and v["step"] == 1
     assert v["gpu"] == 0
     assert h.line == 19
     assert "1.96 GiB" in h.cause and "23.64 GiB" in h.cause
@@ -142,7 +144,7 @@ def test_eval_oom_fixes_the_eval_batch_not_the_train_batch() -> None:
 def test_loading_and_saving_oom_phases() -> None:
     for name in ("cuda_oom_loading__from_pretrained.log", "cuda_oom_loading__shards_bar_old.log"):
         h = hit(scan_file(LOGS / name), "cuda_oom_loading")
-        assert h.values["phase"] == "loading"
+        assert h.values["phase"] == "load" and h.phase == "load"
     for name in ("cuda_oom_save__save_checkpoint.log", "cuda_oom_save__save_model_old.log"):
         h = hit(scan_file(LOGS / name), "cuda_oom_save")
         assert h.values["phase"] == "save"
@@ -544,3 +546,144 @@ def test_suggested_hub_commands_exist_in_the_installed_hf_cli() -> None:
     for cmd in sorted(commands):
         proc = subprocess.run([str(hf), *cmd.split(), "--help"], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, (cmd, proc.stdout[-500:], proc.stderr[-500:])
+
+
+# ---- the pre-filter is derived from every pattern: no line is invisible (issue 21 item 3) ----------
+
+from fmllm_tui import logprefilter  # noqa: E402
+from fmllm_tui.logadvice import RunSettings  # noqa: E402
+
+REAL = Path(__file__).parent / "data" / "reallogs"
+
+
+def _fit_reallogs() -> list[Path]:
+    """The corpus logs whose manifest says split: fit (heldout ones are never opened by tests)."""
+    out = []
+    for man in sorted(REAL.glob("*.json")):
+        if json.loads(man.read_text()).get("split") == "fit" and man.with_suffix(".log").is_file():
+            out.append(man.with_suffix(".log"))
+    return out
+
+
+def _lines_a_pattern_matches(data: bytes) -> set[int]:
+    """1-based numbers of the lines (as the engine cleans them) that some pattern's regex matches."""
+    out = set()
+    for i, raw in enumerate(data.split(b"\n"), 1):
+        body = logdiag._split_rank(logdiag._clean(raw))[1].strip()
+        if body and any(p.rx is not None and p.rx.search(body) for p in PATTERNS):
+            out.add(i)
+    return out
+
+
+def _prefiltered_lines(pf: logprefilter.Prefilter, data: bytes) -> set[int]:
+    return {data.count(b"\n", 0, off) + 1 for off in pf.line_ends(data, 0, len(data))}
+
+
+@pytest.mark.parametrize("engine", ["hyperscan", "re"] if logprefilter.ENGINE == "hyperscan" else ["re"])
+def test_prefilter_passes_every_line_a_pattern_matches(engine: str) -> None:
+    pf = logprefilter.Prefilter(engine=engine)
+    paths = ALL_LOGS + _fit_reallogs()
+    assert len(paths) > 150
+    for path in paths:
+        data = path.read_bytes()
+        missing = _lines_a_pattern_matches(data) - _prefiltered_lines(pf, data)
+        assert not missing, f"{path.name}: lines {sorted(missing)} match a pattern but the pre-filter skips them"
+
+
+def test_both_prefilter_engines_pass_the_same_lines() -> None:
+    if logprefilter.ENGINE != "hyperscan":
+        pytest.skip("hyperscan is not installed here")
+    hs, py = logprefilter.Prefilter(engine="hyperscan"), logprefilter.Prefilter(engine="re")
+    for path in ALL_LOGS:
+        data = path.read_bytes()
+        assert _prefiltered_lines(hs, data) == _prefiltered_lines(py, data), path.name
+
+
+@pytest.mark.parametrize("lines,pid", [
+    # the old hand list (rror, Warning, nan, Killed, ...) never decoded these lines
+    (["NVIDIA GeForce RTX 5090 with CUDA capability sm_120 is not compatible with the current PyTorch installation."],
+     "no_kernel_image"),
+    (["No executable batch size found, reached zero."], "auto_batch_exhausted"),
+    (["  0%|          | 0/10 [00:00<?, ?it/s]", "Some modules are dispatched on the CPU or the disk. Make sure you have enough GPU RAM."],
+     "modules_offloaded"),
+    (["[rank1]:[W reducer.cpp:1389] Expected to have finished reduction in the prior iteration before starting a new one."],
+     "ddp_reentrant"),
+])
+def test_lines_without_the_old_trigger_words_are_seen(lines: list[str], pid: str) -> None:
+    assert pid in ids(scan_lines(lines))
+
+
+# ---- phases and the config (issue 21 item 4) --------------------------------------------------------
+
+
+def test_every_finding_names_its_phase() -> None:
+    expect = {"cuda_oom_loading__from_pretrained.log": "load", "cuda_oom_save__save_checkpoint.log": "save",
+              "cuda_oom_eval__prediction_step.log": "eval", "cuda_oom_generation__grpo_generate.log": "generation",
+              "cuda_oom_generation__predict_with_generate.log": "generation", "cuda_oom_merge__export_bar.log": "merge",
+              "cuda_oom__torch25_train_step.log": "training", "gc_inputs_no_grad__torch21.log": "first_step"}
+    for name, phase in expect.items():
+        hits = scan_file(LOGS / name)
+        assert hits[0].phase == phase, (name, [(h.pattern, h.phase) for h in hits])
+
+
+def test_merge_progress_bars_are_not_training_steps() -> None:
+    h = hit(scan_file(LOGS / "cuda_oom_merge__export_bar.log"), "cuda_oom_merge")
+    assert "step" not in h.values or h.values["step"] != 301
+    assert h.fix is not None and "CUDA_VISIBLE_DEVICES" in (h.fix["shell"] or "")
+    assert not any(c["key"].startswith("training.") for c in h.fix["changes"])
+
+
+def test_oom_outside_training_never_gets_the_train_batch_fix() -> None:
+    for name in ("cuda_oom_eval__prediction_step.log", "cuda_oom_generation__grpo_generate.log",
+                 "cuda_oom_merge__merge_and_unload.log", "cuda_oom_save__save_checkpoint.log",
+                 "model_too_big_per_card__accelerate_ranks.log"):
+        fx = scan_file(LOGS / name)[0].fix or {}
+        keys = {c["key"] for c in fx.get("changes", [])}
+        assert not keys & {"training.per_device_train_batch_size", "training.gradient_checkpointing"}, name
+
+
+def test_training_oom_fix_reads_what_the_config_already_does() -> None:
+    log = LOGS / "cuda_oom__torch25_train_step.log"
+    # batch 4, no checkpointing: halve the batch (keeping the effective batch) and turn checkpointing on
+    fx = fixof(scan_file(log, settings=RunSettings(micro_batch=4, grad_accum=2, gradient_checkpointing=False,
+                                                   max_seq_length=2048, use_4bit=True, loss="plain"))[0])
+    assert {"key": "training.per_device_train_batch_size", "to": 2} in fx["changes"]
+    assert {"key": "training.gradient_accumulation_steps", "to": 4} in fx["changes"]
+    assert {"key": "training.gradient_checkpointing", "to": True} in fx["changes"]
+    # micro-batch 1 with checkpointing on: neither is advised again; the loss and the length are
+    fx = fixof(scan_file(log, settings=RunSettings(micro_batch=1, grad_accum=8, gradient_checkpointing=True,
+                                                   max_seq_length=2048, use_4bit=True, loss="plain"))[0])
+    keys = [c["key"] for c in fx["changes"]]
+    assert "training.per_device_train_batch_size" not in keys and "training.gradient_checkpointing" not in keys
+    assert {"key": "fmllm.loss", "to": "chunked"} in fx["changes"]
+    assert {"key": "training.max_seq_length", "to": 1024} in fx["changes"]
+    assert "already" in fx["summary"]
+    # the plan already runs a chunked loss: only the length is left
+    fx = fixof(scan_file(log, settings=RunSettings(micro_batch=1, gradient_checkpointing=True, max_seq_length=512,
+                                                   use_4bit=True, loss="chunked"))[0])
+    assert [c["key"] for c in fx["changes"]] == ["training.max_seq_length"]
+
+
+def test_eval_oom_with_eval_batch_one_does_not_halve_it() -> None:
+    fx = fixof(scan_file(LOGS / "cuda_oom_eval__prediction_step.log", settings=RunSettings(eval_batch=1))[0])
+    assert fx["changes"] == [] and "eval batch of 1 already" in fx["summary"]
+
+
+# ---- ranking: the root cause first (issue 21 item 5) -------------------------------------------------
+
+
+def test_root_cause_ranks_before_its_consequences() -> None:
+    lines = [
+        "[rank1]:[E ProcessGroupNCCL.cpp:616] [Rank 1] Watchdog caught collective operation timeout: "
+        "WorkNCCL(SeqNum=1251, OpType=ALLREDUCE, NumelIn=1, NumelOut=1, Timeout(ms)=1800000) ran for 1800427 milliseconds before timing out.",
+        "[rank0]: Traceback (most recent call last):",
+        '[rank0]:   File "/w/train.py", line 9, in <module>',
+        "[rank0]:     trainer.train()",
+        "[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.15 GiB "
+        "of which 1.02 GiB is free. Including non-PyTorch memory, this process has 78.11 GiB memory in use. Of the allocated "
+        "memory 75.20 GiB is allocated by PyTorch, and 1.90 GiB is reserved by PyTorch but unallocated.",
+        "subprocess.CalledProcessError: Command '['/usr/bin/python', 'train.py']' returned non-zero exit status 1.",
+    ]
+    hits = scan_lines(lines)
+    assert hits[0].pattern.startswith("cuda_oom"), [h.pattern for h in hits]
+    assert {"nccl_timeout", "launcher_failed"} <= ids(hits)
