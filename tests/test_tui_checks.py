@@ -67,22 +67,36 @@ def test_rows_stream_in_and_details_show_everything(env: Path) -> None:
             assert st.error is None
             ids = [m["id"] for m in st.metas]
             assert {"config.valid", "gpu.flash_attn", "env.alloc_conf"} <= set(ids)
-            # every collected check has a row and a result, in collection order
-            assert table_ids(app) == ids
+            # every collected check has a row and a result, what needs attention first
+            # (fail, warn, crash, pass, skip; collection order within a status)
+            rank = ["fail", "warn", "crash", "pass", "skip"]
+            want = sorted(ids, key=lambda i: rank.index(st.results[i].status))
+            assert table_ids(app) == want
+            assert [st.results[i].status for i in want][0] in ("fail", "warn")  # this config has warnings
             assert set(st.results) == set(ids)
             table = app.screen.query_one("#checks-table", DataTable)
             assert table.row_count == len(ids)
             text = screen_text(app)
-            assert f"{len(ids)} checks" in text
+            # the summary line gives the verdict first, with the counts in words
+            summary = text.splitlines()[1].strip()
+            n_warn = sum(r.status == "warn" for r in st.results.values())
+            assert summary.startswith(f"Ready, with {n_warn} warning{'' if n_warn == 1 else 's'}"), summary
+            assert "config.valid" in text  # the id column
             assert "Config file is valid" in text
-            # Enter on the first row opens its details: whole finding and measured values
+            # config.fit's details: predictions said to be predictions, in GiB, with the plan
+            table.move_cursor(row=table_ids(app).index("config.fit"))
             await pilot.press("enter")
             await wait_until(pilot, lambda: isinstance(app.screen, CheckDetailScreen) and bool(app.screen.query("#detail-body")),
                              5, "the details")
             body = str(app.screen.query_one("#detail-body").render())
-            res = st.results["config.valid"]
+            res = st.results["config.fit"]
             assert res.finding in body
-            assert "Measured" in body and "layout: nested" in body
+            assert "Measured" not in body and "Predicted (memory model, not measured)" in body
+            assert "Planned for" in body and "mode        single, 1 GPU" in body
+            assert "length      " in body and "tokens" in body
+            assert str(res.values["predicted_peak_bytes"]) not in body  # no raw byte counts
+            assert f"{res.values['predicted_peak_bytes'] / 2**30:.1f} GiB" in body
+            assert "None" not in body and "null" not in body
             await pilot.press("escape")
             await wait_until(pilot, lambda: isinstance(app.screen, ChecksScreen), 5, "the list again")
 

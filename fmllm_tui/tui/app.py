@@ -199,6 +199,15 @@ class FmllmApp(App[int]):
                 f"or: fmllm-run follow --run-dir {live[0]}") if live else None
         self.exit(0, message=note)
 
+    def action_help_quit(self) -> None:
+        """Ctrl-C: say which key quits here (Textual's own text names ctrl+q; the README says q)."""
+        from fmllm_tui.tui.screens.base import FmllmScreen
+
+        if isinstance(self.screen, FmllmScreen):
+            self.notify("Press q to quit (a training run keeps going).", title="Quit?")
+        else:
+            self.notify("Press esc to close this dialog, then q to quit.", title="Quit?")
+
     def on_unmount(self) -> None:
         self.shutdown()
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -328,8 +337,9 @@ class FmllmApp(App[int]):
 
     @work(group="config-edit", exclusive=True, exit_on_error=False)
     async def apply_changes(self, changes: list[Change], label: str, *, rerun: bool = True,
-                            then: Any = None) -> bool:
-        """Preview ``changes`` as a diff, confirm, write them (with a backup), re-run the checks."""
+                            then: Any = None, note: str = "") -> bool:
+        """Preview ``changes`` as a diff, confirm, write them (with a backup), re-run the checks.
+        ``note``: said above the diff (the shell commands a config change cannot do)."""
         from fmllm_tui.redact import mask_text
         from fmllm_tui.tui import configops
         from fmllm_tui.tui.screens.dialogs import ConfirmScreen, MessageScreen
@@ -344,7 +354,8 @@ class FmllmApp(App[int]):
             self.notify(f"{label}: the config already says this; nothing to change")
             return False
         ok = await self.push_screen_wait(
-            ConfirmScreen(f"Apply {label} to {path}?", mask_text(pv.diff), yes="Apply", diff=True))
+            ConfirmScreen(f"Apply {label} to {path}?", mask_text(pv.diff), yes="Apply", diff=True,
+                          note=mask_text(note)))
         if not ok:
             self.notify("Nothing was written.")
             return False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from textual.screen import ModalScreen, Screen
+from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 
@@ -21,9 +21,3 @@ class FmllmScreen(Screen):
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         report_worker_error(self, event)
 
-
-class FmllmModal(ModalScreen):  # type: ignore[type-arg]
-    """Base of dialogs that run workers (the check details' diff)."""
-
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        report_worker_error(self, event)

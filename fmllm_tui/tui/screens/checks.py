@@ -20,6 +20,11 @@ from fmllm_tui.tui.widgets.status import WORDS, clip, glyph
 if TYPE_CHECKING:
     from fmllm_tui.tui.app import FmllmApp
 
+#: Where each status sorts: what needs attention first.
+ATTENTION = {"fail": 0, "warn": 1, "crash": 2, "running": 3, "pending": 4, "pass": 5, "skip": 6}
+#: From this width the list has a title column; below it a preview line shows the title.
+WIDE_COLUMNS = 100
+
 
 class ChecksTable(DataTable[Any]):
     """The check list; Enter opens the highlighted check's details."""
@@ -45,7 +50,7 @@ class ChecksScreen(FmllmScreen):
         self._filter = ""
         self._frame = 0
         self._shown: list[str] = []
-        self._col_widths: tuple[int, int] = (0, 0)
+        self._col_widths: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def fapp(self) -> FmllmApp:
@@ -56,6 +61,7 @@ class ChecksScreen(FmllmScreen):
         yield Static(id="checks-summary", markup=False)
         yield Static(id="checks-error", markup=False)
         yield ChecksTable(id="checks-table", cursor_type="row", zebra_stripes=False)
+        yield Static(id="checks-preview")
         yield Input(placeholder="filter: words of a title or finding, or pass/warn/fail/skip/crash",
                     id="checks-filter")
         yield Footer()
@@ -70,19 +76,28 @@ class ChecksScreen(FmllmScreen):
 
     # ---- rendering ---------------------------------------------------------------------------
 
-    def _widths(self) -> tuple[int, int]:
+    def _widths(self) -> tuple[int, int, int]:
+        """(id, title, finding) column widths; title 0 below WIDE_COLUMNS (the preview line under
+        the table shows the highlighted check's whole title and finding instead)."""
         width = max(self.app.size.width, 40)
-        avail = width - 2 - 3 - 4  # scrollbar, glyph column, cell padding of the two text columns
+        ids = [len(m["id"]) for m in self.fapp.checks.metas] or [16]
+        iw = min(max(ids), 24)
+        avail = width - 2 - 1 - 6 - iw  # scrollbar, glyph, cell padding of three columns, id
+        if width < WIDE_COLUMNS:
+            return iw, 0, max(avail, 10)
+        avail -= 2  # the title column's padding
         titles = [len(m.get("title", "")) for m in self.fapp.checks.metas] or [20]
-        tw = min(max(titles), max(16, int(avail * 0.38)))
-        return tw, max(avail - tw, 10)
+        tw = min(max(titles), max(16, int(avail * 0.42)))
+        return iw, tw, max(avail - tw, 10)
 
     def _add_columns(self, table: DataTable[Any]) -> None:
-        tw, fw = self._widths()
+        iw, tw, fw = self._widths()
         table.add_column(" ", width=1, key="glyph")
-        table.add_column("Check", width=tw, key="title")
+        table.add_column("Id", width=iw, key="id")
+        if tw:
+            table.add_column("Check", width=tw, key="title")
         table.add_column("Finding", width=fw, key="finding")
-        self._col_widths = (tw, fw)
+        self._col_widths = (iw, tw, fw)
 
     def on_resize(self) -> None:
         if self.is_mounted and self._widths() != self._col_widths:
@@ -97,10 +112,11 @@ class ChecksScreen(FmllmScreen):
             return "running"
         return "pending"
 
-    def _cells(self, meta: dict[str, Any]) -> tuple[Text, str, Text]:
+    def _cells(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """The row's cells by column key (the title only when its column is shown)."""
         cid = meta["id"]
         st = self.fapp.checks
-        tw, fw = self._col_widths
+        iw, tw, fw = self._col_widths
         status = self._status(cid)
         det = self.fapp.deterministic
         res = st.results.get(cid)
@@ -114,7 +130,17 @@ class ChecksScreen(FmllmScreen):
         else:
             finding = Text("waiting" if st.running else "not run", style="dim")
         frame = None if det else self._frame
-        return glyph(status, frame), clip(meta.get("title", cid), tw), finding
+        cells: dict[str, Any] = {"glyph": glyph(status, frame), "id": clip(cid, iw)}
+        if tw:
+            cells["title"] = clip(meta.get("title", cid), tw)
+        cells["finding"] = finding
+        return cells
+
+    def _ordered(self) -> list[dict[str, Any]]:
+        """The checks by what needs attention (fail, warn, crash, running, waiting, pass, skip),
+        in collection order within each status."""
+        metas = self.fapp.checks.metas
+        return sorted(metas, key=lambda m: ATTENTION.get(self._status(m["id"]), len(ATTENTION)))
 
     def _matches(self, meta: dict[str, Any]) -> bool:
         if not self._filter:
@@ -130,49 +156,58 @@ class ChecksScreen(FmllmScreen):
         if self._widths() != self._col_widths:  # titles arrived or the terminal changed size
             table.clear(columns=True)
             self._add_columns(table)
-        keep = self._cursor_id()
+        # a cursor left on the first row stays on the first row: what needs attention comes first
+        keep = self._cursor_id() if table.cursor_row > 0 else None
         table.clear()
         self._shown = []
-        for meta in self.fapp.checks.metas:
+        for meta in self._ordered():
             if self._matches(meta):
-                table.add_row(*self._cells(meta), key=meta["id"])
+                table.add_row(*self._cells(meta).values(), key=meta["id"])
                 self._shown.append(meta["id"])
         if keep in self._shown:
             table.move_cursor(row=self._shown.index(keep))
         self._update_summary()
+        self._update_preview()
+
+    def _update_preview(self) -> None:
+        """Below the table at narrow widths: the highlighted check's title and whole finding."""
+        box = self.query_one("#checks-preview", Static)
+        box.display = not self._col_widths[1]
+        if not box.display:
+            return
+        meta, res = self.selected()
+        if meta is None:
+            box.update("")
+            return
+        text = Text(meta.get("title", meta["id"]), style="bold")
+        text.append(" · " + (res.finding if res else WORDS.get(self._status(meta["id"]), "")))
+        box.update(text)
+
+    @on(DataTable.RowHighlighted, "#checks-table")
+    def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._update_preview()
 
     def _update_row(self, cid: str) -> None:
         meta = next((m for m in self.fapp.checks.metas if m["id"] == cid), None)
-        if meta is None or (cid in self._shown) != self._matches(meta):
-            self._rebuild()
+        if meta is None or (cid in self._shown) != self._matches(meta) or self._out_of_order():
+            self._rebuild()  # a new status moves the row to its place
             return
         if cid in self._shown:
             table = self.query_one("#checks-table", DataTable)
-            g, t, f = self._cells(meta)
-            table.update_cell(cid, "glyph", g)
-            table.update_cell(cid, "title", t)
-            table.update_cell(cid, "finding", f)
+            for col, cell in self._cells(meta).items():
+                table.update_cell(cid, col, cell)
         self._update_summary()
+        self._update_preview()
+
+    def _out_of_order(self) -> bool:
+        shown = [m["id"] for m in self._ordered() if m["id"] in set(self._shown)]
+        return shown != self._shown
 
     def _update_summary(self) -> None:
         st = self.fapp.checks
-        done = len(st.results)
-        total = max(len(st.metas), done)
-        counts = summarize(list(st.results.values()))
-        parts = [f"{counts['pass']} passed", _n(counts["warn"], "warning"), f"{counts['fail']} failed"]
-        if counts["skip"]:
-            parts.append(f"{counts['skip']} skipped")
-        if counts["crash"]:
-            parts.append(f"{counts['crash']} crashed")
-        if st.running:
-            head = f"Checking… {done}/{total}" if total else "Starting the checks…"
-        elif st.error:
-            head = "The checks could not run"
-        else:
-            head = f"{total} checks"
-        text = head + (" · " + " · ".join(parts) if done else "")
-        if self._filter:
-            text += f" · filter “{self._filter}”: {len(self._shown)} shown (esc clears)"
+        text = summary_line(st.results, len(st.metas), st.running, st.error)
+        if self._filter:  # first: the line is cut at the right on a narrow terminal
+            text = f"filter “{self._filter}”: {len(self._shown)} shown (esc clears) · {text}"
         self.query_one("#checks-summary", Static).update(text)
         err = self.query_one("#checks-error", Static)
         err.update(st.error or "")
@@ -234,13 +269,18 @@ class ChecksScreen(FmllmScreen):
             self.notify("The checks are still running; fix once they are done.", severity="warning")
             return
         changes, ids, shells = configops.safe_fix_changes(list(st.results.values()))
-        for cmd in shells:
-            self.notify(f"not a config change; run in a shell: {cmd}", timeout=10)
+        # commands are said inside the dialog: toasts would cover its buttons at 80x24
+        note = "".join(f"Not a config change; run in a shell:\n    {cmd}\n" for cmd in shells)
         if not changes:
-            self.notify("No safe config fix to apply.")
+            if note:
+                from fmllm_tui.tui.screens.dialogs import MessageScreen
+
+                self.app.push_screen(MessageScreen("No safe config fix to apply", note))
+            else:
+                self.notify("No safe config fix to apply.")
             return
         label = f"{len(ids)} safe fix{'es' if len(ids) != 1 else ''} ({', '.join(ids)})"
-        self.fapp.apply_changes(changes, label)
+        self.fapp.apply_changes(changes, label, note=note)
 
     def action_rerun(self) -> None:
         self.fapp.rerun_checks()
@@ -277,6 +317,38 @@ def _n(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
+def summary_line(results: dict[str, CheckResult], total: int, running: bool, error: str | None) -> str:
+    """The verdict first, then the counts that are not zero (what needs attention first), then
+    the safe fixes ``a`` would apply: one line, read before any row."""
+    done = len(results)
+    total = max(total, done)
+    counts = summarize(list(results.values()))
+    if error and not running:
+        return "The checks could not run (below)"
+    words = {"fail": f"{counts['fail']} failed", "warn": _n(counts["warn"], "warning"),
+             "crash": f"{counts['crash']} crashed", "pass": f"{counts['pass']} passed",
+             "skip": f"{counts['skip']} skipped"}
+    if running:
+        head, said = (f"Checking… {done}/{total}" if total else "Starting the checks…"), ""
+    elif counts["fail"]:
+        head, said = f"Not ready: {_n(counts['fail'], 'check')} failed", "fail"
+    elif counts["crash"]:
+        head, said = f"Not sure: {_n(counts['crash'], 'check')} crashed", "crash"
+    elif counts["warn"]:
+        head, said = f"Ready, with {_n(counts['warn'], 'warning')}", "warn"
+    else:
+        head, said = "Ready", ""
+    parts = [words[k] for k in ("fail", "warn", "crash", "pass", "skip") if counts[k] and k != said]
+    text = " · ".join([head, *parts])
+    if not running and done:
+        from fmllm_tui.tui import configops
+
+        _changes, ids, _shells = configops.safe_fix_changes(list(results.values()))
+        if ids:
+            text += f" · a applies {len(ids)} safe fix{'' if len(ids) == 1 else 'es'}"
+    return text
+
+
 def apply_fix_of(app: FmllmApp, res: CheckResult | None) -> None:
     """Apply one check's fix: its exact config changes (diff, confirm), or show its command."""
     if res is None:
@@ -287,13 +359,12 @@ def apply_fix_of(app: FmllmApp, res: CheckResult | None) -> None:
         return
     fix = res.fix
     if fix.changes:
-        app.apply_changes(list(fix.changes), f"fix {fix.id}")
+        note = f"Also run in a shell:\n    {fix.shell}\n" if fix.shell else ""
+        app.apply_changes(list(fix.changes), f"fix {fix.id}", note=note)
+        return
     if fix.shell:
         from fmllm_tui.tui.screens.dialogs import MessageScreen
 
-        if not fix.changes:
-            app.push_screen(MessageScreen(
-                f"{res.id}: not a config change",
-                f"Run this in a shell, then re-run the checks (r):\n\n    {fix.shell}\n\n{fix.summary}".rstrip()))
-        else:
-            app.notify(f"also run in a shell: {fix.shell}", timeout=10)
+        app.push_screen(MessageScreen(
+            f"{res.id}: not a config change",
+            f"Run this in a shell, then re-run the checks (r):\n\n    {fix.shell}\n\n{fix.summary}".rstrip()))

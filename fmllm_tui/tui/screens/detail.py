@@ -1,47 +1,35 @@
-"""A check's details: the whole finding, the measured values, the fix and its diff."""
+"""A check's details: the whole finding, what it was planned for, the predicted and measured values,
+the fix and its diff (the body scrolls; the footer shows this dialog's keys)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import Vertical
 from textual.widgets import Footer, Static
+from textual.worker import Worker
 
 from fmllm_tui.findings import CheckResult
-from fmllm_tui.tui.screens.base import FmllmModal
-from fmllm_tui.tui.screens.dialogs import diff_text
-from fmllm_tui.tui.widgets.status import STYLES, WORDS, glyph, human_bytes
+from fmllm_tui.tui import detailtext
+from fmllm_tui.tui.screens.base import report_worker_error
+from fmllm_tui.tui.screens.dialogs import SCROLL_BINDINGS, DialogBody, ScrollDialog, diff_text
+from fmllm_tui.tui.widgets.status import STYLES, WORDS, glyph
 
 if TYPE_CHECKING:
     from fmllm_tui.tui.app import FmllmApp
 
 
-def format_value(key: str, value: Any) -> str:
-    """A measured value for reading: byte counts also in GiB, structures as compact JSON."""
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    if isinstance(value, int) and key.endswith("bytes"):
-        return f"{value} ({human_bytes(value)})"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, default=str)
-    return str(value)
-
-
-def _fmt(v: Any) -> str:
-    return "(unset)" if v is None else (v if isinstance(v, str) else json.dumps(v))
-
-
-class CheckDetailScreen(FmllmModal):
+class CheckDetailScreen(ScrollDialog[None]):
     """Details of one check; ``f`` applies its fix."""
 
     BINDINGS = [
         Binding("f", "fix", "Apply fix"),
         Binding("escape,q", "close", "Close"),
+        *SCROLL_BINDINGS,
     ]
 
     def __init__(self, meta: dict[str, Any], result: CheckResult | None) -> None:
@@ -53,44 +41,57 @@ class CheckDetailScreen(FmllmModal):
     def fapp(self) -> FmllmApp:
         return self.app  # type: ignore[return-value]
 
-    def compose(self) -> ComposeResult:
-        res = self.result
-        status = res.status if res else "pending"
+    def _head(self, status: str) -> Text:
         head = Text()
         head.append_text(glyph(status))
         head.append(f" {self.meta.get('title', self.meta['id'])}", style="bold")
-        head.append(f"  {self.meta['id']} · {self.meta.get('category', '')} · "
-                    f"{self.meta.get('severity', '')}", style="dim")
+        sev = {"error": "fails as an error", "warning": "fails as a warning"}.get(self.meta.get("severity", ""), "")
+        head.append(f"\n  {self.meta['id']} · {self.meta.get('category', '')}" + (f" · {sev}" if sev else ""),
+                    style="dim")
+        return head
+
+    def _body(self, res: CheckResult | None, status: str) -> Text:
         body = Text()
         body.append(f"{WORDS.get(status, status).capitalize()}\n", style=STYLES.get(status, ""))
         if res is None:
             body.append("No result yet: the check is waiting or running.\n")
-        else:
-            body.append(res.finding.rstrip() + "\n")
-            if res.values:
-                body.append("\nMeasured\n", style="bold")
-                for k, v in res.values.items():
-                    body.append(f"  {k}: ", style="bold")
-                    body.append(format_value(k, v) + "\n")
-            if res.fix is not None:
-                body.append(f"\nFix ({res.fix.id})\n", style="bold")
-                if res.fix.summary:
-                    body.append(f"  {res.fix.summary}\n")
-                for c in res.fix.changes:
-                    body.append(f"  {c.key}: {_fmt(c.from_)} → {_fmt(c.to)}\n")
-                if res.fix.shell:
-                    body.append("  run in a shell: ", style="bold")
-                    body.append(f"{res.fix.shell}\n")
-                if res.fix.changes and res.status in ("fail", "warn"):
-                    body.append("  press f to preview the diff and apply it\n", style="dim")
-            if not self.fapp.deterministic and res.duration_s >= 0.5:
-                body.append(f"\ntook {res.duration_s:.1f} s\n", style="dim")
+            return body
+        body.append(res.finding.rstrip() + "\n")
+        values = res.values or {}
+        context = {k: (r.values or {}) for k, r in self.fapp.checks.results.items()}
+        sections = (
+            ("Planned for", detailtext.plan_lines(values, context)),
+            ("Predicted (memory model, not measured)",
+             detailtext.prediction_lines(values, with_changes=res.fix is None)),
+            ("Values", detailtext.other_lines(values)),
+        )
+        for title, lines in sections:
+            if lines:
+                body.append(f"\n{title}\n", style="bold")
+                body.append("\n".join("  " + ln for ln in lines) + "\n")
+        if res.fix is not None:
+            body.append(f"\nFix ({res.fix.id})\n", style="bold")
+            lines = detailtext.fix_lines(res.fix, values)
+            if lines:
+                body.append("\n".join(lines) + "\n")
+            if res.fix.shell:
+                body.append("  run in a shell: ", style="bold")
+                body.append(f"{res.fix.shell}\n")
+            if res.fix.changes and res.status in ("fail", "warn"):
+                body.append("  f previews the diff below and applies it\n", style="dim")
+        if not self.fapp.deterministic and res.duration_s >= 0.5:
+            body.append(f"\ntook {res.duration_s:.1f} s\n", style="dim")
+        return body
+
+    def compose(self) -> ComposeResult:
+        res = self.result
+        status = res.status if res else "pending"
         with Vertical(classes="dialog detail"):
-            yield Static(head, classes="dialog-title")
-            with VerticalScroll(classes="dialog-body"):
-                yield Static(body, id="detail-body")
-                yield Static("", id="detail-diff")
-            yield Footer()
+            yield Static(self._head(status), classes="dialog-title")
+            with DialogBody(classes="dialog-body"):
+                yield Static(self._body(res, status), id="detail-body")
+                yield Static("", id="detail-diff", classes="-nowrap")
+        yield Footer()
 
     def _fixable(self) -> bool:
         res = self.result
@@ -139,3 +140,6 @@ class CheckDetailScreen(FmllmModal):
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        report_worker_error(self, event)
