@@ -55,13 +55,16 @@ def dequant_check() -> list[dict]:
 def explain_layer(model_path: str) -> dict:
     import torch
 
+    from fmllm_tui.config import FineTuneConfig
+    from fmllm_tui.plan import Target, resolve_recipe
     from fmllm_tui.runner.compiled import decoder_layers
-    from fmllm_tui.runner.lean import load_model, plan_recipe, prepare_for_training
+    from fmllm_tui.runner.lean import load_model, prepare_for_training
 
     cfg = {"lora": {"r": 8, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
            "quantization": {"use_4bit": True, "bnb_4bit_compute_dtype": "bfloat16", "use_nested_quant": True},
            "training": {"gradient_checkpointing": True}, "fmllm": {"offload_embeddings": "off"}}
-    recipe = plan_recipe(cfg, cuda=True, overrides={"compile": "on"})
+    view = FineTuneConfig.model_validate({"base_model_name": model_path, **cfg})
+    recipe = resolve_recipe(view, Target("cuda", "probe", None, False, True), overrides={"compile": "on"})
     model = load_model(model_path, cfg, recipe)
     model = prepare_for_training(model, cfg, recipe)
     model.train()

@@ -25,17 +25,9 @@ from fmllm_tui.runner.compiled import (  # noqa: E402
     traceable_4bit,
     uncompile_decoder_layers,
 )
-from fmllm_tui.runner.lean import plan_recipe, prepare_for_training  # noqa: E402
+from fmllm_tui.runner.lean import prepare_for_training  # noqa: E402
 from tests.dequant_reference import bf16_bits, reference_dequantize  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _triton_as_on_a_gpu_host(monkeypatch):
-    """Planning tests ask what the runner decides on a CUDA machine: Triton usable there (this
-    CPU machine has none); the test of a missing Triton overrides it."""
-    from fmllm_tui.runner import lean
-
-    monkeypatch.setattr(lean, "triton_usable", lambda: True)
+from tests.recipe_support import recipe_of  # noqa: E402
 
 
 def _quantized(shape, quant_type, nested, seed=0):
@@ -162,11 +154,11 @@ def test_compiled_layers_train_like_the_eager_model(four_bit_model):
            "training": {"gradient_checkpointing": True}, "fmllm": {"loss": "chunked", "compile": "off"}}
     ids = torch.randint(0, 400, (2, 48), generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)  # LoRA's A matrices start random: the same start for both models
-    eager = prepare_for_training(four_bit_model(), cfg, plan_recipe(cfg, cuda=False))
+    eager = prepare_for_training(four_bit_model(), cfg, recipe_of(cfg, cuda=False))
     loss_e, grads_e = _train_two_steps(eager, ids)
 
     torch.manual_seed(0)
-    model = prepare_for_training(four_bit_model(), cfg, plan_recipe(cfg, cuda=False))
+    model = prepare_for_training(four_bit_model(), cfg, recipe_of(cfg, cuda=False))
     n, switched = compile_decoder_layers(model, checkpointing=True, backend="aot_eager")
     layers = decoder_layers(model)
     assert n == len(layers) == 2
@@ -188,8 +180,9 @@ def test_compiled_layers_train_like_the_eager_model(four_bit_model):
 
 
 def _plan(compile_setting="auto", **kw):
-    cfg = {"fmllm": {"compile": compile_setting}, "training": {}, "quantization": {}}
-    return plan_recipe(cfg, **kw)
+    # float16 compute: the compile decision does not depend on it, and pre-Ampere cards lack bf16
+    cfg = {"fmllm": {"compile": compile_setting}, "training": {}, "quantization": {"bnb_4bit_compute_dtype": "float16"}}
+    return recipe_of(cfg, **kw)
 
 
 def test_compile_auto_is_on_for_one_cuda_gpu_only():
@@ -206,7 +199,7 @@ def test_compile_on_is_honoured_except_under_fsdp():
     assert _plan("on", cuda=True, distributed="ddp").compile_layers
     fsdp = _plan("on", cuda=True, distributed="fsdp")
     assert not fsdp.compile_layers and any("FSDP" in n and "uncompiled" in n for n in fsdp.notes)
-    plain = plan_recipe({"fmllm": {"compile": "on", "memory_recipe": "plain"}}, cuda=True)
+    plain = recipe_of({"fmllm": {"compile": "on", "memory_recipe": "plain"}}, cuda=True)
     assert not plain.compile_layers  # the plain recipe is the reference: never changed
 
 
@@ -231,7 +224,8 @@ def test_memory_model_and_runner_agree_on_compiling(setting, distributed, cc, re
     """The fit check predicts the run the runner will make: both decide alike when layers compile."""
     from fmllm_tui.memory import PlanInputs, resolve_compiled
 
-    runner = plan_recipe({"fmllm": {"compile": setting, "memory_recipe": recipe}}, cuda=True,
+    runner = recipe_of({"fmllm": {"compile": setting, "memory_recipe": recipe},
+                        "quantization": {"bnb_4bit_compute_dtype": "float16"}}, cuda=True,
                          distributed=distributed, compute_capability=cc).compile_layers
     planned = resolve_compiled(PlanInputs(seq_len=1024, micro_batch=1, recipe=recipe, mode=distributed,
                                           n_gpus=1 if distributed == "single" else 2, compute_capability=cc,
@@ -266,7 +260,7 @@ def test_recompile_limit_covers_a_run_of_varied_batches(four_bit_model):
     cfg = {"lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
            "training": {"gradient_checkpointing": False}, "fmllm": {"loss": "chunked", "compile": "off"}}
     torch._dynamo.reset()
-    model = prepare_for_training(four_bit_model(), cfg, plan_recipe(cfg, cuda=False))
+    model = prepare_for_training(four_bit_model(), cfg, recipe_of(cfg, cuda=False))
     compile_decoder_layers(model, checkpointing=False, backend="eager")
     model.train()
     raise_on_limit = dynamo_config.patch(fail_on_recompile_limit_hit=True)
@@ -285,19 +279,18 @@ def test_recompile_limit_covers_a_run_of_varied_batches(four_bit_model):
     raise_on_limit.__exit__(None, None, None)
 
 
-def test_compile_auto_skips_remote_code_and_missing_triton(monkeypatch):
-    from fmllm_tui.runner import lean
+def test_compile_auto_skips_remote_code_and_missing_triton():
+    from fmllm_tui.plan import PlanError
 
-    remote = plan_recipe({"fmllm": {"compile": "auto", "trust_remote_code": True}}, cuda=True,
-                         compute_capability=(9, 0))
+    remote = recipe_of({"fmllm": {"compile": "auto", "trust_remote_code": True}}, cuda=True,
+                       compute_capability=(9, 0))
     assert not remote.compile_layers and any("trust_remote_code" in n for n in remote.notes)
-    monkeypatch.setattr(lean, "triton_usable", lambda: False)
-    auto = plan_recipe({"fmllm": {"compile": "auto"}}, cuda=True, compute_capability=(9, 0))
-    assert not auto.compile_layers and any("Triton is not usable" in n for n in auto.notes)
-    with pytest.raises(lean.RecipeError, match="fmllm.compile is on but Triton"):
-        plan_recipe({"fmllm": {"compile": "on"}}, cuda=True, compute_capability=(9, 0))
+    auto = recipe_of({"fmllm": {"compile": "auto"}}, cuda=True, compute_capability=(9, 0), triton=False)
+    assert not auto.compile_layers and any("Triton is not installed" in n for n in auto.notes)
+    with pytest.raises(PlanError, match="fmllm.compile is on but Triton"):
+        recipe_of({"fmllm": {"compile": "on"}}, cuda=True, compute_capability=(9, 0), triton=False)
     # on the CPU, compile: on needs no Triton (Inductor writes C++ there)
-    assert plan_recipe({"fmllm": {"compile": "on"}}, cuda=False).compile_layers
+    assert recipe_of({"fmllm": {"compile": "on"}}, cuda=False).compile_layers
 
 
 def test_memory_model_plans_remote_code_uncompiled(tmp_path):

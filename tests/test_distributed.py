@@ -278,7 +278,8 @@ def _cfg(dtype: str = "bfloat16", **training: Any) -> dict[str, Any]:
 def test_fsdp_recipe_and_load_kwargs() -> None:
     import torch
 
-    from fmllm_tui.runner.lean import model_load_kwargs, plan_recipe
+    from fmllm_tui.runner.lean import model_load_kwargs
+    from tests.recipe_support import recipe_of as plan_recipe
 
     r = plan_recipe(_cfg(), cuda=True, distributed="fsdp")
     assert (r.quant_storage, r.dtype, r.offload_embeddings, r.optim, r.gc_reentrant) == \

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fmllm_tui.runner.lean import CpuEmbedding, plan_recipe
+from fmllm_tui.runner.lean import CpuEmbedding
 from fmllm_tui.runner.loss import (
     chunked_ce_sum,
     install_lean_forward,
@@ -16,6 +16,7 @@ from fmllm_tui.runner.loss import (
     loss_fn_for,
     resolve_loss_kind,
 )
+from tests.recipe_support import recipe_of
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 64])
@@ -124,7 +125,7 @@ def test_recipe_on_the_cpu_says_what_it_changed() -> None:
            "training": {"optim": "paged_adamw_32bit"},
            "fmllm": {"memory_recipe": "fmllm", "loss": "liger", "offload_embeddings": "on",
                      "attn_implementation": "flash_attention_2"}}
-    r = plan_recipe(cfg, cuda=False)
+    r = recipe_of(cfg, cuda=False)
     assert (r.device, r.quantize_4bit, r.dtype, r.optim, r.loss, r.offload_embeddings, r.attn_implementation) == \
         ("cpu", False, "float32", "adamw_torch", "chunked", False, "sdpa")
     text = " ".join(r.notes)
@@ -135,17 +136,17 @@ def test_recipe_on_the_cpu_says_what_it_changed() -> None:
 def test_recipe_on_a_gpu() -> None:
     base = {"quantization": {"use_4bit": True, "bnb_4bit_compute_dtype": "bfloat16"},
             "training": {"optim": "paged_adamw_32bit"}, "fmllm": {"memory_recipe": "fmllm"}}
-    r = plan_recipe(base, cuda=True)
+    r = recipe_of(base, cuda=True)
     assert r.quantize_4bit and r.mixed_precision == "bf16" and r.offload_embeddings and r.optim == "paged_adamw_32bit"
     assert r.loss in ("liger", "chunked")
-    plain = plan_recipe({**base, "fmllm": {"memory_recipe": "plain"}}, cuda=True)
+    plain = recipe_of({**base, "fmllm": {"memory_recipe": "plain"}}, cuda=True)
     assert plain.loss == "plain" and not plain.offload_embeddings and not plain.liger_kernels
-    fp16 = plan_recipe({**base, "quantization": {"bnb_4bit_compute_dtype": "float16"}}, cuda=True)
+    fp16 = recipe_of({**base, "quantization": {"bnb_4bit_compute_dtype": "float16"}}, cuda=True)
     assert fp16.mixed_precision == "fp16"
-    from fmllm_tui.runner.lean import RecipeError
+    from fmllm_tui.plan import PlanError
 
-    with pytest.raises(RecipeError, match="no bf16"):
-        plan_recipe(base, cuda=True, bf16_supported=False)
+    with pytest.raises(PlanError, match="no bf16"):
+        recipe_of(base, cuda=True, bf16_supported=False)
 
 
 def test_loss_kind_resolution() -> None:
@@ -158,20 +159,22 @@ def test_loss_kind_resolution() -> None:
 
 
 def test_fused_adamw_swap_only_for_small_adapter_state_on_a_gpu() -> None:
-    from fmllm_tui.runner.train import fused_adamw_swap
+    from fmllm_tui.plan import swap_optimizer
 
     cfg = {"training": {"optim": "paged_adamw_32bit"}, "fmllm": {"memory_recipe": "fmllm"}}
-    r = plan_recipe(cfg, cuda=True)
-    note = fused_adamw_swap(r, 10_000_000, forced=False)
+    r = recipe_of(cfg, cuda=True)
+    note = swap_optimizer(r, 10_000_000)
     assert r.optim == "adamw_torch_fused" and "paged_adamw_32bit" in note and "76 MiB" in note
-    big = plan_recipe(cfg, cuda=True)
-    assert fused_adamw_swap(big, 500_000_000, forced=False) is None and big.optim == "paged_adamw_32bit"
-    eight = plan_recipe({**cfg, "training": {"optim": "paged_adamw_8bit"}}, cuda=True)
-    assert fused_adamw_swap(eight, 1000, forced=False) is None  # 8-bit state is a memory choice: kept
-    plain = plan_recipe({**cfg, "fmllm": {"memory_recipe": "plain"}}, cuda=True)
-    assert fused_adamw_swap(plain, 1000, forced=False) is None
-    assert fused_adamw_swap(plan_recipe(cfg, cuda=False), 1000, forced=False) is None
-    assert fused_adamw_swap(plan_recipe(cfg, cuda=True), 1000, forced=True) is None
+    assert recipe_of(cfg, cuda=True, trainable_params=10_000_000).optim == "adamw_torch_fused"  # the plan swaps
+    big = recipe_of(cfg, cuda=True)
+    assert swap_optimizer(big, 500_000_000) is None and big.optim == "paged_adamw_32bit"
+    eight = recipe_of({**cfg, "training": {"optim": "paged_adamw_8bit"}}, cuda=True)
+    assert swap_optimizer(eight, 1000) is None  # 8-bit state is a memory choice: kept
+    plain = recipe_of({**cfg, "fmllm": {"memory_recipe": "plain"}}, cuda=True)
+    assert swap_optimizer(plain, 1000) is None
+    assert swap_optimizer(recipe_of(cfg, cuda=False), 1000) is None
+    forced = recipe_of(cfg, cuda=True, overrides={"optim": "paged_adamw_32bit"})
+    assert swap_optimizer(forced, 1000) is None
 
 
 def test_pad_token_order(tmp_path: Path) -> None:

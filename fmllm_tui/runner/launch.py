@@ -284,19 +284,50 @@ def build_spec(loaded: Any, kind: str, *, steps: int | None = None, vram_bytes: 
         from fmllm_tui.config import parse_size
 
         vram_bytes = parse_size(view.fmllm.vram)
+    dist = distributed or {"mode": "single", "num_processes": 1}
+    the_plan = launch_plan(loaded, device=device, distributed=dist, overrides=overrides)
     return {
         "fmllm_version": __version__,
         "created": time.time(),
         "config_path": str(Path(loaded.path).resolve()),
         "layout": loaded.layout,
         "config": cfg,
+        # Every decision about the run, made here once: the training process reads it (fmllm_tui.plan).
+        "plan": the_plan.to_json(),
         # The person's whole file, every section, as a record of the run (secrets masked).
         "file": mask_data(to_plain(loaded.doc)),
         "runner": {"kind": kind, "steps": steps, "vram_bytes": vram_bytes, "device": device or "auto",
                    "overrides": overrides or {}, "sample_generations": 3,
                    "max_new_tokens": 32 if kind == "test" else 64,
-                   "distributed": distributed or {"mode": "single", "num_processes": 1}},
+                   "distributed": dist},
     }
+
+
+def launch_plan(loaded: Any, *, device: str | None, distributed: dict[str, Any],
+                overrides: dict[str, Any] | None = None) -> Any:
+    """The run's plan (fmllm_tui.plan.RunPlan) for the machine this launch starts it on: its
+    first visible GPU as NVML sees it (the CPU for ``--device cpu`` or when NVML sees none),
+    the launch's mode and process count, the data's lengths. Raises :class:`RunError`."""
+    from fmllm_tui import gpudb
+    from fmllm_tui.datafile import example_lengths
+    from fmllm_tui.plan import PlanError, Target, installed, run_plan
+    from fmllm_tui.recipe import liger_installed
+
+    from .distributed import model_architecture, visible_gpus
+
+    view = loaded.view
+    gpus = [] if device == "cpu" else visible_gpus()
+    target = Target.local(gpus)
+    if device == "cuda" and not target.cuda:  # NVML sees no GPU; torch may (the child checks)
+        target = Target("cuda", None, None, liger_installed(), installed("triton"))
+    card = gpudb.match_nvml(target.name) if target.name else None
+    try:
+        return run_plan(view, target, mode=str(distributed.get("mode") or "single"),
+                        num_processes=int(distributed.get("num_processes") or 1),
+                        mode_reason=distributed.get("reason"), overrides=overrides,
+                        arch=model_architecture(view), example_lengths=example_lengths(view), card=card)
+    except PlanError as e:
+        raise RunError(str(e)) from None
 
 
 def start(loaded: Any, kind: str = "train", *, run_dir: str | os.PathLike[str] | None = None,

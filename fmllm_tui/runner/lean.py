@@ -24,170 +24,64 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from fmllm_tui import recipe as rules
+from fmllm_tui.memory import OFFLOAD_AUTO_MIN_BYTES
+from fmllm_tui.plan import Recipe, RunPlan
 
-from .loss import install_lean_forward, lean_forward_unsupported, loss_fn_for, resolve_loss_kind
+from .loss import install_lean_forward, lean_forward_unsupported, loss_fn_for
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-# An input embedding smaller than this is not worth a CPU round trip per step.
-OFFLOAD_MIN_BYTES = 256 * 1024**2
 
 
 class RecipeError(Exception):
     """A setting the runner cannot honour, in plain words (raised before training starts)."""
 
 
-@dataclass
-class Recipe:
-    """What the runner decided to do, and why where it differs from the config."""
+def honour_plan(plan: RunPlan, *, cuda: bool, mode: str, bf16_supported: bool) -> Recipe:
+    """The plan's recipe for this process, after checking this machine can run it.
 
-    memory_recipe: str
-    device: str  # "cuda" | "cpu"
-    quantize_4bit: bool
-    dtype: str
-    mixed_precision: str  # "bf16" | "fp16" | "no"
-    loss: str  # liger | chunked | plain
-    liger_kernels: bool
-    offload_embeddings: bool
-    optim: str
-    gradient_checkpointing: bool
-    attn_implementation: str
-    notes: list[str] = field(default_factory=list)
-    distributed: str = "single"  # single | ddp | fsdp (the launch's mode)
-    quant_storage: str | None = None  # bnb_4bit_quant_storage under FSDP (None: bitsandbytes' uint8)
-    gc_reentrant: bool = False  # reentrant gradient checkpointing (the FSDP+QLoRA recipe's)
-    compile_layers: bool = False  # torch.compile each decoder layer (launch/Python overhead away)
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-def plan_recipe(cfg: dict[str, Any], *, cuda: bool, overrides: dict[str, Any] | None = None,
-                bf16_supported: bool = True, distributed: str = "single",
-                compute_capability: tuple[int, int] | None = None) -> Recipe:
-    """Resolve the config (and bench overrides) into a :class:`Recipe` for this machine.
-
-    ``distributed`` is the launch's mode (single | ddp | fsdp). Under FSDP the recipe follows
-    the FSDP+QLoRA recipe (PEFT's FSDP guide): 4-bit weights stored in the dtype FSDP shards
-    (``quant_storage``), the model loaded in it, no CPU-offloaded input embedding (FSDP shards it
-    with the root unit), torch's AdamW instead of bitsandbytes' optimizers, and reentrant
-    gradient checkpointing unless the config sets ``gradient_checkpointing_kwargs``.
+    Nothing is decided again here. What the plan needs and this machine lacks either stops the
+    run before loading (a CUDA plan without a GPU, another distributed mode, bf16 on a card
+    without it, compiled layers the config forces without Triton) or, where a slower path
+    gives the same training, is taken and said as a note (Triton or liger-kernel not usable
+    here).
     """
-    if distributed not in ("single", "ddp", "fsdp"):
-        raise RecipeError(f"unknown distributed mode {distributed!r}; expected single, ddp or fsdp")
-    ov = overrides or {}
-    fm = cfg.get("fmllm", {})
-    q = cfg.get("quantization", {})
-    tr = cfg.get("training", {})
-    recipe_name = ov.get("memory_recipe") or fm.get("memory_recipe", "fmllm")
-    notes: list[str] = []
-    compute = q.get("bnb_4bit_compute_dtype", "bfloat16")
-    if not cuda:
-        dtype, mixed = "float32", "no"
-        quant = False
-        if q.get("use_4bit", True):
-            notes.append("no CUDA GPU: loaded without 4-bit quantization (bitsandbytes 4-bit needs a GPU), in float32")
-    else:
-        quant = bool(q.get("use_4bit", True))
-        dtype = compute
-        if compute == "bfloat16" and not bf16_supported:
-            raise RecipeError("quantization.bnb_4bit_compute_dtype is bfloat16 but this GPU has no bf16 (pre-Ampere): "
-                              "set it to float16")
-        if tr.get("bf16"):
-            mixed = "bf16"
-        elif tr.get("fp16"):
-            mixed = "fp16"
-        else:
-            mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(compute, "no")
-    requested_loss = ov.get("loss") or fm.get("loss", "auto")
-    if recipe_name == "plain":
-        loss_kind, why = "plain", None
-    else:
-        loss_kind, why = resolve_loss_kind(requested_loss, cuda=cuda)
-    if why:
-        notes.append(why)
-    compile_layers = False
-    want_compile = str(ov.get("compile") or fm.get("compile", "auto"))
-    if recipe_name == "fmllm" and (want_compile == "on" or (want_compile == "auto" and cuda and distributed == "single")):
-        compile_layers = True
-    if compile_layers and cuda and compute_capability is not None and compute_capability < (7, 0):
-        compile_layers = False
-        notes.append(f"fmllm.compile: this GPU (compute capability {compute_capability[0]}.{compute_capability[1]}) is "
-                     "older than Triton supports (7.0): ran uncompiled")
-    if compile_layers and want_compile == "auto" and fm.get("trust_remote_code"):
-        compile_layers = False  # remote modelling code: fmllm cannot know its layers compile cleanly
-        notes.append("fmllm.compile: auto leaves models with remote code (trust_remote_code) uncompiled; "
-                     "set fmllm.compile: on to try")
-    if compile_layers and cuda and not triton_usable():
-        if want_compile == "on":
-            raise RecipeError("fmllm.compile is on but Triton, which torch.compile needs for CUDA, is not usable "
-                              "here (pip install triton, or a torch build that ships it); or set fmllm.compile: off")
-        compile_layers = False
-        notes.append("fmllm.compile: Triton is not usable here, so the layers ran uncompiled (install triton "
-                     "for the compiled runner's speed)")
-    if compile_layers and recipe_name == "fmllm" and (tr.get("gradient_checkpointing_kwargs") or {}).get("use_reentrant"):
-        notes.append("compiled layers use non-reentrant gradient checkpointing around the compiled call; "
-                     "gradient_checkpointing_kwargs.use_reentrant is not used")
-    if compile_layers and distributed == "fsdp":
-        compile_layers = False
-        notes.append("fmllm.compile is on but FSDP's flat parameters (use_orig_params off, the QLoRA recipe) "
-                     "cannot be compiled per layer: ran uncompiled")
-    want_liger = ov.get("liger_kernels", "auto")
-    has_liger = False
-    if recipe_name == "fmllm" and cuda and not compile_layers and want_liger != "off":
+    r = Recipe.from_json(plan.recipe.to_json())
+    where = plan.target.name or plan.target.device
+    if r.device == "cuda" and not cuda:
+        build = torch.version.cuda
+        why = (f"torch {torch.__version__} is a CPU-only build: install its CUDA build" if not build else
+               "check CUDA_VISIBLE_DEVICES and the driver")
+        raise RecipeError(f"the run was planned for a CUDA GPU ({where}) but this process sees none ({why}), "
+                          "or start the run again with --device cpu")
+    if r.distributed != mode:
+        raise RecipeError(f"the run was planned as {r.distributed} but was launched as {mode}: start it with fmllm-run")
+    if r.device == "cuda" and r.dtype == "bfloat16" and not bf16_supported:
+        raise RecipeError(f"the run was planned for {where} (bf16) but this GPU has no bf16: set "
+                          "quantization.bnb_4bit_compute_dtype: float16 and start a new run")
+    if r.compile_layers and r.device == "cuda" and not triton_usable():
+        r.compile_layers = False
+        r.notes.append("not as planned: Triton, which the compiled layers need, is not usable here; the layers run "
+                       "uncompiled (same training, slower: pip install triton)")
+    if r.liger_kernels:
         from .loss import liger_available
 
-        has_liger = liger_available()
-        if not has_liger:
-            notes.append("liger-kernel is not installed: RMSNorm/SwiGLU/RoPE use the model's own code, and the "
-                         "plan assumed them (pip install -c constraints.txt 'fmllm[gpu]')")
-    liger_kernels = rules.liger_layers(recipe=recipe_name, cuda=cuda, compiled=compile_layers, want=want_liger,
-                                       has_liger=has_liger)
-    offload_setting = ov.get("offload_embeddings") or fm.get("offload_embeddings", "auto")
-    offload = recipe_name == "fmllm" and cuda and offload_setting in ("auto", "on")
-    if offload_setting == "on" and not cuda:
-        notes.append("fmllm.offload_embeddings is on but there is no CUDA GPU: nothing to offload")
-    optim = ov.get("optim") or tr.get("optim", "paged_adamw_32bit")
-    if not cuda and ("8bit" in optim or optim.startswith("paged") or optim.startswith("lion")):
-        notes.append(f"no CUDA GPU: optimizer {optim} needs bitsandbytes on a GPU; used adamw_torch")
-        optim = "adamw_torch"
-    attn = fm.get("attn_implementation", "sdpa")
-    if not cuda and attn == "flash_attention_2":
-        notes.append("no CUDA GPU: flash_attention_2 needs one; used sdpa")
-        attn = "sdpa"
-    storage = None
-    reentrant = bool((tr.get("gradient_checkpointing_kwargs") or {}).get("use_reentrant", False))
-    if distributed == "fsdp":
-        if offload:
-            offload = False
-            if offload_setting == "on":
-                notes.append("fmllm.offload_embeddings is on but FSDP shards the input embedding with the rest of "
-                             "the model: it stays on the GPUs")
-        if "8bit" in optim or optim.startswith(("paged", "lion")):
-            notes.append(f"FSDP: optimizer {optim} (bitsandbytes) cannot step sharded or CPU-offloaded parameters "
-                         "and fails saving FSDP checkpoints; used adamw_torch")
-            optim = "adamw_torch"
-        if quant:
-            from .distributed import quant_storage_dtype
+        if not liger_available():
+            r.liger_kernels = False
+            r.notes.append("not as planned: liger-kernel does not import here; RMSNorm/SwiGLU/RoPE use the model's "
+                           "own code (pip install -c constraints.txt 'fmllm[gpu]')")
+    if r.loss == "liger":
+        from .loss import liger_available
 
-            storage = quant_storage_dtype(compute)
-            if storage != dtype:
-                notes.append(f"FSDP: 4-bit weights stored in {storage} (FSDP shards float tensors; the PEFT guide "
-                             f"asks for {storage} storage with {compute} compute), model loaded in {storage}")
-            dtype = storage
-        if not tr.get("gradient_checkpointing_kwargs"):
-            reentrant = True  # the FSDP+QLoRA recipe's: non-reentrant hits a bitsandbytes memory bug there
-    return Recipe(memory_recipe=recipe_name, device="cuda" if cuda else "cpu", quantize_4bit=quant, dtype=dtype,
-                  mixed_precision=mixed, loss=loss_kind, liger_kernels=liger_kernels, offload_embeddings=offload,
-                  optim=optim, gradient_checkpointing=bool(tr.get("gradient_checkpointing", True)),
-                  attn_implementation=attn, notes=notes, distributed=distributed, quant_storage=storage,
-                  gc_reentrant=reentrant, compile_layers=compile_layers)
+        if not liger_available():
+            r.loss = "chunked"
+            r.notes.append("not as planned: liger-kernel does not import here; the chunked loss runs instead "
+                           "(a little more memory)")
+    return r
 
 
 def triton_usable() -> bool:
@@ -424,7 +318,7 @@ def offload_input_embeddings(model: Any, setting: str) -> tuple[int, str | None]
     if emb.weight.device.type != "cuda":
         return 0, "the input embedding is not on a GPU"
     size = emb.weight.numel() * emb.weight.element_size()
-    if setting == "auto" and size < OFFLOAD_MIN_BYTES:
+    if setting == "auto" and size < OFFLOAD_AUTO_MIN_BYTES:
         return 0, f"the input embedding is small ({size / 2**20:.0f} MiB)"
     wrapper = CpuEmbedding(emb, emb.weight.device)
     model.set_input_embeddings(wrapper)

@@ -39,7 +39,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -58,14 +58,17 @@ from .launch import HUB_KERNELS_DEFAULT
 from .lean import (
     Recipe,
     RecipeError,
+    honour_plan,
     load_model,
     load_tokenizer,
-    plan_recipe,
     prepare_for_training,
     quant_states_off_device,
     trainable_parameters,
 )
 from .monitor import NvmlSampler, visible_device
+
+if TYPE_CHECKING:
+    from fmllm_tui.plan import RunPlan
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_OOM = 0, 1, 2, 3
 # How many examples a minimal test cycles through per micro-batch slot.
@@ -211,6 +214,10 @@ class TokenCountingCollator:
         return batch
 
 
+# Saved in each checkpoint by fmllm's callback: the Trainer's loss sum since the last logged step.
+LOSS_WINDOW = "fmllm_loss_window"
+
+
 def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str, kind: str,
                    save_on_stop: bool, sampler: NvmlSampler | None, profile: bool = False,
                    checkpoint_adapter: Any = None, release_load_cache: bool = False,
@@ -251,6 +258,11 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
             self.stopped = False
             self.prof: Any = None
             self.wrapped_mem: dict[str, int] = {}
+            # Set by run() before training: the Trainer (its loss window is saved with each
+            # checkpoint) and the checkpoint a resume starts from.
+            self.trainer: Any = None
+            self.resumed_from: Path | None = None
+            self._replay_until = 0
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if release_load_cache and device == "cuda":
@@ -283,6 +295,29 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
             self._last_log_step = state.global_step
             _signals["phase"] = "training"
             files.state("training", step=state.global_step, max_steps=state.max_steps)
+            if self.resumed_from is not None:
+                self._resume_window(state)
+
+        def _resume_window(self, state: Any) -> None:
+            """A resume: restore the Trainer's loss window (the losses summed since the last logged
+            step, which the Trainer's own checkpoint does not keep) and the token count, so the
+            first logged loss averages the same steps as without the kill; and note up to which
+            step rows are replays of rows already in metrics.jsonl."""
+            if files.main:
+                steps = [r.get("step") for r in read_jsonl(files.dir / rd.METRICS) if "resumed_from" not in r
+                         or isinstance(r.get("step"), int)]
+                self._replay_until = max((s for s in steps if isinstance(s, int)), default=0)
+            saved = rd.read_json(self.resumed_from / f"{LOSS_WINDOW}.rank{_rank()}.json")
+            tr_loss = getattr(self.trainer, "_tr_loss", None)
+            if not isinstance(saved, dict) or saved.get("step") != state.global_step:
+                say(f"note: {self.resumed_from.name} has no loss window (saved before fmllm kept one): the first "
+                    "logged loss after the resume averages only the steps since it")
+                return
+            if isinstance(tr_loss, torch.Tensor) and hasattr(self.trainer, "_globalstep_last_logged"):
+                tr_loss.add_(float(saved["tr_loss"]))  # in place: the Trainer's loop holds this tensor
+                self.trainer._globalstep_last_logged = int(saved["last_logged"])
+            counter.tokens = int(saved.get("tokens") or 0)
+            self._last_log_tok = self._tok0 = counter.tokens
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if memory_snapshot and device == "cuda" and files.main and state.global_step == 0:
@@ -371,6 +406,11 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
             loss = logs.get("loss")
             if isinstance(loss, (int, float)):
                 self.losses.append((state.global_step, float(loss)))
+            if self.resumed_from is not None:
+                # Readers keep the newest row of a step (fmllm_tui.runner.rundir.current_rows).
+                row["resumed_from"] = self.resumed_from.name
+                if state.global_step <= self._replay_until:
+                    row["replayed"] = True
             files.metrics(row)
             self._last_log_t, self._last_log_tok, self._last_log_step = now, counter.tokens, state.global_step
 
@@ -388,6 +428,15 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
                 record_segments(f"saved{state.global_step}")
             if checkpoint_adapter is not None:
                 checkpoint_adapter(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+            tr_loss = getattr(self.trainer, "_tr_loss", None)
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if isinstance(tr_loss, torch.Tensor) and folder.is_dir():
+                # The Trainer's checkpoint keeps no loss window: without it the first logged loss of
+                # a resume averages fewer steps and differs from the run without the kill.
+                rd.write_json_atomic(folder / f"{LOSS_WINDOW}.rank{_rank()}.json", {
+                    "step": state.global_step, "tr_loss": float(tr_loss.item()),
+                    "last_logged": int(getattr(self.trainer, "_globalstep_last_logged", state.global_step)),
+                    "tokens": counter.tokens})
             say(f"checkpoint saved at step {state.global_step}")
 
     return FmllmCallback()
@@ -588,6 +637,8 @@ def last_complete_checkpoint(folder: Path, *, rename: bool = True) -> Path | Non
 
     Checkpoints a kill interrupted mid-save are renamed ``*.incomplete`` so the Trainer's
     rotation never counts them (``rename`` False: only rank 0 renames, the others just skip).
+    One with a file cut short (rundir.checkpoint_problem names it) is renamed ``*.damaged`` and
+    the one before it is used, saying so.
     """
     if not folder.is_dir():
         return None
@@ -603,7 +654,18 @@ def last_complete_checkpoint(folder: Path, *, rename: bool = True) -> Path | Non
             found.append((int(m.group(1)), p))
         elif rename:
             p.rename(p.with_name(p.name + ".incomplete"))
-    return max(found)[1] if found else None
+    damaged = []
+    for _, p in sorted(found, reverse=True):
+        problem = rd.checkpoint_problem(p)
+        if problem is None:
+            if damaged:
+                say(f"falling back to {p.name}, the newest complete checkpoint before {damaged[-1]}")
+            return p
+        say(f"{p.name} is damaged and not resumed from: {problem}")
+        damaged.append(p.name)
+        if rename:
+            p.rename(p.with_name(p.name + ".damaged"))
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -746,10 +808,13 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
     files.state("starting", kind=kind, resume=resume)
 
     want = runner.get("device", "auto")
-    cuda = torch.cuda.is_available() and want != "cpu"
     if want == "cuda" and not torch.cuda.is_available():
         raise RecipeError("--device cuda was asked for but torch sees no CUDA GPU "
                           f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'})")
+    view = typed_config(cfg)
+    mode = distributed_mode(runner)
+    the_plan = read_plan(spec, view, runner, mode)
+    cuda = the_plan.target.cuda and torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     sampler: NvmlSampler | None = None
     context_bytes = None
@@ -772,15 +837,15 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
             print(f"[fmllm] --vram {int(vram) / 2**30:.2f} GiB: capped torch at {frac * total / 2**30:.2f} GiB "
                   f"(the card minus a {ctx / 2**30:.2f} GiB CUDA context)", flush=True)
     bf16_ok = (not cuda) or torch.cuda.is_bf16_supported()
-    mode = distributed_mode(runner)
-    recipe = plan_recipe(cfg, cuda=cuda, overrides=runner.get("overrides"), bf16_supported=bf16_ok, distributed=mode,
-                         compute_capability=torch.cuda.get_device_capability(local_rank) if cuda else None)
+    recipe = honour_plan(the_plan, cuda=cuda, mode=mode, bf16_supported=bf16_ok)
+    for line in the_plan.describe():
+        say(line)
     if mode != "single":
         recipe.notes.append(f"{mode.upper()} over {_world()} processes (this is rank {_rank()})")
 
     fmt = cfg.get("data_format", "instruction")
     tr = cfg.get("training", {})
-    max_len = int(tr.get("max_seq_length") or 1024)
+    max_len = the_plan.max_seq_length
     data_file = cfg.get("data_file")
     if not data_file:
         raise RecipeError("no training data is configured: set paths.ft_combined_data_file to your JSONL file")
@@ -823,9 +888,7 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
     # Under FSDP the adapter's keys must be known before the Trainer wraps the model.
     key_map = adapter_key_map(model) if mode == "fsdp" else None
     trainable, total = trainable_parameters(model)
-    swap = fused_adamw_swap(recipe, trainable, forced=bool((runner.get("overrides") or {}).get("optim")))
-    if swap:
-        recipe.notes.append(swap)
+    _settle_optimizer(the_plan, recipe, trainable)
     say(f"loaded {model_name} in {load_s:.1f}s; trainable parameters {trainable:,} of {total:,}; "
         f"recipe {json.dumps(recipe.to_json())}")
 
@@ -875,9 +938,11 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
             say("resume: no complete checkpoint yet, starting from step 0")
         else:
             say(f"resuming from {checkpoint.name}")
+            files.state("resuming", checkpoint=checkpoint.name)  # a failure to load it reads as such
             if mode == "fsdp":
                 n = load_checkpoint_adapter(model, checkpoint)
                 say(f"loaded the adapter ({n} tensors) of {checkpoint.name} before FSDP wraps the model")
+    callback.trainer, callback.resumed_from = trainer, checkpoint
     t_train = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_s = time.perf_counter() - t_train
@@ -1002,18 +1067,55 @@ def run(run_dir: Path, resume: bool = False) -> dict[str, Any]:
     return summary
 
 
-def fused_adamw_swap(recipe: Recipe, trainable: int, *, forced: bool) -> str | None:
-    """The fmllm recipe on a GPU runs 32-bit AdamW as torch's fused kernel when the adapter's
-    optimizer state is small (fmllm_tui.recipe.fused_adamw, the rule the memory model plans
-    with): the same update rule, one kernel launch instead of a Python loop over every LoRA
-    tensor (the loop costs ~10% of a step at 1024 tokens). Returns the note."""
-    new = rules.fused_adamw(recipe.optim, recipe=recipe.memory_recipe, cuda=recipe.device == "cuda",
-                            distributed=recipe.distributed, trainable_params=trainable, forced=forced)
-    if new == recipe.optim:
-        return None
-    old, recipe.optim = recipe.optim, new
-    return (f"optimizer {old} ran as {new}: the same AdamW update in one fused kernel; the "
-            f"adapter's optimizer state ({trainable * 8 / 2**20:.0f} MiB) is too small for paging to matter")
+def typed_config(cfg: dict[str, Any]) -> Any:
+    """The typed config (FineTuneConfig) from config.json's resolved config, validated again."""
+    from pydantic import ValidationError
+
+    from fmllm_tui.config import FineTuneConfig
+
+    try:
+        return FineTuneConfig.model_validate(cfg)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise RecipeError(f"config.json's config does not validate ({where}: {first.get('msg')}): "
+                          "start the run with fmllm-run") from None
+
+
+def read_plan(spec: dict[str, Any], view: Any, runner: dict[str, Any], mode: str) -> RunPlan:
+    """The run's plan from config.json. A config.json written without one (a bench's, or an
+    older fmllm's) is planned here once, for this machine, by the same resolver."""
+    from fmllm_tui.plan import PlanError, RunPlan, Target, run_plan
+
+    try:
+        if spec.get("plan") is not None:
+            return RunPlan.from_json(spec["plan"])
+        from .distributed import model_architecture, visible_gpus
+
+        target = Target.cpu() if runner.get("device") == "cpu" else Target.local(visible_gpus())
+        if not target.cuda and runner.get("device") != "cpu" and torch.cuda.is_available():
+            target = Target("cuda", torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0),
+                            rules.liger_installed(), True)
+        made = run_plan(view, target, mode=mode, num_processes=_world(), overrides=runner.get("overrides"),
+                        arch=model_architecture(view))
+    except PlanError as e:
+        raise RecipeError(str(e)) from None
+    made.recipe.notes.append("config.json carries no plan (a bench's or an older fmllm's): planned here for "
+                             f"{made.target.name or made.target.device}")
+    return made
+
+
+def _settle_optimizer(the_plan: RunPlan, recipe: Recipe, trainable: int) -> None:
+    """The optimizer swap (fmllm_tui.recipe.fused_adamw) is the plan's when it knew the model's
+    shapes; it only falls to this process when the plan could not count the trainable
+    parameters (the model's config.json was not available at launch)."""
+    from fmllm_tui.plan import swap_optimizer
+
+    if the_plan.trainable_params is None:
+        swap_optimizer(recipe, trainable)
+    elif the_plan.trainable_params != trainable:
+        recipe.notes.append(f"the plan counted {the_plan.trainable_params:,} trainable parameters, the model has "
+                            f"{trainable:,}: the optimizer stays as planned ({recipe.optim})")
 
 
 def _no_examples_problem(stats: Any, max_len: int) -> Any:
