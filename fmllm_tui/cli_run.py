@@ -111,7 +111,9 @@ def _print_event(ev: dict[str, Any], as_json: bool, out: TextIO) -> None:
         return
     kind = ev.get("type")
     if kind == "metrics":
-        out.write(format_metrics(ev) + "\n")
+        # A step the Trainer runs again after a resume: it replaces the earlier row of that step.
+        again = f" (replayed after resume from {ev.get('resumed_from')})" if ev.get("replayed") else ""
+        out.write(format_metrics(ev) + again + "\n")
     elif kind == "state":
         extra = {k: v for k, v in ev.items() if k not in ("type", "phase", "ts", "pid")}
         out.write(f"[{ev.get('phase')}]" + (" " + json.dumps(extra, default=str) if extra else "") + "\n")
@@ -136,16 +138,29 @@ def _print_event(ev: dict[str, Any], as_json: bool, out: TextIO) -> None:
     out.flush()
 
 
+def _print_log_lines(tail: Any, out: TextIO) -> None:
+    """New train.log lines that matter, as ``[log] ...`` (lognoise's rule: noise is left out)."""
+    for ln in tail.read_new():
+        if ln.matters:
+            out.write(f"[log] {mask_text(ln.text)}\n")
+
+
 def _follow(run_dir: Path, as_json: bool, out: TextIO, skip_existing: bool = False) -> int:
+    from fmllm_tui.lognoise import LogTail
     from fmllm_tui.runner import follow
     from fmllm_tui.runner import rundir as rd
 
     if not as_json:
         out.write(f"run: {run_dir}\nlog: {run_dir / rd.LOG}\n")
     status = "lost"
+    # The log lines that matter (errors, warnings, [fmllm]) between events; library noise left
+    # out by the TUI's rule (fmllm_tui.lognoise); train.log keeps every line.
+    tail = None if as_json else LogTail(str(run_dir / rd.LOG), start_at_end=skip_existing)
     try:
         # Every GPU's memory and utilisation every 10 s between metric lines (multi-GPU runs too).
         for ev in follow(run_dir, gpu_every=10.0, skip_existing=skip_existing):
+            if tail is not None:
+                _print_log_lines(tail, out)
             _print_event(ev, as_json, out)
             if ev.get("type") == "exit":
                 status = str(ev.get("status"))

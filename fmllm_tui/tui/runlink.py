@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fmllm_tui.lognoise import LogLine, classify
 from fmllm_tui.redact import mask_text
 
 SEEN_MARKER = ".fmllm-tui-seen"  # in a run folder: the TUI has shown how this run ended
@@ -63,15 +64,36 @@ class RunSnapshot:
     state: str  # running | ok | failed | killed | stopped | oom | lost | unknown
     phase: str | None
     metrics: list[dict[str, Any]]
-    log_tail: list[str]
+    log_tail: list[LogLine]  # classified by fmllm_tui.lognoise (noise, lines that matter)
     exit: dict[str, Any] | None
     pid: int | None
     max_steps: int | None = None
     warnings: list[str] = field(default_factory=list)
+    final_step: int | None = None  # the steps the training process says it did (its result file)
 
     @property
     def last(self) -> dict[str, Any] | None:
         return self.metrics[-1] if self.metrics else None
+
+    @property
+    def step(self) -> int | None:
+        """The step the run is at, or ended at: after a stop the process's own count (it may be
+        past the last logged row: the stopping step is not always logged)."""
+        last = self.last or {}
+        logged = last.get("step") if isinstance(last.get("step"), int) else None
+        if self.exit is not None and isinstance(self.final_step, int):
+            return max(self.final_step, logged or 0)
+        return logged
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """The newest measured speed: a row with 0 tokens/s (the extra log the Trainer writes at an
+        epoch's end, with no step in between) says nothing about the speed, so it is skipped."""
+        for row in reversed(self.metrics):
+            tps = row.get("tokens_per_s")
+            if isinstance(tps, (int, float)) and not isinstance(tps, bool) and tps > 0:
+                return float(tps)
+        return None
 
     @property
     def running(self) -> bool:
@@ -95,7 +117,7 @@ class RunFollower:
         self.rows: list[dict[str, Any]] = []
         self._log_off = 0
         self._log_partial = b""
-        self._log: list[str] = []
+        self._log: list[LogLine] = []
         spec = rd.read_json(self.run_dir / rd.RUN) or {}
         self.kind: str | None = spec.get("kind")
         self.warnings: list[str] = list(spec.get("warnings") or [])
@@ -133,8 +155,9 @@ class RunFollower:
         self._log_partial = lines.pop()
         for raw in lines:
             # progress bars redraw with \r: keep the last frame of each line
-            text = raw.decode("utf-8", "replace").rsplit("\r", 1)[-1]
-            self._log.append(mask_text(text))
+            text = mask_text(raw.decode("utf-8", "replace").rsplit("\r", 1)[-1])
+            after_noise = bool(self._log) and self._log[-1].kind == "noise"
+            self._log.append(LogLine(text, classify(text, after_noise)))  # once per line, off the UI thread
         del self._log[:-LOG_TAIL_LINES]
 
     def poll(self) -> RunSnapshot:
@@ -147,6 +170,7 @@ class RunFollower:
         exit_rec = st.get("exit") if isinstance(st.get("exit"), dict) else None
         if exit_rec is not None:
             self.rows.extend(self._metrics.read_new())  # rows written just before the exit record
+        final_step = self._final_step() if exit_rec is not None else None
         max_steps = None
         if self.rows and isinstance(self.rows[-1].get("max_steps"), int):
             max_steps = self.rows[-1]["max_steps"]
@@ -155,8 +179,16 @@ class RunFollower:
         return RunSnapshot(
             run_dir=self.run_dir, kind=self.kind or st.get("kind"), state=str(st.get("state")),
             phase=st.get("phase"), metrics=list(self.rows), log_tail=list(self._log), exit=exit_rec,
-            pid=st.get("pid"), max_steps=max_steps, warnings=self.warnings,
+            pid=st.get("pid"), max_steps=max_steps, warnings=self.warnings, final_step=final_step,
         )
+
+    def _final_step(self) -> int | None:
+        """Steps done, from the training process's result (summary.json or result.json)."""
+        for name in (self._rd.SUMMARY, self._rd.RESULT):
+            rec = self._rd.read_json(self.run_dir / name)
+            if isinstance(rec, dict) and isinstance(rec.get("steps"), int) and not isinstance(rec["steps"], bool):
+                return int(rec["steps"])
+        return None
 
 
 def diagnosis_lines(exit_rec: dict[str, Any] | None, limit: int = 3) -> list[str]:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 GPU_POLL_S = 1.0
 RUN_POLL_S = 0.25
 KIND_LABEL = {"test": "Minimal test", "train": "Full fine-tune"}
+LOG_STYLE = {"error": "bold red", "warning": "yellow", "fmllm": "bold", "noise": "dim", "plain": ""}
 STATE_STYLE = {"running": "bold cyan", "ok": "bold green", "stopped": "bold yellow", "failed": "bold red",
                "oom": "bold red", "killed": "bold magenta", "lost": "bold red"}
 
@@ -53,6 +54,7 @@ class RunScreen(FmllmScreen):
         Binding("k", "kill", "Kill"),
         Binding("f", "fix", "Fix + relaunch"),
         Binding("c", "resume", "Resume", show=False),
+        Binding("n", "toggle_noise", "Library lines", show=False),
     ]
 
     def __init__(self) -> None:
@@ -63,6 +65,7 @@ class RunScreen(FmllmScreen):
         self.gpu_line = "GPU: waiting for NVML…"
         self._diagnosed: set[str] = set()
         self._plotted = -1
+        self.show_noise = False  # library noise in the log tail: folded into one dim line until n
 
     @property
     def fapp(self) -> FmllmApp:
@@ -206,15 +209,17 @@ class RunScreen(FmllmScreen):
         last = snap.last or {}
         bar = self.query_one("#run-bar", ProgressBar)
         bar.display = bool(snap.max_steps)  # no bouncing "indeterminate" bar: it says nothing here
+        step = snap.step  # after a stop: the step it stopped at, as the exit message says
         if snap.max_steps:
-            bar.update(total=snap.max_steps, progress=int(last.get("step") or 0))
+            bar.update(total=snap.max_steps, progress=int(step or 0))
         stats = []
-        if last.get("step") is not None:
-            stats.append(f"step {last['step']}" + (f"/{snap.max_steps}" if snap.max_steps else ""))
+        if step is not None:
+            stats.append(f"step {step}" + (f"/{snap.max_steps}" if snap.max_steps else ""))
         if isinstance(last.get("loss"), (int, float)):
             stats.append(f"loss {last['loss']:.4f}")
-        if isinstance(last.get("tokens_per_s"), (int, float)) and not det:
-            stats.append(f"{last['tokens_per_s']:,.0f} tok/s")
+        tps = snap.tokens_per_s  # an epoch's end logs a row with no tokens: not a speed of 0
+        if tps is not None and not det:
+            stats.append(f"{tps:,.0f} tok/s")
         if snap.running and isinstance(last.get("eta_s"), (int, float)) and not det:
             stats.append(f"ETA {_dur(last['eta_s'])}")
         if snap.exit and isinstance(snap.exit.get("wall_s"), (int, float)) and not det:
@@ -251,9 +256,31 @@ class RunScreen(FmllmScreen):
             diag.set_class(not snap.failed, "-calm")
         else:
             diag.display = False
+        self._draw_log(snap)
+
+    def _draw_log(self, snap: runlink.RunSnapshot) -> None:
+        """The log's tail: errors red, warnings yellow, fmllm's lines bold; library noise folded
+        into one dim line (n shows it, dimmed)."""
+        from fmllm_tui.lognoise import Folded, fold
+
         log = self.query_one("#run-log", Static)
         height = max(log.size.height, 6)
-        log.update(Text("\n".join(snap.log_tail[-height:]), no_wrap=True, overflow="ellipsis"))
+        rows: list[Text] = []
+        items = list(snap.log_tail) if self.show_noise else fold(snap.log_tail)
+        for item in items[-height:]:
+            if isinstance(item, Folded):
+                what = "library line" if item.count == 1 else "library lines"
+                rows.append(Text(f"… {item.count} {what} (n shows them): {item.first}", style="dim italic"))
+            else:
+                rows.append(Text(item.text, style=LOG_STYLE.get(item.kind, "")))
+        log.update(Text("\n").join(rows))
+        log.border_subtitle = "n hides library lines" if self.show_noise else ""
+
+    def action_toggle_noise(self) -> None:
+        self.show_noise = not self.show_noise
+        if self.snap is not None:
+            self._draw_log(self.snap)
+        self.notify("library lines shown (dimmed)" if self.show_noise else "library lines folded")
 
     @on(ChecksChanged)
     def _checks_changed(self, msg: ChecksChanged) -> None:
