@@ -25,17 +25,44 @@ def _logs_to_scan(options, loaded) -> list[tuple[str, str]]:
     return out
 
 
+def _settings_for(loaded, log: str):
+    """What the run that wrote ``log`` did: its plan when fmllm-run wrote it (config.json beside
+    train.log), else the config's recipe as planned for a CUDA card."""
+    import json
+
+    from fmllm_tui.logdiag import RunSettings
+    from fmllm_tui.plan import PlanError, RunPlan, Target, resolve_recipe
+
+    spec = os.path.join(os.path.dirname(log), "config.json")
+    try:
+        with open(spec, encoding="utf-8") as f:
+            plan = json.load(f).get("plan")
+        if plan is not None:
+            return RunSettings.from_config(loaded.view, RunPlan.from_json(plan))
+    except (OSError, ValueError, AttributeError, TypeError, PlanError):
+        pass  # not an fmllm run folder, or an older fmllm's: the config's plan below
+    try:
+        return RunSettings.from_config(loaded.view, recipe=resolve_recipe(loaded.view, Target.planned()))
+    except PlanError:
+        return RunSettings.from_config(loaded.view)
+
+
 def _fix_for(hit, loaded) -> Fix | None:
     fx = hit.fix or {}
     if not fx:
         return None
     fid = fx.get("id")
     changes: list[Change] = []
-    if fid and fid != "memory.fit":  # memory.fit needs the fit search: config.fit carries its exact changes
+    concrete = all(c["to"] not in ("halve", "double") and not str(c["to"]).startswith(("a ", "an ", "match"))
+                   for c in fx.get("changes", []))
+    if fid and (fid != "memory.fit" or (fx.get("changes") and concrete)):
+        # memory.fit from a log is planned only with concrete values (read from the config); else
+        # config.fit carries the fit search's exact changes
         try:
             from fmllm_tui.fixes import plan_fix
 
-            changes = plan_fix(loaded, fid, {"hit": hit.values, "changes": fx.get("changes", [])})
+            values = {"hit": hit.values, "changes": [{**c, "why": fx.get("summary", "")} for c in fx.get("changes", [])]}
+            changes = plan_fix(loaded, fid, values)
         except Exception:  # a fixer that cannot plan from a log alone: keep the advice
             changes = []
     return Fix(id=fid or "log.command", changes=changes, shell=fx.get("shell"), summary=fx.get("summary", ""))
@@ -53,11 +80,14 @@ def test_logs(report, options, loaded, architecture):
     vocab = int(arch["vocab_size"]) if arch and arch.get("vocab_size") else None
     hits = []
     for path, _src in logs:
-        hits.extend(scan_file(path, vocab_size=vocab))
+        hits.extend(scan_file(path, vocab_size=vocab, settings=_settings_for(loaded, path)))
     report.set(hits=[h.to_json() for h in hits])
     errors = [h for h in hits if h.severity == "error"]
+    notes = [h for h in hits if h.severity == "info"]
+    hits = [h for h in hits if h.severity != "info"]  # information (deprecations) is not a failure
     if not hits:
-        report.ok(f"no known failure in {len(logs)} log(s)")
+        extra = f"; {len(notes)} note(s): " + "; ".join(f"[{h.pattern}] {h.cause}" for h in notes[:3]) if notes else ""
+        report.ok(f"no known failure in {len(logs)} log(s){extra}")
     top = (errors or hits)[0]
     lines = [f"{h.file}:{h.line}: [{h.pattern}] {h.cause}" + (f" (x{h.count})" if h.count > 1 else "") for h in hits[:5]]
     text = f"{len(hits)} known problem(s) in the logs:\n" + "\n".join(lines)

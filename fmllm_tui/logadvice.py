@@ -46,16 +46,19 @@ class RunSettings:
     num_processes: int | None = None
 
     @classmethod
-    def from_config(cls, view: Any, plan: Any | None = None) -> RunSettings:
-        """From a config view (fmllm_tui.config) and, when known, the run's plan (fmllm_tui.plan.RunPlan):
-        the plan says what really ran (the loss kind after ``auto``, checkpointing after the recipe)."""
+    def from_config(cls, view: Any, plan: Any | None = None, recipe: Any | None = None) -> RunSettings:
+        """From a config view (fmllm_tui.config) and, when known, the run's plan (fmllm_tui.plan.RunPlan)
+        or the recipe it resolves to (fmllm_tui.plan.Recipe): they say what really runs (the loss
+        kind after ``auto``, checkpointing after the recipe)."""
         t = view.training
         loss = None if view.fmllm.loss == "auto" else view.fmllm.loss
         gc = bool(t.gradient_checkpointing)
         procs = None
+        recipe = plan.recipe if plan is not None else recipe
+        if recipe is not None:
+            loss = recipe.loss
+            gc = bool(recipe.gradient_checkpointing)
         if plan is not None:
-            loss = plan.recipe.loss
-            gc = bool(plan.recipe.gradient_checkpointing)
             procs = plan.num_processes
         return cls(micro_batch=t.per_device_train_batch_size, grad_accum=t.gradient_accumulation_steps,
                    gradient_checkpointing=gc, max_seq_length=t.max_seq_length, use_4bit=bool(view.quantization.use_4bit),

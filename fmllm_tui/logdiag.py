@@ -457,6 +457,7 @@ class _Tb:
     open: bool = True
     closed_at: int = -1
     chained_next: bool = False
+    indent: int = 0  # of the header: a traceback pasted inside pip's or a tool's indented output
 
 
 @dataclass
@@ -697,7 +698,7 @@ class _Engine:
             chained = tb is not None and tb.chained_next and line_no - tb.closed_at < 6
             if not chained:
                 self.chain_counter += 1
-            self.tbs[rank] = _Tb(start=line_no, chain=self.chain_counter)
+            self.tbs[rank] = _Tb(start=line_no, chain=self.chain_counter, indent=len(body) - len(body.lstrip()))
             return True, False
         if any(c in body for c in _CHAIN):
             if tb is not None:
@@ -714,6 +715,11 @@ class _Engine:
             tb.frames.append(_Frame(file, ln, func))
             self.prev_frame_line[rank] = line_no
             return True, False
+        indent = len(body) - len(body.lstrip())
+        if tb is not None and tb.open and tb.indent and indent == tb.indent and _EXC.match(body.strip()):
+            tb.open = False  # the exception line of an indented traceback: at the header's indent
+            tb.closed_at = line_no
+            return False, True
         if body[:1].isspace() and self.prev_frame_line.get(rank, -9) >= line_no - 3 and tb is not None and tb.open:
             if tb.frames and not tb.frames[-1].src:
                 tb.frames[-1].src = body.strip()[:200]
@@ -741,6 +747,8 @@ class _Engine:
             h.last_line = max(h.last_line, line_no)
             if len(values) > len(h.values):  # a later repeat that says more (a path, a repo id)
                 h.values, h.fix, h.cause = values, fix_, cause
+            if severity == "error" and h.severity != "error":  # a repeat that got worse (loss scale at 1)
+                h.severity, h.cause, h.values = severity, cause, values
         return h
 
     def record(self, recs: list[Any], idx: int) -> None:
@@ -798,7 +806,7 @@ class _Engine:
                 results = _oom(m, ctx)
             elif p.extract is not None:
                 r = p.extract(m, ctx)
-                results = [] if r is None else [(p.id, r), *r.pop("extra", [])]
+                results = [] if r is None else [(r.pop("id", p.id), r), *r.pop("extra", [])]
             else:
                 results = [(p.id, {})]
             for pid, r in results:

@@ -369,6 +369,8 @@ def _x_disk(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
     if mm:
         path = mm.group(1)
     v = {"path": path} if path else {}
+    if _x_cache_disk(ctx, " ".join([ctx.line, *ctx.after[:4]]) + (path or "")):
+        return {"id": "cache_disk_full", "values": v}
     f = dict(FIX_SAVE_LIMIT)
     if path:
         import os.path as _osp
@@ -524,12 +526,144 @@ def _x_child_failed(m: re.Match[str], ctx: Any) -> dict[str, Any]:
     return {"values": v, "cause": cause, "fix": fx, "extra": extra}
 
 
+def _frames_packages(ctx: Any) -> set[str]:
+    """Top-level packages of the traceback's frames (site-packages/<pkg>/...)."""
+    out = set()
+    for fr in getattr(ctx, "frames", []) or []:
+        mm = re.search(r"(?:site|dist)-packages[/\\]([A-Za-z_]\w*)", fr.file)
+        if mm:
+            out.add(mm.group(1))
+    return out
+
+
+_CACHE_PATH = re.compile(r"\.cache[/\\]huggingface|huggingface[/\\](?:datasets|hub)|hf_datasets|HF_DATASETS_CACHE|[/\\]datasets[/\\]")
+
+
+def _x_cache_disk(ctx: Any, text: str) -> bool:
+    """Whether a disk-full failure happened inside the datasets/Hub cache (not a checkpoint write)."""
+    if "Not enough disk space. Needed" in text or _CACHE_PATH.search(text):
+        return True
+    pk = _frames_packages(ctx)
+    return bool(pk & {"datasets", "huggingface_hub", "pyarrow"}) and not pk & {"safetensors"} and \
+        not any(f.func in ("save_pretrained", "_save_checkpoint", "save_model", "_save") for f in getattr(ctx, "frames", []) or [])
+
+
+def _x_shared_lib(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
+    text = " ".join([ctx.line, *ctx.after[:2]])
+    if "bitsandbytes" in text or "libbitsandbytes" in text:
+        return None  # bitsandbytes' own set-up patterns own it
+    lib = next((g for g in m.groups() if g), "")
+    name = lib.replace("\\", "/").rsplit("/", 1)[-1]
+    v: dict[str, Any] = {"library": name, "path": lib}
+    if "torch_extensions" in lib:
+        op = name.split(".")[0]
+        v["extension"] = op
+        return {"values": v, "key": name,
+                "cause": (f"the JIT-compiled extension {op} was never built ({lib} is missing): its build failed "
+                          "earlier (no CUDA toolkit / compiler) or was interrupted"),
+                "fix": fix(None, f"delete the cached {op} build and let it rebuild with the CUDA toolkit and a C++ compiler "
+                                 "on PATH (or pre-build it: DS_BUILD_OPS=1 pip install deepspeed)",
+                           shell="rm -rf ~/.cache/torch_extensions")}
+    cause = f"the shared library {name} cannot be opened: it is not installed, or not on the loader's path"
+    fx = fix(None, f"install the package that provides {name} for this CUDA, or add its folder to LD_LIBRARY_PATH; "
+                   "a wheel built for another CUDA major version asks for a library this machine does not have",
+             shell=f"ldconfig -p | grep {name.split('.so')[0]}")
+    mm = re.match(r"lib(cudart|cublas\w*|cudnn\w*|nccl|nvrtc|cusparse\w*|cufft\w*|curand\w*)\.so\.(\d+)", name)
+    if mm:
+        cause = (f"{name} (CUDA {mm.group(2)}'s {mm.group(1)}) cannot be opened: a package here was built for CUDA "
+                 f"{mm.group(2)} while this environment has another CUDA runtime")
+        fx = fix(None, "install the build of that package made for this torch's CUDA (python -c 'import torch; "
+                       "print(torch.version.cuda)'), or the matching CUDA runtime", shell="pip list 2>/dev/null | grep -i -E 'cuda|torch|flash|xformers|deepspeed'")
+    return {"values": v, "key": name, "cause": cause, "fix": fx}
+
+
+def _x_extension_abi(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
+    text = " ".join([ctx.line, *ctx.after[:3]])
+    if "flash_attn" in text:
+        return None  # flash_attn_abi owns it
+    mm = re.search(r"([\w.-]+?)(?:\.cpython[^/\s:]*)?\.(?:so|pyd)\b", ctx.line) or re.search(r"(xformers|xFormers)", ctx.line)
+    ext = (mm.group(1) if mm else "a compiled extension").lower()
+    pkg = "deepspeed" if "torch_extensions" in ctx.line else pip_name(ext.split(".")[0]) if mm else None
+    cause = (f"{ext} was compiled against another torch/CUDA/Python than this one (its C++ symbols do not match): "
+             "the binary and torch must come from matching builds")
+    v: dict[str, Any] = {"extension": ext}
+    shell = f"pip install --force-reinstall --no-build-isolation {pkg}" if pkg else None
+    if "torch_extensions" in ctx.line:
+        shell = "rm -rf ~/.cache/torch_extensions"
+        cause += "; a stale JIT build in ~/.cache/torch_extensions from another torch"
+    return {"values": v, "key": ext, "cause": cause,
+            "fix": fix(None, f"install a {pkg or ext} wheel built for this torch (or rebuild it against it); another "
+                             "attention backend or optimizer only hides the broken install", shell=shell)}
+
+
+def _x_hub_404(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
+    text = " ".join([ctx.line, *ctx.after[:3]])
+    if re.search(r"Repository Not Found|Revision Not Found|RepositoryNotFoundError|RevisionNotFoundError", ctx.line):
+        return None  # hub_not_found / hub_revision_not_found own them
+    url = re.search(r"https://huggingface\.co/(\S+?)['\"]?(?:[\s.]|$)", text)
+    v: dict[str, Any] = {"url": f"https://huggingface.co/{url.group(1)}"} if url else {}
+    path = url.group(1) if url else ""
+    api = re.match(r"api/models/([\w.-]+(?:/[\w.-]+)?)(?:/(revision|tree)/([^/?\s]+)/?([^?\s]*))?", path)
+    res = re.match(r"(?:datasets/)?([\w.-]+/[\w.-]+)/resolve/([^/\s]+)/(\S+)", path)
+    if api and api.group(2) == "tree" and api.group(4):
+        v.update(repo_id=api.group(1), file=api.group(4))
+        return {"values": v, "key": path,
+                "cause": (f"the Hub answered 404 for '{api.group(4)}' in {api.group(1)}: the library asks for an optional "
+                          "file that this version of huggingface_hub treats as required (transformers and "
+                          "huggingface_hub at versions that do not match)"),
+                "fix": fix(None, "upgrade transformers and huggingface_hub together", shell="pip install -U transformers huggingface_hub")}
+    if res:
+        v.update(repo_id=res.group(1), revision=res.group(2), file=res.group(3))
+        return {"values": v, "key": path,
+                "cause": (f"the Hub has no file '{res.group(3)}' in {res.group(1)} at {res.group(2)} (404): the code asks "
+                          "for a file name (or revision) this repo does not have"),
+                "fix": fix(None, f"check which files {res.group(1)} has (its Files tab) and use the library version or "
+                                 "revision that matches them", shell=f"hf download {res.group(1)} --dry-run")}
+    if api:
+        v["repo_id"] = api.group(1)
+        return {"values": v, "key": path, "cause": f"the Hub has no model '{api.group(1)}' (404): the id is wrong (a typo, "
+                "a lost '/'), or the repo is private and no token was sent", "fix": FIX_MODEL_ID}
+    return {"values": v, "key": path}
+
+
+def _x_zero_overflow(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    scale = _float(m.group(1)) if m.lastindex else None
+    v: dict[str, Any] = {"loss_scale": scale} if scale is not None else {}
+    stage3 = "stage3" in ctx.line or "stage_3" in ctx.line
+    v["zero_stage"] = 3 if stage3 else None
+    cause = ("DeepSpeed skips steps on fp16 gradient overflow" + (" in ZeRO stage 3" if stage3 else "")
+             + (f" (loss scale {scale:g})" if scale is not None else "")
+             + ": with fp16 the partitioned gradients overflow, the loss scale keeps halving and steps are thrown away")
+    sev = "error" if scale is not None and scale <= 1 else "warning"
+    return {"values": v, "cause": cause, "severity": sev}
+
+
+def _x_toolkit(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
+    line = ctx.line
+    if "UserWarning" in line and not re.search(r"setup\.py|pip-install|pip-req-build|egg_info|bdist_wheel", line):
+        return None  # DeepSpeed warns at import when nvcc is absent: harmless until it must build an op
+    return {"values": {"message": m.group(0)[:200]}, "key": ""}
+
+
+def _float(s: str) -> float | None:
+    try:
+        return float(s)
+    except (TypeError, ValueError):
+        return None
+
+
+def _x_response_masked(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    return {"cause": ("the collator did not find the response template in an example (it was cut at max_seq_length), "
+                      "so every label of it is masked and it adds nothing to the loss"), "key": "collator"}
+
+
 # --------------------------------------------------------------------------------------------
 # The table
 # --------------------------------------------------------------------------------------------
 
 ERR = "error"
 WARN = "warning"
+INFO = "info"  # not a failure: checks report it as a note
 
 PATTERNS: list[Pattern] = [
     # ---- GPU memory -------------------------------------------------------------------------
@@ -600,6 +734,11 @@ PATTERNS: list[Pattern] = [
        r"No space left on device|\[Errno 28\]|StorageFull|PytorchStreamWriter failed writing file|unexpected pos \d+ vs \d+"
        r"|Disk quota exceeded|Not enough disk space\. Needed",
        ("No space left", "Errno 28", "StorageFull", "PytorchStreamWriter", "unexpected pos", "Disk quota", "disk space"), _x_disk),
+    _p("cache_disk_full", ERR, "disk full in the datasets/Hub cache",
+       "the disk holding the Hugging Face datasets/Hub cache ran out of space (dataset download, Arrow cache of map/tokenize)",
+       fix(None, "point the caches at a disk with room (HF_HOME, HF_DATASETS_CACHE, or cache_dir) and clear old entries "
+           "(hf cache ls); pruning checkpoints does not help here", shell="export HF_DATASETS_CACHE=/path/on/a/bigger/disk/hf_datasets"),
+       None, phase="load"),
     # ---- bitsandbytes -----------------------------------------------------------------------
     _p("bnb_setup", ERR, "bitsandbytes set-up failed",
        "bitsandbytes could not load its CUDA library (CPU-only build loaded, CUDA mismatch, or torch without CUDA)",
@@ -698,7 +837,33 @@ PATTERNS: list[Pattern] = [
        ("FlashAttention",)),
     _p("flash_attn_abi", ERR, "flash-attn binary does not match torch",
        "the flash-attn wheel was built for another torch/CUDA (undefined symbol)",
-       FIX_SDPA, r"flash_attn\w*.*undefined symbol|undefined symbol.*flash_attn", ("undefined symbol",)),
+       fix(None, "install a flash-attn wheel built for this torch and CUDA (or build it against them); "
+           "fmllm.attn_implementation: sdpa runs without it", shell="pip install --force-reinstall --no-build-isolation flash-attn"),
+       r"flash_attn\w*.*undefined symbol|undefined symbol.*flash_attn|Flash Attention 2 installation seems to be broken",
+       ("undefined symbol",)),
+    _p("extension_abi", ERR, "compiled extension does not match torch",
+       "a compiled extension (xformers, a DeepSpeed op, bitsandbytes, apex …) was built for another torch/CUDA/Python",
+       fix(None, "install a wheel of that package built for this torch (or rebuild it against it)"),
+       r"undefined symbol: \S+|xFormers can't load C\+\+/CUDA extensions|was compiled against (?:a different|an? (?:older|newer)) version of"
+       r"|DLL load failed while importing \w+|built for:?\s+PyTorch [\d.]+\S* with CUDA", extract=_x_extension_abi),
+    _p("shared_lib_missing", ERR, "shared library not found",
+       "a native library that a package loads (a CUDA runtime, NCCL, a compiled extension) cannot be opened",
+       fix(None, "install the package that provides the library, or put its folder on LD_LIBRARY_PATH"),
+       r"(\S+\.so(?:\.[\d.]+)?): cannot open shared object file|(?:Could not load library|Could not load dynamic library|"
+       r"Unable to load) '?(lib[\w.-]+\.so[\w.]*)'?|(lib[\w-]+\.so[\d.]*)(?:: cannot open| not found|: No such file)",
+       extract=_x_shared_lib),
+    _p("cuda_toolkit_env", ERR, "CUDA toolkit or compiler missing for a build",
+       "a CUDA extension (DeepSpeed op, flash-attn, bitsandbytes from source …) is being compiled here and the CUDA "
+       "toolkit (nvcc, headers), CUDA_HOME or a C++ compiler is missing, or its CUDA differs from torch's",
+       fix(None, "install a prebuilt wheel instead of compiling; or install the CUDA toolkit matching torch.version.cuda "
+           "and a C++ compiler, and set CUDA_HOME", shell="export CUDA_HOME=/usr/local/cuda"),
+       r"CUDA_HOME does not exist|CUDA_HOME environment variable is not set|nvcc was not found|nvcc: (?:not found|command not found)"
+       r"|No such file or directory: '[^']*nvcc'|fatal error: (?:cuda/\w+|cuda\w*\.h|cu(?:blas|sparse|rand|fft)\w*\.h|nccl\.h|"
+       r"thrust/\S+|cub/\S+): No such file or directory|Error building extension '[\w.-]+'|The detected CUDA version \([\d.]+\) "
+       r"mismatches the version that was used to compile|Installed CUDA version [\d.]+ does not match the version torch was compiled"
+       r"|unsupported GNU version|Command '\['which', '(?:c\+\+|g\+\+|gcc|nvcc)'\]' returned non-zero|error: command '[^']*"
+       r"(?:nvcc|gcc|g\+\+|c\+\+|cl\.exe)' failed|Ninja is required to load C\+\+ extensions|nvcc fatal\s*:",
+       extract=_x_toolkit, phase="load"),
     _p("flash_attn_dtype", WARN, "flash-attn with fp32 weights",
        "flash attention only runs in fp16/bf16 but the model is in float32",
        FIX_DTYPE_MATCH, r"Flash Attention 2(?:\.0)? only supports torch\.float16 and torch\.bfloat16|FlashAttention only support fp16 and bf16 data type",
@@ -766,6 +931,12 @@ PATTERNS: list[Pattern] = [
        r"index out of range in self|srcIndex < srcSelectDimSize|Assertion `t >= 0 && t < n_classes` failed|Target -?\d+ is out of bounds"
        r"|CUDA error: device-side assert triggered",
        ("index out of range in self", "srcSelectDimSize", "n_classes", "out of bounds", "device-side assert"), _x_token_range),
+    _p("response_masked", WARN, "examples dropped from the loss (response template not found)",
+       "the collator did not find the response template in an example (cut at max_seq_length), so it adds nothing to the loss",
+       fix("training.max_seq_length", "raise max_seq_length so the response survives truncation, or fix the response "
+           "template", [("training.max_seq_length", "double")]),
+       r"This instance will be ignored in loss calculation|Could not find response key", extract=_x_response_masked,
+       phase="training"),
     _p("sequence_too_long", WARN, "examples longer than the model's context",
        "some examples tokenize to more tokens than the model's maximum length",
        fix("training.max_seq_length", "cap max_seq_length at the model's context and truncate or drop longer examples",
@@ -805,7 +976,13 @@ PATTERNS: list[Pattern] = [
     _p("loss_zero", WARN, "loss is exactly 0",
        "the logged loss is exactly 0: every label is masked (the response template is not found), or fp16 broke the loss",
        fix("dtype.compute", "check the labels are not all -100 (fmllm-check data); if training in fp16 switch to bf16",
-           [("training.fp16", False), ("training.bf16", True)]), None),
+           [("training.fp16", False), ("training.bf16", True)]),
+       r"^\s*train_loss\s*=\s*0\.0+\s*$|['\"]train_loss['\"]: 0\.0\b(?!\d*[1-9])"),
+    _p("zero_stage_numeric", WARN, "DeepSpeed skipping steps on fp16 overflow",
+       "DeepSpeed (ZeRO) with fp16 keeps overflowing: the loss scale halves and steps are skipped",
+       fix("dtype.compute", "train in bf16 (no loss scaling) on Ampere or newer; on older GPUs raise the ZeRO config's "
+           "initial_scale_power/hysteresis or use ZeRO-2", [("training.fp16", False), ("training.bf16", True)]),
+       r"OVERFLOW! Rank \d+ Skipping step\. Attempted loss scale: ([\d.]+)|Grad overflow on iteration \d+", extract=_x_zero_overflow),
     _p("loss_flat", ERR, "loss flat at ln(vocab)",
        "the loss stays at ln(vocab size): the model predicts every token as equally likely, so it is not learning",
        fix(None, "check the weights loaded (no 'newly initialized' warnings for the LM) and learning_rate > 0"), None),
@@ -919,6 +1096,10 @@ PATTERNS: list[Pattern] = [
        r"No module named '([\w.]+)'|requires the (\w+) library but it was not found"
        r"|requires the following packages that were not found in your environment: ([\w.-]+)",
        ("No module named", "library but it was not found", "packages that were not found"), _x_missing_module),
+    _p("deprecation_info", INFO, "deprecation notice",
+       "a library says a name or argument is deprecated: harmless for this run, worth updating the code some day", None,
+       r"(?:FutureWarning|DeprecationWarning|PendingDeprecationWarning): |is deprecated and will be removed"
+       r"|(?:is|are) deprecated(?:,| and| in favou?r of|;)|has been deprecated"),
     _p("exception", ERR, "unhandled exception",
        "the run stopped on an exception that fmllm has no specific pattern for; the last frame shows where", None, None),
 ]

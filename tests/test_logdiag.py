@@ -51,7 +51,7 @@ def test_table_is_complete_and_well_formed() -> None:
     for p in PATTERNS:
         assert p.id not in seen
         seen.add(p.id)
-        assert p.severity in ("error", "warning")
+        assert p.severity in ("error", "warning", "info")
         assert p.cause and p.title
         if p.fix is not None:
             assert set(p.fix) == {"id", "changes", "shell", "summary"}
@@ -84,7 +84,7 @@ def test_excerpt_finds_its_pattern(path: Path) -> None:
     assert h.count >= 1
     assert h.cause and h.excerpt and len(h.excerpt) <= 300
     assert "\x1b" not in h.excerpt
-    assert h.severity in ("error", "warning")
+    assert h.severity in ("error", "warning", "info")
     d = h.to_json()
     assert set(d) == {"pattern", "file", "line", "last_line", "excerpt", "count", "cause", "fix", "severity", "phase", "values"}
     assert d["phase"] in PHASES
@@ -492,7 +492,7 @@ def test_fix_changes_name_real_config_settings() -> None:
     ("huggingface_hub.errors.HFValidationError: Repo id must be in the form 'repo_name' or 'namespace/repo_name': "
      "'/content/drive/MyDrive/llama'. Use `repo_type` argument if needed.", "hub_not_found"),
     ("OSError: [Errno 122] Disk quota exceeded: '/home/u/out/checkpoint-200/adapter_model.safetensors'", "disk_full"),
-    ("OSError: Not enough disk space. Needed: 14.23 GiB (download: 5.01 GiB, generated: 9.22 GiB)", "disk_full"),
+    ("OSError: Not enough disk space. Needed: 14.23 GiB (download: 5.01 GiB, generated: 9.22 GiB)", "cache_disk_full"),
     ("OSError: [Errno 12] Cannot allocate memory", "host_oom"),
     ("ImportError: This modeling file requires the following packages that were not found in your environment: "
      "flash_attn. Run `pip install flash_attn`", "module_missing"),

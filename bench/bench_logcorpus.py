@@ -1,0 +1,142 @@
+"""Log diagnosis on the corpus of real failure logs (tests/data/reallogs): how often it is right.
+
+Usage:
+    python bench/bench_logcorpus.py [--dir tests/data/reallogs] [--json] [--misses fit]
+
+Each log ``<id>.log`` has a manifest ``<id>.json`` (source thread, expected_cause,
+acceptable_causes, expected_fix, phase, split "fit" | "heldout"). Patterns are written from the
+fit part only; the heldout part is scanned here and reported only as aggregate scores, never
+line by line (``--misses`` refuses the heldout part).
+
+Per part it prints:
+- recognised: the scan found anything;
+- right fix: some finding's id is the expected cause or an acceptable one;
+- first hit right: the first-ranked finding is one of those;
+- misleading first: the first-ranked finding exists and is not one of those.
+Targets (issue 21): >= 95% recognised, >= 90% right fix, >= 90% first hit right, 0 misleading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from fmllm_tui.logdiag import scan_file  # noqa: E402
+
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "reallogs"
+SPLITS = ("fit", "heldout")
+REQUIRED = {"id": str, "source": str, "failure": str, "phase": str, "expected_cause": str,
+            "acceptable_causes": list, "expected_fix": dict, "split": str}
+
+
+def manifest_problems(man: dict[str, Any], path: Path) -> list[str]:
+    """What is wrong with one manifest (empty: well-formed)."""
+    out = []
+    for key, typ in REQUIRED.items():
+        if not isinstance(man.get(key), typ):
+            out.append(f"{path.name}: '{key}' must be a {typ.__name__}")
+    if man.get("split") not in SPLITS:
+        out.append(f"{path.name}: split must be one of {SPLITS}, got {man.get('split')!r}")
+    if isinstance(man.get("id"), str) and man["id"] != path.stem:
+        out.append(f"{path.name}: id {man['id']!r} is not the file's name")
+    if not path.with_suffix(".log").is_file():
+        out.append(f"{path.name}: no {path.stem}.log beside it")
+    fx = man.get("expected_fix")
+    if isinstance(fx, dict) and not (fx.get("changes") or fx.get("command") or fx.get("summary")):
+        out.append(f"{path.name}: expected_fix names no change, command or summary")
+    return out
+
+
+def load_corpus(directory: Path = CORPUS) -> list[tuple[Path, dict[str, Any]]]:
+    """(log path, manifest) for every manifest in ``directory``, sorted by id."""
+    out = []
+    for man in sorted(directory.glob("*.json")):
+        out.append((man.with_suffix(".log"), json.loads(man.read_text(encoding="utf-8"))))
+    return out
+
+
+@dataclass
+class Score:
+    """The four counts of one part of the corpus."""
+
+    n: int = 0
+    recognised: int = 0
+    right_fix: int = 0
+    first_right: int = 0
+    misleading_first: int = 0
+    misses: list[dict[str, Any]] = field(default_factory=list)
+
+    def pct(self, k: int) -> float:
+        return 100.0 * k / self.n if self.n else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"logs": self.n, "recognised": self.recognised, "right_fix": self.right_fix,
+                "first_hit_right": self.first_right, "misleading_first": self.misleading_first}
+
+
+def judge(path: Path, man: dict[str, Any]) -> dict[str, Any]:
+    """Scan one log and judge its findings against its manifest."""
+    hits = scan_file(path)
+    ok = {man["expected_cause"], *man.get("acceptable_causes", [])}
+    got = [h.pattern for h in hits]
+    return {"id": man["id"], "recognised": bool(hits), "right_fix": bool(ok & set(got)),
+            "first_right": bool(got) and got[0] in ok, "misleading_first": bool(got) and got[0] not in ok,
+            "expected": sorted(ok), "got": [(h.pattern, h.line, h.phase) for h in hits[:4]]}
+
+
+def score(corpus: list[tuple[Path, dict[str, Any]]], split: str) -> Score:
+    """The scores of the part ``split`` of the corpus."""
+    sc = Score()
+    for path, man in corpus:
+        if man.get("split") != split:
+            continue
+        r = judge(path, man)
+        sc.n += 1
+        sc.recognised += r["recognised"]
+        sc.right_fix += r["right_fix"]
+        sc.first_right += r["first_right"]
+        sc.misleading_first += r["misleading_first"]
+        if not r["first_right"]:
+            sc.misses.append(r)
+    return sc
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dir", type=Path, default=CORPUS)
+    ap.add_argument("--json", action="store_true", help="print the scores as JSON")
+    ap.add_argument("--misses", choices=["fit"], help="list the fit logs whose first finding is not right")
+    args = ap.parse_args()
+    corpus = load_corpus(args.dir)
+    problems = [p for path, man in corpus for p in manifest_problems(man, path.with_suffix(".json"))]
+    t0 = time.perf_counter()
+    scores = {split: score(corpus, split) for split in SPLITS}
+    secs = time.perf_counter() - t0
+    if args.json:
+        print(json.dumps({s: sc.to_json() for s, sc in scores.items()} | {"manifest_problems": problems}, indent=1))
+        return 0
+    for p in problems:
+        print("manifest:", p)
+    for split, sc in scores.items():
+        print(f"{split:8s} {sc.n:4d} logs: recognised {sc.recognised}/{sc.n} ({sc.pct(sc.recognised):.0f}%), "
+              f"right fix {sc.right_fix}/{sc.n} ({sc.pct(sc.right_fix):.0f}%), "
+              f"first hit right {sc.first_right}/{sc.n} ({sc.pct(sc.first_right):.0f}%), "
+              f"misleading first {sc.misleading_first}")
+    print(f"({secs:.1f}s for {sum(sc.n for sc in scores.values())} logs; targets: >= 95% recognised, >= 90% right fix, "
+          ">= 90% first hit right, 0 misleading)")
+    if args.misses:
+        for r in scores[args.misses].misses:
+            print(f"  {r['id']}: expected {r['expected']}, got {r['got']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
