@@ -114,3 +114,68 @@ def open_private_append(path: Path, buffering: int = -1) -> Any:
     except OSError:
         pass
     return os.fdopen(fd, "ab", buffering=buffering)
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file is not whole (its header names every tensor's byte range: the file
+    must be exactly as long as the last one ends), or None. Reads the header only."""
+    try:
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(8)
+            if len(head) < 8:
+                return f"{size} bytes, shorter than a safetensors header"
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                return f"truncated: its header says {n} bytes of metadata, the file has {size}"
+            meta = json.loads(fh.read(n))
+    except (OSError, ValueError) as e:
+        return f"unreadable: {e}"
+    if not isinstance(meta, dict):
+        return "its header is not a JSON object"
+    ends = [int(v["data_offsets"][1]) for k, v in meta.items()
+            if k != "__metadata__" and isinstance(v, dict) and isinstance(v.get("data_offsets"), list)]
+    want = 8 + n + max(ends, default=0)
+    if size != want:
+        return f"truncated: {size} bytes where its header needs {want}" if size < want else \
+            f"{size} bytes where its header needs {want}"
+    return None
+
+
+def checkpoint_problem(folder: str | os.PathLike[str]) -> str | None:
+    """Why a Trainer checkpoint folder cannot be resumed from, naming the file, or None. Cheap
+    (headers and zip directories only): a truncated adapter, optimizer, scheduler or RNG state
+    (a disk that filled, a copy cut short) is found before the Trainer fails on it unnamed."""
+    import zipfile
+
+    d = Path(folder)
+    for f in sorted(d.iterdir()) if d.is_dir() else []:
+        if not f.is_file():
+            continue
+        why = None
+        if f.suffix == ".safetensors":
+            why = _safetensors_problem(f)
+        elif f.suffix in (".pt", ".pth", ".bin"):
+            # torch.save writes a zip archive: its directory is at the end, so a cut file has none.
+            if not zipfile.is_zipfile(f):
+                why = "truncated or not a torch archive (no zip directory at its end)"
+        elif f.suffix == ".json" and read_json(f) is None:
+            why = "not valid JSON (cut short?)"
+        if why:
+            return f"{f}: {why}"
+    return None
+
+
+def current_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The metrics rows as the run stands: after a resume the Trainer replays the steps since its
+    checkpoint (rows marked ``replayed``, and ``resumed_from`` the checkpoint), so a row replaces
+    every earlier row of its step or a later one. Readers that plot or sum rows use this, so no
+    step is counted twice."""
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        step = row.get("step")
+        if isinstance(step, int):
+            while out and isinstance(out[-1].get("step"), int) and out[-1]["step"] >= step:
+                out.pop()
+        out.append(row)
+    return out

@@ -206,11 +206,13 @@ class TokenCountingCollator:
     def __init__(self, inner: Collator):
         self.inner = inner
         self.tokens = 0
+        self.last = 0  # the newest batch's tokens: accelerate's loader collates one batch ahead
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.inner(features)
         mask = batch.get("attention_mask")
-        self.tokens += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+        self.last = int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+        self.tokens += self.last
         return batch
 
 
@@ -304,9 +306,10 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
             first logged loss averages the same steps as without the kill; and note up to which
             step rows are replays of rows already in metrics.jsonl."""
             if files.main:
-                steps = [r.get("step") for r in read_jsonl(files.dir / rd.METRICS) if "resumed_from" not in r
-                         or isinstance(r.get("step"), int)]
-                self._replay_until = max((s for s in steps if isinstance(s, int)), default=0)
+                from .monitor import read_jsonl
+
+                rows = read_jsonl(files.dir / rd.METRICS)
+                self._replay_until = max((r["step"] for r in rows if isinstance(r.get("step"), int)), default=0)
             saved = rd.read_json(self.resumed_from / f"{LOSS_WINDOW}.rank{_rank()}.json")
             tr_loss = getattr(self.trainer, "_tr_loss", None)
             if not isinstance(saved, dict) or saved.get("step") != state.global_step:
@@ -436,7 +439,8 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
                 rd.write_json_atomic(folder / f"{LOSS_WINDOW}.rank{_rank()}.json", {
                     "step": state.global_step, "tr_loss": float(tr_loss.item()),
                     "last_logged": int(getattr(self.trainer, "_globalstep_last_logged", state.global_step)),
-                    "tokens": counter.tokens})
+                    # The batch collated ahead is collated again by the resumed run (none at an epoch's end).
+                    "tokens": counter.tokens - (0 if float(state.epoch or 0).is_integer() else counter.last)})
             say(f"checkpoint saved at step {state.global_step}")
 
     return FmllmCallback()
