@@ -15,6 +15,15 @@ Fitted (everything else in fmllm_tui/memory.py is derived from shapes and autogr
   RESERVE_LAYER_EXPANDABLE, RESERVE_BASE_EXPANDABLE  on points run with expandable_segments:True
   (each: minimax of the relative process-peak error over a grid, constants >= 0)
 CUDA_CONTEXT_BYTES is read off directly: process peak - reserved peak on points without paged state.
+
+    python bench/memory_calibrate.py --speed      # tokens/s and first-step error table (runner points)
+    python bench/memory_calibrate.py --fit-speed  # fit the speed constants on the runner points not held out
+
+Speed constants (memory._throughput): MATMUL_EFFICIENCY, the compiled and eager host costs per
+decoder-layer pass and per adapter, the fixed cost per micro-batch; fitted by coordinate descent on
+the squared log error of tokens/s over the points of harness "runner" that carry tokens/s and are
+not held out (``"heldout": true``). STARTUP_COMPILED_S / STARTUP_EAGER_S: medians of the measured
+first-step extra.
 """
 
 from __future__ import annotations
@@ -120,13 +129,106 @@ def table(points: list[dict], archs: dict, markdown: bool = False) -> float:
     return worst
 
 
+SPEED_CONSTS = ("MATMUL_EFFICIENCY", "COMPILED_LAYER_S", "COMPILED_LORA_S", "OVERHEAD_MICRO_BATCH_S",
+                "OVERHEAD_LAYER_S", "OVERHEAD_4BIT_LINEAR_S", "OVERHEAD_LORA_S")
+
+
+def _speed_inputs(p: dict):
+    from dataclasses import replace
+
+    from fmllm_tui import gpudb
+
+    card = gpudb.match_nvml(str((p.get("env") or {}).get("gpu") or "")) or gpudb.lookup("h100")
+    return replace(m.point_inputs(p), tflops=card.tflops16, bandwidth_gbs=card.bandwidth_gbs)
+
+
+def speed_points(points: list[dict]) -> list[dict]:
+    """Runner points with a steady tokens/s (the 1425-token point recompiled inside its measured steps)."""
+    return [p for p in points if p.get("harness") == "runner" and (p["measured"].get("tokens_per_second") or 0) > 0
+            and not p.get("speed_excluded")]
+
+
+def speed_table(points: list[dict], archs: dict, markdown: bool = False) -> tuple[float, float]:
+    """tokens/s measured vs predicted per runner point; returns the worst |error| (fitted, held out)."""
+    worst = {False: 0.0, True: 0.0}
+    if markdown:
+        print("| point | GPU | held out | tokens/s meas | pred | err | first-step extra s meas | pred |")
+        print("|---|---|---|---|---|---|---|---|")
+    for p in speed_points(points):
+        pr = m.predict_inputs(_speed_inputs(p), archs[p["model"]])
+        tm = p["measured"]["tokens_per_second"]
+        e = (pr.tokens_per_second - tm) / tm * 100
+        held = bool(p.get("heldout"))
+        worst[held] = max(worst[held], abs(e))
+        fs = p["measured"].get("first_step_extra_s")
+        fs_s = f"{fs:.1f}" if fs is not None else "-"
+        gpu = str((p.get("env") or {}).get("gpu") or "").replace("NVIDIA ", "")
+        if markdown:
+            print(f"| {p['id']} | {gpu} | {'yes' if held else ''} | {tm:,.0f} | {pr.tokens_per_second:,.0f} | {e:+.0f}% | "
+                  f"{fs_s} | {pr.startup_seconds:.1f} |")
+        else:
+            print(f"{p['id']:56} {gpu[:10]:10} {'H' if held else ' '} {tm:8,.0f} {pr.tokens_per_second:8,.0f} {e:+5.0f}%  "
+                  f"first step +{fs_s}/{pr.startup_seconds:.1f}s")
+    print(f"worst |tokens/s error|: fitted {worst[False]:.0f}%, held out {worst[True]:.0f}%")
+    return worst[False], worst[True]
+
+
+def fit_speed(points: list[dict], archs: dict) -> dict[str, float]:
+    """Speed constants minimising the squared log error of tokens/s on the fitting runner points."""
+    import math
+
+    rows = [(p, _speed_inputs(p), archs[p["model"]]) for p in speed_points(points) if not p.get("heldout")]
+
+    def loss(consts: dict[str, float]) -> float:
+        with _with(**consts):
+            return sum(math.log(m.predict_inputs(inp, a).tokens_per_second / p["measured"]["tokens_per_second"]) ** 2
+                       for p, inp, a in rows)
+
+    best = {k: getattr(m, k) for k in SPEED_CONSTS}
+    cur = loss(best)
+    for _ in range(40):
+        improved = False
+        for k in SPEED_CONSTS:
+            for f in (0.5, 0.7, 0.85, 0.95, 1.05, 1.18, 1.4, 2.0):
+                trial = {**best, k: best[k] * f}
+                if k == "MATMUL_EFFICIENCY" and trial[k] > 0.9:
+                    continue
+                v = loss(trial)
+                if v < cur - 1e-9:
+                    best, cur, improved = trial, v, True
+        if not improved:
+            break
+    firsts = {True: [], False: []}
+    for p, inp, _a in rows:
+        fs = p["measured"].get("first_step_extra_s")
+        if fs is not None:
+            firsts[bool(m.resolve_compiled(inp))].append(fs)
+    if firsts[True]:
+        best["STARTUP_COMPILED_S"] = round(statistics.median(firsts[True]), 1)
+    if firsts[False]:
+        best["STARTUP_EAGER_S"] = round(statistics.median(firsts[False]), 1)
+    return best
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", default=None, help="path of memory_points.json (default: bench/)")
     ap.add_argument("--fit", action="store_true", help="fit the constants and show the table with them")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--speed", action="store_true", help="tokens/s error table of the runner points")
+    ap.add_argument("--fit-speed", action="store_true", help="fit the speed constants, then the table")
     args = ap.parse_args()
     points, archs = m.load_points(args.points)
+    if args.fit_speed:
+        consts = fit_speed(points, archs)
+        for k, v in consts.items():
+            print(f"{k} = {v:.4g}")
+        with _with(**consts):
+            speed_table(points, archs, args.markdown)
+        return 0
+    if args.speed:
+        speed_table(points, archs, args.markdown)
+        return 0
     if args.fit:
         consts = fit(points, archs)
         for k, v in consts.items():

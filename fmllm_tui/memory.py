@@ -147,22 +147,42 @@ NCCL_BYTES = int(0.68 * GiB)
 #: unit: 0.307 GiB (Qwen2.5-14B) and 0.257 GiB (7B) measured on 2 H100s (bench/RESULTS.md).
 FSDP_WRAP_RESERVE_BYTES = int(0.3 * GiB)
 
-# Throughput model (relative speeds; calibrated on the H200 anchor runs, Qwen2.5-7B/14B) -------
+# Throughput model (tokens/s and the time before launch) --------------------------------------
+# time per micro-batch = softmax_p(host time, GPU time) + the optimizer step / accumulation;
+# GPU time = FLOPs / (MATMUL_EFFICIENCY x the card's dense 16-bit TFLOP/s) + dequantization traffic
+# / bandwidth; host time = decoder-layer passes x per-pass launch cost (eager or compiled layers) +
+# a fixed cost per micro-batch. Host constants were fitted on fmllm's runner on H100/H200 hosts
+# (bench/memory_calibrate.py --speed); other cards scale only the GPU time, from their specifications.
 #: Share of the card's dense 16-bit tensor throughput that training matmuls reach.
 MATMUL_EFFICIENCY = 0.45
-#: Host-side cost per decoder layer per pass (forward, backward, recompute), seconds.
+#: Bytes moved per 4-bit weight element per pass: read packed 4-bit, write and read back 16-bit.
+DEQUANT_BYTES_PER_PARAM = 4.5
+#: Eager layers: host cost per decoder layer per pass (forward, backward, recompute), seconds.
 OVERHEAD_LAYER_S = 1.45e-3
-#: Extra host+dequantize cost per 4-bit linear per pass, seconds.
+#: Eager layers: extra host+dequantize cost per 4-bit linear per pass, seconds.
 OVERHEAD_4BIT_LINEAR_S = 0.236e-3
-#: Extra cost per LoRA adapter per pass (dropout, A, B, scale, add), seconds.
+#: Eager layers: extra cost per LoRA adapter per pass (dropout, A, B, scale, add), seconds.
 OVERHEAD_LORA_S = 0.15e-3
-#: Optimizer cost per trainable tensor per optimizer step, seconds.
+#: fmllm's compiled decoder layers: host cost per layer per pass, and per adapter per pass, seconds.
+COMPILED_LAYER_S = 0.6e-3
+COMPILED_LORA_S = 0.05e-3
+#: Fixed host cost per micro-batch (data collation, embedding, loss launch, Trainer bookkeeping).
+OVERHEAD_MICRO_BATCH_S = 20e-3
+#: Optimizer cost per trainable tensor per optimizer step (unfused AdamW loops), seconds.
 OVERHEAD_OPTIM_TENSOR_S = 25e-6
+#: A fused optimizer's step (adamw_torch_fused: one launch over every tensor), seconds.
+FUSED_OPTIM_STEP_S = 5e-3
 #: Soft maximum of host overhead and GPU time (the GPU works while the host launches).
 OVERLAP_P = 4.0
+#: The first optimizer step's extra seconds over a steady one: compiling the decoder layer (compiled),
+#: or allocator growth and kernel selection (eager). Measured on the runner (bench/RESULTS.md).
+STARTUP_COMPILED_S = 15.0
+STARTUP_EAGER_S = 1.5
 #: Fallback GPU for speed estimates when none is named: dense 16-bit TFLOP/s and memory GB/s.
 DEFAULT_TFLOPS = 989.0
 DEFAULT_BANDWIDTH_GBS = 4800.0
+#: GPUs whose speed constants were measured (gpudb names); any other card is scaled from its figures.
+SPEED_MEASURED_CARDS = ("H100 SXM 80GB", "H200 141GB")
 
 RECIPES = ("fmllm", "plain", "noprep", "lean")
 MODES = ("single", "ddp", "fsdp")  # "auto" is read as single: the runner's default is one GPU
@@ -431,6 +451,7 @@ class Prediction:
     tokens_per_micro_batch: int
     tokens_per_second: float
     relative_speed: float  # tokens/s over the model's compute-bound speed on this card (<= 1)
+    startup_seconds: float  # the first step's extra (layer compile or warm-up), for the time before launch
     peak_phase: str  # "loss" | "layer backward" | "FSDP wrap"
     recipe: str
     loss: str
@@ -445,6 +466,12 @@ class Prediction:
         d = asdict(self)
         d["inputs"] = asdict(self.inputs) if self.inputs else None
         return d
+
+    def eta_seconds(self, steps: int) -> float:
+        """Wall-clock seconds of ``steps`` optimizer steps at the predicted speed, start-up included
+        (model loading not included); estimate_time says for which card and on what basis."""
+        per_step = self.tokens_per_step / self.tokens_per_second if self.tokens_per_second > 0 else float("inf")
+        return self.startup_seconds + max(0, steps) * per_step
 
     def describe(self) -> str:
         """A few lines for people: the peak, the range and the biggest components."""
@@ -656,6 +683,7 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
     if offload:
         notes.append(f"input embeddings on the CPU: {s.embed_params * c / GiB:.2f} GiB off the GPU")
 
+    optim = inp.optim
     if full_ft:
         numels = [d_in * d_out for d_in, d_out in map(a.shape, a.roles())] * a.layers
         numels += [s.embed_params, s.other_params] + ([s.head_params] if s.head_params else [])
@@ -919,7 +947,8 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
     low = max(0, process - spread)
     high = process + spread
 
-    tps, rel_speed = _throughput(inp, a, s, roles, quant, n_train, len(numels))
+    fused_optim = not full_ft and optim == "adamw_torch_fused"
+    tps, rel_speed = _throughput(inp, a, s, roles, quant, n_train, len(numels), compiled, fused_optim)
     per_step = T * inp.grad_accum * n
     return Prediction(
         breakdown=bd,
@@ -932,6 +961,7 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
         tokens_per_micro_batch=T,
         tokens_per_second=tps,
         relative_speed=rel_speed,
+        startup_seconds=STARTUP_COMPILED_S if compiled else STARTUP_EAGER_S,
         peak_phase=phase,
         recipe=inp.recipe,
         loss=loss_kind,
@@ -943,14 +973,16 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
 
 
 def _throughput(
-    inp: PlanInputs, a: ArchSpec, s: _ArchSums, roles: tuple[str, ...], quant: bool, n_train: int, n_tensors: int
+    inp: PlanInputs, a: ArchSpec, s: _ArchSums, roles: tuple[str, ...], quant: bool, n_train: int, n_tensors: int,
+    compiled: bool = False, fused_optim: bool = False,
 ) -> tuple[float, float]:
     """Tokens per second (estimate) and the share of the compute-bound speed it reaches.
 
-    time per micro-batch = softmax_p(host overhead, GPU time), where
-    host overhead = layers x passes x (per-layer + per-4-bit-linear + per-adapter costs),
-    GPU time = matmul FLOPs / (efficiency x card TFLOP/s) + dequantization traffic;
-    passes = forward + backward (+ a recomputed forward with gradient checkpointing).
+    time per micro-batch = softmax_p(host overhead, GPU time) + optimizer step / accumulation, where
+    host overhead = layers x passes x (per-layer + per-4-bit-linear + per-adapter costs) + a fixed
+    cost per micro-batch, GPU time = matmul FLOPs / (efficiency x card TFLOP/s) + dequantization
+    traffic / bandwidth; passes = forward + backward (+ a recomputed forward with checkpointing).
+    The frozen (4-bit) weights get no weight gradient: their backward costs one forward.
     """
     T = inp.tokens
     seq = inp.seq_len
@@ -958,25 +990,75 @@ def _throughput(
     bw = (inp.bandwidth_gbs or DEFAULT_BANDWIDTH_GBS) * 1e9
     gc = inp.gradient_checkpointing
     head = 2 * a.vocab * a.hidden  # lm_head FLOPs per token, forward
-    layers_fwd = 2 * s.matmul_params + a.layers * 2 * seq * a.q_dim  # causal attention ~ s/2 per token
+    attn = a.layers * 2 * seq * a.q_dim  # causal attention ~ s/2 per token, forward
+    layers_fwd = 2 * s.matmul_params + attn
     lora_fwd = 2 * n_train
     fwd = layers_fwd + head + lora_fwd
-    bwd = 2 * (layers_fwd + head) + 2 * lora_fwd * 2
+    bwd = (2 * s.matmul_params + 2 * attn + head) + 2 * lora_fwd  # input grads; attention's backward ~2x
     if not inp.use_adapter:
         bwd += 2 * (s.matmul_params + a.vocab * a.hidden)  # weight gradients
     recompute = layers_fwd + lora_fwd if gc else 0
     flops = T * (fwd + bwd + recompute)
     passes = 3 if gc else 2
-    deq_traffic = passes * s.matmul_params * 2.5 if quant else 0  # read 4-bit, write 16-bit
+    deq_traffic = passes * s.matmul_params * DEQUANT_BYTES_PER_PARAM if quant else 0
     gpu_t = flops / tflops + deq_traffic / bw
     n_lin = len(a.roles())
-    per_layer = OVERHEAD_LAYER_S + (OVERHEAD_4BIT_LINEAR_S * n_lin if quant else 0) + OVERHEAD_LORA_S * len(roles)
-    host_t = a.layers * passes * per_layer + OVERHEAD_OPTIM_TENSOR_S * n_tensors / max(1, inp.grad_accum)
+    if compiled:
+        per_layer = COMPILED_LAYER_S + COMPILED_LORA_S * len(roles)
+    else:
+        per_layer = OVERHEAD_LAYER_S + (OVERHEAD_4BIT_LINEAR_S * n_lin if quant else 0) + OVERHEAD_LORA_S * len(roles)
+    host_t = a.layers * passes * per_layer + OVERHEAD_MICRO_BATCH_S
     if inp.recipe == "fmllm" and inp.offload_embeddings in ("on", "auto") and not a.tied:
         host_t += 1e-3  # CPU lookup and a host-to-device copy per micro-batch
-    t = (host_t**OVERLAP_P + gpu_t**OVERLAP_P) ** (1.0 / OVERLAP_P)
+    optim_t = FUSED_OPTIM_STEP_S if fused_optim else OVERHEAD_OPTIM_TENSOR_S * n_tensors
+    t = (host_t**OVERLAP_P + gpu_t**OVERLAP_P) ** (1.0 / OVERLAP_P) + optim_t / max(1, inp.grad_accum)
     ideal = T * (fwd + bwd) / tflops  # compute-bound, no recompute, no host overhead
     return T / t, min(1.0, ideal / t)
+
+
+@dataclass(frozen=True)
+class TimeEstimate:
+    """The run's time before launch: speed, start-up and wall clock for ``steps`` optimizer steps."""
+
+    tokens_per_second: float
+    seconds_per_step: float
+    startup_s: float  # the first step's extra: the layer compile (compiled) or warm-up (eager)
+    steps: int
+    tokens_per_step: int
+    eta_s: float  # startup_s + steps x tokens_per_step / tokens_per_second (model loading not included)
+    card: str
+    basis: str  # "measured" (the card kind the constants were fitted on) or how it was scaled
+
+
+def estimate_time(
+    inp: PlanInputs, arch: dict[str, Any] | ArchSpec, *, steps: int, gpu: GpuCard | None = None,
+    prediction: Prediction | None = None,
+) -> TimeEstimate:
+    """Predicted tokens/s and wall-clock ETA of ``steps`` optimizer steps on ``gpu`` (a gpudb card;
+    None: the card in ``inp``'s figures, else an H200-class default). Torch-free, microseconds.
+
+    ETA = start-up (the compile of the decoder layer, when the runner compiles) + steps x tokens per
+    step / tokens per second. Cards other than the H100/H200 it was calibrated on are estimates:
+    the GPU part of each micro-batch is scaled by their dense 16-bit TFLOP/s and memory bandwidth,
+    the host part (kernel launches, Python) is kept as measured on the H100/H200 hosts.
+    Pass ``prediction`` (of the same inputs) to skip predicting again.
+    """
+    if gpu is not None:
+        inp = replace(inp, tflops=gpu.tflops16, bandwidth_gbs=gpu.bandwidth_gbs, compute_capability=gpu.compute_capability)
+    pred = prediction if prediction is not None and gpu is None else predict_inputs(inp, arch)
+    tps = pred.tokens_per_second
+    startup = pred.startup_seconds
+    per_step = pred.tokens_per_step / tps if tps > 0 else float("inf")
+    name = gpu.name if gpu is not None else "unnamed GPU"
+    if gpu is not None and gpu.name in SPEED_MEASURED_CARDS:
+        basis = f"measured: constants fitted on fmllm's runner on {' and '.join(SPEED_MEASURED_CARDS)}"
+    else:
+        tf, bw = inp.tflops or DEFAULT_TFLOPS, inp.bandwidth_gbs or DEFAULT_BANDWIDTH_GBS
+        basis = (f"estimate: GPU time scaled from the card's specifications ({tf:g} dense 16-bit TFLOP/s, "
+                 f"{bw:g} GB/s) against the H100/H200 measurements; host overhead as measured there")
+    return TimeEstimate(tokens_per_second=tps, seconds_per_step=per_step, startup_s=startup, steps=int(steps),
+                        tokens_per_step=pred.tokens_per_step, eta_s=startup + max(0, steps) * per_step,
+                        card=name, basis=basis)
 
 
 # --------------------------------------------------------------------------------------------
