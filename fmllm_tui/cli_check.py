@@ -200,20 +200,6 @@ def _config_ok(results: list[CheckResult]) -> bool:
     return not any(r.id == "config.valid" and r.status == "fail" for r in results)
 
 
-def collect_fix_changes(results: list[CheckResult]) -> tuple[list[tuple[str, list[Change]]], list[str]]:
-    """Config changes to apply (fixer id, changes) and shell commands to print."""
-    edits: list[tuple[str, list[Change]]] = []
-    shells: list[str] = []
-    for r in results:
-        if r.status not in ("fail", "warn") or r.fix is None:
-            continue
-        if r.fix.changes and r.fix.safe:
-            edits.append((r.fix.id, r.fix.changes))
-        if r.fix.shell:
-            shells.append(r.fix.shell)
-    return edits, shells
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main_env(argv)
@@ -374,27 +360,22 @@ def _run(args: argparse.Namespace, opts: Any, config_path: Path, state: dict[str
     results = outcome.results
     if args.fix:
         state["before"] = results
-        edits, shells = collect_fix_changes(results)
-        fix_report: dict[str, Any] = {"applied": [], "shell": shells, "diff": "", "backup": None}
-        state["fix"] = fix_report
-        if edits:
-            from fmllm_tui.fixes import FixError, apply_changes
+        from fmllm_tui.fixes import FixError, apply_changes, safe_changes
 
-            merged: dict[str, Change] = {}
-            for _fid, changes in edits:
-                for c in changes:
-                    merged[c.key] = c  # later fixes see and override earlier ones on the same key
+        chosen = safe_changes(results)
+        fix_report: dict[str, Any] = {"applied": [], "shell": chosen.shells, "diff": "", "backup": None}
+        state["fix"] = fix_report
+        if chosen.changes:
             try:
                 cur = load_config(config_path)
-                res = apply_changes(config_path, list(merged.values()), dry_run=args.dry_run,
-                                    expected_raw=cur.raw)
+                res = apply_changes(config_path, chosen.changes, dry_run=args.dry_run, expected_raw=cur.raw)
             except ConfigError as e:
                 print(e.render(), file=sys.stderr)
                 return ExitCode.USAGE
             except FixError as e:
                 print(e.render() if hasattr(e, "render") else str(e), file=sys.stderr)
                 return ExitCode.USAGE
-            fix_report.update(applied=[fid for fid, _ in edits], diff=res.diff,
+            fix_report.update(applied=chosen.fixer_ids, diff=res.diff,
                               backup=str(res.backup_path) if res.backup_path else None)
             out = sys.stderr if args.json else sys.stdout
             if args.dry_run:
@@ -409,7 +390,7 @@ def _run(args: argparse.Namespace, opts: Any, config_path: Path, state: dict[str
                 if outcome.interrupted:
                     state["interrupted"] = True
                     return None
-        for cmd in shells:
+        for cmd in chosen.shells:
             print(f"not a config change; run: {cmd}", file=sys.stderr if args.json else sys.stdout)
     return None
 

@@ -148,7 +148,17 @@ CAUSE_FIRST = {"gpu_other_process": -1, "model_too_big_per_card": -1}
 _SEVERITY = {"error": 0, "warning": 1, "info": 2}
 
 
-def rank_key(pattern: str, severity: str, line: int) -> tuple[int, int, int, int]:
-    """Sort key: errors before warnings before info; root causes before consequences; then the
-    earlier line (the failure that started it) first."""
-    return (_SEVERITY.get(severity, 1), CONSEQUENCES.get(pattern, 0), line, CAUSE_FIRST.get(pattern, 0))
+#: A finding that another, more specific one explains when both are present (a gated repo answers
+#: "Repository Not Found" to a request without a token): ranked after it.
+SUPERSEDED_BY = {
+    "hub_not_found": {"hub_gated", "hub_auth_invalid", "hub_http_404", "hub_revision_not_found"},
+    "cuda_error": {"token_id_out_of_range", "cuda_oom", "no_kernel_image"},
+    "dtype_mismatch": {"fsdp_4bit"},
+}
+
+
+def rank_key(pattern: str, severity: str, line: int, present: frozenset[str] = frozenset()) -> tuple[int, ...]:
+    """Sort key: errors before warnings before info; root causes before consequences and before
+    findings a more specific one explains; then the earlier line (the failure that started it) first."""
+    demoted = 1 if SUPERSEDED_BY.get(pattern, set()) & present else 0
+    return (_SEVERITY.get(severity, 1), CONSEQUENCES.get(pattern, 0) + demoted, line, CAUSE_FIRST.get(pattern, 0))

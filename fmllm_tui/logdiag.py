@@ -379,7 +379,8 @@ _STDLIB_HINT = re.compile(r"[/\\]lib[/\\]python\d\.\d+[/\\](?!site-packages|dist
 # a generation inside a GRPO training step is generation)
 _PHASE_FUNCS = {
     "merge": {"merge_and_unload", "_unload_and_optionally_merge", "merge_adapter", "merge_lora", "_merge_lora",
-              "export_model", "merge_weights"},
+              "export_model", "merge_weights", "save_pretrained_merged", "unsloth_save_model", "merge_and_save",
+              "unsloth_save_pretrained_merged"},
     "generation": {"generate", "_sample", "sample", "greedy_search", "_greedy_search", "beam_search", "_beam_search",
                    "_assisted_decoding", "generate_completions", "_generate_and_score_completions"},
     "save": {"_save_checkpoint", "save_model", "_save", "save_pretrained", "save_state", "_save_tpu",
@@ -466,6 +467,7 @@ class _Bar:
     n: int
     total: int
     line: int
+    phase: str | None = None  # set when a phase banner says what the bar counts
 
 
 @dataclass
@@ -517,7 +519,21 @@ class _Ctx:
         return _culprit(self.frames)
 
     def phase(self, default: str | None = None) -> str:
-        return self.engine.phase(self.frames, default)
+        frames = self.frames
+        if not frames and "Traceback (most recent call last)" in self.line:
+            frames = self.frames_after()  # IPython prints the exception type first, the frames after it
+        return self.engine.phase(frames, default)
+
+    def frames_after(self) -> list[_Frame]:
+        """Frames printed after this line (an IPython traceback headed by its exception type)."""
+        out = []
+        for text in self.after[:100]:
+            fm = _FRAME.match(text)
+            if fm:
+                out.append(_Frame(fm.group("file") or fm.group("rfile") or fm.group("ifile") or "",
+                                  int(fm.group("line") or fm.group("rline") or fm.group("iline") or 0),
+                                  fm.group("func") or fm.group("rfunc") or fm.group("ifunc") or "?"))
+        return out
 
     def rank_exception(self, rank: int) -> str | None:
         return self.engine.rank_exc.get(str(rank))
@@ -590,6 +606,11 @@ class _Engine:
         n, total = int(n_), int(total_)
         bar = _Bar(desc, n, total, line_no)
         self.last_bar = bar
+        mk = self.marker
+        if mk is not None and mk[1] in ("merge", "save", "eval", "predict") and not desc and \
+                (self.last_train_bar is None or self.last_train_bar.line < mk[0]) and total != self.train_total():
+            bar.phase = mk[1]  # a bar under a merge/save/eval banner counts layers or batches, not training steps
+            return
         if not desc and total > 0:
             self.bar_totals[total] += 1
             train_total = self.train_total()
@@ -666,6 +687,8 @@ class _Engine:
         return default or "load"
 
     def _bar_phase(self, bar: _Bar) -> str | None:
+        if bar.phase is not None:
+            return bar.phase
         d = bar.desc.lower()
         for word, ph in _BAR_PHASES:
             if word in d:
@@ -766,7 +789,10 @@ class _Engine:
         is_tb_line, closes = self._traceback(rank, body, line_no)
         if closes or (kind == HIT and rank and not is_tb_line and _EXC.match(body.strip())):
             self.rank_exc.setdefault(rank, body.strip()[:200])
-        if kind != HIT or (is_tb_line and not closes):
+        # a traceback header with text before it (IPython's "XError  Traceback", a log pasted as one
+        # line) still has that text matched
+        inline = "Traceback (most recent call last)" in body and not body.lstrip().startswith("Traceback")
+        if kind != HIT or (is_tb_line and not closes and not inline):
             return
         self._match(recs, idx, rank, body, line_no, closes)
 
@@ -883,7 +909,8 @@ class _Engine:
             self.hits.setdefault(key, h)
         self._loss_findings()
         out = list(self.hits.values())
-        out.sort(key=lambda h: (*rank_key(h.pattern, h.severity, h.line), h.pattern))
+        present = frozenset(h.pattern for h in out)
+        out.sort(key=lambda h: (*rank_key(h.pattern, h.severity, h.line, present), h.pattern))
         return out
 
     def _loss_findings(self) -> None:
@@ -928,10 +955,13 @@ class _Engine:
             return
         finite = [x for x in self.losses if math.isfinite(x.value)]
         head_src = self.loss_head or finite
-        if len(finite) >= 3 and all(x.value == 0.0 for x in finite[-3:]):
-            k = len(finite) - 1
-            while k > 0 and finite[k - 1].value == 0.0:
-                k -= 1
+        zeros = 0
+        while zeros < len(finite) and finite[-1 - zeros].value == 0.0:
+            zeros += 1
+        # three zero logs in a row, or a jump to exactly 0 from a real loss (a loss does not fall from
+        # 2.0 to below the log's 4 decimals in one logging interval)
+        if zeros >= 3 or (zeros >= 1 and len(finite) > zeros and finite[-1 - zeros].value > 0.1):
+            k = len(finite) - zeros
             first = finite[k]
             self.add("loss_zero", "", first.line, f"'loss': 0.0 (from line {first.line})",
                      f"the logged loss is exactly 0 for {len(finite) - k} logs from line {first.line}: every label is "
@@ -1059,6 +1089,8 @@ def _oom(m: re.Match[str], ctx: _Ctx) -> list[tuple[str, dict[str, Any]]]:
         if tm:
             v["tried_to_allocate_bytes"] = size_bytes(tm.group("try"))
     phase = ctx.phase("training")
+    if not ctx.frames and re.search(r"Failed to clone\(\) tensor|state_dict", ctx.line):
+        phase = "save"  # FSDP gathering the full state dict to save it
     step = ctx.engine.step()
     v["phase"] = phase
     if step is not None:

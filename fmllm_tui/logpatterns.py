@@ -550,8 +550,10 @@ def _x_cache_disk(ctx: Any, text: str) -> bool:
 
 def _x_shared_lib(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
     text = " ".join([ctx.line, *ctx.after[:2]])
-    if "bitsandbytes" in text or "libbitsandbytes" in text:
+    if "bitsandbytes" in text or "libbitsandbytes" in text or re.search(r"CUDA[ _]SETUP", ctx.line):
         return None  # bitsandbytes' own set-up patterns own it
+    if re.search(r"NCCL INFO|Searching in backup paths|No plugin found", text):
+        return None  # NCCL looks for optional plugins and says so at INFO level: harmless
     lib = next((g for g in m.groups() if g), "")
     name = lib.replace("\\", "/").rsplit("/", 1)[-1]
     v: dict[str, Any] = {"library": name, "path": lib}
@@ -645,6 +647,17 @@ def _x_toolkit(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
     return {"values": {"message": m.group(0)[:200]}, "key": ""}
 
 
+def _x_bnb_setup(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    if "WARNING!" in m.group(0) or "Manual override" in m.group(0):
+        # bitsandbytes' search warnings: the set-up may still succeed (a later failure upgrades it)
+        cause = ("bitsandbytes' CUDA set-up is searching for the CUDA runtime (libcudart.so not on the library path) or was "
+                 "told to load another CUDA's binary (BNB_CUDA_VERSION): if 4-bit loading fails next, this is why")
+        return {"severity": "warning", "cause": cause,
+                "fix": fix(None, "unset BNB_CUDA_VERSION and let bitsandbytes find this torch's CUDA runtime",
+                           shell="export BNB_CUDA_VERSION= && python -m bitsandbytes")}
+    return {}
+
+
 def _float(s: str) -> float | None:
     try:
         return float(s)
@@ -671,7 +684,8 @@ PATTERNS: list[Pattern] = [
        "the GPU ran out of memory in a training step: the batch's activations do not fit",
        FIX_MEMORY,
        r"(?:CUDA|HIP|XPU) out of memory\. Tried to allocate|OutOfMemoryError: (?:CUDA|HIP) out of memory"
-       r"|CUDA (?:driver )?error: out of memory|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_NOT_ENOUGH_MEMORY|cudaErrorMemoryAllocation",
+       r"|CUDA (?:driver )?error: out of memory|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_NOT_ENOUGH_MEMORY|cudaErrorMemoryAllocation"
+       r"|(?:torch\.(?:cuda\.)?)?OutOfMemoryError(?::|\s+Traceback \(most recent call last\))",
        ("out of memory", "ALLOC_FAILED", "NOT_ENOUGH_MEMORY", "cudaErrorMemoryAllocation")),
     _p("cuda_oom_eval", ERR, "CUDA out of memory during evaluation",
        "the GPU ran out of memory while evaluating (the eval batch or its logits), not while training",
@@ -745,8 +759,10 @@ PATTERNS: list[Pattern] = [
        FIX_BNB,
        r"CUDA Setup failed despite GPU being available|libbitsandbytes_cpu\.(?:so|dll|dylib)|compiled without GPU support"
        r"|bitsandbytes library load error|Could not load bitsandbytes native library|native library functionality but it's not available"
-       r"|CUDA SETUP: (?:Problem|Required library version not found|Something unexpected happened)|argument of type 'WindowsPath' is not iterable",
-       ("CUDA Setup", "libbitsandbytes_cpu", "without GPU support", "bitsandbytes", "CUDA SETUP", "native library", "WindowsPath")),
+       r"|CUDA SETUP: (?:Problem|Required library version not found|Something unexpected happened)|argument of type 'WindowsPath' is not iterable"
+       r"|CUDA_?SETUP: WARNING! libcudart\.so not found|Manual override via BNB_CUDA_VERSION env variable detected",
+       ("CUDA Setup", "libbitsandbytes_cpu", "without GPU support", "bitsandbytes", "CUDA SETUP", "native library", "WindowsPath"),
+       _x_bnb_setup),
     _p("bnb_cuda_binary_missing", ERR, "no bitsandbytes binary for this CUDA",
        "bitsandbytes has no binary for the CUDA version this torch uses (torch's CUDA is newer than the bnb wheel)",
        FIX_BNB, r"Configured (?:CUDA|ROCm) binary not found|libbitsandbytes_cuda\d+\w*\.so: cannot open|VERSION MISMATCH",
@@ -783,13 +799,19 @@ PATTERNS: list[Pattern] = [
        fix(None, "set fmllm.revision to a branch, tag or commit that exists (or remove it)", [("fmllm.revision", None)]),
        r"RevisionNotFoundError|Revision Not Found for url|is not a valid git identifier \(branch name, tag name or commit id\)",
        ("Revision", "valid git identifier"), _x_repo),
+    _p("hub_http_404", ERR, "the Hub answered 404",
+       "a request to the Hugging Face Hub got 404 Not Found: the model id, the file name or the revision does not exist there",
+       FIX_MODEL_ID,
+       r"404 Client Error[:.]? (?:\(Request ID: [^)]*\) )?(?:Not Found|Entry Not Found) for url: https://huggingface\.co"
+       r"|Client error '404 Not Found' for url '?https://huggingface\.co|(?:Remote)?EntryNotFoundError\b|Entry Not Found for url: https://huggingface\.co",
+       extract=_x_hub_404),
     _p("hub_unreachable", ERR, "Hugging Face Hub unreachable",
        "the Hub could not be reached (no network, proxy, or offline mode) and the files are not in the local cache",
        fix(None, "download the model once where there is network (or point base_model_name at a local copy); "
                  "HF_HUB_OFFLINE=1 only works with a full cache", shell="hf download <model-id>"),
        r"We couldn't connect to '?https?://huggingface\.co|LocalEntryNotFoundError|outgoing traffic has been disabled"
        r"|Cannot find the requested files in the (?:local|disk) cache|HTTPSConnectionPool\(host='(?:huggingface\.co|cdn-lfs[\w.-]*|cas-bridge[\w.-]*)'"
-       r"|(?:ConnectError|ConnectTimeout|ReadTimeout|ConnectionError|SSLError|ProxyError)\b.*huggingface\.co|Max retries exceeded with url: /api/models"
+       r"|(?:ConnectError|ConnectTimeout|ReadTimeout|ConnectionError|SSLError|ProxyError)\b.*(?:huggingface\.co|host='hugg)|Max retries exceeded with url: /api/models"
        r"|Temporary failure in name resolution.*huggingface|Failed to resolve 'huggingface\.co'|50[0234] Server Error.*huggingface\.co",
        ("huggingface", "LocalEntryNotFoundError", "outgoing traffic", "requested files in the")),
     _p("hub_auth_invalid", ERR, "invalid Hugging Face token",
@@ -873,7 +895,7 @@ PATTERNS: list[Pattern] = [
        "bf16 was requested but this GPU (pre-Ampere) or this torch build cannot do it",
        FIX_DTYPE_BF16_OFF,
        r"Your setup doesn't support bf16/(?:gpu|cpu)|bf16 requested, but AMP is not supported|bf16 precision was requested but not available"
-       r"|bf16 mixed precision requires PyTorch >= 1\.10 and a supported device|does not support bfloat16 compilation natively"
+       r"|bf16 mixed precision requires PyTorch >= 1\.10|does not support bfloat16 compilation natively"
        r"|Bfloat16 is only supported on GPUs with compute capability of at least 8\.0",
        ("bf16", "bfloat16", "Bfloat16")),
     _p("bf16_matmul_unsupported", ERR, "bf16 matmul unsupported",
@@ -923,7 +945,8 @@ PATTERNS: list[Pattern] = [
     # ---- tokenizer / data ------------------------------------------------------------------
     _p("pad_token_missing", ERR, "tokenizer has no pad token",
        "batches must be padded but the tokenizer has no pad token",
-       FIX_PAD, r"Asking to pad but the tokenizer does not have a padding token|tokenizer does not have a padding token",
+       FIX_PAD, r"Asking to pad but the tokenizer does not have a padding token|tokenizer does not have a padding token"
+       r"|pad_sequence\(\): argument 'padding_value'",
        ("padding token",)),
     _p("token_id_out_of_range", ERR, "token id outside the vocabulary",
        "a token or label id is outside the embedding/vocabulary (a new pad token without resized embeddings, or bad labels)",
@@ -931,6 +954,10 @@ PATTERNS: list[Pattern] = [
        r"index out of range in self|srcIndex < srcSelectDimSize|Assertion `t >= 0 && t < n_classes` failed|Target -?\d+ is out of bounds"
        r"|CUDA error: device-side assert triggered",
        ("index out of range in self", "srcSelectDimSize", "n_classes", "out of bounds", "device-side assert"), _x_token_range),
+    _p("packing_too_few_tokens", ERR, "too little data to pack one sequence",
+       "packing joins examples into max_seq_length-token sequences and this dataset has fewer tokens than one of them",
+       fix(None, "turn packing off for a dataset this small (or lower max_seq_length)", [("training.packing", False)]),
+       r"Error occurred while packing the dataset|enough samples to at least yield one packed sequence", phase="load"),
     _p("response_masked", WARN, "examples dropped from the loss (response template not found)",
        "the collator did not find the response template in an example (cut at max_seq_length), so it adds nothing to the loss",
        fix("training.max_seq_length", "raise max_seq_length so the response survives truncation, or fix the response "
@@ -941,7 +968,7 @@ PATTERNS: list[Pattern] = [
        "some examples tokenize to more tokens than the model's maximum length",
        fix("training.max_seq_length", "cap max_seq_length at the model's context and truncate or drop longer examples",
            [("training.max_seq_length", "model context length")]),
-       r"Token indices sequence length is longer than the specified maximum sequence length for this model \((\d+) > (\d+)\)",
+       r"[Tt]oken indices sequence length is longer than the specified maximum sequence length for this model \((\d+) > (\d+)\)",
        ("Token indices",), _x_seq_len),
     _p("chat_template_missing", ERR, "no chat template",
        "the data is chat-formatted but the tokenizer has no chat template",
@@ -1013,12 +1040,13 @@ PATTERNS: list[Pattern] = [
        "tensors of one operation sit on different devices",
        fix(None, "with one process per GPU load each copy on its own GPU (device_map={'': local_rank}); "
                  "if part of the model was offloaded, make it fit on the GPU"),
-       r"Expected all tensors to be on the same device|You can't train a model that has been loaded in 8-bit precision on a different device"
+       r"Expected all tensors to be on the same device|You can't train a model that has been loaded in 8-bit precision on (?:a different|multiple) devices?"
        r"|You can't train a model that has been loaded with `device_map='auto'` in any distributed mode",
        ("same device", "different device", "distributed mode"), _x_device_mismatch),
     _p("ranks_failed", ERR, "distributed ranks died",
        "ranks of the distributed run died", None,
-       r"torch\.distributed\.elastic\.multiprocessing\.errors\.ChildFailedError|^ChildFailedError\b", ("ChildFailedError",),
+       r"torch\.distributed\.elastic\.multiprocessing\.errors\.ChildFailedError|^ChildFailedError\b"
+       r"|multiprocessing\.api:Sending process \d+ closing signal SIGTERM", ("ChildFailedError",),
        _x_child_failed),
     _p("port_in_use", ERR, "rendezvous port already in use",
        "the distributed launcher's port is taken (another run is still alive, or another service uses it)",
@@ -1047,7 +1075,8 @@ PATTERNS: list[Pattern] = [
        "a file or folder the run needs does not exist",
        fix(None, "check the paths in the config (paths.*, base_model_name) against what is on disk"),
        r"(?:FileNotFoundError|OSError): \[Errno 2\] No such file or directory: '([^']+)'|FileNotFoundError: Unable to find '([^']+)'"
-       r"|FileNotFoundError: Couldn't find (?:a dataset script|any data file) at ([^\s,]+)",
+       r"|FileNotFoundError: Couldn't find (?:a dataset script|any data file) at ([^\s,]+)"
+       r"|Error no file named [\w., ]+? found in directory ([^\s]+?)\.?$",
        ("No such file", "Unable to find", "Couldn't find"), _x_path),
     _p("permission_denied", ERR, "permission denied",
        "the run may not write (or read) a path: wrong owner, read-only mount, or another user's cache",
@@ -1125,7 +1154,7 @@ PHASE_MARKERS: tuple[tuple[str, str], ...] = (
     (r"\*{5} Running Evaluation \*{5}|Running Evaluation", "eval"),
     (r"\*{5} Running Prediction \*{5}|Running Prediction|\*{5} predict metrics \*{5}", "predict"),
     (r"Saving model checkpoint to|Saving model to|Model weights saved in|Saving the (?:final )?model", "save"),
-    (r"Unloading and merging|merge_and_unload|[Mm]erg(?:e|ing) (?:the )?(?:LoRA|lora|adapter|PEFT|peft)", "merge"),
+    (r"Unloading and merging|merge_and_unload|[Mm]erg(?:e|ing)\b[^\n]{0,30}?\b(?:LoRA|lora|adapter|PEFT|peft)", "merge"),
 )
 PHASE_MARKER_RX = re.compile("|".join(f"(?P<m{i}>{rx})" for i, (rx, _ph) in enumerate(PHASE_MARKERS)))
 

@@ -449,7 +449,8 @@ def test_ipython_traceback_phase() -> None:
              "of which 1.02 GiB is free. Process 881 has 13.72 GiB memory in use. Of the allocated memory 13.50 GiB is "
              "allocated by PyTorch, and 95.12 MiB is reserved by PyTorch but unallocated."]
     h = hit(scan_lines(lines), "cuda_oom_eval")
-    assert h.line == 11 and h.values["phase"] == "eval"
+    # IPython names the exception in its header (line 2) and again at the end (line 11): one finding
+    assert (h.line, h.last_line, h.count) == (2, 11, 2) and h.values["phase"] == "eval" and h.phase == "eval"
 
 
 def _all_fixes() -> list[dict[str, Any]]:

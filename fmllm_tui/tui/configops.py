@@ -66,16 +66,12 @@ def undo(path: str | Path) -> str:
 
 
 def safe_fix_changes(results: list[CheckResult]) -> tuple[list[Change], list[str], list[str]]:
-    """Changes of every safe config fix (later fixes win on a shared key, as ``fmllm-check --fix``
-    does), the fixer ids, and the shell commands that cannot be applied to the file."""
-    from fmllm_tui.cli_check import collect_fix_changes
+    """Changes of every safe config fix, the fixer ids, and the shell commands that cannot be
+    applied to the file: the same selection as ``fmllm-check --fix`` (fixes.safe_changes)."""
+    from fmllm_tui.fixes import safe_changes
 
-    edits, shells = collect_fix_changes(results)
-    merged: dict[str, Change] = {}
-    for _fid, changes in edits:
-        for c in changes:
-            merged[c.key] = c
-    return list(merged.values()), [fid for fid, _ in edits], shells
+    chosen = safe_changes(results)
+    return chosen.changes, chosen.fixer_ids, chosen.shells
 
 
 def load(path: str | Path) -> Any:

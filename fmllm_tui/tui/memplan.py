@@ -119,16 +119,74 @@ class Budget:
     label: str
     source: str
 
+    def card(self) -> Any:
+        """The gpudb card this budget names (for its speed), or None (a bare size, no GPU)."""
+        from fmllm_tui import gpudb
+
+        if self.bytes is None or self.label.endswith("GiB"):
+            return None
+        try:
+            return gpudb.lookup(self.label)
+        except LookupError:
+            return None
+
+
+#: Where a model's architecture came from (hub.resolve_config's sources), for people.
+SOURCES = {"catalogue": "fmllm's catalogue", "hub": "the Hub", "cache": "the Hugging Face cache",
+           "local": "the local folder"}
+
+
+def source_words(b: Budget) -> str:
+    """Where a budget came from, for people ("as the checks plan", "from --gpu")."""
+    if b.source.startswith("check "):
+        return "as the checks plan"
+    if b.source.startswith(("--", "fmllm.")):
+        return f"from {b.source}"
+    return b.source
+
+
+def planned_steps(max_steps: int, epochs: float, n_examples: int | None, micro_batch: int,
+                  grad_accum: int, n_gpus: int = 1) -> int | None:
+    """Optimizer steps the run will take: ``max_steps`` when set (> 0), else epochs x batches of
+    micro-batch x accumulation x GPUs examples, rounded up per epoch as the Trainer does. None
+    when the data could not be read."""
+    import math
+
+    if max_steps > 0:
+        return int(max_steps)
+    if not n_examples:
+        return None
+    per_step = max(1, micro_batch * grad_accum * max(1, n_gpus))
+    return max(1, math.ceil(math.ceil(n_examples / per_step) * epochs))
+
+
+def eta_line(plan: MemoryPlan, budget: Budget | None) -> tuple[float, str, str | None]:
+    """(tokens/s, the card it is for, ETA text or None) for the plan as varied: the memory
+    model's speed on the budget's card and its time for the planned steps."""
+    from fmllm_tui.memory import estimate_time
+    from fmllm_tui.runner.monitor import format_duration
+
+    inp = plan.planned(plan.current)
+    t = plan.loaded.view.training
+    steps = planned_steps(t.max_steps, t.num_train_epochs, len(plan.lengths) if plan.lengths else None,
+                          inp.micro_batch, inp.grad_accum, inp.n_gpus)
+    card = budget.card() if budget is not None else None
+    est = estimate_time(inp, plan.arch, steps=steps or 0, gpu=card)
+    where = card.name if card is not None else "an unnamed card"
+    eta = f"{format_duration(est.eta_s)} for {steps} step{'' if steps == 1 else 's'}" if steps else None
+    return est.tokens_per_second, where, eta
+
 
 def describe_budget(b: Budget | None, *, with_source: bool = False) -> str:
-    """"RTX 3080 (9.7 GiB)" for people; the reason when there is no budget."""
+    """"RTX 3080 (9.7 GiB)" for people, with where it came from ("…, as the checks plan");
+    the reason when there is no budget."""
     if b is None:
         return "…"
     if b.bytes is None:
         return b.source
     size = f"{b.bytes / GiB:.1f} GiB"
     text = b.label if b.label == size else f"{b.label} ({size})"
-    return f"{text}, {b.source}" if with_source else text
+    return f"{text}, {source_words(b)}" if with_source else text
 
 
 def budget_from_checks(results: dict[str, CheckResult]) -> Budget | None:

@@ -10,6 +10,7 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Static
 
 from fmllm_tui.tui import memplan
@@ -22,6 +23,7 @@ from fmllm_tui.tui.widgets.status import human_bytes
 if TYPE_CHECKING:
     from fmllm_tui.tui.app import FmllmApp
 
+WIDE = 120  # columns from which the breakdown sits beside the settings
 KEYS = {"micro_batch": "b/B", "seq_len": "s/S", "lora_r": "r/R", "gradient_checkpointing": "c",
         "use_4bit": "w", "optim": "o/O"}
 
@@ -62,12 +64,18 @@ class MemoryScreen(FmllmScreen):
                      markup=False)
         yield StackedBar(id="mem-bar")
         yield Static(id="mem-status", markup=False)
-        yield DataTable(id="mem-knobs", cursor_type="row")
-        yield Static(id="mem-legend", markup=False)
+        # side by side from WIDE columns on (the breakdown beside the settings), else stacked
+        with Horizontal(id="mem-body"):
+            yield DataTable(id="mem-knobs", cursor_type="row")
+            yield Static(id="mem-legend", markup=False)
         yield Footer()
+
+    def on_resize(self) -> None:
+        self.query_one("#mem-body").set_class(self.app.size.width >= WIDE, "-wide")
 
     def on_mount(self) -> None:
         self.fapp.register_view(self)
+        self.on_resize()
         table = self.query_one("#mem-knobs", DataTable)
         table.add_column("Setting", key="label", width=24)
         table.add_column("Planned", key="value", width=20)
@@ -139,7 +147,7 @@ class MemoryScreen(FmllmScreen):
         b = self.budget
         model = plan.loaded.view.base_model_name
         where = memplan.describe_budget(b, with_source=True)
-        self.query_one("#mem-title", Static).update(f"{model} [{plan.arch_source}] on {where}")
+        self.query_one("#mem-title", Static).update(f"{model} on {where}")
         self.query_one("#mem-bar", StackedBar).set_data(memplan.grouped(pred.breakdown), b.bytes if b else None,
                                                         pred.low_bytes, pred.high_bytes)
         status = Text()
@@ -151,13 +159,14 @@ class MemoryScreen(FmllmScreen):
                 status.append(f" · fits, {human_bytes(spare)} spare", style="green")
             else:
                 status.append(f" · does not fit: {human_bytes(-spare)} over", style="bold red")
-        status.append(f" · ~{pred.tokens_per_second:,.0f} tokens/s (estimate)")
+        status.append(self._speed_text())
         changed = plan.changed()
         if changed:
             base = plan.predict_base().peak_process_bytes
             delta = pred.peak_process_bytes - base
-            status.append(f"\n{len(changed)} change(s) from the file, {'+' if delta >= 0 else '−'}"
-                          f"{human_bytes(abs(delta))}; a applies them, x resets", style="yellow")
+            what = "1 change" if len(changed) == 1 else f"{len(changed)} changes"
+            status.append(f"\n{what} from the file, {'+' if delta >= 0 else '−'}"
+                          f"{human_bytes(abs(delta))}; a applies, x resets", style="yellow")
             was_eff, now_eff = plan.effective_batch()
             if was_eff != now_eff:
                 status.append(f"\neffective batch {was_eff} -> {now_eff}: it cannot be kept at this micro-batch",
@@ -172,15 +181,31 @@ class MemoryScreen(FmllmScreen):
             table.add_row(label, value, memplan.show(was), KEYS[knob], key=knob)
         table.move_cursor(row=max(0, row))
         legend = Text()
+        wide = self.app.size.width >= WIDE
         parts = sorted(((k, v) for k, v in pred.breakdown.items() if v > 0), key=lambda kv: -kv[1])
         for i, (comp, v) in enumerate(parts):
             _g, fill, colour = memplan.group_of(comp)
             legend.append(fill, style=colour)
             legend.append(f" {comp.replace('_', ' '):<20}{human_bytes(v):>10}")
-            legend.append("\n" if i % 2 else "    ")
+            # one column beside the settings, two below them
+            legend.append("\n" if wide or i % 2 else "    ")
+        legend.append(f"\narchitecture from {memplan.SOURCES.get(plan.arch_source, plan.arch_source)}", style="dim")
         for note in pred.notes:
             legend.append(f"\n{note}", style="dim")
         self.query_one("#mem-legend", Static).update(legend)
+
+    def _speed_text(self) -> str:
+        """"\n~1,234 tokens/s on RTX 3090 · about 12m for 9 steps (estimates)", or nothing when the
+        memory model gives no time estimate."""
+        assert self.plan is not None
+        try:
+            tps, card, eta = memplan.eta_line(self.plan, self.budget)
+        except (ImportError, ValueError):  # a memory model without time estimates
+            return ""
+        text = f"\n~{tps:,.0f} tokens/s on {card}"
+        if eta:
+            text += f" · about {eta}"
+        return text + " (estimates)"
 
     # ---- actions -----------------------------------------------------------------------------
 
