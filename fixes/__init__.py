@@ -31,6 +31,7 @@ from .safewrite import (
     undo,
 )
 from .schema import canonical_of, known_canonical
+from .selection import SafeChanges, safe_changes
 
 
 def get_fixer(fix_id: str) -> Fixer:
@@ -95,6 +96,8 @@ __all__ = [
     "plan_fixes",
     "preset_changes",
     "render_changes",
+    "SafeChanges",
+    "safe_changes",
     "shell_fix",
     "summarize",
     "temporarily_applied",

@@ -1,7 +1,8 @@
 """A fix never makes a config worse, over a corpus of configs x cards (the "one plan" issue).
 
-Corpus: the shipped config.yaml, the TUI tests' config, and tests/configs/*.yaml (nested and
-flat layouts, keys and sections of the project's own, 7B to 72B). Cards: RTX 3080 10 GB,
+Corpus: the shipped config.yaml, the TUI tests' config, tests/configs/*.yaml (nested and flat
+layouts, keys and sections of the project's own, 7B to 72B) and tests/configs/public/*.yaml (real
+configs copied verbatim from public repositories; their sources are in SOURCES.md). Cards: RTX 3080 10 GB,
 RTX 4060 Ti 16 GB, RTX 3090, RTX 4090, A100 40/80 GB, H100. For each pair, fmllm-check
 --offline --gpu CARD: after --fix no check that passed fails, the number of fails does not
 grow, and a second --fix changes nothing.
@@ -29,6 +30,8 @@ def _corpus() -> dict[str, str]:
                                         steps=5, save_steps=50, training_extra="")}
     for p in sorted((ROOT / "tests" / "configs").glob("*.yaml")):
         out[p.stem] = p.read_text()
+    for p in sorted((ROOT / "tests" / "configs" / "public").glob("*.yaml")):  # verbatim (SOURCES.md)
+        out["public:" + p.stem] = p.read_text()
     return out
 
 
@@ -63,3 +66,40 @@ def test_fix_never_makes_a_config_worse(tmp_path: Path, monkeypatch: pytest.Monk
     main(["--config", str(cfg), "--gpu", card, "--offline", "--fix"])
     capsys.readouterr()
     assert cfg.read_text() == fixed, "a second --fix changed the config again"
+
+
+TUI_CASES = [("shipped", "RTX 3080"), ("nested_qwen14b_long", "RTX 3080"), ("flat_llama31_8b_wandb", "RTX 4060 Ti 16GB"),
+             ("public:PatrickAllenCooper__FM-LLM-Solver__config__ffd79f3a", "RTX 3080"),
+             ("public:PatrickAllenCooper__FM-LLM-Solver__config__c2f4c653", "RTX 3090")]
+
+
+@pytest.mark.parametrize(("name", "card"), TUI_CASES)
+def test_tui_apply_all_safe_never_makes_a_config_worse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str], name: str, card: str) -> None:
+    """The TUI's "apply all safe" (the results it reads from fmllm-check's JSON, then its
+    configops preview and apply): the same property, and the same file as `fmllm-check --fix`."""
+    from fmllm_tui.findings import CheckResult
+    from fmllm_tui.tui import configops
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    for var in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "CUDA_VISIBLE_DEVICES", "FMLLM_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    shutil.copytree(ROOT / "data", tmp_path / "data")
+    cfg, cli = tmp_path / "config.yaml", tmp_path / "cli.yaml"
+    cfg.write_text(CORPUS[name])
+    cli.write_text(CORPUS[name])
+    before = _statuses(capsys, cfg, card)
+    results = [CheckResult.from_json(c) for c in before.values()]
+    changes, _ids, _shells = configops.safe_fix_changes(results)
+    if changes:
+        pre = configops.preview(cfg, changes)
+        configops.apply(cfg, changes, pre.expected_raw)
+    after = _statuses(capsys, cfg, card)
+    broke = {k: after[k]["finding"] for k, c in before.items() if c["status"] == "pass" and after[k]["status"] == "fail"}
+    assert not broke, f"apply all safe made these fail on {card}: {broke}"
+    fails = lambda res: sorted(k for k, c in res.items() if c["status"] in ("fail", "crash"))  # noqa: E731
+    assert len(fails(after)) <= len(fails(before)), (fails(before), fails(after))
+    main(["--config", str(cli), "--gpu", card, "--offline", "--fix"])
+    capsys.readouterr()
+    assert cfg.read_text() == cli.read_text(), "the TUI's apply-all and fmllm-check --fix wrote different files"

@@ -23,7 +23,8 @@ from fmllm_tui.runner.launch import RunError, build_spec, child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CARDS = ["RTX 3080", "RTX 4060 Ti 16GB", "RTX 3090", "A100 80GB", "H100"]
-CONFIGS = [ROOT / "config.yaml", *sorted((ROOT / "tests" / "configs").glob("*.yaml"))]
+CONFIGS = [ROOT / "config.yaml", *sorted((ROOT / "tests" / "configs").glob("*.yaml")),
+           *sorted((ROOT / "tests" / "configs" / "public").glob("*.yaml"))]
 
 
 @pytest.fixture(autouse=True)
