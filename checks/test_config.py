@@ -30,8 +30,10 @@ def test_config_valid(report, config_or_error, options):
     report.set(layout=cfg.layout, model=cfg.view.base_model_name, data_file=cfg.view.data_file)
     if cfg.warnings:
         report.set(unknown_keys=[w.key for w in cfg.warnings])
-        report.warn(f"{options.config_path} is usable; {len(cfg.warnings)} key(s) fmllm does not know are "
-                    "ignored (kept in the file):\n" + "\n".join(w.render(str(options.config_path)) for w in cfg.warnings))
+        n = len(cfg.warnings)
+        report.warn(f"{options.config_path} is usable; {n} warning{'s' if n != 1 else ''} on keys fmllm does not "
+                    "read where they are (kept in the file):\n"
+                    + "\n".join(w.render(str(options.config_path)) for w in cfg.warnings))
     report.ok(f"{options.config_path} is valid ({cfg.layout} layout, model {cfg.view.base_model_name})")
 
 

@@ -797,6 +797,53 @@ def file_key_for(layout: str, canonical: str) -> str:
     return canonical
 
 
+#: Names real flat configs use for settings fmllm reads inside a section (TrainingArguments /
+#: SFTConfig / BitsAndBytesConfig spellings), beyond the section's own field names.
+_MISPLACED_ALIASES = {
+    "lora_r": "lora.r", "lora_rank": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
+    "lora_target_modules": "lora.target_modules", "target_modules": "lora.target_modules",
+    "load_in_4bit": "quantization.use_4bit", "bnb_4bit_use_double_quant": "quantization.use_nested_quant",
+    "train_file": "paths.ft_combined_data_file", "eval_file": "paths.ft_eval_data_file",
+    "max_length": "training.max_seq_length", "max_seq_len": "training.max_seq_length",
+}
+
+
+def misplaced_home(name: str) -> str | None:
+    """Where fmllm reads a setting named ``name`` found outside its section (``max_seq_length``
+    -> ``training.max_seq_length``), or None when no section has it."""
+    if name in _MISPLACED_ALIASES:
+        return _MISPLACED_ALIASES[name]
+    for sec in (*FT_SECTIONS, "fmllm"):
+        model = _model_for(sec)
+        if model is not None and name in model.model_fields:
+            return f"{sec}.{name}"
+    return None
+
+
+def _misplaced_top_level(doc: CommentedMap) -> Problem | None:
+    """One warning for flat-layout settings written at the top level that fmllm reads inside a
+    section (a real layout: TrainingArguments keys beside base_model_name). fmllm would plan with
+    its defaults for them, silently, so it names each and where it belongs."""
+    found: list[tuple[str, str]] = []
+    for k in doc:
+        name = str(k)
+        if name in TOP_FIELDS or name in FT_SECTIONS or name in ("paths", "fmllm") or isinstance(doc[k], dict):
+            continue
+        home = misplaced_home(name)
+        if home:
+            found.append((name, home))
+    if not found:
+        return None
+    line, col = position_of(doc, found[0][0], value=False)
+    listed = ", ".join(f"{n} (-> {h})" for n, h in found)
+    return Problem(
+        f"{len(found)} setting{'s' if len(found) != 1 else ''} at the top level fmllm does not read there: {listed}",
+        key=found[0][0], line=line, column=col,
+        hint="fmllm plans with its defaults for these; move each under its section (e.g. training:) to be read",
+        severity="warning",
+    )
+
+
 def detect_layout(doc: CommentedMap) -> Literal["nested", "flat"] | None:
     if "fine_tuning" in doc:
         return "nested"
@@ -872,18 +919,24 @@ def load_config_text(path: str | os.PathLike[str], text: str, raw: bytes | None 
                 fk = f"{root_key}.{k}"
                 line, col = position_of(doc, fk, value=False)
                 sug = _did_you_mean(str(k), sorted(allowed))
+                home = misplaced_home(str(k))
                 warnings.append(
                     Problem(
                         f"unknown key {str(k)!r} in section 'fine_tuning' (fmllm ignores it)",
                         key=fk,
                         line=line,
                         column=col,
-                        hint=(f"did you mean {sug!r}? " if sug else "")
+                        hint=(f"fmllm reads it as fine_tuning.{home}: move it there (until then fmllm plans "
+                              "with its default) " if home else f"did you mean {sug!r}? " if sug else "")
                         + f"known keys: {', '.join(sorted(allowed))}",
                         severity="warning",
                     )
                 )
-    elif "base_model_name" not in doc:
+    else:
+        stray = _misplaced_top_level(doc)
+        if stray:
+            warnings.append(stray)
+    if layout == "flat" and "base_model_name" not in doc:
         for alias in ("model_name", "base_model", "model"):
             if alias in doc and isinstance(doc[alias], str):
                 line, col = position_of(doc, alias, value=False)

@@ -182,6 +182,22 @@ def test_unknown_keys_in_read_sections_are_warnings_not_errors(tmp_path):
     assert cfg.doc["fine_tuning"]["wandb_project"] == "my-proj"
 
 
+def test_settings_outside_their_section_are_named_with_where_they_belong(tmp_path):
+    """A real flat layout writes TrainingArguments keys beside base_model_name; fmllm would plan
+    with its own defaults for them. It says so, once, naming each key and its home."""
+    flat = ("base_model_name: Qwen/Qwen2.5-0.5B-Instruct\nmax_seq_length: 2048\nlora_r: 64\n"
+            "bnb_4bit_use_double_quant: true\nwandb:\n  project: x\nlora:\n  alpha: 16\n")
+    cfg = load_config(write(tmp_path, flat))
+    (w,) = cfg.warnings
+    assert (w.key, w.line, w.column, w.severity) == ("max_seq_length", 2, 1, "warning")
+    assert ("3 settings at the top level fmllm does not read there: max_seq_length (-> training.max_seq_length), "
+            "lora_r (-> lora.r), bnb_4bit_use_double_quant (-> quantization.use_nested_quant)") in w.message
+    assert cfg.view.training.max_seq_length == 1024  # still the default: the warning says why
+    nested = "fine_tuning:\n  base_model_name: m\n  max_seq_length: 2048\n"
+    (nw,) = load_config(write(tmp_path, nested)).warnings
+    assert nw.key == "fine_tuning.max_seq_length" and "fine_tuning.training.max_seq_length" in (nw.hint or "")
+
+
 def test_a_wrong_value_beside_an_unknown_key_is_still_an_error(tmp_path):
     path = write(tmp_path, "fine_tuning:\n  base_model_name: m\n  lora:\n    r: 0\n    lora_alpha: 16\n")
     err = load_error(path)
