@@ -199,6 +199,8 @@ def _scan_chunk(data: bytes, s: int, e: int, eof: bool) -> tuple[int, list[tuple
         first = data[la : min(ln_end, la + MAX_LINE)]
         if _TB_HEADER in first:
             queue.append((la, True))
+        elif la > s and _EXC_LINE_B.match(first):
+            _walk_back(data, la, s, add)
         if b"ChildFailed" in first or b"FAILED" in first:
             n_ctx = CTX_LINES_LONG
         elif b"rror" in first or b"Killed" in first:
@@ -298,6 +300,25 @@ def _walk_traceback(data: bytes, p: int, end_all: int, add: Callable[[int, int, 
         else:
             add(p, q, CTX)
         p = q + 1
+
+
+_FRAMEISH_B = re.compile(rb"^(?:\[(?:rank|default)\d+\]:)?\s+\S|^(?:\[(?:rank|default)\d+\]:\s?)?File ")
+
+
+def _walk_back(data: bytes, la: int, s: int, add: Callable[[int, int, int], None]) -> None:
+    """The frames just above an exception line whose traceback header is not in the log (an
+    excerpt pasted from the middle of a traceback): kept so the phase and culprit can be read."""
+    end = la - 1
+    for _ in range(TB_MAX_LINES // 4):
+        if end <= s:
+            return
+        a = data.rfind(b"\n", s, end) + 1
+        a = max(a, s)
+        text = data[a:end]
+        if _TB_HEADER in text or not _FRAMEISH_B.match(text):
+            return  # the header (walked forward already) or the text before the traceback
+        add(a, end, CTX)
+        end = a - 1
 
 
 _BAR_TOTAL = re.compile(rb"\|\s*\d+/(\d+)\s*\[")

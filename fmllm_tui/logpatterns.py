@@ -357,6 +357,12 @@ def _x_target_modules(m: re.Match[str], ctx: Any) -> dict[str, Any]:
 
 
 def _x_seq_len(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    if m.group(1) is None:  # TRL's completion-only collator: the response was cut off at max_seq_length
+        return {"key": "collator", "cause": (
+            "the collator did not find the response template in an example (it was cut at max_seq_length), so every "
+            "label of it is masked and it adds nothing to the loss (a loss of exactly 0 when it happens to all)"),
+            "fix": fix("training.max_seq_length", "raise max_seq_length so the response survives truncation, or fix "
+                       "the response template", [("training.max_seq_length", "double")])}
     return {"values": {"length": int(m.group(1)), "model_max": int(m.group(2))},
             "cause": f"an example tokenizes to {m.group(1)} tokens, more than the model's {m.group(2)}: it will be cut, or fail"}
 
@@ -665,11 +671,6 @@ def _float(s: str) -> float | None:
         return None
 
 
-def _x_response_masked(m: re.Match[str], ctx: Any) -> dict[str, Any]:
-    return {"cause": ("the collator did not find the response template in an example (it was cut at max_seq_length), "
-                      "so every label of it is masked and it adds nothing to the loss"), "key": "collator"}
-
-
 # --------------------------------------------------------------------------------------------
 # The table
 # --------------------------------------------------------------------------------------------
@@ -958,17 +959,12 @@ PATTERNS: list[Pattern] = [
        "packing joins examples into max_seq_length-token sequences and this dataset has fewer tokens than one of them",
        fix(None, "turn packing off for a dataset this small (or lower max_seq_length)", [("training.packing", False)]),
        r"Error occurred while packing the dataset|enough samples to at least yield one packed sequence", phase="load"),
-    _p("response_masked", WARN, "examples dropped from the loss (response template not found)",
-       "the collator did not find the response template in an example (cut at max_seq_length), so it adds nothing to the loss",
-       fix("training.max_seq_length", "raise max_seq_length so the response survives truncation, or fix the response "
-           "template", [("training.max_seq_length", "double")]),
-       r"This instance will be ignored in loss calculation|Could not find response key", extract=_x_response_masked,
-       phase="training"),
     _p("sequence_too_long", WARN, "examples longer than the model's context",
        "some examples tokenize to more tokens than the model's maximum length",
        fix("training.max_seq_length", "cap max_seq_length at the model's context and truncate or drop longer examples",
            [("training.max_seq_length", "model context length")]),
-       r"[Tt]oken indices sequence length is longer than the specified maximum sequence length for this model \((\d+) > (\d+)\)",
+       r"[Tt]oken indices sequence length is longer than the specified maximum sequence length for this model \((\d+) > (\d+)\)"
+       r"|This instance will be ignored in loss calculation|Could not find response key",
        ("Token indices",), _x_seq_len),
     _p("chat_template_missing", ERR, "no chat template",
        "the data is chat-formatted but the tokenizer has no chat template",
