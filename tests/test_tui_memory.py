@@ -201,3 +201,44 @@ def test_grouping_keeps_every_byte_and_budget_comes_from_the_checks() -> None:
     b = memplan.budget_from_checks({"config.fit": res})
     assert b is not None and b.bytes == 10 * GiB and b.label == "RTX 3080"
     assert memplan.budget_from_checks({}) is None
+
+
+def test_wide_memory_screen_header_speed_and_eta(cfg: Path) -> None:
+    """At 120 columns the breakdown sits beside the settings; the header names the card and where
+    its budget came from in words; the speed is for that card and the ETA counts the planned steps."""
+    view = load_config(cfg).view
+    n = len(example_lengths(view) or [])
+    steps = memplan.planned_steps(view.training.max_steps, view.training.num_train_epochs, n,
+                                  view.training.per_device_train_batch_size,
+                                  view.training.gradient_accumulation_steps)
+    assert steps == -(-n // 4)  # 66 examples, 1 x 4 per step, one epoch
+
+    async def go() -> None:
+        app = FmllmApp(cfg, gpu="RTX 3090", start_checks=False, deterministic=True)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("2")
+            await wait_until(pilot, lambda: isinstance(app.screen, MemoryScreen) and app.screen.plan is not None
+                             and app.screen.budget is not None, 20, "the memory plan and its budget")
+            await pilot.pause(0.2)
+            text = screen_text(app)
+            lines = text.splitlines()
+            assert lines[1].strip().startswith(f"{MODEL} on GeForce RTX 3090 (") and "from --gpu" in lines[1]
+            assert "check config" not in text
+            assert any("micro-batch" in ln and "│" in ln and "iB" in ln for ln in lines), text  # side by side
+            assert "tokens/s on GeForce RTX 3090 · about " in text and f"for {steps} steps (estimates)" in text
+
+    asyncio.run(go())
+
+
+def test_budget_from_checks_prefers_a_result_that_names_its_gpu() -> None:
+    def res(cid: str, values: dict) -> CheckResult:
+        return CheckResult(id=cid, title=cid, category="memory", severity="error", status="pass", finding="",
+                           values=values)
+
+    b = memplan.budget_from_checks({"config.multi_gpu_fit": res("config.multi_gpu_fit", {"budget_bytes": 24 * GiB}),
+                                    "config.fit": res("config.fit", {"budget_bytes": 24 * GiB, "gpu": "RTX 3090"})})
+    assert b is not None and b.label == "RTX 3090" and memplan.source_words(b) == "as the checks plan"
+    assert b.card() is not None and "3090" in b.card().name
+    assert memplan.planned_steps(10, 3.0, 66, 1, 4) == 10  # max_steps wins
+    assert memplan.planned_steps(-1, 2.0, 66, 2, 4) == 18  # ceil(66 / 8) = 9 per epoch
+    assert memplan.planned_steps(-1, 1.0, None, 1, 1) is None

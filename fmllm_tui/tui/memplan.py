@@ -190,13 +190,19 @@ def describe_budget(b: Budget | None, *, with_source: bool = False) -> str:
 
 
 def budget_from_checks(results: dict[str, CheckResult]) -> Budget | None:
-    """The budget the checks planned with (any result carrying ``budget_bytes``), or None."""
+    """The budget the checks planned with (a result carrying ``budget_bytes``; one that also
+    names its GPU first, for the card's speed and a readable label), or None."""
+    found: Budget | None = None
     for res in results.values():
         b = res.values.get("budget_bytes") if res.values else None
-        if isinstance(b, int) and not isinstance(b, bool) and b > 0:
-            label = str(res.values.get("gpu") or res.values.get("target") or f"{b / GiB:.1f} GiB")
+        if not (isinstance(b, int) and not isinstance(b, bool) and b > 0):
+            continue
+        named = res.values.get("gpu") or res.values.get("target")
+        label = str(named or f"{b / GiB:.1f} GiB")
+        if named:
             return Budget(b, label, f"check {res.id}")
-    return None
+        found = found or Budget(b, label, f"check {res.id}")
+    return found
 
 
 def budget_elsewhere(view: Any, gpu: str | None, vram: str | None) -> Budget:

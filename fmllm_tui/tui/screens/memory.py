@@ -152,7 +152,11 @@ class MemoryScreen(FmllmScreen):
                                                         pred.low_bytes, pred.high_bytes)
         status = Text()
         status.append(f"predicted peak {human_bytes(pred.peak_process_bytes)} ", style="bold")
-        status.append(f"({human_bytes(pred.low_bytes)}–{human_bytes(pred.high_bytes)}, during the {pred.peak_phase})")
+        status.append(f"({human_bytes(pred.low_bytes).split()[0]}–{human_bytes(pred.high_bytes)}, "
+                      f"during the {pred.peak_phase})")
+        planned = plan.planned(plan.current).seq_len
+        if planned != plan.current.seq_len:
+            status.append(f" at {planned} tokens (the data's longest example)")
         if b and b.bytes:
             spare = b.bytes - pred.peak_process_bytes
             if spare >= 0:
