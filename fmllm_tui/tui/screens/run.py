@@ -321,7 +321,8 @@ class RunScreen(FmllmScreen):
         if kind == "train":
             v = loaded.view
             t = v.training
-            length = f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.num_train_epochs:g} epoch(s)"
+            epochs = f"{t.num_train_epochs:g} epoch{'' if t.num_train_epochs == 1 else 's'}"
+            length = f"{t.max_steps} step{'' if t.max_steps == 1 else 's'}" if t.max_steps > 0 else epochs
             ok = await self.app.push_screen_wait(ConfirmScreen(
                 "Start the full fine-tune?",
                 f"{v.base_model_name}, {length}, micro-batch {t.per_device_train_batch_size} x "
