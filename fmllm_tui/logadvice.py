@@ -69,6 +69,16 @@ def _half(n: int | None) -> int | str:
     return max(1, n // 2) if n else "halve"
 
 
+MIN_SEQ_LEN = 32  # the config's lower bound for training.max_seq_length
+
+
+def _seq_change(n: int | None) -> list[tuple[str, Any]]:
+    """Halve max_seq_length, unless that goes below what a config accepts."""
+    if n and n // 2 < MIN_SEQ_LEN:
+        return []
+    return [("training.max_seq_length", _half(n))]
+
+
 def _train_oom_fix(s: RunSettings, in_loss: bool) -> dict[str, Any]:
     """A training-step OOM: what is not yet done, cheapest first."""
     if s == RunSettings():
@@ -91,8 +101,12 @@ def _train_oom_fix(s: RunSettings, in_loss: bool) -> dict[str, Any]:
     if s.loss in (None, "plain") and (in_loss or s.loss == "plain"):
         changes.append(("fmllm.loss", "chunked"))
         said.append("the loss builds full-vocabulary fp32 logits: compute it in chunks (fmllm.loss: chunked)")
-    changes.append(("training.max_seq_length", _half(s.max_seq_length)))
-    said.append(f"a shorter max_seq_length ({s.max_seq_length or '?'} -> {_half(s.max_seq_length)}), or drop the longest examples")
+    seq = _seq_change(s.max_seq_length)
+    changes += seq
+    if seq:
+        said.append(f"a shorter max_seq_length ({s.max_seq_length or '?'} -> {_half(s.max_seq_length)}), or drop the longest examples")
+    else:
+        said.append("drop the longest examples, or a smaller model or a bigger GPU")
     if s.use_4bit is False:
         changes.append(("quantization.use_4bit", True))
         said.append("load the model in 4-bit")
@@ -127,7 +141,7 @@ def oom_fix(pid: str, phase: str, s: RunSettings | None, in_loss: bool = False) 
                        "(or several cards with the model sharded across them)")
         return FIX_MEMORY_LOAD
     if pid == "cuda_oom_late":
-        changes: list[tuple[str, Any]] = [("training.max_seq_length", _half(s.max_seq_length))]
+        changes: list[tuple[str, Any]] = _seq_change(s.max_seq_length)
         summary = FIX_SEQ_LEN["summary"]
         if s.loss == "plain":
             changes.insert(0, ("fmllm.loss", "chunked"))

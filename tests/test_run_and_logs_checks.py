@@ -76,3 +76,30 @@ def test_log_check_clean_log_passes(tmp_path, capsys, tiny_model_dir):
                    "{'train_runtime': 12.0, 'train_loss': 1.9, 'epoch': 1.0}\n")
     code, checks = run_json(capsys, "--config", str(cfg), "--only", "logs.scan", "--log", str(log))
     assert checks["logs.scan"]["status"] == "pass" and code == 0
+
+
+def test_log_check_reads_the_config_before_advising(tmp_path, capsys, tiny_model_dir):
+    """Micro-batch 1 with checkpointing on: an OOM's fix does not advise them again (issue 21)."""
+    cfg = write_config(tmp_path, str(tiny_model_dir))
+    cfg.write_text(cfg.read_text().replace("per_device_train_batch_size: 2", "per_device_train_batch_size: 1, "
+                                           "gradient_checkpointing: true"))
+    code, checks = run_json(capsys, "--config", str(cfg), "--only", "logs.scan",
+                            "--log", str(LOGS / "cuda_oom__torch25_train_step.log"))
+    c = checks["logs.scan"]
+    assert c["status"] == "fail"
+    hit = c["values"]["hits"][0]
+    keys = {ch["key"] for ch in hit["fix"]["changes"]}
+    assert hit["phase"] == "training"
+    assert "training.max_seq_length" in keys
+    assert not keys & {"training.per_device_train_batch_size", "training.gradient_checkpointing"}
+    assert "already" in hit["fix"]["summary"]
+
+
+def test_log_check_info_is_a_note_not_a_failure(tmp_path, capsys, tiny_model_dir):
+    cfg = write_config(tmp_path, str(tiny_model_dir))
+    code, checks = run_json(capsys, "--config", str(cfg), "--only", "logs.scan",
+                            "--log", str(LOGS / "deprecation_info__tokenizer_futurewarning.log"))
+    c = checks["logs.scan"]
+    assert c["status"] == "pass" and code == 0
+    assert c["values"]["hits"][0]["severity"] == "info"
+    assert "deprecation_info" in c["finding"]
