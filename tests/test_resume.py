@@ -161,3 +161,42 @@ def test_current_rows_keep_the_newest_row_of_each_step() -> None:
     # A resume from an earlier checkpoint whose first row is a step with no earlier row.
     rows2 = [{"step": s} for s in (1, 4, 8, 12)] + [{"step": 10, "replayed": True}]
     assert [r["step"] for r in rd.current_rows(rows2)] == [1, 4, 8, 10]
+
+
+@pytest.mark.slow
+def test_a_real_trainer_outliving_its_supervisor_is_stopped_then_resumed(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Issue 22 item 1 with fmllm's own training process: its supervisor SIGKILLed mid-run, the run
+    stays 'running' (the trainer recorded itself), resume refuses naming it, stop reaches it (it
+    saves a checkpoint; its own outcome gives 'stopped'), then a resume takes the folder again."""
+    import os
+    import signal
+    import time
+
+    from fmllm_tui.runner import RunError, kill, procs, stop
+
+    cfg = _config(tmp_path, tiny_model_dir, max_steps=40, save_steps=5, logging_steps=1)
+    run_dir = start(load_config(cfg), "train")
+    end = time.monotonic() + scaled(180)
+    while time.monotonic() < end and not any(r.get("step", 0) >= 2 for r in read_jsonl(run_dir / rd.METRICS)):
+        assert not (run_dir / rd.EXIT).exists(), (run_dir / rd.LOG).read_text()[-3000:]
+        time.sleep(0.1)
+    trainer, _ = procs.read_pid_record(run_dir / rd.trainer_pid(0))
+    assert trainer
+    os.kill(int((run_dir / rd.PID).read_text().split()[0]), signal.SIGKILL)
+    time.sleep(0.5)
+    st = status(run_dir)
+    assert st["state"] == "running" and not st["supervisor_alive"], st
+    assert {"role": "rank0", "pid": trainer} in st["processes"]
+    with pytest.raises(RunError, match=f"training process pid {trainer} \\(rank 0\\)"):
+        resume(run_dir)
+    assert stop(run_dir)
+    rec = wait(run_dir, timeout=scaled(120))
+    assert rec and rec["status"] == "stopped" and "supervisor was gone" in rec["recorded_by"], rec
+    assert status(run_dir)["state"] == "stopped"
+    resume(run_dir)  # the folder is free again: a new supervisor and trainer take it
+    end = time.monotonic() + scaled(180)
+    while time.monotonic() < end and not any("resumed_from" in r for r in read_jsonl(run_dir / rd.METRICS)):
+        assert not (run_dir / rd.EXIT).exists(), (run_dir / rd.LOG).read_text()[-3000:]
+        time.sleep(0.1)
+    assert status(run_dir)["supervisor_alive"] is True
+    assert kill(run_dir) and not procs.live(run_dir)
