@@ -298,9 +298,9 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
             _signals["phase"] = "training"
             files.state("training", step=state.global_step, max_steps=state.max_steps)
             if self.resumed_from is not None:
-                self._resume_window(state)
+                self._resume_window(state, self.resumed_from)
 
-        def _resume_window(self, state: Any) -> None:
+        def _resume_window(self, state: Any, checkpoint: Path) -> None:
             """A resume: restore the Trainer's loss window (the losses summed since the last logged
             step, which the Trainer's own checkpoint does not keep) and the token count, so the
             first logged loss averages the same steps as without the kill; and note up to which
@@ -310,10 +310,10 @@ def _make_callback(files: RunFiles, counter: TokenCountingCollator, device: str,
 
                 rows = read_jsonl(files.dir / rd.METRICS)
                 self._replay_until = max((r["step"] for r in rows if isinstance(r.get("step"), int)), default=0)
-            saved = rd.read_json(self.resumed_from / f"{LOSS_WINDOW}.rank{_rank()}.json")
+            saved = rd.read_json(checkpoint / f"{LOSS_WINDOW}.rank{_rank()}.json")
             tr_loss = getattr(self.trainer, "_tr_loss", None)
             if not isinstance(saved, dict) or saved.get("step") != state.global_step:
-                say(f"note: {self.resumed_from.name} has no loss window (saved before fmllm kept one): the first "
+                say(f"note: {checkpoint.name} has no loss window (saved before fmllm kept one): the first "
                     "logged loss after the resume averages only the steps since it")
                 return
             if isinstance(tr_loss, torch.Tensor) and hasattr(self.trainer, "_globalstep_last_logged"):
@@ -658,7 +658,7 @@ def last_complete_checkpoint(folder: Path, *, rename: bool = True) -> Path | Non
             found.append((int(m.group(1)), p))
         elif rename:
             p.rename(p.with_name(p.name + ".incomplete"))
-    damaged = []
+    damaged: list[str] = []
     for _, p in sorted(found, reverse=True):
         problem = rd.checkpoint_problem(p)
         if problem is None:
