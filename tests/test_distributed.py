@@ -314,7 +314,10 @@ def test_fsdp_checkpoints_count_as_complete(tmp_path: Path) -> None:
     (good / "pytorch_model_fsdp_0").mkdir(parents=True)
     (good / "optimizer_0").mkdir()
     (good / "trainer_state.json").write_text("{}")
-    (good / "adapter_model.safetensors").write_bytes(b"x")  # fmllm's, written after the Trainer's files
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(good / "adapter_model.safetensors"))  # fmllm's, after the Trainer's files
     half = tmp_path / "checkpoint-6"
     (half / "pytorch_model_fsdp_0").mkdir(parents=True)  # killed before the optimizer and the state
     no_adapter = tmp_path / "checkpoint-8"  # the Trainer's files, killed before fmllm's adapter
