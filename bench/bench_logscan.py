@@ -72,8 +72,22 @@ torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 3.91 GiB. GPU 0 ha
 """
 
 
-def generate(path: str, size_mb: int) -> int:
-    """Write the bench log; returns the 1-based line of the OOM message."""
+#: Failures planted in the noise (a fifth, two fifths, ... of the way in), one per pattern family that
+#: the old hand-written trigger list could not see: each must be found at its line.
+PLANTS = (
+    ("NVIDIA GeForce RTX 5090 with CUDA capability sm_120 is not compatible with the current PyTorch installation.\n",
+     "no_kernel_image"),
+    ("Some modules are dispatched on the CPU or the disk. Make sure you have enough GPU RAM to fit the quantized model.\n",
+     "modules_offloaded"),
+    ("[rank1]:[W reducer.cpp:1389] Expected to have finished reduction in the prior iteration before starting a new one.\n",
+     "ddp_reentrant"),
+    ("/usr/local/lib/python3.11/site-packages/trl/trainer/sft_trainer.py:401: FutureWarning: `tokenizer` is deprecated and "
+     "will be removed in version 5.0.0 for `SFTTrainer.__init__`. Use `processing_class` instead.\n", "deprecation_info"),
+)
+
+
+def generate(path: str, size_mb: int) -> tuple[int, dict[str, int]]:
+    """Write the bench log; returns the 1-based line of the OOM message and the planted lines."""
     rng = random.Random(1234)
     target = size_mb << 20
     total = 10**9  # steps in the (imaginary) run; only the bar's numbers depend on it
@@ -86,15 +100,23 @@ def generate(path: str, size_mb: int) -> int:
         written += len(head.encode())
         lines += head.count("\n")
         step = 1
+        planted: dict[str, int] = {}
         while written < target:
             text = _chunk(rng, step, 1000, total)
             step += 1000
             f.write(text)
             written += len(text.encode())
             lines += text.count("\n")
+            k = len(planted)
+            if k < len(PLANTS) and written >= target * (k + 1) // (len(PLANTS) + 1):
+                line, pid = PLANTS[k]
+                f.write("\n" + line)  # the bar in progress ends first, as a real log's does
+                lines += 2
+                written += len(line) + 1
+                planted[pid] = lines
         f.write(CRASH)
         oom_line = lines + CRASH.count("\n")  # the OOM line is CRASH's last line
-    return oom_line
+    return oom_line, planted
 
 
 def to_ere(rx: str) -> str:
@@ -113,6 +135,52 @@ def grep_patterns() -> list[str]:
     return pats
 
 
+def compare_engines(path: str, size: int, re_mb: int = 64) -> None:
+    """Time one pass of the pattern pre-filter over the log, per engine, single process.
+
+    hyperscan: the engine fmllm uses (finds each matching line). re2.Set: google-re2's
+    multi-pattern set over the same expressions; it only says *which* expressions match a block,
+    so this is a lower bound of what re2 would cost (positions need a second pass). Python re:
+    fmllm's fallback, timed on the first ``re_mb`` MiB and scaled.
+    """
+    from fmllm_tui import logprefilter
+
+    block = logdiag.BLOCK
+    exprs = logprefilter.Prefilter(engine="re").exprs
+
+    def timed(fn, limit: int) -> float:
+        t0 = time.perf_counter()
+        with open(path, "rb") as f:
+            done = 0
+            while done < limit:
+                data = f.read(block)
+                if not data:
+                    break
+                fn(data)
+                done += len(data)
+        return (time.perf_counter() - t0) * size / max(1, min(size, limit))
+
+    if logprefilter.ENGINE == "hyperscan":
+        import hyperscan
+
+        hs = logprefilter.Prefilter(engine="hyperscan")
+        print(f"engine hyperscan {hyperscan.__version__}: {timed(lambda d: hs.line_ends(d, 0, len(d)), size):.2f}s for the whole log")
+    try:
+        import re2
+
+        rs = re2.Set.SearchSet(re2.Options())
+        for _name, rx, ci in exprs:
+            rs.Add(("(?i)" if ci else "") + rx)
+        rs.Compile()
+        print(f"engine google-re2 re2.Set: {timed(rs.Match, size):.2f}s for the whole log (which expressions only; "
+              "positions need another pass)")
+    except ImportError:
+        print("engine google-re2: not installed (pip install google-re2)")
+    py = logprefilter.Prefilter(engine="re")
+    print(f"engine Python re (fmllm's fallback): {timed(lambda d: py.line_ends(d, 0, len(d)), re_mb << 20):.2f}s "
+          f"for the whole log (scaled from {re_mb} MiB)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=int, default=1024)
@@ -121,6 +189,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workers", type=int, default=None, help="worker processes for fmllm (default: logdiag.MAX_WORKERS)")
     ap.add_argument("--reuse", action="store_true", help="reuse an existing log at --path instead of generating it")
+    ap.add_argument("--engines", action="store_true",
+                    help="also time the pre-filter pass alone with each multi-pattern engine (hyperscan, re2.Set, Python re)")
     args = ap.parse_args()
     if os.path.abspath(args.path).startswith(os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))):
         print("refusing to write the bench log inside the repository", file=sys.stderr)
@@ -134,9 +204,9 @@ def main() -> int:
         logdiag.MAX_WORKERS = args.workers
     t = time.perf_counter()
     if args.reuse and os.path.exists(args.path):
-        oom_line = sum(1 for _ in open(args.path, "rb"))
+        oom_line, planted = sum(1 for _ in open(args.path, "rb")), {}
     else:
-        oom_line = generate(args.path, args.size_mb)
+        oom_line, planted = generate(args.path, args.size_mb)
     size = os.path.getsize(args.path)
     print(f"log {args.path}: {size / 2**20:.0f} MiB ({time.perf_counter() - t:.1f}s to make or count)")
 
@@ -185,6 +255,14 @@ def main() -> int:
         print("hits:", ", ".join(f"{h.pattern}@{h.line}x{h.count}" for h in hits))
         ok = bool(oom) and oom[0].line == oom_line
         print(f"OOM found at the right line ({oom_line}): {ok}")
+        for pid, line in planted.items():
+            found = any(h.pattern == pid and h.line == line for h in hits)
+            print(f"planted {pid} at line {line} found: {found}")
+            ok = ok and found
+        print(f"peak RSS of this process (the main one): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB, "
+              f"largest worker: {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MiB")
+        if args.engines:
+            compare_engines(args.path, size)
         return 0 if ok else 1
     finally:
         os.unlink(pat_file)

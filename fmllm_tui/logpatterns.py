@@ -1000,7 +1000,7 @@ PATTERNS: list[Pattern] = [
        "the logged loss is exactly 0: every label is masked (the response template is not found), or fp16 broke the loss",
        fix("dtype.compute", "check the labels are not all -100 (fmllm-check data); if training in fp16 switch to bf16",
            [("training.fp16", False), ("training.bf16", True)]),
-       r"^\s*train_loss\s*=\s*0\.0+\s*$|['\"]train_loss['\"]: 0\.0\b(?!\d*[1-9])"),
+       r"^\s*train_loss\s*=\s*0\.0+\s*$|['\"]train_loss['\"]: 0\.0+\b"),
     _p("zero_stage_numeric", WARN, "DeepSpeed skipping steps on fp16 overflow",
        "DeepSpeed (ZeRO) with fp16 keeps overflowing: the loss scale halves and steps are skipped",
        fix("dtype.compute", "train in bf16 (no loss scaling) on Ampere or newer; on older GPUs raise the ZeRO config's "

@@ -127,10 +127,8 @@ class Prefilter:
                        elements=len(self.exprs), flags=flags)
             self._db = db
         else:
-            # one alternation; each branch a named group so the match says which expression it was
-            alts = [f"(?P<e{i}>{'(?i:' + rx + ')' if ci else rx})" for i, (_n, rx, ci) in enumerate(self.exprs)]
-            self._rx = re.compile("|".join(alts).encode(), re.MULTILINE)
             self._each = [re.compile(rx.encode(), re.IGNORECASE if ci else 0) for _n, rx, ci in self.exprs]
+            self._lits = _literal_index([(rx, ci) for _n, rx, ci in self.exprs])
 
     def _scan(self, data: bytes, on_match: Callable[[int, int], Any]) -> None:
         """Call ``on_match(expression index, end offset)`` for the matches in ``data``."""
@@ -142,17 +140,26 @@ class Prefilter:
                 scratch = self._local.scratch = hyperscan.Scratch(self._db)
             self._db.scan(data, match_event_handler=lambda i, _a, b, _f, _c: on_match(i, b), scratch=scratch)
             return
-        pos = 0
-        while True:
-            m = self._rx.search(data, pos)
-            if m is None:
-                return
-            on_match(int(m.lastgroup[1:]) if m.lastgroup else 0, m.end())
-            # the next line: one report per line is all the engine needs here
-            nl = data.find(b"\n", max(m.end() - 1, m.start()))
-            if nl == -1:
-                return
-            pos = nl + 1
+        # every match contains one of its expression's required literals: find those (C-speed
+        # bytes.find), then run the expressions that own the literal on that line only
+        lower = data.lower() if any(ci for _l, _e, ci in self._lits) else data
+        found: list[tuple[int, int]] = []
+        for lit, owners, ci in self._lits:
+            hay = lower if ci else data
+            pos = hay.find(lit)
+            while pos != -1:
+                a = data.rfind(b"\n", 0, pos) + 1
+                b = data.find(b"\n", pos)
+                b = len(data) if b == -1 else b
+                line = data[a:b]
+                for i in owners:
+                    m = self._each[i].search(line)
+                    if m:
+                        found.append((a + m.end(), i))
+                        break
+                pos = hay.find(lit, b + 1) if b < len(data) else -1
+        for end, i in sorted(found):
+            on_match(i, end)
 
     def line_ends(self, data: bytes, s: int, e: int) -> list[int]:
         """Offsets (absolute, in ``data``) of one match end on each line of data[s:e] a pattern can match."""
@@ -179,6 +186,61 @@ class Prefilter:
         found: set[str] = set()
         self._scan(data, lambda i, _b: found.add(self.names[i]))
         return found
+
+
+def _required_literals(items: Any) -> list[str] | None:
+    """Literals one of which every match of a parsed regex contains (the longest such set), or None."""
+    from re import _constants as sc  # type: ignore[attr-defined]
+
+    best: list[str] | None = None
+    run: list[str] = []
+
+    def consider(cands: list[str] | None) -> None:
+        nonlocal best
+        if cands and all(cands) and (best is None or min(map(len, cands)) > min(map(len, best))):
+            best = cands
+
+    for op, av in items:
+        if op is sc.LITERAL:
+            run.append(chr(av))
+            continue
+        consider(["".join(run)] if run else None)
+        run = []
+        if op is sc.SUBPATTERN:
+            consider(_required_literals(av[3]))
+        elif op is sc.BRANCH:
+            alts = [_required_literals(b) for b in av[1]]
+            if all(alts):
+                consider([x for a in alts if a for x in a])
+        elif op in (sc.MAX_REPEAT, sc.MIN_REPEAT) and av[0] >= 1:
+            consider(_required_literals(av[2]))
+    consider(["".join(run)] if run else None)
+    return best
+
+
+def _literal_index(exprs: list[tuple[str, bool]]) -> list[tuple[bytes, list[int], bool]]:
+    """(literal, indices of the expressions it stands for, caseless) for the pure-Python engine.
+
+    A literal that contains another one is dropped and its expressions are checked wherever the
+    shorter one occurs: fewer passes over the block. An expression with no required literal is
+    looked for on every line (none of fmllm's has one; tests check it)."""
+    from re import _parser as sp  # type: ignore[attr-defined]
+
+    owners: dict[tuple[bytes, bool], set[int]] = {}
+    for i, (rx, ci) in enumerate(exprs):
+        lits = _required_literals(sp.parse(rx)) or [""]
+        for lit in lits:
+            key = ((lit.lower() if ci else lit).encode("utf-8", "replace"), ci)
+            owners.setdefault(key, set()).add(i)
+    keys = sorted(owners, key=lambda k: len(k[0]))
+    kept: list[tuple[bytes, bool]] = []
+    for k in keys:
+        sub = next((o for o in kept if o[1] == k[1] and o[0] in k[0]), None)
+        if sub is not None:
+            owners[sub] |= owners[k]
+        else:
+            kept.append(k)
+    return [(lit, sorted(owners[(lit, ci)]), ci) for lit, ci in kept]
 
 
 def _default_engine() -> str:

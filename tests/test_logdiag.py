@@ -688,3 +688,12 @@ def test_root_cause_ranks_before_its_consequences() -> None:
     hits = scan_lines(lines)
     assert hits[0].pattern.startswith("cuda_oom"), [h.pattern for h in hits]
     assert {"nccl_timeout", "launcher_failed"} <= ids(hits)
+
+
+def test_every_expression_has_a_required_literal_for_the_pure_python_engine() -> None:
+    """Without hyperscan, lines are found by literals every match must contain: an expression
+    without one would be looked for on every line (correct, but as slow as no pre-filter)."""
+    for name, rx, _ci in logprefilter.Prefilter(engine="re").exprs:
+        import re as _re
+
+        assert logprefilter._required_literals(_re._parser.parse(rx)), name  # type: ignore[attr-defined]
