@@ -75,5 +75,5 @@ def test_fsdp_checkpoint_counts_only_with_its_adapter(tmp_path: Path):
         d.mkdir()
         (d / "trainer_state.json").write_text(json.dumps({"global_step": step}))
         for f in files:
-            (d / f).mkdir() if not f.endswith(".safetensors") else (d / f).write_bytes(b"x")
+            (d / f).mkdir() if not f.endswith(".safetensors") else (d / f).write_bytes(b"\x02" + b"\x00" * 7 + b"{}")
     assert last_complete_checkpoint(tmp_path, rename=False) == tmp_path / "checkpoint-2"

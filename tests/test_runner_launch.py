@@ -287,7 +287,7 @@ def test_incomplete_checkpoints_are_never_resumed(tmp_path: Path) -> None:
     for step, complete in ((4, True), (8, True), (12, False)):
         d = ck / f"checkpoint-{step}"
         d.mkdir(parents=True)
-        (d / "adapter_model.safetensors").write_bytes(b"x")
+        (d / "adapter_model.safetensors").write_bytes(b"\x02" + b"\x00" * 7 + b"{}")  # whole, no tensors
         if complete:
             (d / "trainer_state.json").write_text("{}")
     assert last_complete_checkpoint(ck) == ck / "checkpoint-8"
