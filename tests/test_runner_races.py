@@ -325,3 +325,23 @@ def test_supervisor_starts_no_second_trainer(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert supervise(run_dir) == 0 and rd.read_json(run_dir / rd.EXIT)["status"] == "ok"
+
+
+def test_an_exit_record_beside_a_live_trainer_does_not_end_the_run(tmp_path: Path) -> None:
+    """An exit record wins over a supervisor in its last moment, not over a training process that
+    lives on (a second supervisor's record while the first one's trainer ran said 'ok (done)')."""
+    from fmllm_tui.runner import procs
+
+    run_dir = _run_dir(tmp_path)
+    trainer = subprocess.Popen([sys.executable, "-c", SLEEPER, str(run_dir)], start_new_session=True)
+    try:
+        procs.write_pid_record(run_dir / rd.trainer_pid(0), trainer.pid)
+        rd.write_json_atomic(run_dir / rd.EXIT, {"status": "ok", "message": "done"})
+        assert status(run_dir)["state"] == "running"
+        assert kill(run_dir) is True
+        assert trainer.wait(timeout=10) == -signal.SIGKILL
+        assert status(run_dir)["state"] == "killed"
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+            trainer.wait()

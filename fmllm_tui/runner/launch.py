@@ -618,7 +618,9 @@ def kill(run_dir: str | os.PathLike[str], timeout: float = 10.0) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end and (procs.live(rdir) or any(_alive(p) for p in signalled)):
         time.sleep(0.05)
-    if not (rdir / rd.EXIT).exists():
+    # An exit record beside a live training process was wrong (its supervisor wrote it, then the
+    # trainer lived on): this kill is how the run ended.
+    if not (rdir / rd.EXIT).exists() or isinstance(st.get("exit"), dict):
         now = time.time()
         run_rec = rd.read_json(rdir / rd.RUN) or {}
         started = (run_rec.get("attempts") or [{}])[-1].get("started", now)
