@@ -220,5 +220,12 @@ def test_train_command_secrets_never_reach_the_run_folder_or_status(tmp_path, ca
     assert (wait(run_dir, timeout=60) or {}).get("status") == "ok"
     assert json.loads(got.read_text().splitlines()[-1])["argv"][4] == "rotated-secret-value"
     cfg.write_text(cfg.read_text().replace('"5"', '"6"'))
+    import time
+
+    from fmllm_tui.runner import procs
+
+    end = time.monotonic() + 60  # the supervisor writes exit.json, then ends: on a busy machine, slowly
+    while procs.live(run_dir) and time.monotonic() < end:
+        time.sleep(0.1)
     with pytest.raises(RunError, match="no longer the command it started with"):
         resume(run_dir)
