@@ -593,7 +593,7 @@ def stop(run_dir: str | os.PathLike[str]) -> bool:
     # its handler would die of it and leave no exit record.
     # Its start time too: a child that ended long ago may have left its pid to someone else. Also
     # reached when the supervisor is gone (killed from outside) and the training process lives on.
-    children = [p for p in procs.live(rdir) if p.role == "child"]
+    children = [p for p in procs.recorded(rdir) if p.role == "child" and procs.alive(rdir, p)]
     if children:
         try:
             os.kill(children[0].pid, signal.SIGTERM)

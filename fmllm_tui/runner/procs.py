@@ -122,8 +122,11 @@ def alive(run_dir: str | os.PathLike[str], proc: RunProcess) -> bool:
 
 
 def live(run_dir: str | os.PathLike[str]) -> list[RunProcess]:
-    """The run's processes that still run, supervisor first."""
-    return [p for p in recorded(run_dir) if alive(run_dir, p)]
+    """The run's processes that still run, supervisor first; a process recorded twice (the child
+    that is rank 0 of a one-process run) once, by its rank."""
+    found = [p for p in recorded(run_dir) if alive(run_dir, p)]
+    ranked = {p.pid for p in found if p.role.startswith("rank")}
+    return [p for p in found if not (p.role == "child" and p.pid in ranked)]
 
 
 def trainers(procs: list[RunProcess]) -> list[RunProcess]:
