@@ -73,21 +73,43 @@ MiB = 1 << 20
 # bench/memory_calibrate.py after adding points to bench/memory_points.json.
 # --------------------------------------------------------------------------------------------
 
-#: NVML process memory minus torch's reserved peak: CUDA context, loaded kernels, cuBLAS/cuBLASLt
-#: handles. Measured 0.75 GiB (to 0.01) on every point without paged state, H200 and H100 alike
-#: (driver 580, torch 2.11+cu130, lazy module loading).
-CUDA_CONTEXT_BYTES = int(0.75 * GiB)
+#: The CUDA context as the runner measures it right after CUDA initialises (NVML used - idle):
+#: 0.603 GiB on every H100 run (driver 580, torch 2.11+cu130, lazy module loading).
+CUDA_CONTEXT_BYTES = int(0.603 * GiB)
+#: What the process adds outside torch's allocator after that: kernel modules loaded lazily at first
+#: use (cuBLAS/cuBLASLt, bitsandbytes, Triton/Inductor kernels) and library handles. NVML's process
+#: peak less torch's reserved peak was 0.746 GiB (to 0.005) on every runner point without paged state
+#: or embedding offload, so 0.143 GiB above the context (bench/RESULTS.md, issue 19). The breakdown's
+#: "cuda_context" holds both (what the card must have free beside torch's memory).
+CUDA_MODULES_BYTES = int(0.143 * GiB)
+#: Memory outside torch's allocator at the peak: the context and the lazily loaded modules.
+OUTSIDE_ALLOCATOR_BYTES = CUDA_CONTEXT_BYTES + CUDA_MODULES_BYTES
 #: GPU memory outside torch's allocator, beyond the CUDA context, in fmllm's runner process when
 #: the input embedding is kept on the CPU: 0.321 GiB (Qwen2.5-7B) and 0.331 GiB (14B) measured on
-#: an H100 (bench/RESULTS.md, harness "runner"); the probe harness, which never offloads, shows
-#: none. Its cause is not established (accelerate's CPU-offload dispatch is the one difference).
+#: an H100 (bench/RESULTS.md, harness "runner"), at micro-batch 1 and on models with q/k/v biases
+#: only: none on Qwen2.5-7B/14B at micro-batch 2-8, none on Llama-3.1-8B or Mistral-7B (no biases)
+#: at 2048-4096 tokens (issue 19). Its cause is not established; planned where it was seen.
 OFFLOAD_RUNTIME_BYTES = int(0.326 * GiB)
+#: fmllm's compiled layers with LoRA on the MLP (gate/up/down): one layer's backward holds this many
+#: bytes per token per intermediate unit more than the eager-derived terms say (the down adapter's
+#: bf16 input, its dropout copy and the recomputed product: ~3 bf16 intermediate rows). Measured
+#: 6.1-6.5 on Qwen2.5-7B (r64), Llama-3.1-8B and Mistral-7B (r16/r64) and Qwen2.5-3B (r16), H100.
+COMPILED_MLP_LORA_BYTES = 6.3
+#: The plain recipe's prepare_model_for_kbit_training casts the 16-bit input embedding and head to
+#: fp32: their 16-bit blocks are freed into the cache (one block tied, two untied). When the loss's
+#: fp32 logits block (4 x tokens x vocab) is not smaller than such a block, nothing later fits
+#: them and they stay reserved: this share of them (fitted on the runner's plain points of
+#: issue 19: Llama-3.1-8B 2048 tokens, Mistral-7B and Qwen2.5-3B 1024x4; allocator snapshots show
+#: the freed embedding-sized blocks inactive at the peak). With expandable segments the freed
+#: pages are mostly remapped: a smaller share stays.
+PREP_STRANDED = 0.93
+PREP_STRANDED_EXPANDABLE = 0.0
 #: How far the context may differ on other GPUs, drivers and CUDA builds (widens the range only).
 CUDA_CONTEXT_SPREAD = int(0.25 * GiB)
 #: Allocated bytes no component explains: cuBLAS workspaces, inputs, rotary tables, loader leftovers
 #: (median residual of torch's peak over the points; the 4-bit weights alone were measured
 #: 0.015-0.03 GiB above the packed sizes).
-RUNTIME_MISC_BYTES = int(0.077 * GiB)
+RUNTIME_MISC_BYTES = int(0.0751 * GiB)
 #: The caching allocator's reserve (torch reserved peak - allocated peak), summed from:
 #: * RESERVE_LOSS x the loss's bf16 logits block: the log-softmax gradient needs a new fp32 block
 #:   while only the freed bf16 block is free (derived: 1.0), plus cached blocks it cannot reuse;
@@ -100,19 +122,29 @@ RUNTIME_MISC_BYTES = int(0.077 * GiB)
 #: * RESERVE_EAGER x one layer's fp32 attention scores (eager attention only);
 #: * RESERVE_BASE (RESERVE_BASE_EXPANDABLE with expandable_segments:True, as fmllm's runner sets).
 #: Fitted on bench/memory_points.json with bench/memory_calibrate.py --fit.
-RESERVE_LOSS = 0.95
-RESERVE_LAYER = 0.35
-RESERVE_LAYER_EXPANDABLE = 0.01
-RESERVE_EAGER = 1.7
-RESERVE_BASE = int(0.04 * GiB)
-RESERVE_BASE_EXPANDABLE = int(0.05 * GiB)
+RESERVE_LOSS = 1.05
+RESERVE_LAYER = 0.30
+RESERVE_LAYER_EXPANDABLE = 0.15
+#: ... and with fmllm's compiled layers (expandable segments): Inductor's buffers of the recomputed
+#: layer are cached between layers (fitted on the compiled runner points).
+RESERVE_LAYER_COMPILED = 0.35
+RESERVE_EAGER = 2.0
+RESERVE_BASE = int(0.14 * GiB)
+RESERVE_BASE_EXPANDABLE = 0
 #: torch's default cuBLAS workspace per handle (CUBLAS_WORKSPACE_CONFIG): ":4096:8" on compute
 #: capability 9.0 and newer, ":4096:2:16:8" before. Unknown GPU: the larger (the safer plan).
 CUBLAS_WORKSPACE_HOPPER = 32 * MiB
 CUBLAS_WORKSPACE_OLDER = 8 * MiB + 128 * 1024
-#: bitsandbytes' paged optimizer state as NVML counts it, per byte of state (managed memory).
-#: Fitted on the two points with sizeable paged state (0.37 GiB seen for 0.19 and 0.31 GiB of state).
-PAGED_NVML_FACTOR = 1.4
+#: bitsandbytes' paged optimizer state as NVML counts it (managed memory): about the state itself
+#: (1.25 GiB seen for 1.22 GiB of state, Mistral-7B r64 all-linear, issue 19), but never less than
+#: PAGED_NVML_FLOOR_BYTES once the state is sizeable (0.37 GiB seen for 0.19 and 0.31 GiB of state;
+#: nothing seen for 0.04 GiB of 8-bit state).
+PAGED_NVML_FACTOR = 1.02
+PAGED_NVML_FLOOR_BYTES = int(0.375 * GiB)
+PAGED_FLOOR_MIN_STATE = int(0.1 * GiB)
+#: fmllm's compiled layers allocate this much more than the eager-derived terms (Inductor's
+#: buffers and workspaces): median of the compiled runner points' allocated residual, 0.083 GiB.
+COMPILED_MISC_BYTES = int(0.083 * GiB)
 #: fmllm's compiled decoder layers (fmllm.compile): saved tensors per token and the layer backward's
 #: temporaries as shares of the eager model's (liger layers off). Fitted on the compiled runner's
 #: points of bench/memory_points.json (Qwen2.5-7B/14B, H100, torch 2.11).
@@ -571,7 +603,10 @@ def _optimizer_bytes(optim: str, numels: list[int], state_bytes: int = 4) -> tup
             nvml_paged += b
         else:
             torch_bytes += b
-    return torch_bytes, int(PAGED_NVML_FACTOR * nvml_paged)
+    seen = PAGED_NVML_FACTOR * nvml_paged
+    if nvml_paged >= PAGED_FLOOR_MIN_STATE:
+        seen = max(seen, PAGED_NVML_FLOOR_BYTES)
+    return torch_bytes, int(seen)
 
 
 def resolve_loss(recipe: str, loss: str) -> str:
@@ -798,6 +833,9 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
     per_tok_saved = norm1 + norm2 + norm_extra + qk + attn + mlp + adapters
     compiled = resolve_compiled(inp)
     if compiled:
+        bd["runtime_misc"] += COMPILED_MISC_BYTES
+        static += COMPILED_MISC_BYTES
+    if compiled:
         # Compiled layers save fewer tensors (the partitioner recomputes pointwise work in backward)
         # and their fused backward holds fewer temporaries: fitted factors on the eager terms.
         per_tok_saved = int(per_tok_saved * COMPILED_SAVED_FACTOR)
@@ -810,6 +848,8 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
         ws += (4 + c) * a.heads * seq * T
     if compiled:
         ws = int(ws * COMPILED_WS_FACTOR)
+        if any(r in roles for r in ("gate", "up", "down", "gate_up")):
+            ws += int(COMPILED_MLP_LORA_BYTES * inter * T)
 
     ckpt = n_layers * res_b * h * T if gc else 0
 
@@ -876,16 +916,22 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
     # The largest blocks the forward leaves cached: the dequantized weight, an MLP intermediate,
     # a norm's fp32 copy.
     layer_block = max(deq, mlp_b * T * inter, 4 * T * h, 4 * b * a.heads * seq * seq if eager else 0)
-    reserve = RESERVE_LOSS * logits_block + (RESERVE_LAYER_EXPANDABLE if expandable else RESERVE_LAYER) * (layer_saved + ws)
+    layer_factor = (RESERVE_LAYER_COMPILED if compiled and expandable else
+                    RESERVE_LAYER_EXPANDABLE if expandable else RESERVE_LAYER)
+    reserve = RESERVE_LOSS * logits_block + layer_factor * (layer_saved + ws)
     if layer_block < workspace <= logits_block:
         reserve += 2 * logits_block
     if eager:
         reserve += RESERVE_EAGER * 4 * b * a.heads * seq * seq
+    freed16 = 2 * s.embed_params  # one 16-bit embedding-sized block freed by the fp32 cast
+    if prep and loss_kind == "plain" and 4 * T * vocab >= freed16:
+        reserve += (PREP_STRANDED_EXPANDABLE if expandable else PREP_STRANDED) * (1 if a.tied else 2) * freed16
     reserve = int(reserve + (RESERVE_BASE_EXPANDABLE if expandable else RESERVE_BASE))
     bd["allocator_reserve"] = reserve
     bd["optimizer_paged"] = opt_paged
-    bd["cuda_context"] = CUDA_CONTEXT_BYTES
-    if offload:
+    bd["cuda_context"] = OUTSIDE_ALLOCATOR_BYTES
+    offload_runtime = offload and a.qkv_bias and b == 1  # where it was seen (OFFLOAD_RUNTIME_BYTES)
+    if offload_runtime:
         bd["offload_runtime"] = OFFLOAD_RUNTIME_BYTES
     if n > 1:
         bd["nccl_buffers"] = NCCL_BYTES
@@ -919,20 +965,20 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
     process = sum(bd.values())
     phase_peaks: dict[str, int] = {}
     if fsdp_wrap is not None:
-        wrap_process = fsdp_wrap_alloc + FSDP_WRAP_RESERVE_BYTES + CUDA_CONTEXT_BYTES + NCCL_BYTES
+        wrap_process = fsdp_wrap_alloc + FSDP_WRAP_RESERVE_BYTES + OUTSIDE_ALLOCATOR_BYTES + NCCL_BYTES
         phase_peaks = {"training": int(process), "FSDP wrap": int(wrap_process)}
         if wrap_process > process:
             # Wrapping peaks higher than training: that moment's parts are the breakdown.
             bd = {**fsdp_wrap, "allocator_reserve": FSDP_WRAP_RESERVE_BYTES, "optimizer_paged": 0,
-                  "cuda_context": CUDA_CONTEXT_BYTES, "nccl_buffers": NCCL_BYTES}
+                  "cuda_context": OUTSIDE_ALLOCATOR_BYTES, "nccl_buffers": NCCL_BYTES}
             bd = {k: int(v) for k, v in bd.items()}
             peak_alloc, reserve, opt_paged = fsdp_wrap_alloc, FSDP_WRAP_RESERVE_BYTES, 0
             peak_reserved = peak_alloc + reserve
             process = sum(bd.values())
             phase = "FSDP wrap"
     # The breakdown holds the peak moment's parts; it sums to the process peak by construction.
-    assert process == (peak_reserved + opt_paged + CUDA_CONTEXT_BYTES + (NCCL_BYTES if n > 1 else 0)
-                       + (OFFLOAD_RUNTIME_BYTES if offload else 0))
+    assert process == (peak_reserved + opt_paged + OUTSIDE_ALLOCATOR_BYTES + (NCCL_BYTES if n > 1 else 0)
+                       + (OFFLOAD_RUNTIME_BYTES if offload_runtime else 0))
 
     rel = RANGE_REL
     if compiled and (padded or not quant or eager or inp.compute_dtype != "bfloat16"):
