@@ -78,6 +78,7 @@ class Score:
     right_fix: int = 0
     first_right: int = 0
     misleading_first: int = 0
+    phase_right: int = 0  # the first finding's phase is the manifest's (install/launch count as load)
     misses: list[dict[str, Any]] = field(default_factory=list)
 
     def pct(self, k: int) -> float:
@@ -85,7 +86,12 @@ class Score:
 
     def to_json(self) -> dict[str, Any]:
         return {"logs": self.n, "recognised": self.recognised, "right_fix": self.right_fix,
-                "first_hit_right": self.first_right, "misleading_first": self.misleading_first}
+                "first_hit_right": self.first_right, "misleading_first": self.misleading_first,
+                "phase_right": self.phase_right}
+
+
+# manifests name the phase as their threads do; fmllm's phases (logadvice.PHASES) fold these in
+_PHASE_ALIASES = {"install": "load", "launch": "load", "train": "training", "loading": "load"}
 
 
 def judge(path: Path, man: dict[str, Any]) -> dict[str, Any]:
@@ -93,7 +99,8 @@ def judge(path: Path, man: dict[str, Any]) -> dict[str, Any]:
     hits = scan_file(path)
     ok = {man["expected_cause"], *man.get("acceptable_causes", [])}
     got = [h.pattern for h in hits]
-    return {"id": man["id"], "recognised": bool(hits), "right_fix": bool(ok & set(got)),
+    want = _PHASE_ALIASES.get(man.get("phase", ""), man.get("phase"))
+    return {"id": man["id"], "recognised": bool(hits), "phase_right": bool(hits) and hits[0].phase == want, "right_fix": bool(ok & set(got)),
             "first_right": bool(got) and got[0] in ok, "misleading_first": bool(got) and got[0] not in ok,
             "expected": sorted(ok), "got": [(h.pattern, h.line, h.phase) for h in hits[:4]]}
 
@@ -111,6 +118,7 @@ def score(corpus: list[tuple[Path, dict[str, Any]]], split: str) -> Score:
         sc.right_fix += r["right_fix"]
         sc.first_right += r["first_right"]
         sc.misleading_first += r["misleading_first"]
+        sc.phase_right += r["phase_right"]
         if not r["first_right"]:
             sc.misses.append(r)
     return sc
@@ -139,7 +147,7 @@ def main() -> int:
         print(f"{split:8s} {sc.n:4d} logs: recognised {sc.recognised}/{sc.n} ({sc.pct(sc.recognised):.0f}%), "
               f"right fix {sc.right_fix}/{sc.n} ({sc.pct(sc.right_fix):.0f}%), "
               f"first hit right {sc.first_right}/{sc.n} ({sc.pct(sc.first_right):.0f}%), "
-              f"misleading first {sc.misleading_first}")
+              f"misleading first {sc.misleading_first}; phase of the first finding right {sc.phase_right}/{sc.n}")
     print(f"({secs:.1f}s for {sum(sc.n for sc in scores.values())} logs; targets: >= 95% recognised, >= 90% right fix, "
           ">= 90% first hit right, 0 misleading)")
     if args.misses:

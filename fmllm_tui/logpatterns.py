@@ -1135,9 +1135,10 @@ _FAILS_IN = {
     "first_step": ("gc_inputs_no_grad", "no_grad_checkpointing", "ddp_reentrant", "checkpoint_metadata", "fp16_unscale",
                    "no_loss_returned", "unpadded_batch", "pad_token_missing", "dtype_mismatch", "device_mismatch",
                    "bf16_matmul_unsupported", "flash_attn_dtype", "bnb_compute_dtype_slow", "cuda_oom", "mps_oom",
-                   "auto_batch_exhausted", "torch_compile_failed", "fsdp_4bit"),
+                   "auto_batch_exhausted", "torch_compile_failed", "token_id_out_of_range", "no_kernel_image",
+                   "cuda_error"),
     "training": ("loss_nan", "loss_zero", "loss_flat", "fp16_overflow", "nccl_timeout", "cuda_oom_late",
-                 "token_id_out_of_range", "cuda_oom_fragmentation", "gpu_other_process"),
+                 "cuda_oom_fragmentation", "gpu_other_process", "zero_stage_numeric", "shm_exhausted"),
 }
 PATTERNS = [replace(p, phase=ph) for p in PATTERNS
             for ph in [next((k for k, ids in _FAILS_IN.items() if p.id in ids), p.phase)]]
