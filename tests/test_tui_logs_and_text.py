@@ -6,31 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 from pathlib import Path
 
 import pytest
+from tui_support import NOISY_LOG, stopped_run
 
 from fmllm_tui import lognoise
 from fmllm_tui.findings import CheckResult, Fix
 from fmllm_tui.lognoise import Folded, classify_lines, fold
 from fmllm_tui.tui import detailtext
-
-# What a QLoRA run's log looks like on a recent stack (bitsandbytes 0.48, transformers 4.5x).
-NOISY_LOG = """\
-[fmllm] starting: python -m fmllm_tui.runner.train --run-dir /r
-Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'. Please make sure you already `pip install kernels` and the kernels >= 0.11.1
-/venv/lib/python3.11/site-packages/transformers/training_args.py:1525: FutureWarning: `evaluation_strategy` is deprecated and will be removed in version 4.46 of Transformers. Use `eval_strategy` instead
-  warnings.warn(
-/venv/lib/python3.11/site-packages/peft/tuners/lora/bnb.py:348: UserWarning: Merge lora module to 4-bit linear may get different generations due to rounding errors.
-  warnings.warn(
-Loading checkpoint shards: 100%|██████████| 2/2 [00:01<00:00,  1.50it/s]
-/venv/lib/python3.11/site-packages/torch/utils/checkpoint.py:91: UserWarning: None of the inputs have requires_grad=True. Gradients will be None
-{'loss': 2.31, 'grad_norm': 0.5, 'learning_rate': 0.0002, 'epoch': 0.5}
-Traceback (most recent call last):
-  File "train.py", line 3, in <module>
-torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB
-"""
 
 
 def test_noise_is_folded_and_what_matters_is_kept() -> None:
@@ -83,26 +67,10 @@ def test_follow_prints_the_lines_that_matter_not_the_noise(tmp_path: Path) -> No
 
 # ---- the Run screen ----------------------------------------------------------------------------
 
-def _stopped_run(folder: Path) -> Path:
-    """A minimal test stopped at step 2 of 5 whose last logged row is step 1, and whose rows
-    include the epoch-end row the Trainer logs with no tokens since the row before."""
-    run = folder / "run"
-    run.mkdir(parents=True)
-    (run / "run.json").write_text(json.dumps({"kind": "test"}))
-    rows = [{"step": 1, "max_steps": 5, "loss": 2.5, "tokens_per_s": 812.0, "tokens": 812, "eta_s": 4},
-            {"step": 1, "max_steps": 5, "loss": 2.4, "tokens_per_s": 0.0, "tokens": 812, "eta_s": 4}]
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (run / "train.log").write_text(NOISY_LOG)
-    (run / "result.json").write_text(json.dumps({"status": "stopped", "steps": 2, "message": "stopped at step 2"}))
-    (run / "exit.json").write_text(json.dumps({"status": "stopped", "exit_code": 0, "kind": "test",
-                                               "message": "stopped at step 2", "wall_s": 3.0}))
-    return run
-
-
 def test_snapshot_step_and_speed_after_a_stop(tmp_path: Path) -> None:
     from fmllm_tui.tui import runlink
 
-    snap = runlink.RunFollower(_stopped_run(tmp_path)).poll()
+    snap = runlink.RunFollower(stopped_run(tmp_path)).poll()
     assert snap.state == "stopped"
     assert snap.step == 2  # as "stopped at step 2" says, not the last logged row's 1
     assert snap.tokens_per_s == 812.0  # the epoch-end row's 0 is not a speed
@@ -118,7 +86,7 @@ def test_run_screen_agrees_with_its_stop_and_folds_noise(tmp_path: Path, monkeyp
 
     quiet_env(monkeypatch, tmp_path, fake_gpu(tmp_path))
     cfg = write_config(tmp_path / "proj")
-    run = _stopped_run(tmp_path)
+    run = stopped_run(tmp_path)
 
     async def go() -> None:
         app = FmllmApp(cfg, start_checks=False)
@@ -180,3 +148,31 @@ def test_summary_line_gives_the_verdict_and_plural_forms() -> None:
     assert summary_line(two, 5, False, None) == "Not ready: 2 checks failed · 1 warning · 1 passed · 1 skipped"
     assert summary_line({}, 5, True, None) == "Checking… 0/5"
     assert summary_line({"a": _res("a", "crash")}, 1, False, None) == "Not sure: 1 check crashed"
+
+
+def test_ctrl_c_says_q_as_the_readme_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("textual")
+    from tui_support import fake_gpu, quiet_env, wait_until, write_config
+
+    from fmllm_tui.tui.app import FmllmApp
+
+    quiet_env(monkeypatch, tmp_path, fake_gpu(tmp_path))
+    cfg = write_config(tmp_path / "proj")
+
+    async def go() -> None:
+        app = FmllmApp(cfg, start_checks=False)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("ctrl+c")
+            await pilot.pause(0.2)
+            said = [n.message for n in app._notifications]
+            assert said == ["Press q to quit (a training run keeps going)."], said
+            readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+            assert "Ctrl-C inside the app only says to press `q`" in readme
+            await pilot.press("question_mark")
+            await wait_until(pilot, lambda: type(app.screen).__name__ == "HelpScreen", 10, "the help")
+            await pilot.press("ctrl+c")
+            await pilot.pause(0.2)
+            said = [n.message for n in app._notifications]
+            assert said[-1] == "Press esc to close this dialog, then q to quit.", said
+
+    asyncio.run(go())

@@ -71,6 +71,18 @@ class Tmux:
             time.sleep(0.2)
         raise AssertionError(f"{text!r} did not appear within {timeout:.0f} s; the screen was:\n{shown}")
 
+    def wait_checks_done(self, name: str, timeout: float = 90.0) -> str:
+        """Wait for the Checks screen's summary line to give its verdict (results in, none running)."""
+        timeout = scaled(timeout)
+        end = time.monotonic() + timeout
+        shown = ""
+        while time.monotonic() < end:
+            shown = self.screen(name)
+            if "passed" in shown and "Checking…" not in shown and "Starting the checks" not in shown:
+                return shown
+            time.sleep(0.2)
+        raise AssertionError(f"the checks did not finish within {timeout:.0f} s; the screen was:\n{shown}")
+
     def wait_gone(self, name: str, text: str, timeout: float = 10.0) -> str:
         """Wait for ``text`` to leave the pane (``timeout`` scaled)."""
         timeout = scaled(timeout)
@@ -115,8 +127,8 @@ def test_in_tmux_like_over_ssh(tmux: Tmux, project: tuple[Path, dict[str, str]])
     cfg, env = project
     pid = tmux.start("main", tui_argv("--config", str(cfg), "--vram", "24GiB"), env)
     tmux.wait_for("main", "1 Checks", 20)  # the first frame
-    shown = tmux.wait_for("main", "checks ·", 90)  # the results streamed in
-    assert "Config file is valid" in shown and "q Quit" in shown
+    shown = tmux.wait_checks_done("main")  # the results streamed in
+    assert "config.valid" in shown and "q Quit" in shown  # the id column at 80 columns
     tmux("send-keys", "-t", "main", "2")
     tmux.wait_for("main", "predicted peak", 30)
     tmux("send-keys", "-t", "main", "?")
@@ -149,7 +161,7 @@ def test_no_color_and_narrow_terminal(tmux: Tmux, project: tuple[Path, dict[str,
     cfg, env = project
     pid = tmux.start("mono", tui_argv("--config", str(cfg), "--vram", "24GiB"), {**env, "NO_COLOR": "1"},
                      size=(80, 24))
-    shown = tmux.wait_for("mono", "checks ·", 90)
+    shown = tmux.wait_checks_done("mono")
     assert "✓" in shown  # the glyphs carry the status without colour
     colours = tmux("capture-pane", "-p", "-e", "-t", "mono")
     assert _hues(colours) == [], "NO_COLOR output still uses colours (only greys are allowed)"
@@ -228,7 +240,7 @@ def test_web_driver_as_textual_serve_runs_it(project: tuple[Path, dict[str, str]
         proc.stdin.write(_packet(b"M", json.dumps({"type": "resize", "width": 100, "height": 30}).encode()))
         proc.stdin.flush()
         read_until(b"Checks", 20)
-        read_until(b"checks \xc2\xb7", 90)  # "N checks ·": results arrived, the app kept running
+        read_until(b"passed", 90)  # "... · N passed": results arrived, the app kept running
         time.sleep(3.5)  # longer than the TTY watchdog's period: stdin is a pipe here, not a terminal
         assert proc.poll() is None, "the app quit under the web driver"
         proc.stdin.write(_packet(b"D", b"2"))
@@ -241,3 +253,39 @@ def test_web_driver_as_textual_serve_runs_it(project: tuple[Path, dict[str, str]
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_long_diff_dialog_apply_and_undo_at_80x24(tmux: Tmux, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 23: at 80x24 the apply-all dialog's diff runs past the dialog; its buttons stay
+    visible, End scrolls the diff to its last change, y applies it and u (confirmed) undoes it."""
+    quiet_env(monkeypatch, tmp_path, fake_gpu(tmp_path))
+    cfg = write_config(tmp_path / "proj", attn="eager")  # attn.sdpa and memory.fit: two hunks
+    before = cfg.read_text()
+    keep = ("HF_HUB_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "PYTORCH_CUDA_ALLOC_CONF", "FMLLM_FAKE_NVML", "PYTHONPATH",
+            "PATH", "HOME")
+    env = {**{k: os.environ[k] for k in keep if k in os.environ}, "TERM": "xterm-256color"}
+    tmux.start("diff", tui_argv("--config", str(cfg), "--vram", "24GiB"), env, size=(80, 24))
+    tmux.wait_for("diff", "a applies 2 safe fixes", 90)  # the summary line once the checks are done
+    tmux("send-keys", "-t", "diff", "a")
+    tmux.wait_for("diff", "Apply (y)", 20)
+    shown = tmux.wait_for("diff", "y Apply", 10)  # the footer: the dialog's keys, not the list's
+    assert "Cancel (n)" in shown and "PgDn" in shown and "f Fix" not in shown
+    assert "+  attn_implementation: sdpa" not in shown  # the last change is below the fold
+    tmux("send-keys", "-t", "diff", "End")
+    shown = tmux.wait_for("diff", "+  attn_implementation: sdpa", 10)
+    assert "Apply (y)" in shown and "Cancel (n)" in shown  # still there with the diff scrolled
+    tmux("send-keys", "-t", "diff", "y")
+    end = time.monotonic() + scaled(20)
+    while time.monotonic() < end and "attn_implementation: sdpa" not in cfg.read_text():
+        time.sleep(0.2)
+    assert "attn_implementation: sdpa" in cfg.read_text()
+    assert (cfg.parent / "config.yaml.bak").read_text() == before
+    tmux.wait_gone("diff", "Checking…", 90)  # the re-run after the write
+    tmux("send-keys", "-t", "diff", "u")
+    tmux.wait_for("diff", "Undo the last fix?", 20)
+    tmux("send-keys", "-t", "diff", "y")
+    end = time.monotonic() + scaled(20)
+    while time.monotonic() < end and cfg.read_text() != before:
+        time.sleep(0.2)
+    assert cfg.read_text() == before
+    assert "Traceback" not in tmux.screen("diff")

@@ -159,3 +159,36 @@ def screen_text(app: Any) -> str:
     """What the terminal shows now, as plain text (the top screen composited over the others)."""
     strips = app.screen._compositor.render_strips()
     return "\n".join("".join(seg.text for seg in strip) for strip in strips)
+
+
+# What a QLoRA run's log looks like on a recent stack (bitsandbytes 0.48, transformers 4.5x).
+NOISY_LOG = """\
+[fmllm] starting: python -m fmllm_tui.runner.train --run-dir /r
+Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'. Please make sure you already `pip install kernels` and the kernels >= 0.11.1
+/venv/lib/python3.11/site-packages/transformers/training_args.py:1525: FutureWarning: `evaluation_strategy` is deprecated and will be removed in version 4.46 of Transformers. Use `eval_strategy` instead
+  warnings.warn(
+/venv/lib/python3.11/site-packages/peft/tuners/lora/bnb.py:348: UserWarning: Merge lora module to 4-bit linear may get different generations due to rounding errors.
+  warnings.warn(
+Loading checkpoint shards: 100%|██████████| 2/2 [00:01<00:00,  1.50it/s]
+/venv/lib/python3.11/site-packages/torch/utils/checkpoint.py:91: UserWarning: None of the inputs have requires_grad=True. Gradients will be None
+{'loss': 2.31, 'grad_norm': 0.5, 'learning_rate': 0.0002, 'epoch': 0.5}
+Traceback (most recent call last):
+  File "train.py", line 3, in <module>
+torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB
+"""
+
+
+def stopped_run(folder: Path) -> Path:
+    """A minimal test stopped at step 2 of 5 whose last logged row is step 1, and whose rows
+    include the epoch-end row the Trainer logs with no tokens since the row before."""
+    run = folder / "run"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"kind": "test"}))
+    rows = [{"step": 1, "max_steps": 5, "loss": 2.5, "tokens_per_s": 812.0, "tokens": 812, "eta_s": 4},
+            {"step": 1, "max_steps": 5, "loss": 2.4, "tokens_per_s": 0.0, "tokens": 812, "eta_s": 4}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "train.log").write_text(NOISY_LOG)
+    (run / "result.json").write_text(json.dumps({"status": "stopped", "steps": 2, "message": "stopped at step 2"}))
+    (run / "exit.json").write_text(json.dumps({"status": "stopped", "exit_code": 0, "kind": "test",
+                                               "message": "stopped at step 2", "wall_s": 3.0}))
+    return run

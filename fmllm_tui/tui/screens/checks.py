@@ -325,6 +325,8 @@ def summary_line(results: dict[str, CheckResult], total: int, running: bool, err
     counts = summarize(list(results.values()))
     if error and not running:
         return "The checks could not run (below)"
+    if not running and not done:
+        return "Not checked yet: r runs the checks"
     words = {"fail": f"{counts['fail']} failed", "warn": _n(counts["warn"], "warning"),
              "crash": f"{counts['crash']} crashed", "pass": f"{counts['pass']} passed",
              "skip": f"{counts['skip']} skipped"}

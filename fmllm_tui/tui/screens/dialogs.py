@@ -61,6 +61,30 @@ class ScrollDialog(ModalScreen[_T]):
     """A dialog with a scrolling body, buttons docked below it and the screen's footer showing
     the dialog's own keys (not the keys of the screen underneath)."""
 
+    # Ctrl-C in a dialog says how to quit too (Textual's copy binding skips to nothing here)
+    BINDINGS = [Binding("ctrl+c", "app.help_quit", show=False)]
+
+    def on_mount(self) -> None:
+        self.call_after_refresh(self._fit_body)
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._fit_body)
+
+    def _fit_body(self) -> None:
+        """Cap the body at the room the title and buttons leave (a CSS percentage is of the whole
+        dialog, so a title of several lines pushed the diff's last lines under the buttons)."""
+        bodies = self.query(DialogBody)
+        if not bodies:
+            return
+        body = bodies.first()
+        dialog = body.parent
+        if dialog is None:
+            return
+        others = sum(w.outer_size.height for w in dialog.children if w is not body and w.display)
+        footer = sum(f.outer_size.height for f in self.query(Footer))
+        room = self.size.height - footer - 2 - others  # 2: the dialog's border
+        body.styles.max_height = max(3, room)
+
     def action_scroll_body(self, how: str) -> None:
         """Scroll the body whichever widget has focus (PgDn on the Apply button scrolls the diff)."""
         body = self.query_one(DialogBody)
@@ -105,6 +129,7 @@ class ConfirmScreen(ScrollDialog[bool]):
         yield Footer()
 
     def on_mount(self) -> None:
+        super().on_mount()
         self.query_one("#yes", Button).focus()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -134,6 +159,7 @@ class MessageScreen(ScrollDialog[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        super().on_mount()
         self.query_one("#close", Button).focus()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
