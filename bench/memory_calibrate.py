@@ -150,8 +150,9 @@ def table(points: list[dict], archs: dict, markdown: bool = False) -> float:
     return worst
 
 
-SPEED_CONSTS = ("MATMUL_EFFICIENCY", "COMPILED_LAYER_S", "COMPILED_LORA_S", "OVERHEAD_MICRO_BATCH_S",
-                "OVERHEAD_LAYER_S", "OVERHEAD_4BIT_LINEAR_S", "OVERHEAD_LORA_S")
+SPEED_CONSTS = ("MATMUL_EFFICIENCY", "ELEMENTWISE_BYTES_PER_UNIT", "LOSS_CHUNK_S", "COMPILED_LAYER_S", "COMPILED_LORA_S",
+                "OVERHEAD_MICRO_BATCH_S", "OVERHEAD_LAYER_S", "OVERHEAD_4BIT_LINEAR_S", "OVERHEAD_LORA_S",
+                "OVERLAP_P")
 
 
 def _speed_inputs(p: dict):
@@ -212,7 +213,7 @@ def fit_speed(points: list[dict], archs: dict) -> dict[str, float]:
         for k in SPEED_CONSTS:
             for f in (0.5, 0.7, 0.85, 0.95, 1.05, 1.18, 1.4, 2.0):
                 trial = {**best, k: best[k] * f}
-                if k == "MATMUL_EFFICIENCY" and trial[k] > 0.9:
+                if (k == "MATMUL_EFFICIENCY" and trial[k] > 0.9) or (k == "OVERLAP_P" and trial[k] < 1.0):
                     continue
                 v = loss(trial)
                 if v < cur - 1e-9:
