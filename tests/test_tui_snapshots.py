@@ -18,10 +18,19 @@ import pytest
 
 pytest.importorskip("pytest_textual_snapshot")
 
-from tui_support import checks_done, fake_gpu, quiet_env, screen_text, wait_until, write_config  # noqa: E402
+from tui_support import (  # noqa: E402
+    checks_done,
+    fake_gpu,
+    quiet_env,
+    screen_text,
+    stopped_run,
+    wait_until,
+    write_config,
+)
 
 from fmllm_tui.tui.app import FmllmApp  # noqa: E402
 from fmllm_tui.tui.screens.detail import CheckDetailScreen  # noqa: E402
+from fmllm_tui.tui.screens.dialogs import ConfirmScreen  # noqa: E402
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
 
@@ -110,16 +119,34 @@ def test_presets_screen(snap_compare: Any, snap_dir: Path, size: tuple[int, int]
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_run_screen_without_a_run(snap_compare: Any, snap_dir: Path, size: tuple[int, int]) -> None:
+def test_confirm_dialog_with_a_long_diff(snap_compare: Any, snap_dir: Path, size: tuple[int, int]) -> None:
+    """Apply-all: the diff scrolls inside, its buttons and the dialog's keys stay in view."""
+    async def ready(pilot: Any) -> None:
+        await checks_done(pilot)
+        await pilot.press("a")
+        await wait_until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen)
+                         and "y Apply" in screen_text(pilot.app), 20, "the apply-all dialog")
+
+    assert snap_compare(app_for(snap_dir, attn="eager"), terminal_size=size, run_before=ready)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_run_screen_after_a_stop(snap_compare: Any, snap_dir: Path, size: tuple[int, int]) -> None:
+    """A stopped run: its step as the stop says, library noise folded, errors highlighted."""
+    run = stopped_run(snap_dir)
+
     async def ready(pilot: Any) -> None:
         await pilot.press("4")
         await wait_until(pilot, lambda: "No run" in str(pilot.app.screen.query_one("#run-state").render()), 20,
                          "the Run screen")
         await wait_until(pilot, lambda: "RTX 3090" in str(pilot.app.screen.query_one("#run-gpu-text").render()),
                          10, "the GPU panel")
+        pilot.app.screen.follow(run)
+        await wait_until(pilot, lambda: "stopped at step 2" in screen_text(pilot.app), 20, "the stopped run")
 
     assert snap_compare(app_for(snap_dir, start_checks=False), terminal_size=size, run_before=ready)
 
 
-def test_help_screen(snap_compare: Any, snap_dir: Path) -> None:
-    assert snap_compare(app_for(snap_dir, start_checks=False), terminal_size=(80, 24), press=["question_mark"])
+@pytest.mark.parametrize("size", SIZES)
+def test_help_screen(snap_compare: Any, snap_dir: Path, size: tuple[int, int]) -> None:
+    assert snap_compare(app_for(snap_dir, start_checks=False), terminal_size=size, press=["question_mark"])

@@ -250,7 +250,8 @@ class RunScreen(FmllmScreen):
             if snap.failed:
                 lines.append("f applies the fix (when a check has one) and relaunches; t / l relaunch as is")
             else:
-                lines.append("stopped after a checkpoint: c resumes a full run, t / l start again")
+                lines.append("stopped after a checkpoint: c resumes it, t / l start again" if snap.kind == "train"
+                             else "t runs the minimal test again, l starts the full run")  # a test has no checkpoint
             diag.update("\n".join(lines))
             diag.display = True
             diag.set_class(not snap.failed, "-calm")
