@@ -1121,7 +1121,8 @@ def _oom(m: re.Match[str], ctx: _Ctx) -> list[tuple[str, dict[str, Any]]]:
     pid = _OOM_BY_PHASE.get(phase, "cuda_oom")
     if late:
         pid = "cuda_oom_late"
-    elif phase == "load" and (ctx.rank or (v.get("gpu") or 0) > 0 or (ctx.engine.settings.num_processes or 1) > 1):
+    elif phase == "load" and (ctx.rank not in ("", "0") or (v.get("gpu") or 0) > 0 or len(ctx.engine.tbs) > 1
+                              or (ctx.engine.settings.num_processes or 1) > 1):
         pid = "model_too_big_per_card"  # one full copy per GPU: each card must hold the whole model
     in_loss = _in_loss(ctx.frames)
     if in_loss:

@@ -697,3 +697,19 @@ def test_every_expression_has_a_required_literal_for_the_pure_python_engine() ->
         import re as _re
 
         assert logprefilter._required_literals(_re._parser.parse(rx)), name  # type: ignore[attr-defined]
+
+
+def test_load_oom_is_per_card_only_with_several_processes() -> None:
+    oom = ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU {g} has a total capacity of "
+           "23.65 GiB of which 1.02 GiB is free.")
+
+    def log(rank: int) -> list[str]:
+        p = f"[rank{rank}]: "
+        return [p + "Traceback (most recent call last):", p + '  File "/x/modeling_utils.py", line 9, in from_pretrained',
+                p + "    x()", p + oom.format(g=rank)]
+
+    assert scan_lines(log(0))[0].pattern == "cuda_oom_loading"  # torchrun with one process prefixes rank0 too
+    h = scan_lines(log(1))[0]
+    assert h.pattern == "model_too_big_per_card" and h.phase == "load"
+    assert not {c["key"] for c in fixof(h)["changes"]} & {"training.per_device_train_batch_size"}
+    assert scan_lines(log(0), settings=RunSettings(num_processes=4, use_4bit=True))[0].pattern == "model_too_big_per_card"
