@@ -176,3 +176,13 @@ def test_ctrl_c_says_q_as_the_readme_does(tmp_path: Path, monkeypatch: pytest.Mo
             assert said[-1] == "Press esc to close this dialog, then q to quit.", said
 
     asyncio.run(go())
+
+
+def test_ranges_say_their_unit_once() -> None:
+    pytest.importorskip("textual")
+    from fmllm_tui.tui.widgets.status import human_range
+
+    GiB = 2**30
+    assert human_range(4.9 * GiB, 6.2 * GiB) == "4.9–6.2 GiB"
+    assert human_range(900 * 2**20, 1.2 * GiB) == "900 MiB–1.2 GiB"
+    assert detailtext.value_text("predicted_range_bytes", [int(4.9 * GiB), int(6.2 * GiB)]) == "4.9–6.2 GiB"

@@ -18,7 +18,7 @@ from fmllm_tui.tui.messages import ChecksChanged, ConfigWritten
 from fmllm_tui.tui.screens.base import FmllmScreen
 from fmllm_tui.tui.widgets.navbar import NavBar
 from fmllm_tui.tui.widgets.stackbar import StackedBar
-from fmllm_tui.tui.widgets.status import human_bytes
+from fmllm_tui.tui.widgets.status import human_bytes, human_range
 
 if TYPE_CHECKING:
     from fmllm_tui.tui.app import FmllmApp
@@ -152,8 +152,7 @@ class MemoryScreen(FmllmScreen):
                                                         pred.low_bytes, pred.high_bytes)
         status = Text()
         status.append(f"predicted peak {human_bytes(pred.peak_process_bytes)} ", style="bold")
-        status.append(f"({human_bytes(pred.low_bytes).split()[0]}–{human_bytes(pred.high_bytes)}, "
-                      f"during the {pred.peak_phase})")
+        status.append(f"({human_range(pred.low_bytes, pred.high_bytes)}, during the {pred.peak_phase})")
         planned = plan.planned(plan.current).seq_len
         if planned != plan.current.seq_len:
             status.append(f" at {planned} tokens (the data's longest example)")

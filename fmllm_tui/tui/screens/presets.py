@@ -4,6 +4,7 @@ applies one (diff preview, confirm, backup)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
@@ -16,7 +17,7 @@ from fmllm_tui.tui import memplan
 from fmllm_tui.tui.messages import ChecksChanged, ConfigWritten
 from fmllm_tui.tui.screens.base import FmllmScreen
 from fmllm_tui.tui.widgets.navbar import NavBar
-from fmllm_tui.tui.widgets.status import human_bytes
+from fmllm_tui.tui.widgets.status import human_bytes, human_range
 
 if TYPE_CHECKING:
     from fmllm_tui.tui.app import FmllmApp
@@ -112,7 +113,8 @@ class PresetsScreen(FmllmScreen):
                 if b is None or b.bytes is None:
                     mark = Text("·", style="dim")
                 peak = Text(human_bytes(r.peak_bytes))
-            table.add_row(mark, r.name, peak, r.target, r.model, key=r.name)
+            target = re.sub(r"(\d)([KMGT]i?B)\b", r"\1 \2", r.target)  # "10GiB" -> "10 GiB"
+            table.add_row(mark, r.name, peak, target, r.model, key=r.name)
         if self.rows:
             table.move_cursor(row=min(max(row, 0), len(self.rows) - 1))
         self._describe()
@@ -133,8 +135,7 @@ class PresetsScreen(FmllmScreen):
         text.append(f"{r.name}: ", style="bold")
         text.append(r.description + "\n")
         if r.peak_bytes is not None:
-            text.append(f"predicted peak {human_bytes(r.peak_bytes)} (range {human_bytes(r.low_bytes)}–"
-                        f"{human_bytes(r.high_bytes)})\n")
+            text.append(f"predicted peak {human_bytes(r.peak_bytes)} (range {human_range(r.low_bytes, r.high_bytes)})\n")
         if r.error:
             text.append(r.error + "\n", style="red")
         if r.notes:

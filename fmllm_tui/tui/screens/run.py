@@ -54,7 +54,7 @@ class RunScreen(FmllmScreen):
         Binding("k", "kill", "Kill"),
         Binding("f", "fix", "Fix + relaunch"),
         Binding("c", "resume", "Resume", show=False),
-        Binding("n", "toggle_noise", "Library lines", show=False),
+        Binding("n", "toggle_noise", "Show or fold library lines", show=False),
     ]
 
     def __init__(self) -> None:

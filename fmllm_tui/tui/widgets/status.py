@@ -51,3 +51,10 @@ def human_bytes(n: float | int | None) -> str:
     if abs(n) >= 2**20:
         return f"{n / 2**20:.0f} MiB"
     return f"{n / 2**10:.0f} KiB"
+
+
+def human_range(low: float | int | None, high: float | int | None) -> str:
+    """"4.9–6.2 GiB": a range with its unit said once when both ends share it."""
+    lo, hi = human_bytes(low), human_bytes(high)
+    lo_num, _, lo_unit = lo.partition(" ")
+    return f"{lo_num}–{hi}" if lo_unit and hi.endswith(" " + lo_unit) else f"{lo}–{hi}"
