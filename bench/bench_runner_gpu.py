@@ -21,6 +21,14 @@ Modes:
     python bench/bench_runner_gpu.py                       # 7B and 14B, fmllm vs plain
     python bench/bench_runner_gpu.py --models 7b --recipes fmllm,plain,fmllm-noliger,fmllm-fused
     python bench/bench_runner_gpu.py --matrix cal.json     # calibration: a JSON list of configurations
+    python bench/bench_runner_gpu.py --matrix cal.json --predict-out pred.json   # CPU: predictions first
+    python bench/bench_runner_gpu.py --matrix cal.json --predicted pred.json     # GPU: run, error table
+
+A matrix case: model (7b, 14b, 0.5b or a catalogue short name: llama8b, mistral7b, qwen3-8b,
+qwen3-4b, qwen2.5-3b, gemma2-2b, phi4, ...), recipe, seq, batch, ga, r, targets, gc, optim, steps,
+alloc_conf (PYTORCH_CUDA_ALLOC_CONF for that run), overrides (runner bench knobs), heldout. With
+--matrix the measured runs are written as points of bench/memory_points.json to $OUT/points.json
+and the table compares them with the predictions written before (--predicted) and with memory.py now.
     python bench/bench_runner_gpu.py --vram 8GiB,5GiB      # fit proof with a capped allocator
     python bench/bench_runner_gpu.py --minimal-test        # fmllm-run test on the 7B (the product path)
 
