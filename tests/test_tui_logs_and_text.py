@@ -129,6 +129,8 @@ def test_detail_text_is_in_human_units_and_words() -> None:
     assert "5911864229" not in pred and "optimizer paged" not in pred  # no raw counts, no zero parts
     other = "\n".join(detailtext.other_lines(values))
     assert "None" not in other and "eval data file: not set" in other
+    env = detailtext.other_lines({"PYTORCH_CUDA_ALLOC_CONF": None, "free_bytes": 3 * 2**30})
+    assert env == ["PYTORCH_CUDA_ALLOC_CONF: not set", "free: 3.0 GiB"]  # a variable keeps its spelling
     fix = Fix("memory.fit", changes=())
     assert detailtext.fix_lines(fix, values) == []
     assert detailtext.plural(1, "GPU") == "1 GPU" and detailtext.plural(2, "GPU") == "2 GPUs"

@@ -70,6 +70,9 @@ def value_text(key: str, value: Any) -> str:
 
 
 def _label(key: str) -> str:
+    """``free_bytes`` -> "free"; an environment variable's name stays as it is spelt."""
+    if key.isupper():
+        return key
     return key.removesuffix("_bytes").replace("_", " ")
 
 
