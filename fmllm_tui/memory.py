@@ -1104,7 +1104,7 @@ def estimate_time(
     step / tokens per second. Cards other than the H100/H200 it was calibrated on are estimates:
     the GPU part of each micro-batch is scaled by their dense 16-bit TFLOP/s and memory bandwidth,
     the host part (kernel launches, Python) is kept as measured on the H100/H200 hosts.
-    Pass ``prediction`` (of the same inputs) to skip predicting again.
+    Pass ``prediction`` (of the same inputs) to skip predicting again when no ``gpu`` is given.
     """
     if gpu is not None:
         inp = replace(inp, tflops=gpu.tflops16, bandwidth_gbs=gpu.bandwidth_gbs, compute_capability=gpu.compute_capability)

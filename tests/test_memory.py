@@ -219,6 +219,67 @@ def test_paged_state_counts_for_nvml_not_torch() -> None:
     assert unpaged.breakdown["optimizer_paged"] == 0
 
 
+def test_plain_recipe_strands_the_freed_16bit_embedding_blocks() -> None:
+    """Allocator snapshot (issue 19): prepare_model_for_kbit_training frees the 16-bit embedding
+    and head blocks; once the fp32 logits block is as large, nothing reuses them (no expandable
+    segments). Below that length, or with fmllm's loss, or without the fp32 cast, none are kept."""
+    llama = memory.ArchSpec.from_config(LLAMA8)
+    freed = 2 * llama.vocab * llama.hidden
+    plain = PlanInputs(recipe="plain", seq_len=2048, expandable_segments=False)  # 4 x 2048 x V == freed
+    short = memory.predict_inputs(replace(plain, seq_len=2047), LLAMA8)
+    at = memory.predict_inputs(plain, LLAMA8)
+    stranded = at.breakdown["allocator_reserve"] - short.breakdown["allocator_reserve"]
+    assert stranded >= memory.PREP_STRANDED * 2 * freed  # two blocks: embedding and head, untied
+    noprep = [memory.predict_inputs(replace(plain, recipe="noprep", seq_len=n), LLAMA8) for n in (2047, 2048)]
+    assert noprep[1].breakdown["allocator_reserve"] - noprep[0].breakdown["allocator_reserve"] < freed // 10
+
+
+def test_compiled_mlp_adapters_hold_more_in_the_layer_backward() -> None:
+    """Compiled all-linear runs allocated 6.1-6.5 B x intermediate per token more than the eager
+    terms (four models, issue 19); attention-only adapters do not."""
+    base = PlanInputs(recipe="fmllm", compiled=True, seq_len=1024, micro_batch=4, lora_r=16)
+    qkvo = memory.predict_inputs(base, LLAMA8)
+    all_linear = memory.predict_inputs(replace(base, lora_targets="all-linear"), LLAMA8)
+    extra = int(memory.COMPILED_MLP_LORA_BYTES * 14336 * 4096)
+    assert all_linear.breakdown["backward_working_set"] - qkvo.breakdown["backward_working_set"] >= extra
+
+
+def test_time_before_launch() -> None:
+    """ETA = start-up + steps x tokens per step / tokens per second; the measured card kinds say
+    so, any other card says it is scaled from its specifications (and a slower card is slower)."""
+    from fmllm_tui import gpudb
+
+    inp = PlanInputs(recipe="fmllm", seq_len=2048, micro_batch=2, grad_accum=4)
+    h100, rtx = gpudb.lookup("h100"), gpudb.lookup("rtx 4090")
+    fast = memory.estimate_time(inp, LLAMA8, steps=500, gpu=h100)
+    slow = memory.estimate_time(inp, LLAMA8, steps=500, gpu=rtx)
+    assert fast.basis.startswith("measured") and slow.basis.startswith("estimate") and "165" in slow.basis
+    assert slow.tokens_per_second < fast.tokens_per_second
+    assert fast.tokens_per_step == 2048 * 2 * 4
+    assert fast.eta_s == pytest.approx(fast.startup_s + 500 * fast.tokens_per_step / fast.tokens_per_second)
+    pred = memory.predict_inputs(replace(inp, tflops=h100.tflops16, bandwidth_gbs=h100.bandwidth_gbs), LLAMA8)
+    assert pred.eta_seconds(500) == pytest.approx(fast.eta_s)
+    eager = memory.predict_inputs(replace(inp, compiled=False), LLAMA8)
+    assert pred.startup_seconds == memory.STARTUP_COMPILED_S > eager.startup_seconds == memory.STARTUP_EAGER_S
+
+
+_SPEED_POINTS = [p for p in POINTS if p.get("harness") == "runner" and p["measured"].get("tokens_per_second")
+                 and not p.get("speed_excluded") and not p.get("heldout")]
+
+
+@pytest.mark.parametrize("point", _SPEED_POINTS, ids=[p["id"] for p in _SPEED_POINTS])
+def test_tokens_per_second_on_fitted_runner_points(point: dict) -> None:
+    """The speed model against fmllm's runner on the H100 (bench/RESULTS.md, issue 19): within 20%
+    on every point it was fitted on (throughput itself varies ~10-30% between machines)."""
+    from fmllm_tui import gpudb
+
+    card = gpudb.match_nvml(point["env"]["gpu"])
+    inp = replace(memory.point_inputs(point), tflops=card.tflops16, bandwidth_gbs=card.bandwidth_gbs)
+    pred = memory.predict_inputs(inp, ARCHS[point["model"]])
+    measured = point["measured"]["tokens_per_second"]
+    assert abs(pred.tokens_per_second - measured) / measured <= 0.20
+
+
 def test_fsdp_never_offloads_the_embedding() -> None:
     # The FSDP runner shards the input embedding with the rest: asking to offload it changes nothing.
     for setting in ("on", "auto", "off"):
