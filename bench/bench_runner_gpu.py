@@ -542,10 +542,11 @@ def write_predictions(cases: list[dict[str, Any]], path: Path) -> None:
 
     points = [case_point(c) for c in cases]
     commit = sp.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    predictions = {pt["id"]: {**predict_point(pt), "heldout": pt["heldout"]} for pt in points}
     doc = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "memory_py_commit": commit, "card": "H100 SXM 80GB",
-           "predictions": {pt["id"]: {**predict_point(pt), "heldout": pt["heldout"]} for pt in points}}
+           "predictions": predictions}
     path.write_text(json.dumps(doc, indent=1) + "\n")
-    for pid, pr in doc["predictions"].items():
+    for pid, pr in predictions.items():
         print(f"{pid:48} {pr['process_peak_bytes'] / 2**30:6.2f} GiB ({pr['low_bytes'] / 2**30:.2f}-"
               f"{pr['high_bytes'] / 2**30:.2f}) alloc {pr['peak_allocated_bytes'] / 2**30:6.2f} "
               f"{pr['tokens_per_s']:8,.0f} tok/s")

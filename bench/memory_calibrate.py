@@ -124,30 +124,42 @@ def _fit_compiled_layer(points: list[dict], archs: dict, consts: dict[str, float
     return min((x / 20 for x in range(0, 61)), key=worst) if rows else m.RESERVE_LAYER_COMPILED
 
 
+def _set_of(p: dict) -> str:
+    return "other stack" if p.get("other_stack") else "held out" if p.get("heldout") else "fit"
+
+
 def table(points: list[dict], archs: dict, markdown: bool = False) -> float:
-    """Print predicted vs measured per point; return the worst |process error|."""
-    worst = 0.0
-    head = ("point", "recipe", "alloc meas", "alloc pred", "err", "process meas", "process pred", "err")
+    """Print predicted vs measured per point; return the worst |process error| of the fitted points.
+    Ends with the count of each set inside [-1%, +5%] and whether every range's high end holds."""
+    head = ("point", "recipe", "set", "alloc meas", "alloc pred", "err", "process meas", "process pred", "err", "range")
     if markdown:
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
     else:
-        print(f"{head[0]:40} {head[1]:7} {'alloc m/p GiB':>15} {'err':>6} {'process m/p GiB':>17} {'err':>6}")
+        print(f"{head[0]:44} {head[1]:7} {'set':11} {'alloc m/p GiB':>15} {'err':>6} {'process m/p GiB':>17} {'err':>6}")
+    errs: dict[str, list[float]] = {"fit": [], "held out": [], "other stack": []}
+    covered = True
     for p in points:
         pr = m.predict_inputs(m.point_inputs(p), archs[p["model"]])
         meas = p["measured"]
         am, ap = meas["peak_allocated_bytes"], pr.peak_allocated_bytes
         pm, pp = meas["process_peak_bytes"], pr.peak_process_bytes
         ea, ep = (ap - am) / am * 100, (pp - pm) / pm * 100
-        worst = max(worst, abs(ep))
+        errs[_set_of(p)].append(ep)
+        inr = pr.low_bytes <= pm <= pr.high_bytes
+        covered &= pm <= pr.high_bytes
         if markdown:
-            print(f"| {p['id']} | {p['recipe']} | {am / GiB:.2f} | {ap / GiB:.2f} | {ea:+.1f}% | "
-                  f"{pm / GiB:.2f} | {pp / GiB:.2f} | {ep:+.1f}% |")
+            print(f"| {p['id']} | {p['recipe']} | {_set_of(p)} | {am / GiB:.2f} | {ap / GiB:.2f} | {ea:+.1f}% | "
+                  f"{pm / GiB:.2f} | {pp / GiB:.2f} | {ep:+.1f}% | {'in' if inr else 'OUT'} |")
         else:
-            print(f"{p['id']:40} {p['recipe']:7} {am / GiB:7.2f}/{ap / GiB:6.2f} {ea:+5.1f}% "
-                  f"{pm / GiB:8.2f}/{pp / GiB:7.2f} {ep:+5.1f}%")
-    print(f"worst |process error|: {worst:.1f}%")
-    return worst
+            print(f"{p['id'][:44]:44} {p['recipe']:7} {_set_of(p):11} {am / GiB:7.2f}/{ap / GiB:6.2f} {ea:+5.1f}% "
+                  f"{pm / GiB:8.2f}/{pp / GiB:7.2f} {ep:+5.1f}%{'' if inr else '  out of range'}")
+    for name, e in errs.items():
+        if e:
+            inside = sum(TARGET_LOW * 100 <= x <= TARGET_HIGH * 100 for x in e)
+            print(f"{name}: {len(e)} points, {inside} within [-1%, +5%], errors {min(e):+.1f}% .. {max(e):+.1f}%")
+    print(f"range high end >= measured on every point: {'yes' if covered else 'NO'}")
+    return max((abs(x) for x in errs["fit"]), default=0.0)
 
 
 SPEED_CONSTS = ("MATMUL_EFFICIENCY", "ELEMENTWISE_BYTES_PER_UNIT", "LOSS_CHUNK_S", "COMPILED_LAYER_S", "COMPILED_LORA_S",
@@ -220,7 +232,7 @@ def fit_speed(points: list[dict], archs: dict) -> dict[str, float]:
                     best, cur, improved = trial, v, True
         if not improved:
             break
-    firsts = {True: [], False: []}
+    firsts: dict[bool, list[float]] = {True: [], False: []}
     for p, inp, _a in rows:
         fs = p["measured"].get("first_step_extra_s")
         if fs is not None:
