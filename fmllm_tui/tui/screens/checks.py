@@ -132,7 +132,7 @@ class ChecksScreen(FmllmScreen):
         frame = None if det else self._frame
         cells: dict[str, Any] = {"glyph": glyph(status, frame), "id": clip(cid, iw)}
         if tw:
-            cells["title"] = clip(meta.get("title", cid), tw)
+            cells["title"] = meta.get("title", cid)  # wraps in its column (the row grows)
         cells["finding"] = finding
         return cells
 
@@ -162,7 +162,8 @@ class ChecksScreen(FmllmScreen):
         self._shown = []
         for meta in self._ordered():
             if self._matches(meta):
-                table.add_row(*self._cells(meta).values(), key=meta["id"])
+                # a title longer than its column wraps: the row takes the lines it needs
+                table.add_row(*self._cells(meta).values(), key=meta["id"], height=None if self._col_widths[1] else 1)
                 self._shown.append(meta["id"])
         if keep in self._shown:
             table.move_cursor(row=self._shown.index(keep))
