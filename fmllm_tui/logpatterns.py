@@ -747,7 +747,7 @@ PATTERNS: list[Pattern] = [
        "the disk ran out of space while writing (checkpoints, dataset cache or model download)",
        FIX_SAVE_LIMIT,
        r"No space left on device|\[Errno 28\]|StorageFull|PytorchStreamWriter failed writing file|unexpected pos \d+ vs \d+"
-       r"|Disk quota exceeded|Not enough disk space\. Needed",
+       r"|Disk quota exceeded|Not enough disk space\. Needed|Not enough free disk space to download the file",
        ("No space left", "Errno 28", "StorageFull", "PytorchStreamWriter", "unexpected pos", "Disk quota", "disk space"), _x_disk),
     _p("cache_disk_full", ERR, "disk full in the datasets/Hub cache",
        "the disk holding the Hugging Face datasets/Hub cache ran out of space (dataset download, Arrow cache of map/tokenize)",
@@ -868,7 +868,8 @@ PATTERNS: list[Pattern] = [
        "a compiled extension (xformers, a DeepSpeed op, bitsandbytes, apex …) was built for another torch/CUDA/Python",
        fix(None, "install a wheel of that package built for this torch (or rebuild it against it)"),
        r"undefined symbol: \S+|xFormers can't load C\+\+/CUDA extensions|was compiled against (?:a different|an? (?:older|newer)) version of"
-       r"|DLL load failed while importing \w+|built for:?\s+PyTorch [\d.]+\S* with CUDA", extract=_x_extension_abi),
+       r"|DLL load failed while importing \w+|built for:?\s+PyTorch [\d.]+\S* with CUDA"
+       r"|PyTorch and torchvision were compiled with different CUDA (?:major )?versions", extract=_x_extension_abi),
     _p("shared_lib_missing", ERR, "shared library not found",
        "a native library that a package loads (a CUDA runtime, NCCL, a compiled extension) cannot be opened",
        fix(None, "install the package that provides the library, or put its folder on LD_LIBRARY_PATH"),
@@ -885,7 +886,8 @@ PATTERNS: list[Pattern] = [
        r"thrust/\S+|cub/\S+): No such file or directory|Error building extension '[\w.-]+'|The detected CUDA version \([\d.]+\) "
        r"mismatches the version that was used to compile|Installed CUDA version [\d.]+ does not match the version torch was compiled"
        r"|unsupported GNU version|Command '\['which', '(?:c\+\+|g\+\+|gcc|nvcc)'\]' returned non-zero|error: command '[^']*"
-       r"(?:nvcc|gcc|g\+\+|c\+\+|cl\.exe)' failed|Ninja is required to load C\+\+ extensions|nvcc fatal\s*:",
+       r"(?:nvcc|gcc|g\+\+|c\+\+|cl\.exe)' failed|Ninja is required to load C\+\+ extensions|nvcc fatal\s*:"
+       r"|fatal error: Python\.h: No such file or directory",
        extract=_x_toolkit, phase="load"),
     _p("flash_attn_dtype", WARN, "flash-attn with fp32 weights",
        "flash attention only runs in fp16/bf16 but the model is in float32",
@@ -1005,7 +1007,8 @@ PATTERNS: list[Pattern] = [
        "DeepSpeed (ZeRO) with fp16 keeps overflowing: the loss scale halves and steps are skipped",
        fix("dtype.compute", "train in bf16 (no loss scaling) on Ampere or newer; on older GPUs raise the ZeRO config's "
            "initial_scale_power/hysteresis or use ZeRO-2", [("training.fp16", False), ("training.bf16", True)]),
-       r"OVERFLOW! Rank \d+ Skipping step\. Attempted loss scale: ([\d.]+)|Grad overflow on iteration \d+", extract=_x_zero_overflow),
+       r"(?:OVERFLOW!|overflow!) (?:Rank \d+ )?Skipping step\. Attempted loss scale: ([\d.]+)|Grad overflow on iteration \d+",
+       extract=_x_zero_overflow),
     _p("loss_flat", ERR, "loss flat at ln(vocab)",
        "the loss stays at ln(vocab size): the model predicts every token as equally likely, so it is not learning",
        fix(None, "check the weights loaded (no 'newly initialized' warnings for the LM) and learning_rate > 0"), None),

@@ -500,6 +500,22 @@ def test_fix_changes_name_real_config_settings() -> None:
     ("ValueError: fp16 mixed precision requires a GPU (not 'mps').", "no_cuda"),
     ("requests.exceptions.SSLError: HTTPSConnectionPool(host='huggingface.co', port=443): Max retries exceeded",
      "hub_unreachable"),
+    # issue 21's families, in other versions' wordings
+    ("    /usr/include/python3.10/pyconfig.h:3:12: fatal error: Python.h: No such file or directory", "cuda_toolkit_env"),
+    ("RuntimeError: Detected that PyTorch and torchvision were compiled with different CUDA major versions. PyTorch has "
+     "CUDA Version=11.7 and torchvision has CUDA Version=12.1.", "extension_abi"),
+    ("[2023-05-02 11:04:12,551] [INFO] [loss_scaler.py:188:update_scale] [deepspeed] OVERFLOW! Rank 0 Skipping step. "
+     "Attempted loss scale: 65536, but hysteresis is 2. Reducing hysteresis to 1", "zero_stage_numeric"),
+    ("[deepspeed] fp16 dynamic loss scale overflow! Skipping step. Attempted loss scale: 4294967296, reducing to 2147483648",
+     "zero_stage_numeric"),
+    ("UserWarning: Not enough free disk space to download the file. The expected file size is: 4997.75 MB. The target "
+     "location /root/.cache/huggingface/hub/models--Qwen--Qwen2.5-7B/blobs only has 1234.00 MB free disk space.",
+     "cache_disk_full"),
+    ("ImportError: libnccl.so.2: cannot open shared object file: No such file or directory", "shared_lib_missing"),
+    ("huggingface_hub.errors.EntryNotFoundError: 404 Client Error. (Request ID: Root=1-6) Entry Not Found for url: "
+     "https://huggingface.co/Qwen/Qwen2.5-7B/resolve/main/adapter_config.json.", "hub_http_404"),
+    ("{'train_runtime': 512.1, 'train_samples_per_second': 3.1, 'train_steps_per_second': 0.2, 'train_loss': 0.0, "
+     "'epoch': 3.0}", "loss_zero"),
 ])
 def test_more_real_wordings(line: str, pid: str) -> None:
     noise = ["{'loss': '1.234', 'grad_norm': '0.5', 'learning_rate': '0.0002', 'epoch': '0.1'}",
