@@ -15,10 +15,10 @@ import json, sys
 import fmllm_tui.checks._plugin, fmllm_tui.checks.conftest
 import fmllm_tui.fixes as fixes
 from fmllm_tui.fixes import apply_changes, plan_fix, preset_changes, PRESETS
-from fmllm_tui import checkrun, cli_check, cli_run, fitsearch, gpudb, hub, logdiag, memory, runner
+from fmllm_tui import checkrun, cli_check, cli_run, fitsearch, gpudb, hub, logdiag, lognoise, memory, runner
 from fmllm_tui.runner import launch, monitor, rundir, supervise
 # the TUI's own helpers that hold no UI either
-from fmllm_tui.tui import checkstream, configops, memplan, runlink
+from fmllm_tui.tui import checkstream, configops, detailtext, memplan, runlink
 rc = cli_check.main(["--config", sys.argv[1], "--vram", "24GiB", "--only", "config", "--json"])
 bad = sorted(m for m in sys.modules if m.split(".")[0] in ("textual", "textual_plotext", "textual_serve"))
 print(json.dumps({"rc": rc, "textual": bad}))
