@@ -82,6 +82,10 @@ def _seq_change(n: int | None) -> list[tuple[str, Any]]:
 def _train_oom_fix(s: RunSettings, in_loss: bool) -> dict[str, Any]:
     """A training-step OOM: what is not yet done, cheapest first."""
     if s == RunSettings():
+        if in_loss:  # one tensor over the whole sequence: the loss's logits, not the batch's activations
+            return fix("memory.fit", "compute the loss in chunks (fmllm.loss: chunked, never the full-vocabulary fp32 "
+                       "logits) and cap max_seq_length or drop the longest examples",
+                       [("fmllm.loss", "chunked"), ("training.max_seq_length", "halve")])
         return FIX_MEMORY
     changes: list[tuple[str, Any]] = []
     said: list[str] = []

@@ -1127,6 +1127,10 @@ def _oom(m: re.Match[str], ctx: _Ctx) -> list[tuple[str, dict[str, Any]]]:
     in_loss = _in_loss(ctx.frames)
     if in_loss:
         v["in_loss"] = True
+    total_b, tried_b = v.get("total_bytes") or 0, v.get("tried_to_allocate_bytes") or 0
+    one_tensor = bool(total_b and tried_b >= 0.4 * total_b)  # one request of 40%+ of the card: not the batch's activations
+    if one_tensor:
+        v["single_allocation_share"] = round(tried_b / total_b, 2)
     nums = ""
     if v.get("tried_to_allocate_bytes") is not None:
         nums = f"tried to allocate {human(v['tried_to_allocate_bytes'])}"
@@ -1149,12 +1153,15 @@ def _oom(m: re.Match[str], ctx: _Ctx) -> list[tuple[str, dict[str, Any]]]:
     other_flag = bool(total and other >= max(512 * 1024**2, int(0.05 * total)))
     if other_flag:
         cause += f". Other processes held {human(other)} of this GPU: free it first, then see if the run fits"
+    elif pid == "cuda_oom" and one_tensor:
+        cause += (f". One allocation asked for {round(100 * tried_b / total_b)}% of the card: a single tensor over the "
+                  "whole sequence (the loss's full-vocabulary logits, or eager attention) from one long example")
     elif pid == "cuda_oom":
         cause += ". The loss's logits do not fit" if in_loss else ". The batch's activations do not fit"
     culprit = ctx.culprit()
     if culprit:
         v["raised_in"] = f"{culprit['file']}:{culprit['line']} in {culprit['function']}"
-    fx = oom_fix(pid, phase, ctx.engine.settings, in_loss)
+    fx = oom_fix(pid, phase, ctx.engine.settings, in_loss or one_tensor)
     out: list[tuple[str, dict[str, Any]]] = [(pid, {"values": v, "cause": cause, "key": "", "fix": fx})]
     unalloc = v.get("reserved_unallocated_bytes") or 0
     tried = v.get("tried_to_allocate_bytes") or 0

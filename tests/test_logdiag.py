@@ -729,3 +729,14 @@ def test_load_oom_is_per_card_only_with_several_processes() -> None:
     assert h.pattern == "model_too_big_per_card" and h.phase == "load"
     assert not {c["key"] for c in fixof(h)["changes"]} & {"training.per_device_train_batch_size"}
     assert scan_lines(log(0), settings=RunSettings(num_processes=4, use_4bit=True))[0].pattern == "model_too_big_per_card"
+
+
+def test_one_huge_allocation_points_at_the_loss_and_length_not_the_batch() -> None:
+    line = ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.39 GiB. GPU 0 has a total capacity of 22.19 GiB "
+            "of which 11.72 GiB is free. Process 751671 has 10.22 GiB memory in use. Of the allocated memory 7.48 GiB is "
+            "allocated by PyTorch, and 2.01 GiB is reserved by PyTorch but unallocated.")
+    h = hit(scan_lines([line]), "cuda_oom")
+    assert h.values["single_allocation_share"] == 0.92
+    keys = [c["key"] for c in fixof(h)["changes"]]
+    assert keys == ["fmllm.loss", "training.max_seq_length"]
+    assert "92% of the card" in h.cause
