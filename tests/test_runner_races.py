@@ -251,8 +251,9 @@ def test_kill_ends_every_rank_left_without_supervisor_and_launcher(tmp_path: Pat
         "from pathlib import Path\n"
         "from fmllm_tui.runner import procs\n"
         "run_dir = Path(sys.argv[1])\n"
-        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)', str(run_dir)],"
-        " start_new_session=True)\n"
+        "rank = ('import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: open(sys.argv[1] + \"/sigterm\", \"w\"));'"
+        " ' time.sleep(120); time.sleep(120)')\n"
+        "p = subprocess.Popen([sys.executable, '-c', rank, str(run_dir)], start_new_session=True)\n"
         "procs.write_pid_record(run_dir / 'trainer.rank1.pid', p.pid)\n"
         "time.sleep(120)\n"
     )
@@ -267,6 +268,13 @@ def test_kill_ends_every_rank_left_without_supervisor_and_launcher(tmp_path: Pat
         assert _gone(child)
         st = status(run_dir)
         assert st["state"] == "running" and st["processes"] == [{"role": "rank1", "pid": rank}], st
+        # It notes SIGTERM and goes on (a rank still loading its model may take long to act on it):
+        # stop() only asks, kill() must end it.
+        assert stop(run_dir) is True and "stop requested (SIGTERM)" in (run_dir / rd.LOG).read_text()
+        deadline = time.monotonic() + 10
+        while not (run_dir / "sigterm").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (run_dir / "sigterm").exists(), "stop did not reach the rank left without its launcher"
         assert kill(run_dir) is True
         assert _gone(rank), "kill left a rank running"
         assert status(run_dir)["state"] == "killed"

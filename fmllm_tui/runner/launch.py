@@ -594,11 +594,14 @@ def stop(run_dir: str | os.PathLike[str]) -> bool:
     # Its start time too: a child that ended long ago may have left its pid to someone else. Also
     # reached when the supervisor is gone (killed from outside) and the training process lives on.
     children = [p for p in procs.recorded(rdir) if p.role == "child" and procs.alive(rdir, p)]
-    if children:
-        try:
-            os.kill(children[0].pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    # Its launcher gone too, the ranks that live on get the SIGTERM themselves.
+    targets = children or [p for p in procs.live(rdir) if p.role.startswith("rank")]
+    if targets:
+        for p in targets:
+            try:
+                os.kill(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         rd.log_line(rdir, "stop requested (SIGTERM)")
     else:
         rd.log_line(rdir, "stop requested before the training process started (stop.requested)")
