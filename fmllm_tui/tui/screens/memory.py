@@ -168,8 +168,9 @@ class MemoryScreen(FmllmScreen):
             base = plan.predict_base().peak_process_bytes
             delta = pred.peak_process_bytes - base
             what = "1 change" if len(changed) == 1 else f"{len(changed)} changes"
-            status.append(f"\n{what} from the file, {'+' if delta >= 0 else '−'}"
-                          f"{human_bytes(abs(delta))}; a applies, x resets", style="yellow")
+            moved = (f"{'+' if delta >= 0 else '−'}{human_bytes(abs(delta))}" if abs(delta) >= 1 << 20
+                     else "the same peak")  # "+0 KiB" said nothing
+            status.append(f"\n{what} from the file, {moved}; a applies, x resets", style="yellow")
             was_eff, now_eff = plan.effective_batch()
             if was_eff != now_eff:
                 status.append(f"\neffective batch {was_eff} -> {now_eff}: it cannot be kept at this micro-batch",
