@@ -188,3 +188,58 @@ def test_ranges_say_their_unit_once() -> None:
     assert human_range(4.9 * GiB, 6.2 * GiB) == "4.9–6.2 GiB"
     assert human_range(900 * 2**20, 1.2 * GiB) == "900 MiB–1.2 GiB"
     assert detailtext.value_text("predicted_range_bytes", [int(4.9 * GiB), int(6.2 * GiB)]) == "4.9–6.2 GiB"
+
+
+# ---- dialogs ----------------------------------------------------------------------------------
+
+def test_confirm_dialog_scrolls_its_diff_with_keys_and_wheel_buttons_stay(tmp_path: Path) -> None:
+    """A 60-line diff under a three-line title at 80x24: Apply/Cancel stay on screen, PgDn, End,
+    Down and Home scroll the diff while the Apply button has focus, the wheel scrolls it, Tab
+    reaches it, and the footer names the dialog's keys (not the screen's underneath)."""
+    pytest.importorskip("textual")
+    from textual import events
+    from textual.app import App
+    from tui_support import screen_text
+
+    from fmllm_tui.tui.screens.dialogs import ConfirmScreen, DialogBody
+
+    diff = "--- a/c\n+++ b/c\n@@ -1,60 +1,60 @@\n" + "".join(f"-line {i} {'x' * 90}\n" for i in range(60)) + "+last\n"
+    title = "Apply 3 safe fixes (memory.fit, attn.sdpa, dtype.compute) to " + "/very/long" * 8 + "/config.yaml?"
+
+    class Host(App[None]):
+        CSS_PATH = str(Path(__file__).resolve().parents[1] / "fmllm_tui" / "tui" / "app.tcss")
+
+        def on_mount(self) -> None:
+            self.push_screen(ConfirmScreen(title, diff, yes="Apply", diff=True, note="Not a config change: x"))
+
+    async def go() -> None:
+        app = Host()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.3)
+            body = app.screen.query_one(DialogBody)
+            text = screen_text(app)
+            assert "Apply (y)" in text and "Cancel (n)" in text
+            assert text.splitlines()[-1].split()[:4] == ["y", "Apply", "n", "Cancel"]
+            assert app.focused is not None and app.focused.id == "yes"
+            assert body.scroll_y == 0
+            await pilot.press("pagedown")
+            await pilot.pause(0.1)
+            assert body.scroll_y > 0
+            await pilot.press("end")
+            await pilot.pause(0.1)
+            text = screen_text(app)
+            assert "+last" in text and "-line 59" in text and "Apply (y)" in text  # all of it reachable
+            await pilot.press("home")
+            await pilot.pause(0.1)
+            assert body.scroll_y == 0
+            await pilot.press("down")
+            await pilot.pause(0.1)
+            assert body.scroll_y == 1
+            before = body.scroll_y
+            body.post_message(events.MouseScrollDown(body, 2, 2, 0, 1, 0, False, False, False))  # the wheel
+            await pilot.pause(0.2)
+            assert body.scroll_y > before
+            await pilot.press("tab", "tab")  # Apply -> Cancel -> the diff
+            assert app.focused is body
+
+    asyncio.run(go())
