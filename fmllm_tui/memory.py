@@ -691,9 +691,14 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
     mlp_b = 4 if prep else c  # Linear4bit returns its input's dtype
     w16 = 4 if prep else c  # bytes of the non-4-bit parameters
     full_ft = not inp.use_adapter
-    eager = inp.attn == "eager"
+    from fmllm_tui import recipe as rules
+
+    attn, attn_why = rules.attention(inp.attn, a.model_type)  # the implementation that really runs
+    if attn_why:
+        notes.append(attn_why)
+    eager = attn == "eager"
     padded = inp.padded if inp.padded is not None else (b > 1 and not inp.packing)
-    padded_mask = padded and not eager and inp.attn != "flash_attention_2"
+    padded_mask = padded and not eager and attn != "flash_attention_2"
 
     roles, tnotes = resolve_targets(inp.lora_targets, a) if not full_ft else (a.roles(), [])
     notes.extend(tnotes)

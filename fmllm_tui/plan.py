@@ -404,6 +404,15 @@ def run_plan(view: Any, target: Target, *, mode: str = "single", num_processes: 
         if why:
             rec.loss = "plain"
             rec.notes.append(f"{why}: the run uses the model's own loss")
+    if arch:
+        try:
+            model_type = memory.ArchSpec.from_config(arch).model_type
+        except memory.ArchitectureError:
+            model_type = str(arch.get("model_type") or "")
+        attn, why = rules.attention(rec.attn_implementation, model_type)
+        if why:
+            rec.attn_implementation = attn
+            rec.notes.append(why)
     if arch and rec.offload_embeddings:
         _offload_for_arch(rec, arch, str((overrides or {}).get("offload_embeddings") or view.fmllm.offload_embeddings))
     max_len = int(view.training.max_seq_length or 1024)

@@ -61,3 +61,20 @@ def fused_adamw(optim: str, *, recipe: str, cuda: bool, distributed: str, traina
     if trainable_params * 8 > FUSED_ADAMW_MAX_STATE_BYTES:  # two fp32 moments per parameter
         return optim
     return "adamw_torch_fused"
+
+
+#: Causal-LM model types whose transformers class has no SDPA attention (``_supports_sdpa`` is
+#: false in transformers 5.25; tests/test_recipe_rules.py checks each against the installed
+#: transformers). Asking for SDPA there fails at load ("does not support an attention
+#: implementation through torch.nn.functional.scaled_dot_product_attention"): measured on the
+#: H100 for gemma-2 (bench/RESULTS.md).
+NO_SDPA_MODEL_TYPES = frozenset({"gemma2", "vaultgemma", "bloom", "gpt_neo", "mpt", "xglm", "granite_swa"})
+
+
+def attention(requested: str, model_type: str) -> tuple[str, str | None]:
+    """The attention implementation that runs for ``fmllm.attn_implementation`` on this model
+    type and, when it differs from the request, why."""
+    if requested == "sdpa" and model_type in NO_SDPA_MODEL_TYPES:
+        return "eager", (f"transformers has no SDPA attention for {model_type}: the run uses eager attention "
+                         "(it keeps seq x seq scores per layer; flash_attention_2 is the faster choice where installed)")
+    return requested, None

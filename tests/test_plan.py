@@ -73,6 +73,7 @@ def test_memory_model_predicts_the_recipe_the_plan_holds(path: Path, card: str) 
     assert pred.inputs is not None
     assert memory.resolve_compiled(pred.inputs) == r.compile_layers
     assert memory.resolve_liger_layers(pred.inputs) == r.liger_kernels
+    assert ("uses eager attention" in " ".join(pred.notes)) == (r.attn_implementation != view.fmllm.attn_implementation)
     swapped = any(f"runs as {r.optim}" in n for n in pred.notes)
     assert swapped == (r.optim != view.training.optim)
     assert plan.predicted_peak_bytes == pred.peak_process_bytes
@@ -102,6 +103,11 @@ def test_launch_writes_the_plan_for_this_machine(tmp_path: Path, tiny_model_dir:
 
     monkeypatch.setenv("FMLLM_FAKE_NVML", str(fake_gpus(tmp_path, 1, name="NVIDIA H100 80GB HBM3", cc=(9, 0),
                                                          total=80 * 2**30)))
+    # This machine's torch is a CPU build: a GPU NVML sees cannot be used, and the plan says so.
+    cpu_torch = RunPlan.from_json(build_spec(loaded, "train")["plan"])
+    assert cpu_torch.target.device == "cpu" and "CPU-only build" in cpu_torch.recipe.notes[0]
+    monkeypatch.setattr("fmllm_tui.gpu.torch_build_info",
+                        lambda: {"installed": True, "version": "2.13.0+cu128", "cuda": "12.8"})
     gpu = RunPlan.from_json(build_spec(loaded, "train")["plan"])
     assert gpu.target.name == "NVIDIA H100 80GB HBM3" and gpu.recipe.device == "cuda" and gpu.recipe.quantize_4bit
     assert gpu.recipe.loss == ("liger" if rules.liger_installed() else "chunked")
@@ -111,6 +117,8 @@ def test_bf16_on_a_card_without_it_stops_before_launch(tmp_path: Path, tiny_mode
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     loaded = load_config(write_config(tmp_path, tiny_model_dir))
     monkeypatch.setenv("FMLLM_FAKE_NVML", str(fake_gpus(tmp_path, 1, name="Tesla T4", cc=(7, 5), total=16 * 2**30)))
+    monkeypatch.setattr("fmllm_tui.gpu.torch_build_info",
+                        lambda: {"installed": True, "version": "2.13.0+cu128", "cuda": "12.8"})
     with pytest.raises(RunError, match=r"bfloat16 but this GPU \(compute capability 7.5\) has no bf16"):
         build_spec(loaded, "train")
 
@@ -167,6 +175,20 @@ def test_the_training_process_runs_the_plan_not_its_own_reading(tmp_path: Path, 
     assert result["recipe"]["loss"] == "plain", result["recipe"]
     assert "a note only the plan has" in result["recipe"]["notes"]
     assert "[fmllm] plan for cpu: fmllm recipe, loss plain" in log
+
+
+def test_a_model_without_sdpa_is_planned_and_predicted_with_eager_attention() -> None:
+    """transformers 5.25 refuses SDPA for gemma-2 at load (measured on the H100): the plan runs
+    eager attention and the prediction counts its seq x seq scores."""
+    arch = {"model_type": "gemma2", "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+            "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "vocab_size": 256000,
+            "final_logit_softcapping": 30.0, "tie_word_embeddings": True}
+    view = view_of({"training": {"max_seq_length": 2048}})
+    plan = run_plan(view, Target.planned(gpudb.lookup("RTX 3090")), arch=arch)
+    assert plan.recipe.attn_implementation == "eager" and plan.recipe.loss == "plain"
+    sdpa = memory.predict(view, {**arch, "model_type": "llama"})
+    eager = memory.predict(view, arch)
+    assert any("eager attention" in n for n in eager.notes) and eager.peak_process_bytes > sdpa.peak_process_bytes
 
 
 def test_recipe_json_names_every_field_the_runner_reads() -> None:

@@ -54,6 +54,29 @@ def test_the_runner_and_the_plan_read_one_rule() -> None:
     assert recipe.fused_adamw("adamw_torch", trainable_params=small, forced=True, **kw) == "adamw_torch"
 
 
+def test_the_no_sdpa_table_matches_transformers() -> None:
+    """Every model type fmllm plans with eager attention has no SDPA in the installed
+    transformers, and every catalogue model's family has it (else the table misses it)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from fmllm_tui import catalogue
+
+    causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    def supports_sdpa(model_type: str) -> bool:
+        cls = MODEL_FOR_CAUSAL_LM_MAPPING[CONFIG_MAPPING[model_type]]
+        return bool(getattr(cls, "_supports_sdpa", False))
+
+    for model_type in recipe.NO_SDPA_MODEL_TYPES:
+        assert not supports_sdpa(model_type), f"{model_type} has SDPA now: drop it from NO_SDPA_MODEL_TYPES"
+    families = {str((catalogue.get_architecture(m) or {}).get("model_type")) for m in catalogue.known_model_ids()}
+    for model_type in sorted(families & set(causal)):
+        assert supports_sdpa(model_type) or model_type in recipe.NO_SDPA_MODEL_TYPES, model_type
+    assert recipe.attention("sdpa", "gemma2")[0] == "eager" and recipe.attention("sdpa", "llama") == ("sdpa", None)
+    assert recipe.attention("flash_attention_2", "gemma2") == ("flash_attention_2", None)
+
+
 def test_the_memory_model_plans_the_optimizer_the_runner_steps() -> None:
     view = load_config(ROOT / "config.yaml").view  # paged_adamw_32bit, LoRA r8: a small state
     from fmllm_tui import catalogue

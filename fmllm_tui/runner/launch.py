@@ -315,19 +315,31 @@ def launch_plan(loaded: Any, *, device: str | None, distributed: dict[str, Any],
 
     from .distributed import model_architecture, visible_gpus
 
+    from fmllm_tui.gpu import torch_build_info
+
     view = loaded.view
     gpus = [] if device == "cpu" else visible_gpus()
     target = Target.local(gpus)
+    cpu_torch = None
+    if target.cuda and device != "cuda":
+        build = torch_build_info()
+        if build.get("installed") and not build.get("cuda"):  # a CPU-only torch cannot use the GPU
+            cpu_torch = (f"NVML sees {target.name} but torch {build.get('version')} is a CPU-only build: planned "
+                         "for the CPU (install torch's CUDA build to train on the GPU)")
+            target = Target.cpu()
     if device == "cuda" and not target.cuda:  # NVML sees no GPU; torch may (the child checks)
         target = Target("cuda", None, None, liger_installed(), installed("triton"))
     card = gpudb.match_nvml(target.name) if target.name else None
     try:
-        return run_plan(view, target, mode=str(distributed.get("mode") or "single"),
+        made = run_plan(view, target, mode=str(distributed.get("mode") or "single"),
                         num_processes=int(distributed.get("num_processes") or 1),
                         mode_reason=distributed.get("reason"), overrides=overrides,
                         arch=model_architecture(view), example_lengths=example_lengths(view), card=card)
     except PlanError as e:
         raise RunError(str(e)) from None
+    if cpu_torch:
+        made.recipe.notes.insert(0, cpu_torch)
+    return made
 
 
 def start(loaded: Any, kind: str = "train", *, run_dir: str | os.PathLike[str] | None = None,
