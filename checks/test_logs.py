@@ -65,7 +65,11 @@ def _fix_for(hit, loaded) -> Fix | None:
             changes = plan_fix(loaded, fid, values)
         except Exception:  # a fixer that cannot plan from a log alone: keep the advice
             changes = []
-    return Fix(id=fid or "log.command", changes=changes, shell=fx.get("shell"), summary=fx.get("summary", ""))
+    # a shorter max_seq_length read from a log may cut examples: offered, never applied by --fix
+    cuts = any(c.key.endswith("max_seq_length") and isinstance(c.to, int) and isinstance(c.from_, int) and c.to < c.from_
+               for c in changes)
+    summary = fx.get("summary", "") + (" (a shorter max_seq_length truncates examples: --fix leaves it to you)" if cuts else "")
+    return Fix(id=fid or "log.command", changes=changes, shell=fx.get("shell"), summary=summary, safe=not cuts)
 
 
 @check("logs.scan", "Training logs show no known failure", "logs")

@@ -93,6 +93,10 @@ def test_log_check_reads_the_config_before_advising(tmp_path, capsys, tiny_model
     assert "training.max_seq_length" in keys
     assert not keys & {"training.per_device_train_batch_size", "training.gradient_checkpointing"}
     assert "already" in hit["fix"]["summary"]
+    # the check's fix plans the concrete change; cutting max_seq_length may truncate data: not applied by --fix
+    fx = c["fix"]
+    assert fx["id"] == "memory.fit" and fx["safe"] is False
+    assert {"key": "training.max_seq_length", "from": 64, "to": 32} in fx["changes"]
 
 
 def test_log_check_info_is_a_note_not_a_failure(tmp_path, capsys, tiny_model_dir):
