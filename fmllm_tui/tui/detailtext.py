@@ -60,6 +60,8 @@ def value_text(key: str, value: Any) -> str:
             return f"{value * 100:.1f}%"
     if isinstance(value, float):
         return f"{value:.3g}"
+    if isinstance(value, int) and abs(value) >= 10_000:
+        return f"{value:,}"  # 7,615,616,512 parameters, readable
     if isinstance(value, list):
         if all(isinstance(v, (str, int, float)) for v in value):
             return ", ".join(str(v) for v in value) if value else "none"
@@ -95,7 +97,8 @@ def plan_lines(values: Mapping[str, Any], context: Mapping[str, Mapping[str, Any
         gpus = f", {plural(int(n), 'GPU')}" if isinstance(n, int) else ""
         avail = v.get("gpus_available")
         seen = f" ({plural(int(avail), 'GPU')} available)" if isinstance(avail, int) else ""
-        resolved = " (resolved per GPU count)" if mode == "auto" else ""
+        resolved = ": planned per GPU count" if mode == "auto" else ""
+        seen = seen.replace(" (", ", ").rstrip(")") if resolved else seen
         out.append(f"mode        {mode}{resolved}{gpus}{seen}")
     seq = v.get("planned_seq_len", v.get("planned_tokens_per_example"))
     if isinstance(seq, int):
@@ -126,7 +129,7 @@ def prediction_lines(values: Mapping[str, Any], top: int = 6, *, with_changes: b
     if isinstance(peak, (int, float)):
         rng = v.get("predicted_range_bytes")
         extra = f" (range {value_text('range_bytes', rng)})" if isinstance(rng, list) else ""
-        label = "peak" if "predicted_peak_bytes" in v else "one-GPU peak"
+        label = "peak" if "predicted_peak_bytes" in v else "on one GPU"
         out.append(f"{label:<12}{human_bytes(peak)}{extra}")
         budget = v.get("budget_bytes")
         if isinstance(budget, (int, float)) and budget > 0:
