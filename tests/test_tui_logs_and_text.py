@@ -243,3 +243,16 @@ def test_confirm_dialog_scrolls_its_diff_with_keys_and_wheel_buttons_stay(tmp_pa
             assert app.focused is body
 
     asyncio.run(go())
+
+
+def test_reattach_to_a_long_log_keeps_the_classified_tail(tmp_path: Path) -> None:
+    from fmllm_tui.tui import runlink
+
+    run = stopped_run(tmp_path)
+    bars = "".join(f" {i % 100}%|███       | {i}/5000 [00:01<00:09,  9.1it/s]\n" for i in range(5000))
+    (run / "train.log").write_text(bars + "/x.py:9: FutureWarning: y is deprecated\n  warnings.warn(\n"
+                                   "RuntimeError: CUDA error: an illegal memory access was encountered\n")
+    tail = runlink.RunFollower(run).poll().log_tail
+    assert len(tail) == runlink.LOG_TAIL_LINES
+    assert [ln.kind for ln in tail[-3:]] == ["noise", "noise", "error"]
+    assert all(ln.kind == "noise" for ln in tail[:-1])

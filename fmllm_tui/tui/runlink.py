@@ -153,11 +153,17 @@ class RunFollower:
         self._log_off += len(data)
         lines = (self._log_partial + data).split(b"\n")
         self._log_partial = lines.pop()
-        for raw in lines:
+        # only the lines the tail keeps are decoded and classified (a reattach reads up to 1 MiB);
+        # the line before the first kept one decides whether a warning's source line is noise
+        keep = lines[-(LOG_TAIL_LINES + 1):]
+        prev_noise = bool(self._log) and self._log[-1].kind == "noise"
+        for i, raw in enumerate(keep):
             # progress bars redraw with \r: keep the last frame of each line
             text = mask_text(raw.decode("utf-8", "replace").rsplit("\r", 1)[-1])
-            after_noise = bool(self._log) and self._log[-1].kind == "noise"
-            self._log.append(LogLine(text, classify(text, after_noise)))  # once per line, off the UI thread
+            kind = classify(text, prev_noise)  # once per line, off the UI thread
+            prev_noise = kind == "noise"
+            if i or len(keep) <= LOG_TAIL_LINES:
+                self._log.append(LogLine(text, kind))
         del self._log[:-LOG_TAIL_LINES]
 
     def poll(self) -> RunSnapshot:
