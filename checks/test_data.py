@@ -6,6 +6,8 @@ import os
 
 from fmllm_tui.checks._plugin import check
 
+from fmllm_tui.findings import plural
+
 
 @check("data.file", "Training data parses", "data")
 def test_data_file(report, loaded, data_report):
@@ -27,7 +29,7 @@ def test_data_file(report, loaded, data_report):
     if rep.problems:
         shown = "; ".join(f"{v.data_file}:{ln}: {msg}" for ln, msg in rep.problems[:3])
         more = f" (and {len(rep.problems) - 3} more)" if len(rep.problems) > 3 else ""
-        report.fail(f"{len(rep.problems)} bad line(s) in the training data: {shown}{more}")
+        report.fail(f"{plural(len(rep.problems), 'bad line')} in the training data: {shown}{more}")
     if rep.rows == 0:
         report.fail(f"{v.data_file} has no examples")
     report.ok(f"{rep.rows} {v.data_format} examples in {v.data_file}")

@@ -9,6 +9,8 @@ import shutil
 from fmllm_tui.checks._plugin import check
 from fmllm_tui.checks.test_config import planned_fix
 
+from fmllm_tui.findings import plural
+
 GiB = 1024**3
 
 
@@ -46,8 +48,9 @@ def test_config_fit(report, loaded, target, architecture, fit_plan):
         data_note = (f" (planned for this data's longest example, {max(lengths)} tokens, not max_seq_length "
                      f"{v.training.max_seq_length}: longer data needs more)")
     report.set(planned_tokens_per_example=pred.tokens_per_micro_batch // max(1, v.training.per_device_train_batch_size))
-    head = (f"predicted peak {_gib(pred.peak_process_bytes)} (range {_gib(pred.low_bytes)}-{_gib(pred.high_bytes)}) "
-            f"on {target.name} with {_gib(target.budget_bytes)} available{data_note}")
+    head = (f"predicted peak {_gib(pred.peak_process_bytes)} (range {pred.low_bytes / 2**30:.2f}–{_gib(pred.high_bytes)}) "
+            + (f"within a {target.name}" if target.name.endswith(" budget")  # --vram: the name is the budget
+               else f"on {target.name} with {_gib(target.budget_bytes)} available") + data_note)
     fix = None
     cut = next((c for c in fit.changes if c["key"] == "training.max_seq_length"), None)
     if fit.changes:
@@ -113,10 +116,10 @@ def test_disk(report, loaded, architecture, data_report):
                lora_params=lora_params)
     if free < need:
         fix = planned_fix(loaded, "training.save_total_limit", {}) if not t.save_total_limit else None
-        report.fail(f"{_gib(free)} free at {probe}, but {n_ckpt} checkpoint(s) of {per_ckpt / 2**20:.0f} MiB need "
+        report.fail(f"{_gib(free)} free at {probe}, but {plural(n_ckpt, 'checkpoint')} of {per_ckpt / 2**20:.0f} MiB need "
                     f"{_gib(need)}: training would die with 'No space left on device' while saving. Free space, "
                     "move the output dir, or keep fewer checkpoints (training.save_total_limit).", fix)
-    report.ok(f"{_gib(free)} free at {probe}; {n_ckpt} checkpoint(s) of {per_ckpt / 2**20:.0f} MiB need {_gib(need)}")
+    report.ok(f"{_gib(free)} free at {probe}; {plural(n_ckpt, 'checkpoint')} of {per_ckpt / 2**20:.0f} MiB need {_gib(need)}")
 
 
 @check("host.ram", "Host RAM for loading the model", "host", severity="warning")

@@ -6,7 +6,7 @@ import os
 
 from fmllm_tui.checks._plugin import check
 
-from fmllm_tui.findings import Change, Fix
+from fmllm_tui.findings import Change, Fix, plural
 
 
 def _logs_to_scan(options, loaded) -> list[tuple[str, str]]:
@@ -90,11 +90,11 @@ def test_logs(report, options, loaded, architecture):
     notes = [h for h in hits if h.severity == "info"]
     hits = [h for h in hits if h.severity != "info"]  # information (deprecations) is not a failure
     if not hits:
-        extra = f"; {len(notes)} note(s): " + "; ".join(f"[{h.pattern}] {h.cause}" for h in notes[:3]) if notes else ""
-        report.ok(f"no known failure in {len(logs)} log(s){extra}")
+        extra = f"; {plural(len(notes), 'note')}: " + "; ".join(f"[{h.pattern}] {h.cause}" for h in notes[:3]) if notes else ""
+        report.ok(f"no known failure in {plural(len(logs), 'log')}{extra}")
     top = (errors or hits)[0]
     lines = [f"{h.file}:{h.line}: [{h.pattern}] {h.cause}" + (f" (x{h.count})" if h.count > 1 else "") for h in hits[:5]]
-    text = f"{len(hits)} known problem(s) in the logs:\n" + "\n".join(lines)
+    text = f"{plural(len(hits), 'known problem')} in the logs:\n" + "\n".join(lines)
     fix = _fix_for(top, loaded)
     if errors:
         report.fail(text, fix)

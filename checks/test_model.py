@@ -7,7 +7,7 @@ from fmllm_tui.checks._plugin import check
 from fmllm_tui.checks.conftest import SOFT_KINDS
 from fmllm_tui.checks.test_config import planned_fix
 
-from fmllm_tui.findings import Fix
+from fmllm_tui.findings import Fix, plural
 
 
 @check("model.available", "Model id resolves", "model")
@@ -22,7 +22,8 @@ def test_model_available(report, loaded, model_status):
         report.ok(st.message)
     known = catalogue.get_architecture(mid) is not None
     if st.kind in SOFT_KINDS and known:
-        report.warn(f"{st.message} {mid} is a public model in fmllm's catalogue, so planning uses the catalogue's "
+        lead = st.message if st.message.rstrip().endswith((".", ":", "!", "?")) else st.message.rstrip() + "."
+        report.warn(f"{lead} {mid} is a public model in fmllm's catalogue, so planning uses the catalogue's "
                     "architecture; the weights will be downloaded on the first run.",
                     Fix(id="model.download", shell=f"hf download {mid}", summary=st.remedy or ""))
     fix = None
@@ -69,7 +70,7 @@ def test_model_architecture(report, loaded, architecture):
         report.fail(f"{key}: {', '.join(parts)} not found in {v.base_model_name} ({cfg.get('model_type')}); "
                     f"its linear layers are: {', '.join(sorted(available))}. PEFT would stop with "
                     "'Target modules ... not found in the base model'.")
-    report.ok(f"{len(targets) if isinstance(targets, list) else 'all-linear'} target module(s) found in "
+    report.ok(f"{plural(len(targets), 'target module') if isinstance(targets, list) else 'all-linear target modules'} found in "
               f"{cfg.get('model_type')} (architecture from {source})")
 
 

@@ -30,7 +30,7 @@ def test_minimal_run(report, options, loaded, architecture):
     keep = ("ok", "steps", "losses", "peak_bytes", "tokens_per_s", "device", "model", "run_dir", "generation",
             "status", "loss_falling", "adapter_reloaded", "problems", "notes")
     report.set(**{k: res.get(k) for k in keep}, predicted_peak_bytes=predicted)
-    where = f"on {res.get('device')}" + (" (CPU smoke test: a tiny random model of the configured architecture)"
+    where = (f"on {res.get('device')}" if res.get("device") else "before a device was chosen") + (" (CPU smoke test: a tiny random model of the configured architecture)"
                                           if str(res.get("device", "")).startswith("cpu") else "")
     losses = res.get("losses") or []
     if not res.get("ok"):

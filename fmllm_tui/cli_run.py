@@ -206,7 +206,7 @@ def _print_summary(run_dir: Path, out: TextIO) -> None:
 
 def _print_test_report(r: dict[str, Any], out: TextIO) -> None:
     verdict = "ok" if r.get("ok") else "FAILED"
-    out.write(f"minimal test: {verdict} (status {r.get('status')}, device {r.get('device_name') or r.get('device')}, "
+    out.write(f"minimal test: {verdict} (status {r.get('status')}, device {r.get('device_name') or r.get('device') or 'not chosen yet'}, "
               f"{r.get('steps')} steps)\n")
     if r.get("run_dir"):
         out.write(f"  run dir      {r['run_dir']}\n")
@@ -293,7 +293,7 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
             if st.get("last_metrics"):
                 from fmllm_tui.runner.monitor import format_metrics
 
-                out.write("last: " + format_metrics(st["last_metrics"]) + "\n")
+                out.write("last logged: " + format_metrics(st["last_metrics"]) + "\n")
             if isinstance(st.get("exit"), dict) and st["exit"].get("message"):
                 out.write(f"message: {mask_text(str(st['exit']['message']))}\n")
         return ExitCode.OK

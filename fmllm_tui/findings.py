@@ -100,6 +100,11 @@ class CheckResult:
         )
 
 
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """``1 change``, ``3 changes`` (``words``: an irregular plural): one spelling for every face."""
+    return f"{count} {word if count == 1 else (words or word + 's')}"
+
+
 def summarize(results: list[CheckResult]) -> dict[str, int]:
     counts = {s: 0 for s in STATUSES}
     for r in results:

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from fmllm_tui import memory
+from fmllm_tui.findings import plural
 from fmllm_tui.memory import GiB, MiB, PlanInputs, Prediction
 
 if TYPE_CHECKING:
@@ -447,11 +448,11 @@ def _fit_inputs(
     elif fits_now:
         # The verdict ("fits with room to spare", "does not fit") is the caller's first words: the
         # message says only what the change set does.
-        message = (f"{len(changes)} change(s) use the room for a predicted {speedup:.2f}x the tokens/s "
+        message = (f"{plural(len(changes), 'change')} use the room for a predicted {speedup:.2f}x the tokens/s "
                    f"(peak {before.peak_process_bytes / gib:.1f} -> {after.peak_process_bytes / gib:.1f} GiB "
                    f"of {budget_bytes / gib:.1f} GiB)")
     else:
-        message = (f"{len(changes)} change(s) bring the peak from {before.peak_process_bytes / gib:.1f} to "
+        message = (f"{plural(len(changes), 'change')} bring the peak from {before.peak_process_bytes / gib:.1f} to "
                    f"{after.peak_process_bytes / gib:.1f} GiB, within {budget_bytes / gib:.1f} GiB less a "
                    f"{margin_bytes / gib:.2f} GiB margin, at {speedup:.2f}x the tokens/s")
         if tier >= 3 and trunc is not None:
@@ -524,7 +525,7 @@ def fit(
         if lean.fits and len(lean.changes) < len(result.changes) or (lean.fits and not result.fits):
             result.message += (f" fmllm's runner (fmllm.memory_recipe: fmllm) would need "
                                f"{lean.prediction_before.peak_process_bytes / GiB:.1f} GiB as configured"
-                               + (" and fits as is." if lean.fits_now else f" and fits with {len(lean.changes)} change(s)."))
+                               + (" and fits as is." if lean.fits_now else f" and fits with {plural(len(lean.changes), 'change')}."))
     after = result.prediction_after
     if after.loss == "chunked" and after.breakdown.get("loss", 0) > 0.5 * GiB:
         result.notes.append(f"the chunked loss holds {after.breakdown['loss'] / GiB:.2f} GiB at its peak; with "
@@ -576,7 +577,7 @@ def recommend(
         if fits and pred.high_bytes > budget_bytes:
             fits = False
             message = (f"its predicted range reaches {pred.high_bytes / GiB:.1f} GiB, above the "
-                       f"{budget_bytes / GiB:.1f} GiB available, even with {len(res.changes)} change(s)")
+                       f"{budget_bytes / GiB:.1f} GiB available, even with {plural(len(res.changes), 'change')}")
         out.append(Recommendation(
             model_id=members[0],
             also=members[1:],

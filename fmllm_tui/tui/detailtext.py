@@ -12,6 +12,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from fmllm_tui.findings import plural
+
 GiB = 1 << 30
 
 #: Keys that describe the plan a finding was made with (the resolved target, mode, length, recipe).
@@ -36,11 +38,6 @@ def human_bytes(n: float | int | None) -> str:
     if abs(n) >= 1 << 20:
         return f"{n / (1 << 20):.0f} MiB"
     return f"{n / 1024:.0f} KiB"
-
-
-def plural(count: int, word: str, words: str | None = None) -> str:
-    """``1 change``, ``3 changes`` (``words``: an irregular plural)."""
-    return f"{count} {word if count == 1 else (words or word + 's')}"
 
 
 def value_text(key: str, value: Any) -> str:

@@ -315,7 +315,9 @@ class ChecksScreen(FmllmScreen):
 
 
 def _n(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
+    from fmllm_tui.findings import plural
+
+    return plural(count, word)
 
 
 def summary_line(results: dict[str, CheckResult], total: int, running: bool, error: str | None) -> str:
