@@ -604,7 +604,9 @@ def main() -> int:
     ap.add_argument("--predict-out", metavar="FILE", help="with --matrix: write the predictions and stop (CPU)")
     ap.add_argument("--predicted", metavar="FILE", help="with --matrix: predictions written before the run")
     ap.add_argument("--vram", metavar="SIZES", help="comma-separated caps for the fmllm recipe on --models")
-    ap.add_argument("--minimal-test", action="store_true", help="fmllm-run test with the shipped config on the 7B")
+    ap.add_argument("--minimal-test", nargs="?", const="7b", metavar="MODELS",
+                    help="fmllm-run test with the shipped config on these models (comma-separated; default 7b): "
+                         "checks the run folder's plan against what the training process ran")
     ap.add_argument("--profile", action="store_true", help="also write a torch.profiler table of steps 4-5")
     ap.add_argument("--build", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -620,7 +622,9 @@ def main() -> int:
     log(json.dumps(report["env"]))
     _run_cases(a, cases, report, t_start)
     if a.minimal_test:
-        report["minimal_test"] = minimal_test(ensure_model("7b", Path(a.model_dir), ["7b"]), Path(a.runs_dir))
+        names = a.minimal_test.split(",")
+        report["minimal_test"] = {n: minimal_test(ensure_model(n, Path(a.model_dir), names), Path(a.runs_dir) / n)
+                                  for n in names}
     report["comparison"] = compare(report["results"])
     report["wall_s"] = time.time() - t_start
     (out_dir() / "bench_runner.json").write_text(json.dumps(report, indent=2, default=str))
@@ -637,7 +641,7 @@ def minimal_test(model_path: Path, out: Path) -> dict[str, Any]:
     """The product path on the GPU: the shipped config pointed at the random 7B, through fmllm-run test."""
     src = (REPO / "config.yaml").read_text()
     work = out / "mt"
-    work.mkdir(exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
     cfg = src.replace("base_model_name: Qwen/Qwen2.5-7B-Instruct", f"base_model_name: {model_path}")
     cfg = cfg.replace("bnb_4bit_compute_dtype: float16", "bnb_4bit_compute_dtype: bfloat16")
     cfg = cfg.replace("data_dir: data", f"data_dir: {REPO / 'data'}").replace("output_dir: outputs", f"output_dir: {work}")
@@ -654,9 +658,25 @@ def minimal_test(model_path: Path, out: Path) -> dict[str, Any]:
     rep["rc"] = p.returncode
     keep = {k: rep.get(k) for k in ("ok", "status", "problems", "steps", "losses", "peak_bytes", "peak_method",
                                     "tokens_per_s", "device_name", "generation", "adapter_reloaded", "notes",
-                                    "recipe", "rc", "stdout", "stderr")}
+                                    "recipe", "rc", "stdout", "stderr", "run_dir")}
+    keep["plan_check"] = plan_check(Path(rep["run_dir"])) if rep.get("run_dir") else None
     print(json.dumps(keep, indent=1, default=str)[:3000])
     return keep
+
+
+def plan_check(run_dir: Path) -> dict[str, Any]:
+    """The run folder's plan (written by the launch) against the recipe the training process
+    reports it ran: the fields that differ, and the 'not as planned' notes that explain them."""
+    spec = _read(run_dir / "config.json") or {}
+    planned = (spec.get("plan") or {}).get("recipe") or {}
+    ran = (_read(run_dir / "result.json") or {}).get("recipe") or {}
+    differ = {k: [planned.get(k), ran.get(k)] for k in planned if k != "notes" and planned.get(k) != ran.get(k)}
+    deviations = [n for n in ran.get("notes", []) if str(n).startswith("not as planned")]
+    out = {"target": (spec.get("plan") or {}).get("target"), "planned": {k: v for k, v in planned.items() if k != "notes"},
+           "differ": differ, "deviations": deviations,
+           "predicted_peak_bytes": (spec.get("plan") or {}).get("predicted_peak_bytes")}
+    log(f"plan check {run_dir.name}: differ {differ or 'nothing'}; deviations {deviations or 'none'}")
+    return out
 
 
 if __name__ == "__main__":
