@@ -233,14 +233,27 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _visible_indices(count: int) -> list[int]:
-    """Honour CUDA_VISIBLE_DEVICES given as indices (UUID lists are kept whole)."""
+def cuda_visible_devices() -> list[str] | None:
+    """CUDA_VISIBLE_DEVICES as CUDA reads it: None when unset (every GPU is visible), else its
+    entries up to the first that CUDA rejects (``-1`` or a negative index ends the list, as in
+    CUDA itself), so ``""`` and ``-1`` both mean no GPU. The one parser of the variable
+    (the checks, the launch and the runner's NVML sampler read it)."""
     cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
     if cvd is None:
+        return None
+    out: list[str] = []
+    for item in (x.strip() for x in cvd.split(",")):
+        if not item or item.startswith("-"):
+            break
+        out.append(item)
+    return out
+
+
+def _visible_indices(count: int) -> list[int]:
+    """The NVML indices CUDA will see (UUID lists are kept whole)."""
+    items = cuda_visible_devices()
+    if items is None:
         return list(range(count))
-    items = [x.strip() for x in cvd.split(",") if x.strip()]
-    if not items or items == ["-1"]:
-        return []
     if all(x.isdigit() for x in items):
         out = []
         for x in items:
@@ -250,6 +263,29 @@ def _visible_indices(count: int) -> list[int]:
                 break  # CUDA stops at the first invalid index
         return out
     return list(range(count))
+
+
+def visible_device(local_rank: int = 0) -> tuple[int | None, str | None]:
+    """(NVML index, UUID) of the GPU CUDA sees as ``cuda:local_rank`` (NVML ignores
+    CUDA_VISIBLE_DEVICES, so the mapping is done here, without touching CUDA); (None, None)
+    when the variable hides every GPU."""
+    items = cuda_visible_devices()
+    if items is None:
+        return local_rank, None
+    if not items:
+        return None, None
+    entry = items[local_rank] if local_rank < len(items) else items[0]
+    if entry.isdigit():
+        return int(entry), None
+    return None, entry if entry.startswith("GPU-") else None
+
+
+def nvml_session() -> Any:
+    """The NVML module (real or fake), initialised: the way into NVML for samplers that keep
+    it open (probe() opens and shuts it per reading)."""
+    nv = nvml_module()
+    nv.nvmlInit()
+    return nv
 
 
 def _explain_init_error(e: Exception) -> str:

@@ -500,6 +500,15 @@ def test_visible_device_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
     assert visible_device(0) == (3, None) and visible_device(1) == (1, None)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-abc,GPU-def")
     assert visible_device(1) == (None, "GPU-def")
+    # One parser for every reader: "" and -1 hide every GPU; CUDA stops at the first -1.
+    from fmllm_tui import gpu
+    from fmllm_tui.runner.distributed import _cuda_visible_count
+
+    for hidden in ("", "-1", " -1 , 0"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert visible_device(0) == (None, None) and _cuda_visible_count() == 0 and gpu._visible_indices(4) == []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,-1,3")
+    assert gpu.cuda_visible_devices() == ["2"] and _cuda_visible_count() == 1 and gpu._visible_indices(4) == [2]
     # Without a GPU driver the sampler says why and samples nothing (never raises).
     s = NvmlSampler(index=0).start()
     s.stop()

@@ -550,10 +550,10 @@ def plan_launch(loaded: Any, *, kind: str = "train", device: str | None = None,
 
 
 def _cuda_visible_count() -> int:
-    vis = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if vis is None:
-        return 0
-    return len([v for v in vis.split(",") if v.strip() and v.strip() != "-1"])
+    """GPUs CUDA_VISIBLE_DEVICES names (0 when unset: then NVML's count is the answer)."""
+    from fmllm_tui.gpu import cuda_visible_devices
+
+    return len(cuda_visible_devices() or [])
 
 
 # ------------------------------------------------------------------------------------------------

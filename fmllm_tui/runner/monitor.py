@@ -12,6 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fmllm_tui.gpu import (
+    visible_device,  # the one CUDA_VISIBLE_DEVICES parser (re-exported for the runner)
+)
+
 
 class JsonlFollower:
     """Reads the complete lines appended to a JSONL file since the last call.
@@ -61,10 +65,9 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def _nvml() -> Any:
-    import pynvml  # nvidia-ml-py; deferred: most callers never sample
+    from fmllm_tui.gpu import nvml_session  # deferred: most callers never sample
 
-    pynvml.nvmlInit()
-    return pynvml
+    return nvml_session()
 
 
 class NvmlSampler:
@@ -183,32 +186,9 @@ class NvmlSampler:
                 "samples": self.samples, "method": self.method, "error": self.error}
 
 
-def visible_device(local_rank: int = 0) -> tuple[int | None, str | None]:
-    """(NVML index, UUID) of the GPU CUDA sees as ``cuda:local_rank`` (NVML ignores
-    CUDA_VISIBLE_DEVICES, so the mapping is done here, without touching CUDA)."""
-    vis = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    if not vis or os.environ.get("CUDA_VISIBLE_DEVICES") is None:
-        return local_rank, None
-    entry = vis[local_rank] if local_rank < len(vis) else vis[0]
-    if entry.isdigit():
-        return int(entry), None
-    return None, entry if entry.startswith("GPU-") else None
-
-
 def _first_visible_index() -> int:
     index, _ = visible_device(0)
     return index or 0
-
-
-def device_memory(index: int = 0) -> dict[str, int] | None:
-    """One NVML reading of a device's memory (total, used, free bytes), or None."""
-    try:
-        nv = _nvml()
-        info = nv.nvmlDeviceGetMemoryInfo(nv.nvmlDeviceGetHandleByIndex(index))
-        util = nv.nvmlDeviceGetUtilizationRates(nv.nvmlDeviceGetHandleByIndex(index))
-        return {"total": int(info.total), "used": int(info.used), "free": int(info.free), "util_pct": int(util.gpu)}
-    except Exception:  # no GPU here
-        return None
 
 
 def format_metrics(row: dict[str, Any]) -> str:
