@@ -176,8 +176,8 @@ def planned_seq_len(loaded, data_report) -> tuple[int, str | None]:
 
 
 def _mode(view, inventory, arch=None, budget=None, seq_len=None) -> tuple[str, int]:
-    """The mode the runner will use (fmllm_tui.runner.distributed.plan_mode), for the prediction."""
-    from fmllm_tui.runner.distributed import DistributedError, plan_mode
+    """The mode the runner will use (fmllm_tui.multigpu.plan_mode), for the prediction."""
+    from fmllm_tui.multigpu import DistributedError, plan_mode
 
     n_visible = len(inventory.devices) if inventory.ok and inventory.devices else 1
     fits = None
@@ -218,7 +218,7 @@ def fit_plan(loaded, target, architecture, data_report, inventory, planned_seq_l
     v = loaded.view
     mode, n = _mode(v, inventory, arch, target.budget_bytes, planned_seq_len[0])
     if mode == "fsdp":
-        from fmllm_tui.runner.distributed import fsdp_view
+        from fmllm_tui.multigpu import fsdp_view
 
         v = fsdp_view(v)  # as the FSDP runner trains it: the input embedding stays on the GPUs
     lengths = lengths_of(data_report)

@@ -38,7 +38,8 @@ def _fix(loaded: Any, changes: list[dict[str, Any]]) -> Fix | None:
 @check("gpu.count", "GPUs for the planned mode: count, free memory, NCCL", "gpu")
 def test_gpu_count(report, loaded, inventory, planning, architecture):
     from fmllm_tui import fitsearch, memory
-    from fmllm_tui.runner import distributed as dist
+    from fmllm_tui import multigpu as dist
+    from fmllm_tui.runner.distributed import nccl_probe  # a hardware probe (a child with torch), not planning
 
     devices = _local_devices(inventory)
     if not devices:
@@ -82,7 +83,7 @@ def test_gpu_count(report, loaded, inventory, planning, architecture):
     nccl: dict[str, Any] | None = None
     if len(devices) > 1:
         # Only here: the probe imports torch in a child (seconds), and one GPU needs no NCCL.
-        nccl = dist.nccl_probe()
+        nccl = nccl_probe()
         report.set(nccl=nccl)
         if mode in ("ddp", "fsdp") and not (nccl.get("ok") and nccl.get("nccl")):
             why = nccl.get("error") or (f"torch {nccl.get('torch')} (CUDA {nccl.get('cuda') or 'none'}) has no NCCL")
@@ -102,7 +103,7 @@ def test_gpu_count(report, loaded, inventory, planning, architecture):
 @check("config.multi_gpu_fit", "The model fits one GPU, or several with FSDP", "memory")
 def test_multi_gpu_fit(report, loaded, inventory, planning, architecture, request, planned_seq_len):
     from fmllm_tui import fitsearch, memory
-    from fmllm_tui.runner import distributed as dist
+    from fmllm_tui import multigpu as dist
 
     arch, source = architecture
     if arch is None:
@@ -205,7 +206,7 @@ def _one_card_fit(request: pytest.FixtureRequest, d: Any) -> str | None:
 def test_load_ram(report, loaded, architecture, inventory):
     import psutil
 
-    from fmllm_tui.runner import distributed as dist
+    from fmllm_tui import multigpu as dist
 
     view = loaded.view
     d = view.fmllm.distributed
@@ -249,7 +250,7 @@ def test_load_ram(report, loaded, architecture, inventory):
 def test_offload_ram(report, loaded, architecture, inventory):
     import psutil
 
-    from fmllm_tui.runner import distributed as dist
+    from fmllm_tui import multigpu as dist
 
     view = loaded.view
     d = view.fmllm.distributed

@@ -26,15 +26,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The data formats and the rules for a good row live in fmllm_tui/datafile.py (torch-free, read by
+# the checks too); re-exported here for the training process.
+from fmllm_tui.datafile import (  # noqa: F401
+    _OPTIONAL,
+    _REQUIRED,
+    _ROLES,
+    FORMATS,
+    DataError,
+    DataProblem,
+    check_row,
+    guess_format,
+)
+
 IGNORE_INDEX = -100
-FORMATS = ("instruction", "prompt_completion", "chat")
-_REQUIRED = {
-    "instruction": ("instruction", "output"),
-    "prompt_completion": ("prompt", "completion"),
-    "chat": ("messages",),
-}
-_OPTIONAL = {"instruction": ("input",), "prompt_completion": (), "chat": ()}
-_ROLES = ("system", "user", "assistant", "tool", "developer")
 
 # Used when a tokenizer has no chat template: role headers, content, then eos so generation stops.
 FALLBACK_CHAT_TEMPLATE = (
@@ -43,105 +48,6 @@ FALLBACK_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
-
-
-@dataclass
-class DataProblem:
-    """One bad line (or the whole file) in plain words."""
-
-    message: str
-    line: int | None = None
-    field: str | None = None
-    hint: str | None = None
-
-    def render(self, path: str) -> str:
-        where = f"{path}:{self.line}" if self.line else path
-        text = f"{where}: error: " + (f"field {self.field!r}: " if self.field else "") + self.message
-        if self.hint:
-            text += f"\n    hint: {self.hint}"
-        return text
-
-
-class DataError(Exception):
-    """Data that cannot be trained on; ``render()`` is the person-facing message."""
-
-    def __init__(self, path: str | os.PathLike[str], problems: list[DataProblem]):
-        self.path = str(path)
-        self.problems = problems
-        super().__init__(self.render())
-
-    def render(self, limit: int = 8) -> str:
-        lines = [p.render(self.path) for p in self.problems[:limit]]
-        if len(self.problems) > limit:
-            lines.append(f"... and {len(self.problems) - limit} more bad lines")
-        return "\n".join(lines)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "problems": [
-                {"message": p.message, "line": p.line, "field": p.field, "hint": p.hint}
-                for p in self.problems
-            ],
-        }
-
-
-def guess_format(row: dict[str, Any]) -> str | None:
-    """The data_format whose required fields this row has, if any."""
-    for fmt, needed in _REQUIRED.items():
-        if all(k in row for k in needed):
-            return fmt
-    return None
-
-
-def check_row(row: Any, fmt: str, line: int) -> list[DataProblem]:
-    """Every problem of one parsed line for ``fmt``."""
-    if not isinstance(row, dict):
-        return [DataProblem(f"expected a JSON object {{...}}, found {type(row).__name__}", line=line)]
-    out: list[DataProblem] = []
-    missing = [k for k in _REQUIRED[fmt] if k not in row]
-    if missing:
-        other = guess_format(row)
-        hint = (
-            f"this line looks like {other} data: set data_format: {other}"
-            if other and other != fmt
-            else f"data_format {fmt} needs the fields {', '.join(_REQUIRED[fmt])}"
-            + (f" (optional: {', '.join(_OPTIONAL[fmt])})" if _OPTIONAL[fmt] else "")
-            + f"; this line has: {', '.join(sorted(map(str, row))) or 'no fields'}"
-        )
-        for k in missing:
-            out.append(DataProblem("missing", line=line, field=k, hint=hint))
-        return out
-    if fmt == "chat":
-        msgs = row["messages"]
-        if not isinstance(msgs, list) or not msgs:
-            return [DataProblem("expected a non-empty list of {\"role\", \"content\"} objects", line=line, field="messages")]
-        has_assistant = False
-        for i, m in enumerate(msgs):
-            where = f"messages[{i}]"
-            if not isinstance(m, dict):
-                out.append(DataProblem(f"expected an object with role and content, found {type(m).__name__}", line=line, field=where))
-                continue
-            for k in ("role", "content"):
-                if k not in m:
-                    out.append(DataProblem("missing", line=line, field=f"{where}.{k}"))
-            role, content = m.get("role"), m.get("content")
-            if "role" in m and role not in _ROLES:
-                out.append(DataProblem(f"unknown role {role!r}", line=line, field=f"{where}.role",
-                                       hint=f"roles are {', '.join(_ROLES)}"))
-            if "content" in m and not isinstance(content, str):
-                out.append(DataProblem(f"expected text, found {type(content).__name__}", line=line, field=f"{where}.content"))
-            has_assistant = has_assistant or role == "assistant"
-        if not out and not has_assistant:
-            out.append(DataProblem("no assistant message: nothing to learn from this conversation", line=line, field="messages"))
-        return out
-    for k in (*_REQUIRED[fmt], *_OPTIONAL[fmt]):
-        if k in row and row[k] is not None and not isinstance(row[k], str):
-            out.append(DataProblem(f"expected text, found {type(row[k]).__name__}", line=line, field=k))
-    target = "output" if fmt == "instruction" else "completion"
-    if not out and not str(row.get(target) or "").strip():
-        out.append(DataProblem("empty: nothing to learn from this example", line=line, field=target))
-    return out
 
 
 def read_records(
