@@ -384,6 +384,8 @@ def test_follower_keeps_partial_lines_for_later(tmp_path: Path) -> None:
         (137, None, False, None, "killed"),
         (-11, None, False, None, "failed"),  # a crash's own signal
         (1, None, False, [{"pattern": "cuda_oom", "severity": "error"}], "oom"),
+        (1, None, False, [{"pattern": "model_too_big_per_card", "severity": "error"}], "oom"),
+        (1, None, False, [{"pattern": "deprecation_info", "severity": "info"}], "failed"),
         (-9, None, False, [{"pattern": "host_oom", "severity": "error"}], "killed"),  # the diagnosis says why
         (1, {"status": "ok"}, False, None, "failed"),
     ],

@@ -23,14 +23,33 @@ from . import procs
 from . import rundir as rd
 
 
+def _run_settings(run_dir: Path) -> Any:
+    """What the run really ran (its typed config and plan from config.json), for advice that does
+    not repeat what is already on; None when config.json cannot tell."""
+    try:
+        from fmllm_tui.config import FineTuneConfig
+        from fmllm_tui.logadvice import RunSettings
+        from fmllm_tui.plan import RunPlan
+
+        spec = rd.read_json(run_dir / rd.CONFIG)
+        if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict):
+            return None
+        view = FineTuneConfig.model_validate(spec["config"])
+        plan = RunPlan.from_json(spec["plan"]) if isinstance(spec.get("plan"), dict) else None
+        return RunSettings.from_config(view, plan)
+    except Exception:  # advice without the settings is still advice: never lose the exit record over it
+        return None
+
+
 def diagnose(log_path: Path) -> tuple[list[dict[str, Any]] | None, str | None]:
-    """The log diagnosis (logdiag hits as JSON), or (None, why it is unavailable)."""
+    """The log diagnosis (logdiag hits as JSON, reading the run's settings beside the log), or
+    (None, why it is unavailable)."""
     try:
         from fmllm_tui.logdiag import scan_file
     except ImportError as e:
         return None, f"log diagnosis unavailable: {e}"
     try:
-        return [h.to_json() for h in scan_file(log_path)], None
+        return [h.to_json() for h in scan_file(log_path, settings=_run_settings(log_path.parent))], None
     except Exception as e:  # a diagnosis failure must never lose the exit record
         return None, f"log diagnosis failed: {type(e).__name__}: {e}"
 
@@ -49,7 +68,8 @@ def decide_status(returncode: int, outcome: dict[str, Any] | None, stop_requeste
         return "stopped" if -returncode in (signal.SIGTERM, signal.SIGINT) else "killed"
     for hit in diagnosis or []:
         # logdiag's GPU memory patterns: cuda_oom, cuda_oom_eval, cuda_oom_loading, ... (host_oom is RAM).
-        if str(hit.get("pattern", "")).startswith(("cuda_oom", "mps_oom")) and hit.get("severity") != "warning":
+        oom = str(hit.get("pattern", "")).startswith(("cuda_oom", "mps_oom")) or hit.get("pattern") == "model_too_big_per_card"
+        if oom and hit.get("severity") not in ("warning", "info"):
             return "oom"
     if stop_requested:
         return "stopped"

@@ -169,13 +169,13 @@ class RunFollower:
     def poll(self) -> RunSnapshot:
         """Read what is new and return the run as it stands."""
         new = self._metrics.read_new()
-        self.rows.extend(new)
-        del self.rows[:-MAX_POINTS]
+        # a resumed run replays the steps since its checkpoint: keep the newest row of each step
+        self.rows = self._rd.current_rows(self.rows + new)[-MAX_POINTS:]
         self._read_log()
         st = self._run_status()
         exit_rec = st.get("exit") if isinstance(st.get("exit"), dict) else None
         if exit_rec is not None:
-            self.rows.extend(self._metrics.read_new())  # rows written just before the exit record
+            self.rows = self._rd.current_rows(self.rows + self._metrics.read_new())[-MAX_POINTS:]  # rows just before the exit record
         final_step = self._final_step() if exit_rec is not None else None
         max_steps = None
         if self.rows and isinstance(self.rows[-1].get("max_steps"), int):
@@ -205,10 +205,13 @@ def diagnosis_lines(exit_rec: dict[str, Any] | None, limit: int = 3) -> list[str
     msg = exit_rec.get("message")
     if msg:
         out.append(mask_text(str(msg)))
-    for hit in (exit_rec.get("diagnosis") or [])[:limit]:
-        if not isinstance(hit, dict):
-            continue
-        line = f"{hit.get('file', 'train.log')}:{hit.get('line', '?')}: {hit.get('cause', '')}".strip()
+    hits = [h for h in exit_rec.get("diagnosis") or [] if isinstance(h, dict)]
+    # root causes first (the diagnosis's order); an info note never reads as the failure
+    hits = [h for h in hits if h.get("severity") != "info"] + [h for h in hits if h.get("severity") == "info"]
+    for hit in hits[:limit]:
+        note = "note: " if hit.get("severity") == "info" else ""
+        phase = f" (during {hit['phase'].replace('_', ' ')})" if hit.get("phase") else ""
+        line = f"{note}{hit.get('file', 'train.log')}:{hit.get('line', '?')}: {hit.get('cause', '')}{phase}".strip()
         out.append(mask_text(line))
         fx = hit.get("fix")
         if isinstance(fx, dict) and fx.get("summary"):
