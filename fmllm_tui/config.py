@@ -353,7 +353,6 @@ FT_SECTIONS = ("lora", "quantization", "training")
 # --------------------------------------------------------------------------------------------
 
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1024**3, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
 
 
 def parse_size(text: str | int | float) -> int:

@@ -7,7 +7,8 @@ shell command when the remedy is not a config change). Patterns whose ``rx`` is 
 in evaluation, NaN loss after N finite steps, loss flat at ln(vocab), …).
 
 Wordings follow several library versions (torch 1.13-2.x OOM formats, transformers 4.3x-5.x,
-bitsandbytes 0.39-0.50, huggingface_hub 0.x-1.x); see shared/research/finetune-runners-and-errors.md §2.
+bitsandbytes 0.39-0.50, huggingface_hub 0.x-1.x), taken from public issue threads (the real-log corpus in
+tests/data/reallogs/ names each thread).
 No torch/transformers imports here: this module is plain data and regexes.
 """
 

@@ -263,20 +263,18 @@ def test_recompile_limit_covers_a_run_of_varied_batches(four_bit_model):
     model = prepare_for_training(four_bit_model(), cfg, recipe_of(cfg, cuda=False))
     compile_decoder_layers(model, checkpointing=False, backend="eager")
     model.train()
-    raise_on_limit = dynamo_config.patch(fail_on_recompile_limit_hit=True)
-    raise_on_limit.__enter__()
-    g = torch.Generator().manual_seed(0)
-    for length in (16, 24, 31, 40, 17, 48):
-        ids = torch.randint(0, 400, (2, length), generator=g)
-        mask = torch.ones_like(ids)
-        if length % 2:
-            mask[1, -3:] = 0  # a padded batch
-        model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
-    model.eval()
-    with torch.no_grad():
-        for length in (20, 33):
-            model(input_ids=torch.randint(0, 400, (1, length), generator=g))
-    raise_on_limit.__exit__(None, None, None)
+    with dynamo_config.patch(fail_on_recompile_limit_hit=True):  # restored even when an assertion fails
+        g = torch.Generator().manual_seed(0)
+        for length in (16, 24, 31, 40, 17, 48):
+            ids = torch.randint(0, 400, (2, length), generator=g)
+            mask = torch.ones_like(ids)
+            if length % 2:
+                mask[1, -3:] = 0  # a padded batch
+            model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
+        model.eval()
+        with torch.no_grad():
+            for length in (20, 33):
+                model(input_ids=torch.randint(0, 400, (1, length), generator=g))
 
 
 def test_compile_auto_skips_remote_code_and_missing_triton():

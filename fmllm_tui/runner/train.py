@@ -70,7 +70,9 @@ from .monitor import NvmlSampler, visible_device
 if TYPE_CHECKING:
     from fmllm_tui.plan import RunPlan
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_OOM = 0, 1, 2, 3
+# The training process's own exit codes, read only by its supervisor (which reports a run's
+# status from outcome.json); OOM is 4 so it never reads as fmllm's ExitCode.CRASHED (3).
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_OOM = 0, 1, 2, 4
 # How many examples a minimal test cycles through per micro-batch slot.
 TEST_SAMPLE_PER_SLOT = 4
 # Records scanned to find the minimal test's longest examples.
