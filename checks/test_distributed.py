@@ -10,14 +10,13 @@ from fmllm_tui.checks._plugin import check
 from fmllm_tui.checks.test_config import planned_fix
 
 from fmllm_tui.findings import Fix
+from fmllm_tui.units import gib
 
-GiB = 1024**3
 NCCL_FIX = Fix(id="gpu.nccl", shell="pip install --force-reinstall torch --index-url https://download.pytorch.org/whl/cu124",
                summary="a CUDA build of torch (Linux wheels ship NCCL); pick the CUDA version your driver supports")
 
 
-def _gib(b: float | None) -> str:
-    return "?" if b is None else f"{b / GiB:.2f} GiB"
+_gib = gib
 
 
 def _local_devices(inventory: Any) -> list[Any]:
@@ -39,7 +38,9 @@ def _fix(loaded: Any, changes: list[dict[str, Any]]) -> Fix | None:
 def test_gpu_count(report, loaded, inventory, planning, architecture):
     from fmllm_tui import fitsearch, memory
     from fmllm_tui import multigpu as dist
-    from fmllm_tui.runner.distributed import nccl_probe  # a hardware probe (a child with torch), not planning
+    from fmllm_tui.runner.distributed import (
+        nccl_probe,  # a hardware probe (a child with torch), not planning
+    )
 
     devices = _local_devices(inventory)
     if not devices:

@@ -10,12 +10,9 @@ from fmllm_tui.checks._plugin import check
 from fmllm_tui.checks.test_config import planned_fix
 
 from fmllm_tui.findings import plural
+from fmllm_tui.units import GiB, gib
 
-GiB = 1024**3
-
-
-def _gib(b: float) -> str:
-    return f"{b / GiB:.2f} GiB"
+_gib = gib
 
 
 @check("config.fit", "The run fits the GPU memory", "memory")

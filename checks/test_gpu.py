@@ -13,13 +13,13 @@ from fmllm_tui.checks._plugin import check
 from fmllm_tui.checks.test_config import planned_fix
 
 from fmllm_tui.findings import Fix
+from fmllm_tui.units import gib
 
-GiB = 1024**3
 PLANNING_SKIP = "planning for {name} ({source}): this machine's GPU stack is not checked"
 
 
 def _gib(b: int) -> str:
-    return f"{b / GiB:.1f} GiB"
+    return gib(b, 1)
 
 
 @check("gpu.devices", "NVIDIA driver and GPUs", "gpu")

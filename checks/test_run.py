@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fmllm_tui.checks._plugin import check
 
-GiB = 1024**3
+from fmllm_tui.units import GiB
 
 
 @check("run.minimal_test", "Minimal fine-tuning test", "run")

@@ -21,6 +21,7 @@ from typing import Any
 from fmllm_tui.config import LoadedConfig, to_plain
 from fmllm_tui.findings import Change, Fix
 from fmllm_tui.redact import mask_text
+from fmllm_tui.units import gib
 
 from .engine import already, get_path, is_missing
 from .errors import FixError
@@ -83,8 +84,7 @@ def change(loaded: LoadedConfig, canonical: str, to: Any, why: str) -> list[Chan
     return [Change(key=fk, to=to, from_=None if is_missing(old) else old, comment=why)]
 
 
-def _gib(n: float) -> str:
-    return f"{n / 1024**3:.2f} GiB"
+_gib = gib
 
 
 def _req(values: dict[str, Any], name: str, fix_id: str, what: str) -> Any:

@@ -99,7 +99,9 @@ def _target(args: argparse.Namespace) -> Path:
 
 
 def _gib(n: Any) -> str:
-    return f"{n / 2**30:.2f} GiB" if isinstance(n, (int, float)) else "?"
+    from fmllm_tui.units import gib
+
+    return gib(n) if isinstance(n, (int, float)) else "?"
 
 
 def _print_event(ev: dict[str, Any], as_json: bool, out: TextIO) -> None:

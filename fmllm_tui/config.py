@@ -33,6 +33,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from fmllm_tui.units import parse_size  # noqa: F401  (the one size reader; re-exported for config callers)
+
 # --------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------
@@ -352,37 +354,7 @@ FT_SECTIONS = ("lora", "quantization", "training")
 # Sizes
 # --------------------------------------------------------------------------------------------
 
-_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str | int | float) -> int:
-    """Parse '10GiB', '10 GB', '10g', '10240MiB', '10' (GiB) into bytes. Raises ValueError."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        if text <= 0:
-            raise ValueError(f"size must be positive, got {text}")
-        return int(text * 1024**3)
-    m = _SIZE_RE.match(str(text))
-    if not m:
-        raise ValueError(
-            f"cannot read {text!r} as a memory size; write it like 10GiB, 24GB or 16000MiB"
-        )
-    number = float(m.group(1))
-    unit = (m.group(2) or "").lower()
-    if unit == "b":
-        mult = 1
-    elif unit == "":
-        mult = 1024**3
-    else:
-        base = 1024 if "i" in unit else 1000
-        power = "kmgt".index(unit[0]) + 1
-        mult = base**power
-        # "10G" and "10GB" are read as GiB: that is what people mean for GPU memory.
-        if "i" not in unit:
-            mult = 1024**power
-    size = int(number * mult)
-    if size <= 0:
-        raise ValueError(f"size must be positive, got {text!r}")
-    return size
+# parse_size lives in fmllm_tui/units.py (re-exported here for the callers that read configs).
 
 
 # --------------------------------------------------------------------------------------------

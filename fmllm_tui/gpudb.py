@@ -27,8 +27,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-MiB = 1 << 20
-GiB = 1 << 30
+from fmllm_tui.units import GiB, MiB
+
 DRIVER_RESERVE_BASE = 256 * MiB
 DRIVER_RESERVE_FRACTION = 0.0025
 
@@ -264,7 +264,7 @@ def resolve_budget(spec: str) -> tuple[int, str, GpuCard | None]:
 
     Raises ValueError for text that is neither (the message covers both readings).
     """
-    from fmllm_tui.config import parse_size  # deferred: config pulls in pydantic and ruamel
+    from fmllm_tui.units import parse_size
 
     try:
         size = parse_size(spec)

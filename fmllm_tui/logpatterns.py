@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from fmllm_tui.units import printed_size
+
 # --------------------------------------------------------------------------------------------
 # Fixes
 # --------------------------------------------------------------------------------------------
@@ -174,21 +176,8 @@ FIX_CUDA_DEBUG = fix(
 # --------------------------------------------------------------------------------------------
 
 SIZE = r"[\d.]+ ?(?:bytes|[KMGTP]i?B)"
-_UNIT = {"bytes": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4,
-         "PiB": 1024**5, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4, "PB": 1000**5}
-
-
-def size_bytes(text: str | None) -> int | None:
-    """'2.00 GiB' -> 2147483648; None when it isn't a size."""
-    if not text:
-        return None
-    m = re.match(r"\s*([\d.]+) ?(bytes|[KMGTP]i?B)", text)
-    if not m:
-        return None
-    try:
-        return int(float(m.group(1)) * _UNIT[m.group(2)])
-    except (ValueError, KeyError):
-        return None
+# A size as torch/CUDA printed it, in bytes (fmllm_tui.units holds the one reader).
+size_bytes = printed_size
 
 
 def human(n: int | float | None) -> str:

@@ -65,8 +65,7 @@ if TYPE_CHECKING:  # hints only: no import cost at run time
     from fmllm_tui.config import FineTuneConfig
     from fmllm_tui.gpudb import GpuCard
 
-GiB = 1 << 30
-MiB = 1 << 20
+from fmllm_tui.units import GiB, MiB  # noqa: E402  (one vocabulary of sizes)
 
 # --------------------------------------------------------------------------------------------
 # Calibration: every constant that was fitted or measured rather than derived. Recalibrate with

@@ -161,6 +161,11 @@ def test_current_rows_keep_the_newest_row_of_each_step() -> None:
     # A resume from an earlier checkpoint whose first row is a step with no earlier row.
     rows2 = [{"step": s} for s in (1, 4, 8, 12)] + [{"step": 10, "replayed": True}]
     assert [r["step"] for r in rd.current_rows(rows2)] == [1, 4, 8, 10]
+    # One attempt logging a step twice (the Trainer's epoch-end row): both rows stay.
+    rows3 = [{"step": 1, "tokens_per_s": 812.0}, {"step": 1, "tokens_per_s": 0.0}, {"step": 2}]
+    assert len(rd.current_rows(rows3)) == 3
+    resumed = [{"step": 4, "resumed_from": "checkpoint-2"}, {"step": 4, "resumed_from": "checkpoint-2", "epoch": 1.0}]
+    assert len(rd.current_rows(rows3 + resumed)) == 5
 
 
 @pytest.mark.slow

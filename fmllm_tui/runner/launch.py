@@ -310,12 +310,11 @@ def launch_plan(loaded: Any, *, device: str | None, distributed: dict[str, Any],
     the launch's mode and process count, the data's lengths. Raises :class:`RunError`."""
     from fmllm_tui import gpudb
     from fmllm_tui.datafile import example_lengths
+    from fmllm_tui.gpu import torch_build_info
     from fmllm_tui.plan import PlanError, Target, installed, run_plan
     from fmllm_tui.recipe import liger_installed
 
     from .distributed import model_architecture, visible_gpus
-
-    from fmllm_tui.gpu import torch_build_info
 
     view = loaded.view
     gpus = [] if device == "cpu" else visible_gpus()

@@ -166,6 +166,10 @@ def checkpoint_problem(folder: str | os.PathLike[str]) -> str | None:
     return None
 
 
+def _same_attempt(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return bool(a.get("resumed_from")) and a.get("resumed_from") == b.get("resumed_from")
+
+
 def current_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The metrics rows as the run stands: after a resume the Trainer replays the steps since its
     checkpoint (rows marked ``replayed``, and ``resumed_from`` the checkpoint), so a row replaces
@@ -174,8 +178,11 @@ def current_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for row in rows:
         step = row.get("step")
-        if isinstance(step, int):
-            while out and isinstance(out[-1].get("step"), int) and out[-1]["step"] >= step:
-                out.pop()
+        # Only a row of a later attempt replaces: one attempt may log a step twice (the Trainer's
+        # epoch-end row repeats the last logged step), and both rows stay.
+        later_attempt = bool(row.get("replayed") or row.get("resumed_from"))
+        while (later_attempt and isinstance(step, int) and out and isinstance(out[-1].get("step"), int)
+               and out[-1]["step"] >= step and not _same_attempt(out[-1], row)):
+            out.pop()
         out.append(row)
     return out

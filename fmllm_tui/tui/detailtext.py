@@ -13,8 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fmllm_tui.findings import plural
-
-GiB = 1 << 30
+from fmllm_tui.units import GiB, human_bytes  # noqa: F401  (one byte formatter; re-exported)
 
 #: Keys that describe the plan a finding was made with (the resolved target, mode, length, recipe).
 PLAN_KEYS = ("gpu", "target", "budget_bytes", "budget_source", "mode", "n_gpus", "gpus_available",
@@ -26,18 +25,6 @@ PREDICTION_KEYS = ("predicted_peak_bytes", "predicted_range_bytes", "predicted_p
 
 SOURCES = {"catalogue": "fmllm's catalogue", "hub": "the Hub", "cache": "the Hugging Face cache",
            "local": "the local folder"}
-
-
-def human_bytes(n: float | int | None) -> str:
-    """Bytes as GiB (one decimal) or MiB: what people compare with their card's size."""
-    if n is None:
-        return "?"
-    n = float(n)
-    if abs(n) >= GiB:
-        return f"{n / GiB:.1f} GiB"
-    if abs(n) >= 1 << 20:
-        return f"{n / (1 << 20):.0f} MiB"
-    return f"{n / 1024:.0f} KiB"
 
 
 def value_text(key: str, value: Any) -> str:

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fmllm_tui.findings import Change, CheckResult
-
-GiB = 1 << 30
+from fmllm_tui.units import GiB
 
 #: The settings the Memory screen varies: (PlanInputs field, label).
 KNOBS: tuple[tuple[str, str], ...] = (

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from rich.text import Text
 
+from fmllm_tui.units import human_bytes  # noqa: F401  (one byte formatter; re-exported)
+
 STYLES = {
     "pass": "bold green",
     "warn": "bold yellow",
@@ -39,18 +41,6 @@ def clip(text: str, width: int) -> str:
     if width <= 1:
         return line[:max(width, 0)]
     return line if len(line) <= width else line[: width - 1] + "…"
-
-
-def human_bytes(n: float | int | None) -> str:
-    """Bytes as GiB/MiB with one decimal (memory figures all over the TUI)."""
-    if n is None:
-        return "?"
-    n = float(n)
-    if abs(n) >= 2**30:
-        return f"{n / 2**30:.1f} GiB"
-    if abs(n) >= 2**20:
-        return f"{n / 2**20:.0f} MiB"
-    return f"{n / 2**10:.0f} KiB"
 
 
 def human_range(low: float | int | None, high: float | int | None) -> str:
