@@ -64,19 +64,13 @@ def test_config_fit(report, loaded, target, architecture, fit_plan):
                 share = (f"{fit.truncated_share:.1%} of the examples" if fit.truncated_share is not None
                          else "an unknown share of the examples (the data could not be read)")
                 unsafe = (f" The change set cuts max_seq_length to {cut['to']}, which truncates {share}: "
-                          "--fix does not apply it; apply it by hand if that is acceptable, or use a smaller "
-                          "model (fmllm-check --recommend) or a card with more memory.")
+                          "--fix does not apply it; apply it by hand if that is acceptable."
+                          + (_instead(report, loaded, target, lengths) if mode == "single" else
+                             " Or use a smaller model (fmllm-check --recommend) or a card with more memory."))
             msg = fit.message if fit.message.endswith(".") else fit.message + "."
             report.fail(f"does not fit: {head}. {msg}{unsafe}", fix)
-        more = ""
-        if mode == "single":
-            alts = _alternatives(loaded, target, lengths)
-            report.set(alternatives=alts)
-            listed = "; ".join(f"{a['what']} (predicted {_gib(a['peak_bytes'])})" for a in alts)
-            more = (" Nothing sensible fits one such card. " + (f"What does: {listed}. " if listed else "")
-                    + "None is applied for you: a preset with fmllm-check --preset NAME, another model by hand "
-                    "(fmllm-check --recommend lists more), or FSDP over several GPUs if you have them "
-                    "(fmllm.distributed.mode: fsdp, num_processes: N; see config.multi_gpu_fit).")
+        more = (" Nothing sensible fits one such card." + _instead(report, loaded, target, lengths)
+                if mode == "single" else "")
         report.fail(f"does not fit, even with every memory saving: {head}. {fit.message}{more}")
     if fix is not None and fit.speedup >= 1.3:
         report.warn(f"fits with room to spare: {head}. {fit.message}.", fix)
@@ -143,6 +137,18 @@ def test_ram(report, loaded, architecture):
         report.warn(f"{_gib(avail)} of RAM available, loading needs about {_gib(need)}: the kernel may kill the "
                     "run while loading shards ('Killed'). Close other programs or add swap.")
     report.ok(f"{_gib(avail)} of RAM available; loading needs about {_gib(need)}")
+
+
+def _instead(report, loaded, target, lengths) -> str:
+    """What fits the card instead (presets, smaller catalogue models) with predicted peaks, and how
+    to take one: the finding's last sentences when nothing sensible fits as configured."""
+    alts = _alternatives(loaded, target, lengths)
+    report.set(alternatives=alts)
+    listed = "; ".join(f"{a['what']} (predicted {_gib(a['peak_bytes'])})" for a in alts)
+    return ((f" What fits instead: {listed}." if listed else "")
+            + " None is applied for you: a preset with fmllm-check --preset NAME, another model by hand "
+            "(fmllm-check --recommend lists more), or FSDP over several GPUs if you have them "
+            "(fmllm.distributed.mode: fsdp, num_processes: N; see config.multi_gpu_fit).")
 
 
 def _alternatives(loaded, target, lengths, limit: int = 3) -> list[dict]:

@@ -178,6 +178,9 @@ def test_a_sequence_cut_that_truncates_the_data_is_offered_never_applied(tmp_pat
     assert fit["fix"]["safe"] is False
     assert any(c["key"] == "fine_tuning.training.max_seq_length" for c in fit["fix"]["changes"])
     assert "--fix does not apply it" in fit["finding"] and "of the examples" in fit["finding"]
+    # a cut that ruins the fine-tune is not a sensible fit: what fits instead is named, with its peak
+    assert fit["values"]["alternatives"] and "What fits instead:" in fit["finding"]
+    assert all(0 < a["peak_bytes"] < fit["values"]["budget_bytes"] for a in fit["values"]["alternatives"])
     before = cfg.read_text()
     main([*args, "--fix"])
     out = capsys.readouterr().out
