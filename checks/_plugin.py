@@ -94,6 +94,17 @@ def results(config: pytest.Config) -> list[CheckResult]:
     return config.stash.setdefault(RESULTS_KEY, [])
 
 
+def planned_fix(loaded: Any, fix_id: str, values: dict[str, Any] | None = None, summary: str = "") -> Fix | None:
+    """The fixer's exact changes for a finding (None when the fixer has nothing to change): the one
+    way a check attaches a config fix, so every check's fix is what --fix will write."""
+    from fmllm_tui.fixes import plan_fix
+
+    changes = plan_fix(loaded, fix_id, values or {})
+    if not changes:
+        return None
+    return Fix(id=fix_id, changes=changes, summary=summary)
+
+
 def check_id(item: pytest.Item) -> str | None:
     mark = item.get_closest_marker("fmllm_check")
     if mark is None:

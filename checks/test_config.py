@@ -2,22 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from fmllm_tui.checks._plugin import check
+from fmllm_tui.checks._plugin import check, planned_fix
 
 from fmllm_tui.config import ConfigError
-from fmllm_tui.findings import Fix
-
-
-def planned_fix(loaded: Any, fix_id: str, values: dict[str, Any] | None = None, summary: str = "") -> Fix | None:
-    """The fixer's exact changes for this finding (None when the fixer has nothing to change)."""
-    from fmllm_tui.fixes import plan_fix
-
-    changes = plan_fix(loaded, fix_id, values or {})
-    if not changes:
-        return None
-    return Fix(id=fix_id, changes=changes, summary=summary)
 
 
 @check("config.valid", "Config file is valid", "config")

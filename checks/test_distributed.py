@@ -6,8 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fmllm_tui.checks._plugin import check
-from fmllm_tui.checks.test_config import planned_fix
+from fmllm_tui.checks._plugin import check, planned_fix
 
 from fmllm_tui.findings import Fix
 from fmllm_tui.units import gib

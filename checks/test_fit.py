@@ -6,8 +6,7 @@ import math
 import os
 import shutil
 
-from fmllm_tui.checks._plugin import check
-from fmllm_tui.checks.test_config import planned_fix
+from fmllm_tui.checks._plugin import check, planned_fix
 
 from fmllm_tui.findings import plural
 from fmllm_tui.units import GiB, gib

@@ -9,8 +9,7 @@ import os
 import subprocess
 import sys
 
-from fmllm_tui.checks._plugin import check
-from fmllm_tui.checks.test_config import planned_fix
+from fmllm_tui.checks._plugin import check, planned_fix
 
 from fmllm_tui.findings import Fix
 from fmllm_tui.units import gib

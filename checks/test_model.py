@@ -3,9 +3,8 @@ and loading it runs no code nobody announced."""
 
 from __future__ import annotations
 
-from fmllm_tui.checks._plugin import check
+from fmllm_tui.checks._plugin import check, planned_fix
 from fmllm_tui.checks.conftest import SOFT_KINDS
-from fmllm_tui.checks.test_config import planned_fix
 
 from fmllm_tui.findings import Fix, plural
 

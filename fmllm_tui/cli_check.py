@@ -20,10 +20,9 @@ from typing import Any, NoReturn, TextIO
 from fmllm_tui import __version__
 from fmllm_tui.checkrun import ChecksNotRun, OnlyMatchesNothing, sigint_ignored
 from fmllm_tui.exitcodes import ExitCode
-from fmllm_tui.findings import Change, CheckResult, summarize
+from fmllm_tui.findings import GLYPHS, Change, CheckResult, summarize
 from fmllm_tui.redact import mask_text
 
-GLYPHS = {"pass": "✓", "warn": "!", "fail": "✗", "skip": "-", "crash": "☠"}
 ASCII = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP", "crash": "CRASH"}
 COLORS = {"pass": "32", "warn": "33", "fail": "31", "skip": "90", "crash": "35"}
 

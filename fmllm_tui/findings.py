@@ -100,6 +100,10 @@ class CheckResult:
         )
 
 
+#: One glyph per status, for the terminal faces (fmllm-check's human output and the TUI).
+GLYPHS = {"pass": "✓", "warn": "!", "fail": "✗", "skip": "-", "crash": "☠"}
+
+
 def plural(count: int, word: str, words: str | None = None) -> str:
     """``1 change``, ``3 changes`` (``words``: an irregular plural): one spelling for every face."""
     return f"{count} {word if count == 1 else (words or word + 's')}"

@@ -29,7 +29,7 @@ def glyph(status: str, frame: int | None = None) -> Text:
     elif status == "pending":
         ch = PENDING
     else:
-        from fmllm_tui.cli_check import GLYPHS  # after the first frame: cli_check pulls in metadata
+        from fmllm_tui.findings import GLYPHS
 
         ch = GLYPHS.get(status, "?")
     return Text(ch, style=STYLES.get(status, ""))
