@@ -43,6 +43,14 @@ def _statuses(capsys: pytest.CaptureFixture[str], cfg: Path, card: str) -> dict[
     return {c["id"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
 
 
+def _assert_no_worse(before: dict[str, dict], after: dict[str, dict], what: str) -> None:
+    """The property: no check that passed fails, and the number of fails does not grow."""
+    broke = {k: after[k]["finding"] for k, c in before.items() if c["status"] == "pass" and after[k]["status"] == "fail"}
+    assert not broke, f"{what} made these fail: {broke}"
+    fails = [sorted(k for k, c in res.items() if c["status"] in ("fail", "crash")) for res in (before, after)]
+    assert len(fails[1]) <= len(fails[0]), fails
+
+
 @pytest.mark.parametrize("card", CARDS)
 @pytest.mark.parametrize("name", sorted(CORPUS))
 def test_fix_never_makes_a_config_worse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -59,10 +67,7 @@ def test_fix_never_makes_a_config_worse(tmp_path: Path, monkeypatch: pytest.Monk
     capsys.readouterr()
     fixed = cfg.read_text()
     after = _statuses(capsys, cfg, card)
-    broke = {k: after[k]["finding"] for k, c in before.items() if c["status"] == "pass" and after[k]["status"] == "fail"}
-    assert not broke, f"--fix made these fail on {card}: {broke}"
-    fails = lambda res: sorted(k for k, c in res.items() if c["status"] in ("fail", "crash"))  # noqa: E731
-    assert len(fails(after)) <= len(fails(before)), (fails(before), fails(after))
+    _assert_no_worse(before, after, f"--fix on {card}")
     main(["--config", str(cfg), "--gpu", card, "--offline", "--fix"])
     capsys.readouterr()
     assert cfg.read_text() == fixed, "a second --fix changed the config again"
@@ -96,10 +101,7 @@ def test_tui_apply_all_safe_never_makes_a_config_worse(tmp_path: Path, monkeypat
         pre = configops.preview(cfg, changes)
         configops.apply(cfg, changes, pre.expected_raw)
     after = _statuses(capsys, cfg, card)
-    broke = {k: after[k]["finding"] for k, c in before.items() if c["status"] == "pass" and after[k]["status"] == "fail"}
-    assert not broke, f"apply all safe made these fail on {card}: {broke}"
-    fails = lambda res: sorted(k for k, c in res.items() if c["status"] in ("fail", "crash"))  # noqa: E731
-    assert len(fails(after)) <= len(fails(before)), (fails(before), fails(after))
+    _assert_no_worse(before, after, f"apply all safe on {card}")
     main(["--config", str(cli), "--gpu", card, "--offline", "--fix"])
     capsys.readouterr()
     assert cfg.read_text() == cli.read_text(), "the TUI's apply-all and fmllm-check --fix wrote different files"

@@ -429,7 +429,7 @@ def resume(run_dir: str | os.PathLike[str]) -> Path:
         # The supervisor writes the exit record as its last act: give the process a moment to go
         # before a new one takes over the folder.
         deadline = time.monotonic() + 15
-        while _alive(st.get("pid"), str(rdir)) and time.monotonic() < deadline:
+        while procs.is_alive(st.get("pid"), must_mention=str(rdir)) and time.monotonic() < deadline:
             time.sleep(0.1)
     holders = procs.live(rdir)
     if st["state"] == "running" or holders:
@@ -508,23 +508,6 @@ def _read_pid(path: Path) -> int | None:
         return int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _alive(pid: int | None, must_mention: str | None = None) -> bool:
-    """True when ``pid`` runs (not a zombie) and, if given, its command line mentions ``must_mention``."""
-    if not pid:
-        return False
-    try:
-        import psutil
-
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return False
-        if must_mention is not None:
-            return any(must_mention in part for part in p.cmdline())
-        return True
-    except Exception:  # NoSuchProcess, AccessDenied, psutil missing: treat as gone
-        return False
 
 
 def _last_jsonl(path: Path, tail_bytes: int = 65536) -> dict[str, Any] | None:
@@ -630,7 +613,7 @@ def kill(run_dir: str | os.PathLike[str], timeout: float = 10.0) -> bool:
     # when the supervisor is gone), their groups frozen before anything is listed (procs.kill_all).
     signalled = procs.kill_all(rdir)
     end = time.monotonic() + timeout
-    while time.monotonic() < end and (procs.live(rdir) or any(_alive(p) for p in signalled)):
+    while time.monotonic() < end and (procs.live(rdir) or any(procs.is_alive(p) for p in signalled)):
         time.sleep(0.05)
     # An exit record beside a live training process was wrong (its supervisor wrote it, then the
     # trainer lived on): this kill is how the run ended.
