@@ -78,3 +78,14 @@ def human_bytes(n: float | int | None) -> str:
     if abs(n) >= MiB:
         return f"{n / MiB:.0f} MiB"
     return f"{n / KiB:.0f} KiB"
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as people read a run's length: '42s', '3m05s', '2h07m' (the runner's metrics line,
+    fmllm-run's summary and the TUI's time estimates all write durations this way)."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"

@@ -15,6 +15,7 @@ from typing import Any
 from fmllm_tui.gpu import (
     visible_device,  # the one CUDA_VISIBLE_DEVICES parser (re-exported for the runner)
 )
+from fmllm_tui.units import format_duration  # re-exported: fmllm-run reads it here
 
 
 class JsonlFollower:
@@ -210,15 +211,6 @@ def format_metrics(row: dict[str, Any]) -> str:
     if isinstance(eta, (int, float)) and eta > 0:
         parts.append("eta " + format_duration(eta))
     return "  ".join(parts)
-
-
-def format_duration(seconds: float) -> str:
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
 def wait_for(predicate: Any, timeout: float, interval: float = 0.1) -> bool:

@@ -163,7 +163,7 @@ def eta_line(plan: MemoryPlan, budget: Budget | None) -> tuple[float, str, str |
     """(tokens/s, the card it is for, ETA text or None) for the plan as varied: the memory
     model's speed on the budget's card and its time for the planned steps."""
     from fmllm_tui.memory import estimate_time
-    from fmllm_tui.runner.monitor import format_duration
+    from fmllm_tui.units import format_duration
 
     inp = plan.planned(plan.current)
     t = plan.loaded.view.training

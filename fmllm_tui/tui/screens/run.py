@@ -26,6 +26,7 @@ from fmllm_tui.tui.screens.base import FmllmScreen
 from fmllm_tui.tui.widgets.history import PercentHistory
 from fmllm_tui.tui.widgets.navbar import NavBar
 from fmllm_tui.tui.widgets.status import human_bytes
+from fmllm_tui.units import format_duration
 
 if TYPE_CHECKING:
     from fmllm_tui.tui.app import FmllmApp
@@ -36,12 +37,6 @@ KIND_LABEL = {"test": "Minimal test", "train": "Full fine-tune"}
 LOG_STYLE = {"error": "bold red", "warning": "yellow", "fmllm": "bold", "noise": "dim", "plain": ""}
 STATE_STYLE = {"running": "bold cyan", "ok": "bold green", "stopped": "bold yellow", "failed": "bold red",
                "oom": "bold red", "killed": "bold magenta", "lost": "bold red"}
-
-
-def _dur(seconds: float) -> str:
-    from fmllm_tui.runner.monitor import format_duration
-
-    return format_duration(seconds)
 
 
 class RunScreen(FmllmScreen):
@@ -221,9 +216,9 @@ class RunScreen(FmllmScreen):
         if tps is not None and not det:
             stats.append(f"{tps:,.0f} tok/s")
         if snap.running and isinstance(last.get("eta_s"), (int, float)) and not det:
-            stats.append(f"ETA {_dur(last['eta_s'])}")
+            stats.append(f"ETA {format_duration(last['eta_s'])}")
         if snap.exit and isinstance(snap.exit.get("wall_s"), (int, float)) and not det:
-            stats.append(f"took {_dur(snap.exit['wall_s'])}")
+            stats.append(f"took {format_duration(snap.exit['wall_s'])}")
         self.query_one("#run-stats", Static).update(" · ".join(stats))
 
         if len(snap.metrics) != self._plotted:
