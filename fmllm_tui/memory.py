@@ -658,93 +658,237 @@ def resolve_liger_layers(inp: PlanInputs) -> bool:
 
 
 def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Prediction:
-    """Predict peak memory (and speed) from plain inputs. The fast path the fit search uses."""
-    a = ArchSpec.from_config(arch)
-    s = _sums(a)
+    """Predict peak memory (and speed) from plain inputs. The fast path the fit search uses.
+
+    The recipe of a prediction: resolve what really runs; the static memory (weights, adapters,
+    optimizer state) shared out over the GPUs; what one micro-batch adds (saved activations, one
+    layer's backward, the loss); the larger of the two candidate peaks; what NVML sees beyond
+    torch's allocations; FSDP's wrap phase where it peaks higher; the range and the speed.
+    """
     notes: list[str] = []
-    if inp.recipe not in RECIPES:
-        raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {inp.recipe!r}")
-    if inp.mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)} (or auto), got {inp.mode!r}")
+    r = _resolve(inp, ArchSpec.from_config(arch), notes)
+    bd: dict[str, int] = {}
+    st = _static_memory(r, bd, notes)
+    wrap = _multi_gpu(r, bd, st.embed_bytes, notes)
+    static = sum(bd.values()) + st.mask_bytes
+    act = _activations(r)
+    loss = _loss(r, notes)
+    alloc, phase = _two_peaks(r, bd, static, act, loss, st, notes)
+    offload_runtime = _outside_torch(r, bd, act, loss, st)
+    _monotone_envelope(r, bd, act, st, notes)
+    peak = _Moment(bd, alloc, bd["allocator_reserve"], st.opt_paged, phase)
+    phase_peaks = _fsdp_phases(wrap, peak)
+    # The breakdown holds the peak moment's parts; it sums to the process peak by construction.
+    assert peak.process == (peak.reserved + peak.paged + OUTSIDE_ALLOCATOR_BYTES + (NCCL_BYTES if r.n > 1 else 0)
+                            + (OFFLOAD_RUNTIME_BYTES if offload_runtime else 0))
+    low, high = _range(r, peak.process)
+    tps, rel_speed = _speed(r, st, loss)
+    return Prediction(
+        breakdown=peak.bd,
+        peak_allocated_bytes=int(peak.alloc),
+        peak_reserved_bytes=int(peak.reserved),
+        peak_process_bytes=int(peak.process),
+        low_bytes=int(low),
+        high_bytes=int(high),
+        tokens_per_step=r.T * inp.grad_accum * r.n,
+        tokens_per_micro_batch=r.T,
+        tokens_per_second=tps,
+        relative_speed=rel_speed,
+        startup_seconds=STARTUP_COMPILED_S if r.compiled else STARTUP_EAGER_S,
+        peak_phase=peak.phase,
+        recipe=inp.recipe,
+        loss=r.loss_kind,
+        notes=notes,
+        inputs=inp,
+        phase_peaks=phase_peaks,
+        fsdp_root_bytes=int(wrap.root if wrap else 0),
+    )
+
+
+def _check_choices(recipe: str, mode: str) -> None:
+    """ValueError naming the allowed values when the recipe or the mode is not one fmllm plans."""
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)} (or auto), got {mode!r}")
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What really runs, resolved once per prediction from the inputs and the architecture."""
+
+    inp: PlanInputs
+    a: ArchSpec
+    s: _ArchSums
+    c: int  # compute/model dtype bytes
+    quant: bool  # 4-bit base weights under an adapter
+    prep: bool  # prepare_model_for_kbit_training: fp32 non-4-bit params
+    full_ft: bool
+    w16: int  # bytes of the non-4-bit parameters (fp32 after prep)
+    liger_layers: bool
+    loss_kind: str  # plain | chunked | liger
+    attn: str  # the attention implementation that really runs
+    padded: bool  # batches carry padding
+    roles: tuple[str, ...]  # the adapted (or, full fine-tuning, trained) linear roles
+    compiled: bool
+    n: int  # GPUs the work is spread over (1 in single mode)
+
+    @property
+    def T(self) -> int:  # noqa: N802  (the tokens of a micro-batch, T in the formulas)
+        return self.inp.tokens
+
+    @property
+    def seq(self) -> int:
+        return self.inp.seq_len
+
+    @property
+    def b(self) -> int:
+        return self.inp.micro_batch
+
+    @property
+    def gc(self) -> bool:
+        return self.inp.gradient_checkpointing
+
+    @property
+    def autocast(self) -> bool:
+        return self.c == 2
+
+    @property
+    def res_b(self) -> int:
+        """Residual stream bytes (prep's fp32 embeddings make it fp32)."""
+        return self.w16
+
+    @property
+    def mlp_b(self) -> int:
+        """MLP activation bytes (Linear4bit returns its input's dtype: the residual stream's)."""
+        return self.w16
+
+    @property
+    def eager(self) -> bool:
+        return self.attn == "eager"
+
+    @property
+    def padded_mask(self) -> bool:
+        """SDPA gets a 4D bool padding mask (and repeats k/v); flash-attention takes none."""
+        return self.padded and not self.eager and self.attn != "flash_attention_2"
+
+
+def _resolve(inp: PlanInputs, a: ArchSpec, notes: list[str]) -> _Run:
+    """Check the inputs and resolve what the runner really runs: dtypes, kernels, loss, attention,
+    the adapted layers (fmllm_tui.recipe's rules on the planned CUDA card)."""
+    from fmllm_tui import recipe as rules
+
+    _check_choices(inp.recipe, inp.mode)
     if inp.seq_len < 1 or inp.micro_batch < 1 or inp.n_gpus < 1 or inp.grad_accum < 1:
         raise ValueError("seq_len, micro_batch, grad_accum and n_gpus must be at least 1")
-
-    h, inter, n_layers, vocab = a.hidden, a.intermediate, a.layers, a.vocab
-    qd, kvd = a.q_dim, a.kv_dim
-    T = inp.tokens
-    seq = inp.seq_len
-    b = inp.micro_batch
-    c = 4 if inp.compute_dtype == "float32" else 2  # compute/model dtype bytes
-    autocast = c == 2
+    c = 4 if inp.compute_dtype == "float32" else 2
     quant = inp.use_4bit and inp.use_adapter
     if inp.use_4bit and not inp.use_adapter:
         notes.append("a 4-bit model cannot be trained without an adapter (use_adapter: false): planned as 16-bit full fine-tuning")
-    prep = inp.recipe == "plain" and quant  # prepare_model_for_kbit_training: fp32 non-4-bit params
+    prep = inp.recipe == "plain" and quant
     liger_layers = resolve_liger_layers(inp)
     loss_kind = resolve_loss(inp.recipe, inp.loss)
     if loss_kind != "plain" and a.logit_softcap:
         loss_kind = "plain"  # the runner's lean loss cannot cap logits: it uses the model's own
         notes.append("the model caps its logits (final_logit_softcapping): the runner uses the model's own loss")
-    gc = inp.gradient_checkpointing
-    res_b = 4 if prep else c  # residual stream bytes (prep's fp32 embeddings make it fp32)
-    mlp_b = 4 if prep else c  # Linear4bit returns its input's dtype
-    w16 = 4 if prep else c  # bytes of the non-4-bit parameters
     full_ft = not inp.use_adapter
-    from fmllm_tui import recipe as rules
-
     attn, attn_why = rules.attention(inp.attn, a.model_type)  # the implementation that really runs
     if attn_why:
         notes.append(attn_why)
-    eager = attn == "eager"
-    padded = inp.padded if inp.padded is not None else (b > 1 and not inp.packing)
-    padded_mask = padded and not eager and attn != "flash_attention_2"
-
     roles, tnotes = resolve_targets(inp.lora_targets, a) if not full_ft else (a.roles(), [])
     notes.extend(tnotes)
+    return _Run(
+        inp=inp, a=a, s=_sums(a), c=c, quant=quant, prep=prep, full_ft=full_ft, w16=4 if prep else c,
+        liger_layers=liger_layers, loss_kind=loss_kind, attn=attn,
+        padded=inp.padded if inp.padded is not None else (inp.micro_batch > 1 and not inp.packing),
+        roles=roles, compiled=resolve_compiled(inp), n=inp.n_gpus if inp.mode != "single" else 1,
+    )
 
-    # ---- static: weights, adapters, optimizer --------------------------------------------
-    bd: dict[str, int] = {}
+
+# ---- static: weights, adapters, optimizer ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Static:
+    """The static part's facts that later steps read (its bytes are in the breakdown)."""
+
+    embed_bytes: int  # the input embedding on the GPU (0 when offloaded)
+    offload: bool  # the runner keeps the input embedding on the CPU
+    numels: list[int]  # element counts of the trained tensors
+    n_train: int  # trained parameters
+    optim: str  # the optimizer the runner really steps
+    opt_paged: int  # paged optimizer state as NVML counts it
+    mask_bytes: int  # the 4D attention mask
+
+
+def _static_memory(r: _Run, bd: dict[str, int], notes: list[str]) -> _Static:
+    """Weights, adapters, their gradients and optimizer state, and the attention mask: memory held
+    through the whole step. Fills the breakdown's static parts."""
+    embed_bytes, offload = _weights(r, bd, notes)
+    numels, n_train, optim, opt_paged = _trainable(r, bd, notes)
+    bd["runtime_misc"] = RUNTIME_MISC_BYTES
+    if r.compiled:
+        bd["runtime_misc"] += COMPILED_MISC_BYTES  # Inductor's buffers and workspaces
+    mask_bytes = 0
+    if r.eager:
+        mask_bytes = r.c * r.b * r.seq * r.seq  # the 4D float causal mask
+    elif r.padded_mask:
+        mask_bytes = r.b * r.seq * r.seq  # the 4D bool padding mask SDPA gets
+    return _Static(embed_bytes, offload, numels, n_train, optim, opt_paged, mask_bytes)
+
+
+def _weights(r: _Run, bd: dict[str, int], notes: list[str]) -> tuple[int, bool]:
+    """The model's weights on the GPU (4-bit linears and their constants, the 16-bit rest); returns
+    the input embedding's bytes on the GPU and whether the runner keeps it on the CPU."""
+    inp, s = r.inp, r.s
     sharded = inp.mode == "fsdp" and inp.n_gpus > 1
     offload = not sharded and inp.recipe == "fmllm" and (
         inp.offload_embeddings == "on"
-        or (inp.offload_embeddings == "auto" and s.embed_params * w16 >= OFFLOAD_AUTO_MIN_BYTES)
+        or (inp.offload_embeddings == "auto" and s.embed_params * r.w16 >= OFFLOAD_AUTO_MIN_BYTES)
     )
     if sharded and inp.offload_embeddings == "on":
         notes.append("FSDP shards the input embedding with the rest: fmllm.offload_embeddings does not apply")
-    if offload and a.tied:
+    if offload and r.a.tied:
         if inp.offload_embeddings == "on":
             notes.append("input embeddings are tied to the output head: they cannot be offloaded")
         offload = False
-    embed_bytes = 0 if offload else s.embed_params * w16
-    if quant:
+    embed_bytes = 0 if offload else s.embed_params * r.w16
+    if r.quant:
         wq = s.linear_4bit_bytes[(inp.quant_type, inp.nested_quant)]
         packed = s.matmul_params // 2
         bd["weights_4bit"] = packed
         bd["quant_constants"] = wq - packed
-        bd["weights_16bit"] = embed_bytes + (s.head_params + s.other_params) * w16
+        bd["weights_16bit"] = embed_bytes + (s.head_params + s.other_params) * r.w16
     else:
         bd["weights_4bit"] = 0
         bd["quant_constants"] = 0
-        bd["weights_16bit"] = embed_bytes + (s.head_params + s.other_params + s.matmul_params) * c
+        bd["weights_16bit"] = embed_bytes + (s.head_params + s.other_params + s.matmul_params) * r.c
     if offload:
-        notes.append(f"input embeddings on the CPU: {s.embed_params * c / GiB:.2f} GiB off the GPU")
+        notes.append(f"input embeddings on the CPU: {s.embed_params * r.c / GiB:.2f} GiB off the GPU")
+    return embed_bytes, offload
 
+
+def _trainable(r: _Run, bd: dict[str, int], notes: list[str]) -> tuple[list[int], int, str, int]:
+    """The trained tensors (adapters, or every parameter), their gradients and the optimizer state;
+    returns their element counts, the trained parameters, the optimizer that really steps and its
+    paged state as NVML counts it."""
+    inp, a, s = r.inp, r.a, r.s
     optim = inp.optim
-    if full_ft:
+    if r.full_ft:
         numels = [d_in * d_out for d_in, d_out in map(a.shape, a.roles())] * a.layers
         numels += [s.embed_params, s.other_params] + ([s.head_params] if s.head_params else [])
         n_train = s.total_params
         bd["lora_weights"] = 0
-        bd["lora_grads"] = n_train * c
-        opt_torch, opt_paged = _optimizer_bytes(inp.optim, numels, state_bytes=c)
+        bd["lora_grads"] = n_train * r.c
+        opt_torch, opt_paged = _optimizer_bytes(inp.optim, numels, state_bytes=r.c)
         notes.append("full fine-tuning: planned from autograd's rules, not calibrated by measurement")
     else:
-        numels = _lora_tensors(a, roles, inp.lora_r)
+        from fmllm_tui import recipe as rules
+
+        numels = _lora_tensors(a, r.roles, inp.lora_r)
         n_train = sum(numels)
         bd["lora_weights"] = 4 * n_train  # peft keeps adapters in fp32
         bd["lora_grads"] = 4 * n_train
-        from fmllm_tui import recipe as rules
-
         # The optimizer the runner really steps (a small adapter's 32-bit AdamW runs fused).
         optim = rules.fused_adamw(inp.optim, recipe=inp.recipe, cuda=True, distributed=inp.mode,
                                   trainable_params=n_train)
@@ -753,80 +897,132 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
                          "small for paging to matter)")
         opt_torch, opt_paged = _optimizer_bytes(optim, numels)
     bd["optimizer_state"] = opt_torch
-    bd["runtime_misc"] = RUNTIME_MISC_BYTES
-    mask_bytes = 0
-    if eager:
-        mask_bytes = c * b * seq * seq  # the 4D float causal mask
-    elif padded_mask:
-        mask_bytes = b * seq * seq  # the 4D bool padding mask SDPA gets
+    return numels, n_train, optim, opt_paged
 
-    # ---- multi-GPU ------------------------------------------------------------------------
-    n = inp.n_gpus if inp.mode != "single" else 1
-    gather = 0
-    fsdp_wrap: dict[str, int] | None = None  # the wrap phase's breakdown (FSDP)
-    fsdp_wrap_alloc = fsdp_root = 0
-    if inp.mode == "fsdp" and n > 1:
-        # FSDP+QLoRA (bf16 quant storage): parameters, adapters, grads and state sharded;
-        # embeddings/lm_head sit in the root unit and stay gathered; two layer units gathered.
-        layer_w = (bd["weights_4bit"] + bd["quant_constants"]) // n_layers if quant else s.linear_params * c
-        layer_lora = bd["lora_weights"] // n_layers
-        # The root unit (input embedding, output head, final norm) is gathered from the forward to
-        # the end of the backward, while its own shard stays allocated beside it.
-        root = embed_bytes + s.head_params * w16
-        sharded_keys = ("weights_4bit", "quant_constants", "lora_weights", "lora_grads", "optimizer_state")
-        for k in sharded_keys:
-            bd[k] = bd[k] // n
-        other16 = bd["weights_16bit"] - root
-        root_shard = root // n
-        if inp.cpu_offload:
-            for k in sharded_keys:
-                bd[k] = 0
-            other16 = root_shard = 0
-            notes.append("FSDP CPU offload: sharded parameters and optimizer state live in CPU memory")
-        bd["weights_16bit"] = root_shard + other16 // n
-        bd["fsdp_gathered_root"] = fsdp_root = root
-        gather = 2 * (layer_w + layer_lora)
-        bd["fsdp_gathered_layers"] = gather
-        # Wrapping (measured to 0.8% on 2 H100s): the model comes from CPU RAM unit by unit, the
-        # root last; while FSDP flattens the root its moved parameters and the flat copy are both on
-        # the GPU, beside every unit's shard (the adapters' gradients and state come later). With CPU
-        # offload the shards wait in CPU RAM, but each unit is still flattened on the GPU (not measured).
-        shards = (bd["weights_4bit"] + bd["quant_constants"] + bd["weights_16bit"] + bd["lora_weights"]
-                  + RUNTIME_MISC_BYTES)
-        fsdp_wrap = {"weights_4bit": bd["weights_4bit"], "quant_constants": bd["quant_constants"],
-                     "weights_16bit": bd["weights_16bit"], "lora_weights": bd["lora_weights"],
-                     "runtime_misc": RUNTIME_MISC_BYTES, "fsdp_wrap_transient": 2 * max(root, layer_w)}
-        fsdp_wrap_alloc = shards + fsdp_wrap["fsdp_wrap_transient"]
-        notes.append(f"FSDP over {n} GPUs: per-GPU peak of wrapping (the model loads into CPU RAM and FSDP "
-                     "moves it to the GPUs unit by unit) and of the sharded training, the larger counts; "
-                     "measured on 2 H100s (bench/RESULTS.md)")
-    elif inp.mode == "ddp" and n > 1:
+
+# ---- multi-GPU ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Wrap:
+    """FSDP's wrap phase: its breakdown's allocated parts, torch's allocated peak, the root unit."""
+
+    parts: dict[str, int]
+    alloc: int
+    root: int  # bytes of the root unit (input embedding, head) gathered on every GPU
+
+
+def _multi_gpu(r: _Run, bd: dict[str, int], embed_bytes: int, notes: list[str]) -> _Wrap | None:
+    """Share the static memory out over the GPUs: FSDP's shards (and its wrap phase, a second
+    candidate peak, returned for later), DDP's gradient buckets."""
+    if r.inp.mode == "fsdp" and r.n > 1:
+        return _fsdp_shards(r, bd, embed_bytes, notes)
+    if r.inp.mode == "ddp" and r.n > 1:
         bd["ddp_grad_buckets"] = bd["lora_grads"]
-        notes.append(f"DDP over {n} GPUs: every GPU holds the whole model; per-GPU prediction, not yet calibrated")
+        notes.append(f"DDP over {r.n} GPUs: every GPU holds the whole model; per-GPU prediction, not yet calibrated")
+    return None
 
-    static = sum(bd.values()) + mask_bytes
 
-    # ---- activations -----------------------------------------------------------------------
-    # Saved tensors per token of one decoder layer (autograd's save rules, HF modules).
+def _fsdp_shards(r: _Run, bd: dict[str, int], embed_bytes: int, notes: list[str]) -> _Wrap:
+    """FSDP+QLoRA (bf16 quant storage): parameters, adapters, grads and state sharded; embeddings and
+    lm_head sit in the root unit and stay gathered; two layer units gathered."""
+    n, s = r.n, r.s
+    layer_w = (bd["weights_4bit"] + bd["quant_constants"]) // r.a.layers if r.quant else s.linear_params * r.c
+    layer_lora = bd["lora_weights"] // r.a.layers
+    # The root unit (input embedding, output head, final norm) is gathered from the forward to
+    # the end of the backward, while its own shard stays allocated beside it.
+    root = embed_bytes + s.head_params * r.w16
+    sharded_keys = ("weights_4bit", "quant_constants", "lora_weights", "lora_grads", "optimizer_state")
+    for k in sharded_keys:
+        bd[k] = bd[k] // n
+    other16 = bd["weights_16bit"] - root
+    root_shard = root // n
+    if r.inp.cpu_offload:
+        for k in sharded_keys:
+            bd[k] = 0
+        other16 = root_shard = 0
+        notes.append("FSDP CPU offload: sharded parameters and optimizer state live in CPU memory")
+    bd["weights_16bit"] = root_shard + other16 // n
+    bd["fsdp_gathered_root"] = root
+    bd["fsdp_gathered_layers"] = 2 * (layer_w + layer_lora)
+    # Wrapping (measured to 0.8% on 2 H100s): the model comes from CPU RAM unit by unit, the
+    # root last; while FSDP flattens the root its moved parameters and the flat copy are both on
+    # the GPU, beside every unit's shard (the adapters' gradients and state come later). With CPU
+    # offload the shards wait in CPU RAM, but each unit is still flattened on the GPU (not measured).
+    shards = (bd["weights_4bit"] + bd["quant_constants"] + bd["weights_16bit"] + bd["lora_weights"]
+              + RUNTIME_MISC_BYTES)
+    parts = {"weights_4bit": bd["weights_4bit"], "quant_constants": bd["quant_constants"],
+             "weights_16bit": bd["weights_16bit"], "lora_weights": bd["lora_weights"],
+             "runtime_misc": RUNTIME_MISC_BYTES, "fsdp_wrap_transient": 2 * max(root, layer_w)}
+    notes.append(f"FSDP over {n} GPUs: per-GPU peak of wrapping (the model loads into CPU RAM and FSDP "
+                 "moves it to the GPUs unit by unit) and of the sharded training, the larger counts; "
+                 "measured on 2 H100s (bench/RESULTS.md)")
+    return _Wrap(parts=parts, alloc=shards + parts["fsdp_wrap_transient"], root=root)
+
+
+# ---- activations -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Act:
+    """What the layers add per micro-batch (bytes)."""
+
+    layer_saved: int  # one decoder layer's saved tensors
+    ws: int  # one layer's backward temporaries (its working set)
+    ckpt: int  # the checkpointed hidden states (gradient checkpointing), else 0
+    deq: int  # bitsandbytes' dequantized weight (the largest linear, 16-bit), 0 without 4-bit
+
+
+def _activations(r: _Run) -> _Act:
+    """Saved activations and one layer's backward working set, from autograd's save rules."""
+    a, T = r.a, r.T
+    h, inter = a.hidden, a.intermediate
+    per_tok_saved = _saved_per_token(r)
+    if r.compiled:
+        # Compiled layers save fewer tensors (the partitioner recomputes pointwise work in backward)
+        # and their fused backward holds fewer temporaries: fitted factors on the eager terms.
+        per_tok_saved = int(per_tok_saved * COMPILED_SAVED_FACTOR)
+    deq = 2 * r.s.max_linear if r.quant else 0
+    ws_mlp = (1 if r.liger_layers else 3) * r.mlp_b * inter * T
+    ws = max(ws_mlp, r.mlp_b * inter * T + deq) + 2 * r.res_b * h * T
+    if r.eager:
+        ws += (4 + r.c) * a.heads * r.seq * T
+    if r.compiled:
+        ws = int(ws * COMPILED_WS_FACTOR)
+        if any(role in r.roles for role in ("gate", "up", "down", "gate_up")):
+            ws += int(COMPILED_MLP_LORA_BYTES * inter * T)
+    ckpt = a.layers * r.res_b * h * T if r.gc else 0
+    return _Act(layer_saved=per_tok_saved * T, ws=ws, ckpt=ckpt, deq=deq)
+
+
+def _saved_per_token(r: _Run) -> int:
+    """Saved tensors per token of one decoder layer (autograd's save rules, HF modules)."""
+    a, c, h = r.a, r.c, r.a.hidden
     norm_extra = (a.norms_per_layer - 2) * 4 * h  # Gemma's post-norms, fp32 copies
-    if liger_layers:
-        norm1 = 0 if gc else res_b * h
-        norm2 = res_b * h
+    if r.liger_layers:
+        norm1 = 0 if r.gc else r.res_b * h
+        norm2 = r.res_b * h
     else:
-        norm1 = 0 if (gc and res_b == 4) else 4 * h
+        norm1 = 0 if (r.gc and r.res_b == 4) else 4 * h
         norm2 = 4 * h
-    qk = 4 * (qd + kvd) if a.qk_norm else 0
-    if eager:
-        attn = c * 4 * qd + (4 + c) * a.heads * seq
+    qk = 4 * (a.q_dim + a.kv_dim) if a.qk_norm else 0
+    if r.eager:
+        attn = c * 4 * a.q_dim + (4 + c) * a.heads * r.seq
     else:
-        kv_saved = qd if padded_mask else kvd
-        attn = c * (2 * qd + 2 * kv_saved) + 4 * a.heads
-    mlp = (2 if liger_layers else 3) * mlp_b * inter
+        kv_saved = a.q_dim if r.padded_mask else a.kv_dim
+        attn = c * (2 * a.q_dim + 2 * kv_saved) + 4 * a.heads
+    mlp = (2 if r.liger_layers else 3) * r.mlp_b * a.intermediate
+    return norm1 + norm2 + norm_extra + qk + attn + mlp + _adapters_saved_per_token(r)
+
+
+def _adapters_saved_per_token(r: _Run) -> int:
+    """What the LoRA adapters save per token in one layer (inputs that are not saved already)."""
+    c = r.c
     adapters = 0
-    drop = inp.lora_dropout > 0 and not full_ft
+    drop = r.inp.lora_dropout > 0 and not r.full_ft
     shared_in = {"attn": False, "mlp": False}
-    for role in roles:
-        d_in, _ = a.shape(role)
+    for role in r.roles:
+        d_in, _ = r.a.shape(role)
         group = "attn" if role in _ROLES_ATTN_IN else "mlp" if role in _ROLES_MLP_IN else role
         if drop:
             adapters += (c + 1) * d_in  # dropout copy (cast to the compute dtype) + bool mask
@@ -834,208 +1030,244 @@ def predict_inputs(inp: PlanInputs, arch: dict[str, Any] | ArchSpec) -> Predicti
             pass  # its input, the attention output, is saved by SDPA already
         elif role == "down":
             adapters += c * d_in  # the MLP product, otherwise not saved
-        elif prep:
+        elif r.prep:
             adapters += c * d_in  # autocast's bf16 copy of the fp32 input, one per adapter
         elif not shared_in[group]:
             adapters += c * d_in
             shared_in[group] = True
-        if not full_ft:
-            adapters += c * inp.lora_r  # lora_A's output, saved by lora_B
-    per_tok_saved = norm1 + norm2 + norm_extra + qk + attn + mlp + adapters
-    compiled = resolve_compiled(inp)
-    if compiled:
-        bd["runtime_misc"] += COMPILED_MISC_BYTES
-        static += COMPILED_MISC_BYTES
-    if compiled:
-        # Compiled layers save fewer tensors (the partitioner recomputes pointwise work in backward)
-        # and their fused backward holds fewer temporaries: fitted factors on the eager terms.
-        per_tok_saved = int(per_tok_saved * COMPILED_SAVED_FACTOR)
-    layer_saved = per_tok_saved * T
+        if not r.full_ft:
+            adapters += c * r.inp.lora_r  # lora_A's output, saved by lora_B
+    return adapters
 
-    deq = 2 * s.max_linear if quant else 0
-    ws_mlp = (1 if liger_layers else 3) * mlp_b * inter * T
-    ws = max(ws_mlp, mlp_b * inter * T + deq) + 2 * res_b * h * T
-    if eager:
-        ws += (4 + c) * a.heads * seq * T
-    if compiled:
-        ws = int(ws * COMPILED_WS_FACTOR)
-        if any(r in roles for r in ("gate", "up", "down", "gate_up")):
-            ws += int(COMPILED_MLP_LORA_BYTES * inter * T)
 
-    ckpt = n_layers * res_b * h * T if gc else 0
+# ---- the loss ----------------------------------------------------------------------------------
 
-    # ---- the loss ---------------------------------------------------------------------------
-    final_saved = (res_b if liger_layers else 4) * h * T  # the final norm's saved input
+
+@dataclass(frozen=True)
+class _Loss:
+    """The loss moment's transients (bytes) and its logits blocks."""
+
+    final_saved: int  # the final norm's saved input
+    chunk: int  # tokens per loss chunk (T for the plain loss)
+    logits_block: int  # one bf16 logits block (a chunk's for the chunked and fused losses)
+    nbytes: int  # the loss's own transients
+    head_copy: int  # autocast's bf16 copy of prep's fp32 head
+
+
+def _loss(r: _Run, notes: list[str]) -> _Loss:
+    """The loss's transients: full-vocabulary fp32 logits (plain), one chunk (chunked), liger's
+    fused chunk; plus what the final norm saved and autocast's copy of an fp32 head."""
+    T, vocab, h = r.T, r.a.vocab, r.a.hidden
+    final_saved = (r.res_b if r.liger_layers else 4) * h * T  # the final norm's saved input
     chunk = T
-    if loss_kind == "plain":
+    if r.loss_kind == "plain":
         logits_block = 2 * T * vocab
         loss_b = PLAIN_LOSS_BYTES_PER_LOGIT * T * vocab
-        if a.logit_softcap:
+        if r.a.logit_softcap:
             loss_b += 4 * T * vocab  # tanh soft-capping keeps two more bf16 logit copies
             notes.append("final logit soft-capping adds two bf16 copies of the logits")
-    elif loss_kind == "chunked":
+    elif r.loss_kind == "chunked":
         chunk = min(T, max(1, CHUNKED_LOSS_ELEMENTS // vocab))
         logits_block = 2 * chunk * vocab
-        loss_b = CHUNKED_LOSS_BYTES_PER_LOGIT * chunk * vocab + 2 * c * h * T  # + target rows, their grad
-    elif loss_kind == "liger":
+        loss_b = CHUNKED_LOSS_BYTES_PER_LOGIT * chunk * vocab + 2 * r.c * h * T  # + target rows, their grad
+    elif r.loss_kind == "liger":
         chunk = 1 << max(0, math.ceil(math.log2(max(1, -(-T // -(-vocab // h))))))
         logits_block = 2 * chunk * vocab
-        loss_b = LIGER_LOSS_BYTES_PER_LOGIT * chunk * vocab + c * h * T
+        loss_b = LIGER_LOSS_BYTES_PER_LOGIT * chunk * vocab + r.c * h * T
     else:
-        raise ValueError(f"loss must be plain, chunked, liger or auto, got {inp.loss!r}")
-    head_copy = s.embed_params * 2 if (prep and autocast) else 0  # autocast's bf16 copy of the fp32 head
+        raise ValueError(f"loss must be plain, chunked, liger or auto, got {r.inp.loss!r}")
+    head_copy = r.s.embed_params * 2 if (r.prep and r.autocast) else 0  # autocast's bf16 copy of the fp32 head
+    return _Loss(final_saved, chunk, logits_block, loss_b, head_copy)
 
-    # ---- the two candidate peaks -------------------------------------------------------------
-    if gc:
-        loss_phase = static + ckpt + final_saved + loss_b + head_copy
-        layer_phase = static + ckpt + layer_saved + ws
-    else:
-        all_saved = n_layers * layer_saved
-        cast_copies = 2 * n_train if (autocast and not full_ft) else 0
-        loss_phase = static + all_saved + final_saved + loss_b + head_copy + cast_copies
-        layer_phase = static + all_saved + ws + cast_copies
-    if full_ft:
+
+# ---- the two candidate peaks -------------------------------------------------------------------
+
+
+def _two_peaks(r: _Run, bd: dict[str, int], static: int, act: _Act, loss: _Loss, st: _Static,
+               notes: list[str]) -> tuple[int, str]:
+    """torch's allocated peak, the larger of the loss moment and the first recomputed layer's
+    backward, and which it is; the breakdown gets that moment's parts."""
+    a, gc = r.a, r.gc
+    # With checkpointing the hidden states, else every layer's saved tensors (and, under autocast,
+    # the adapters' 16-bit weight copies every layer keeps for backward).
+    saved = act.ckpt if gc else a.layers * act.layer_saved
+    cast_copies = 2 * st.n_train if (not gc and r.autocast and not r.full_ft) else 0
+    recomputed = act.layer_saved if gc else 0  # the first recomputed layer's saved tensors
+    loss_phase = static + saved + loss.final_saved + loss.nbytes + loss.head_copy + cast_copies
+    layer_phase = static + saved + recomputed + act.ws + cast_copies
+    if r.full_ft:
         # Full fine-tuning: the optimizer step (foreach temporaries) can peak after backward.
-        layer_phase = max(layer_phase, static + s.total_params * c)
-    peak_alloc = max(loss_phase, layer_phase)
+        layer_phase = max(layer_phase, static + r.s.total_params * r.c)
     phase = "loss" if loss_phase >= layer_phase else "layer backward"
-
+    bd["checkpoints" if gc else "activations"] = saved
     if phase == "loss":
-        bd["checkpoints" if gc else "activations"] = ckpt if gc else all_saved
-        bd["final_norm"] = final_saved
-        bd["loss"] = loss_b
-        bd["head_autocast_copy"] = head_copy
-        if not gc:
-            bd["lora_autocast_copies"] = cast_copies
+        bd["final_norm"] = loss.final_saved
+        bd["loss"] = loss.nbytes
+        bd["head_autocast_copy"] = loss.head_copy
     else:
         if gc:
-            bd["checkpoints"] = ckpt
-            bd["recomputed_layer"] = layer_saved
-            bd["backward_working_set"] = layer_phase - static - ckpt - layer_saved
-        else:
-            bd["activations"] = all_saved
-            bd["backward_working_set"] = layer_phase - static - all_saved - cast_copies
-            bd["lora_autocast_copies"] = cast_copies
-    if mask_bytes:
-        bd["attention_mask"] = mask_bytes
-    if eager:
-        notes.append(f"eager attention keeps {(4 + c) * a.heads * seq * T / GiB:.2f} GiB of seq x seq scores per layer")
+            bd["recomputed_layer"] = recomputed
+        bd["backward_working_set"] = layer_phase - static - saved - recomputed - cast_copies
+    if not gc:
+        bd["lora_autocast_copies"] = cast_copies
+    if st.mask_bytes:
+        bd["attention_mask"] = st.mask_bytes
+    if r.eager:
+        notes.append(f"eager attention keeps {(4 + r.c) * a.heads * r.seq * r.T / GiB:.2f} GiB of seq x seq "
+                     "scores per layer")
+    return max(loss_phase, layer_phase), phase
 
-    # ---- what NVML sees -------------------------------------------------------------------------
-    expandable = inp.expandable_segments if inp.expandable_segments is not None else inp.recipe == "fmllm"
-    cc = inp.compute_capability
-    workspace = CUBLAS_WORKSPACE_HOPPER if (cc is None or cc >= (9, 0)) else CUBLAS_WORKSPACE_OLDER
-    # The largest blocks the forward leaves cached: the dequantized weight, an MLP intermediate,
-    # a norm's fp32 copy.
-    layer_block = max(deq, mlp_b * T * inter, 4 * T * h, 4 * b * a.heads * seq * seq if eager else 0)
-    layer_factor = (RESERVE_LAYER_COMPILED if compiled and expandable else
-                    RESERVE_LAYER_EXPANDABLE if expandable else RESERVE_LAYER)
-    reserve = RESERVE_LOSS * logits_block + layer_factor * (layer_saved + ws)
-    if layer_block < workspace <= logits_block:
-        reserve += 2 * logits_block
-    if eager:
-        reserve += RESERVE_EAGER * 4 * b * a.heads * seq * seq
-    freed16 = 2 * s.embed_params  # one 16-bit embedding-sized block freed by the fp32 cast
-    if prep and loss_kind == "plain" and 4 * T * vocab >= freed16:
-        reserve += (PREP_STRANDED_EXPANDABLE if expandable else PREP_STRANDED) * (1 if a.tied else 2) * freed16
-    reserve = int(reserve + (RESERVE_BASE_EXPANDABLE if expandable else RESERVE_BASE))
-    bd["allocator_reserve"] = reserve
-    bd["optimizer_paged"] = opt_paged
+
+# ---- what NVML sees ----------------------------------------------------------------------------
+
+
+def _outside_torch(r: _Run, bd: dict[str, int], act: _Act, loss: _Loss, st: _Static) -> bool:
+    """What NVML counts beyond torch's allocated peak: the allocator's reserve, paged optimizer
+    state, the CUDA context and modules, the offload runtime, NCCL's buffers. Returns whether the
+    offload runtime was planned."""
+    bd["allocator_reserve"] = _allocator_reserve(r, act, loss)
+    bd["optimizer_paged"] = st.opt_paged
     bd["cuda_context"] = OUTSIDE_ALLOCATOR_BYTES
-    offload_runtime = offload and a.qkv_bias and b == 1  # where it was seen (OFFLOAD_RUNTIME_BYTES)
+    offload_runtime = st.offload and r.a.qkv_bias and r.b == 1  # where it was seen (OFFLOAD_RUNTIME_BYTES)
     if offload_runtime:
         bd["offload_runtime"] = OFFLOAD_RUNTIME_BYTES
-    if n > 1:
+    if r.n > 1:
         bd["nccl_buffers"] = NCCL_BYTES
-    bd = {k: int(v) for k, v in bd.items()}
-    # Monotone envelope: past the sequence length where an MLP/norm/score block outgrows the
-    # workspace the stranding stops, and the plan must not say that more tokens need less memory:
-    # never predict less than the stranded plan just below that length.
-    fixed_block = deq
-    if fixed_block < workspace <= layer_block and loss_kind != "liger":
-        per_seq = b * max(mlp_b * inter, 4 * h)
+    for k, v in bd.items():
+        bd[k] = int(v)
+    return offload_runtime
+
+
+def _cublas_workspace(inp: PlanInputs) -> int:
+    """torch's cuBLAS workspace per handle on the planned GPU (an unknown GPU: Hopper's, the larger)."""
+    cc = inp.compute_capability
+    return CUBLAS_WORKSPACE_HOPPER if (cc is None or cc >= (9, 0)) else CUBLAS_WORKSPACE_OLDER
+
+
+def _layer_block(r: _Run, deq: int) -> int:
+    """The largest block the forward leaves cached: the dequantized weight, an MLP intermediate,
+    a norm's fp32 copy (eager: the fp32 scores)."""
+    a, T = r.a, r.T
+    return max(deq, r.mlp_b * T * a.intermediate, 4 * T * a.hidden,
+               4 * r.b * a.heads * r.seq * r.seq if r.eager else 0)
+
+
+def _allocator_reserve(r: _Run, act: _Act, loss: _Loss) -> int:
+    """torch's reserved peak less its allocated peak (the terms of RESERVE_* in the calibration)."""
+    inp, a = r.inp, r.a
+    expandable = inp.expandable_segments if inp.expandable_segments is not None else inp.recipe == "fmllm"
+    workspace = _cublas_workspace(inp)
+    layer_factor = (RESERVE_LAYER_COMPILED if r.compiled and expandable else
+                    RESERVE_LAYER_EXPANDABLE if expandable else RESERVE_LAYER)
+    reserve = RESERVE_LOSS * loss.logits_block + layer_factor * (act.layer_saved + act.ws)
+    if _layer_block(r, act.deq) < workspace <= loss.logits_block:
+        reserve += 2 * loss.logits_block
+    if r.eager:
+        reserve += RESERVE_EAGER * 4 * r.b * a.heads * r.seq * r.seq
+    freed16 = 2 * r.s.embed_params  # one 16-bit embedding-sized block freed by the fp32 cast
+    if r.prep and r.loss_kind == "plain" and 4 * r.T * a.vocab >= freed16:
+        reserve += (PREP_STRANDED_EXPANDABLE if expandable else PREP_STRANDED) * (1 if a.tied else 2) * freed16
+    return int(reserve + (RESERVE_BASE_EXPANDABLE if expandable else RESERVE_BASE))
+
+
+def _training_peak(inp: PlanInputs, a: ArchSpec) -> int:
+    """The process peak of training (FSDP's wrap phase aside) for these inputs."""
+    pred = predict_inputs(inp, a)
+    return pred.phase_peaks.get("training", pred.peak_process_bytes)
+
+
+def _monotone_envelope(r: _Run, bd: dict[str, int], act: _Act, st: _Static, notes: list[str]) -> None:
+    """Raise the allocator's reserve to the plan of smaller inputs where the model would otherwise
+    say that more tokens need less memory."""
+    inp, a, b = r.inp, r.a, r.b
+    # Past the sequence length where an MLP/norm/score block outgrows the workspace the stranding
+    # stops: never predict less than the stranded plan just below that length.
+    workspace = _cublas_workspace(inp)
+    if act.deq < workspace <= _layer_block(r, act.deq) and r.loss_kind != "liger":
+        per_seq = b * max(r.mlp_b * a.intermediate, 4 * a.hidden)
         s_star = (workspace - 1) // per_seq
-        if eager:
+        if r.eager:
             s_star = min(s_star, math.isqrt((workspace - 1) // (4 * b * a.heads)))
         below_peaks = []
-        if 1 <= s_star < seq:
-            below = predict_inputs(replace(inp, seq_len=s_star), a)
-            below_peaks.append(below.phase_peaks.get("training", below.peak_process_bytes))
+        if 1 <= s_star < r.seq:
+            below_peaks.append(_training_peak(replace(inp, seq_len=s_star), a))
         if b > 1:  # and monotone in the micro-batch: at least the (enveloped) plan one smaller
-            below = predict_inputs(replace(inp, micro_batch=b - 1), a)
-            below_peaks.append(below.phase_peaks.get("training", below.peak_process_bytes))
+            below_peaks.append(_training_peak(replace(inp, micro_batch=b - 1), a))
         if below_peaks:
             extra = max(below_peaks) - sum(bd.values())
             if extra > 0:
                 bd["allocator_reserve"] += extra
-                reserve += extra
                 notes.append(
                     "planned with the allocator's pattern just below this length (conservative): shorter "
                     "sequences strand a freed logits block, this one may not"
                 )
-    if offload and a.qkv_bias and b > 1:
+    if st.offload and a.qkv_bias and b > 1:
         # The offload runtime was seen at micro-batch 1 only: never plan less than micro-batch 1 needs.
-        one = predict_inputs(replace(inp, micro_batch=1), a)
-        extra = one.phase_peaks.get("training", one.peak_process_bytes) - sum(bd.values())
+        extra = _training_peak(replace(inp, micro_batch=1), a) - sum(bd.values())
         if extra > 0:
             bd["allocator_reserve"] += extra
-            reserve += extra
-    peak_reserved = peak_alloc + reserve
-    process = sum(bd.values())
-    phase_peaks: dict[str, int] = {}
-    if fsdp_wrap is not None:
-        wrap_process = fsdp_wrap_alloc + FSDP_WRAP_RESERVE_BYTES + OUTSIDE_ALLOCATOR_BYTES + NCCL_BYTES
-        phase_peaks = {"training": int(process), "FSDP wrap": int(wrap_process)}
-        if wrap_process > process:
-            # Wrapping peaks higher than training: that moment's parts are the breakdown.
-            bd = {**fsdp_wrap, "allocator_reserve": FSDP_WRAP_RESERVE_BYTES, "optimizer_paged": 0,
-                  "cuda_context": OUTSIDE_ALLOCATOR_BYTES, "nccl_buffers": NCCL_BYTES}
-            bd = {k: int(v) for k, v in bd.items()}
-            peak_alloc, reserve, opt_paged = fsdp_wrap_alloc, FSDP_WRAP_RESERVE_BYTES, 0
-            peak_reserved = peak_alloc + reserve
-            process = sum(bd.values())
-            phase = "FSDP wrap"
-    # The breakdown holds the peak moment's parts; it sums to the process peak by construction.
-    assert process == (peak_reserved + opt_paged + OUTSIDE_ALLOCATOR_BYTES + (NCCL_BYTES if n > 1 else 0)
-                       + (OFFLOAD_RUNTIME_BYTES if offload_runtime else 0))
 
+
+# ---- the peak moment, the range, the speed -----------------------------------------------------
+
+
+@dataclass
+class _Moment:
+    """The peak moment: its parts (the breakdown), torch's allocated peak, the allocator's reserve
+    above it, the paged optimizer state NVML counts, and which phase it is."""
+
+    bd: dict[str, int]
+    alloc: int
+    reserve: int
+    paged: int
+    phase: str
+
+    @property
+    def reserved(self) -> int:
+        return self.alloc + self.reserve
+
+    @property
+    def process(self) -> int:
+        return sum(self.bd.values())
+
+
+def _fsdp_phases(wrap: _Wrap | None, peak: _Moment) -> dict[str, int]:
+    """FSDP: each phase's process peak; when wrapping peaks higher than training, that moment's
+    parts become the breakdown (``peak`` is updated)."""
+    if wrap is None:
+        return {}
+    wrap_process = wrap.alloc + FSDP_WRAP_RESERVE_BYTES + OUTSIDE_ALLOCATOR_BYTES + NCCL_BYTES
+    phase_peaks = {"training": int(peak.process), "FSDP wrap": int(wrap_process)}
+    if wrap_process > peak.process:
+        bd = {**wrap.parts, "allocator_reserve": FSDP_WRAP_RESERVE_BYTES, "optimizer_paged": 0,
+              "cuda_context": OUTSIDE_ALLOCATOR_BYTES, "nccl_buffers": NCCL_BYTES}
+        peak.bd = {k: int(v) for k, v in bd.items()}
+        peak.alloc, peak.reserve, peak.paged, peak.phase = wrap.alloc, FSDP_WRAP_RESERVE_BYTES, 0, "FSDP wrap"
+    return phase_peaks
+
+
+def _range(r: _Run, process: int) -> tuple[int, int]:
+    """The predicted process peak's range: the calibration target, widened for uncalibrated paths."""
+    inp = r.inp
     rel = RANGE_REL
-    if compiled and (padded or not quant or eager or inp.compute_dtype != "bfloat16"):
+    if r.compiled and (r.padded or not r.quant or r.eager or inp.compute_dtype != "bfloat16"):
         rel += 0.03  # the compiled factors were fitted on unpadded 4-bit bf16 SDPA runs only
-    if inp.recipe == "fmllm" and loss_kind == "chunked":
+    if inp.recipe == "fmllm" and r.loss_kind == "chunked":
         rel += 0.03  # the runner's chunked loss has no measured point yet
-    if inp.mode != "single" and n > 1:
+    if inp.mode != "single" and r.n > 1:
         rel += 0.10
-    if eager or full_ft or inp.compute_dtype == "float32":
+    if r.eager or r.full_ft or inp.compute_dtype == "float32":
         rel += 0.10
     spread = int(rel * process) + CUDA_CONTEXT_SPREAD
-    low = max(0, process - spread)
-    high = process + spread
+    return max(0, process - spread), process + spread
 
-    fused_optim = not full_ft and optim == "adamw_torch_fused"
-    loss_chunks = -(-T // chunk) if loss_kind in ("liger", "chunked") else 0
-    tps, rel_speed = _throughput(inp, a, s, roles, quant, n_train, len(numels), compiled, fused_optim, loss_chunks)
-    per_step = T * inp.grad_accum * n
-    return Prediction(
-        breakdown=bd,
-        peak_allocated_bytes=int(peak_alloc),
-        peak_reserved_bytes=int(peak_reserved),
-        peak_process_bytes=int(process),
-        low_bytes=int(low),
-        high_bytes=int(high),
-        tokens_per_step=per_step,
-        tokens_per_micro_batch=T,
-        tokens_per_second=tps,
-        relative_speed=rel_speed,
-        startup_seconds=STARTUP_COMPILED_S if compiled else STARTUP_EAGER_S,
-        peak_phase=phase,
-        recipe=inp.recipe,
-        loss=loss_kind,
-        notes=notes,
-        inputs=inp,
-        phase_peaks=phase_peaks,
-        fsdp_root_bytes=int(fsdp_root),
-    )
+
+def _speed(r: _Run, st: _Static, loss: _Loss) -> tuple[float, float]:
+    """Tokens per second and the share of the compute-bound speed (see _throughput)."""
+    fused_optim = not r.full_ft and st.optim == "adamw_torch_fused"
+    loss_chunks = -(-r.T // loss.chunk) if r.loss_kind in ("liger", "chunked") else 0
+    return _throughput(r.inp, r.a, r.s, r.roles, r.quant, st.n_train, len(st.numels), r.compiled,
+                       fused_optim, loss_chunks)
 
 
 def _throughput(
@@ -1155,12 +1387,9 @@ def inputs_from_view(
         notes.append("training.max_seq_length is not set: planned for 1024 tokens (TRL's default); set it")
     mb = micro_batch if micro_batch is not None else t.per_device_train_batch_size
     rec = recipe or fm.memory_recipe
-    if rec not in RECIPES:
-        raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {rec!r}")
     if mode == "auto":
         mode = "single"  # the runner trains on one GPU unless distributed.mode is ddp
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)} (or auto), got {mode!r}")
+    _check_choices(rec, mode)
     gc_kwargs = t.gradient_checkpointing_kwargs or {}
     if t.gradient_checkpointing and gc_kwargs.get("use_reentrant") is True:
         notes.append("reentrant checkpointing: planned like non-reentrant (same saved hidden states)")
