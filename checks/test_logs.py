@@ -48,28 +48,28 @@ def _settings_for(loaded, log: str):
 
 
 def _fix_for(hit, loaded) -> Fix | None:
-    fx = hit.fix or {}
-    if not fx:
+    fx: Fix | None = hit.fix
+    if fx is None:
         return None
-    fid = fx.get("id")
+    fid = fx.id
     changes: list[Change] = []
-    concrete = all(c["to"] not in ("halve", "double") and not str(c["to"]).startswith(("a ", "an ", "match"))
-                   for c in fx.get("changes", []))
-    if fid and (fid != "memory.fit" or (fx.get("changes") and concrete)):
+    concrete = all(c.to not in ("halve", "double") and not str(c.to).startswith(("a ", "an ", "match"))
+                   for c in fx.changes)
+    if fid and (fid != "memory.fit" or (fx.changes and concrete)):
         # memory.fit from a log is planned only with concrete values (read from the config); else
         # config.fit carries the fit search's exact changes
         try:
             from fmllm_tui.fixes import plan_fix
 
-            values = {"hit": hit.values, "changes": [{**c, "why": fx.get("summary", "")} for c in fx.get("changes", [])]}
+            values = {"hit": hit.values, "changes": [{"key": c.key, "to": c.to, "why": fx.summary} for c in fx.changes]}
             changes = plan_fix(loaded, fid, values)
         except Exception:  # a fixer that cannot plan from a log alone: keep the advice
             changes = []
     # a shorter max_seq_length read from a log may cut examples: offered, never applied by --fix
     cuts = any(c.key.endswith("max_seq_length") and isinstance(c.to, int) and isinstance(c.from_, int) and c.to < c.from_
                for c in changes)
-    summary = fx.get("summary", "") + (" (a shorter max_seq_length truncates examples: --fix leaves it to you)" if cuts else "")
-    return Fix(id=fid or "log.command", changes=changes, shell=fx.get("shell"), summary=summary, safe=not cuts)
+    summary = fx.summary + (" (a shorter max_seq_length truncates examples: --fix leaves it to you)" if cuts else "")
+    return Fix(id=fid or "log.command", changes=changes, shell=fx.shell, summary=summary, safe=not cuts)
 
 
 @check("logs.scan", "Training logs show no known failure", "logs")

@@ -31,7 +31,7 @@ class Change:
 class Fix:
     """A remedy: a fixer id with its exact config changes, and/or a shell command to run."""
 
-    id: str
+    id: str | None  # None: advice or a shell command that no fixer applies (a log finding's)
     changes: list[Change] = field(default_factory=list)
     shell: str | None = None
     summary: str = ""

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from fmllm_tui.findings import Fix
 from fmllm_tui.logpatterns import (
     FIX_EVAL_BATCH,
     FIX_MEMORY,
@@ -79,7 +80,7 @@ def _seq_change(n: int | None) -> list[tuple[str, Any]]:
     return [("training.max_seq_length", _half(n))]
 
 
-def _train_oom_fix(s: RunSettings, in_loss: bool) -> dict[str, Any]:
+def _train_oom_fix(s: RunSettings, in_loss: bool) -> Fix:
     """A training-step OOM: what is not yet done, cheapest first."""
     if s == RunSettings():
         if in_loss:  # one tensor over the whole sequence: the loss's logits, not the batch's activations
@@ -117,7 +118,7 @@ def _train_oom_fix(s: RunSettings, in_loss: bool) -> dict[str, Any]:
     return fix("memory.fit", f"{done}: " + "; ".join(said), changes)
 
 
-def oom_fix(pid: str, phase: str, s: RunSettings | None, in_loss: bool = False) -> dict[str, Any]:
+def oom_fix(pid: str, phase: str, s: RunSettings | None, in_loss: bool = False) -> Fix:
     """The fix for a CUDA OOM of kind ``pid`` in ``phase``, reading what the settings already do."""
     s = s or RunSettings()
     if pid == "cuda_oom_eval":
@@ -146,7 +147,7 @@ def oom_fix(pid: str, phase: str, s: RunSettings | None, in_loss: bool = False) 
         return FIX_MEMORY_LOAD
     if pid == "cuda_oom_late":
         changes: list[tuple[str, Any]] = _seq_change(s.max_seq_length)
-        summary = FIX_SEQ_LEN["summary"]
+        summary = FIX_SEQ_LEN.summary
         if s.loss == "plain":
             changes.insert(0, ("fmllm.loss", "chunked"))
             summary += "; the plain loss's full-vocabulary logits grow with the length: fmllm.loss: chunked"

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from fmllm_tui.findings import Fix
 from fmllm_tui.logadvice import RunSettings, oom_fix, rank_key
 from fmllm_tui.logpatterns import (
     BY_ID,
@@ -65,7 +66,7 @@ class Hit:
     excerpt: str
     cause: str
     severity: str
-    fix: dict[str, Any] | None
+    fix: Fix | None
     values: dict[str, Any] = field(default_factory=dict)
     phase: str = "load"  # logadvice.PHASES: load, first_step, training, eval, predict, generation, save, merge
 
@@ -79,7 +80,7 @@ class Hit:
             "excerpt": self.excerpt,
             "count": self.count,
             "cause": self.cause,
-            "fix": self.fix,
+            "fix": self.fix.to_json() if self.fix else None,
             "severity": self.severity,
             "phase": self.phase,
             "values": self.values,
@@ -778,7 +779,7 @@ class _Engine:
 
     # ---- hits ---------------------------------------------------------------------------
     def add(self, pid: str, key: str, line_no: int, excerpt: str, cause: str, severity: str,
-            fix_: dict[str, Any] | None, values: dict[str, Any], phase: str | None = None) -> Hit:
+            fix_: Fix | None, values: dict[str, Any], phase: str | None = None) -> Hit:
         k = (pid, key)
         h = self.hits.get(k)
         cause, values = mask_text(cause), mask_data(values)  # causes quote log text: no tokens in them
@@ -894,7 +895,7 @@ class _Engine:
         pkg = c.get("package")
         if pkg:
             cause += f"; the innermost library frame is in {pkg} ({c['package_frame']})"
-        fx: dict[str, Any] | None
+        fx: Fix | None
         version_skew = (
             (etype == "TypeError" and re.search(r"unexpected keyword argument|got multiple values|takes \d+ positional", msg))
             or (etype == "AttributeError" and "has no attribute" in msg)
@@ -935,7 +936,7 @@ class _Engine:
         return out
 
     def _loss_findings(self) -> None:
-        fx: dict[str, Any] | None
+        fx: Fix | None
         if self.nan_first is not None:
             first = self.nan_first
             n = self.finite_before_nan

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from fmllm_tui.findings import Change, Fix
 from fmllm_tui.units import printed_size
 
 # --------------------------------------------------------------------------------------------
@@ -31,14 +32,11 @@ def fix(
     summary: str,
     changes: list[tuple[str, Any]] | None = None,
     shell: str | None = None,
-) -> dict[str, Any]:
-    """A fix in the JSON shape Hit.fix uses: canonical config keys in ``changes``."""
-    return {
-        "id": fix_id,
-        "changes": [{"key": k, "to": v} for k, v in (changes or [])],
-        "shell": shell,
-        "summary": summary,
-    }
+) -> Fix:
+    """A log finding's fix (:class:`fmllm_tui.findings.Fix`, the one shape every face reads): a fixer
+    id (None: advice or a command only) with canonical config keys in ``changes``; a change's ``to``
+    may be symbolic ("halve", "double") when the log alone cannot say the number."""
+    return Fix(id=fix_id, changes=[Change(key=k, to=v) for k, v in (changes or [])], shell=shell, summary=summary)
 
 
 FIX_MEMORY = fix(
@@ -221,7 +219,7 @@ class Pattern:
     severity: str  # "error" | "warning"
     title: str
     cause: str
-    fix: dict[str, Any] | None
+    fix: Fix | None
     rx: re.Pattern[str] | None = None  # None: derived by the engine from several lines
     needles: tuple[str, ...] = ()  # cheap substring test before the regex (any one must be present)
     extract: Callable[..., dict[str, Any] | None] | None = None
@@ -230,10 +228,10 @@ class Pattern:
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "severity": self.severity, "title": self.title, "cause": self.cause,
-                "fix": self.fix, "derived": self.rx is None}
+                "fix": self.fix.to_json() if self.fix else None, "derived": self.rx is None}
 
 
-def _p(id: str, severity: str, title: str, cause: str, fix_: dict[str, Any] | None, rx: str | None,
+def _p(id: str, severity: str, title: str, cause: str, fix_: Fix | None, rx: str | None,
        needles: tuple[str, ...] = (), extract: Callable[..., dict[str, Any] | None] | None = None,
        flags: int = 0, span: int = 0, phase: str = "") -> Pattern:
     return Pattern(id, severity, title, cause, fix_, re.compile(rx, flags) if rx else None, needles, extract, span, phase)
@@ -367,12 +365,12 @@ def _x_disk(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
     v = {"path": path} if path else {}
     if _x_cache_disk(ctx, " ".join([ctx.line, *ctx.after[:4]]) + (path or "")):
         return {"id": "cache_disk_full", "values": v}
-    f = dict(FIX_SAVE_LIMIT)
+    f = FIX_SAVE_LIMIT
     if path:
         import os.path as _osp
 
         d = path if path.endswith("/") else _osp.dirname(path) or "."
-        f["shell"] = f"df -h {d}"
+        f = replace(f, shell=f"df -h {d}")
         if ".cache/huggingface" in path:
             f = fix(None, "the Hugging Face cache filled the disk: move it to a bigger disk (HF_HOME) or remove old "
                     "models (`hf cache rm model/<id>`; `hf cache ls` lists them by size)", shell="hf cache ls")
@@ -503,7 +501,7 @@ def _x_child_failed(m: re.Match[str], ctx: Any) -> dict[str, Any]:
         cause += f"; rank {root} failed first"
         if root_code is not None:
             cause += f" with exit code {root_code}"
-    fx: dict[str, Any] | None = fix(None, "read the first failed rank's own error above this report: the others died because it did")
+    fx: Fix | None = fix(None, "read the first failed rank's own error above this report: the others died because it did")
     extra: list[tuple[str, dict[str, Any]]] = []
     if root_code == -9 or "SIGKILL" in sigs:
         cause += ": SIGKILL, almost always the Linux OOM killer (host RAM ran out)"

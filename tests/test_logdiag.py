@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from fmllm_tui import logdiag
+from fmllm_tui.findings import Change, Fix
 from fmllm_tui.logadvice import PHASES
 from fmllm_tui.logdiag import PATTERNS, Hit, scan_file, scan_lines
 
@@ -28,8 +29,9 @@ FIX_IDS = {None, "memory.fit", "training.eval_batch", "training.max_seq_length",
 
 
 def fixof(h: Hit) -> dict[str, Any]:
-    assert h.fix is not None, f"{h.pattern} has no fix"
-    return h.fix
+    """The hit's fix as JSON (the shape every face reads), each change as its key and value."""
+    assert isinstance(h.fix, Fix), f"{h.pattern} has no fix"
+    return {**h.fix.to_json(), "changes": [{"key": c.key, "to": c.to} for c in h.fix.changes]}
 
 
 def ids(hits: list[Hit]) -> set[str]:
@@ -54,13 +56,13 @@ def test_table_is_complete_and_well_formed() -> None:
         assert p.severity in ("error", "warning", "info")
         assert p.cause and p.title
         if p.fix is not None:
-            assert set(p.fix) == {"id", "changes", "shell", "summary"}
-            assert p.fix["id"] in FIX_IDS, p.fix["id"]
-            assert p.fix["summary"]
-            for ch in p.fix["changes"]:
-                assert set(ch) == {"key", "to"}
+            assert isinstance(p.fix, Fix)  # one shape for fixes: findings.Fix, no dicts to convert
+            assert p.fix.id in FIX_IDS, p.fix.id
+            assert p.fix.summary
+            for ch in p.fix.changes:
+                assert isinstance(ch, Change)
                 # canonical names: section.key, or one of the top-level settings
-                assert "." in ch["key"] or ch["key"] in ("base_model_name", "use_adapter", "data_format")
+                assert "." in ch.key or ch.key in ("base_model_name", "use_adapter", "data_format")
         json.dumps(p.to_json())
 
 
@@ -457,7 +459,7 @@ def _all_fixes() -> list[dict[str, Any]]:
     from fmllm_tui import logpatterns
 
     fixes = [p.fix for p in PATTERNS if p.fix] + [v for k, v in vars(logpatterns).items() if k.startswith("FIX_")]
-    return [f for f in fixes if f]
+    return [f.to_json() for f in fixes if f]
 
 
 def test_fix_changes_name_real_config_settings() -> None:
@@ -646,16 +648,16 @@ def test_every_finding_names_its_phase() -> None:
 def test_merge_progress_bars_are_not_training_steps() -> None:
     h = hit(scan_file(LOGS / "cuda_oom_merge__export_bar.log"), "cuda_oom_merge")
     assert "step" not in h.values or h.values["step"] != 301
-    assert h.fix is not None and "CUDA_VISIBLE_DEVICES" in (h.fix["shell"] or "")
-    assert not any(c["key"].startswith("training.") for c in h.fix["changes"])
+    assert h.fix is not None and "CUDA_VISIBLE_DEVICES" in (h.fix.shell or "")
+    assert not any(c.key.startswith("training.") for c in h.fix.changes)
 
 
 def test_oom_outside_training_never_gets_the_train_batch_fix() -> None:
     for name in ("cuda_oom_eval__prediction_step.log", "cuda_oom_generation__grpo_generate.log",
                  "cuda_oom_merge__merge_and_unload.log", "cuda_oom_save__save_checkpoint.log",
                  "model_too_big_per_card__accelerate_ranks.log"):
-        fx = scan_file(LOGS / name)[0].fix or {}
-        keys = {c["key"] for c in fx.get("changes", [])}
+        fx = scan_file(LOGS / name)[0].fix
+        keys = {c.key for c in fx.changes} if fx else set()
         assert not keys & {"training.per_device_train_batch_size", "training.gradient_checkpointing"}, name
 
 
