@@ -245,15 +245,30 @@ class DeviceSampler:
         self.t.join(timeout=2)
 
 
-def run_config(case: dict[str, Any], model_path: Path, data: Path, runs: Path, timeout: float) -> dict[str, Any]:
-    """Run one configuration through the training process; return its measurements."""
-    name = case["name"]
-    rdir = runs / name
-    shutil.rmtree(rdir, ignore_errors=True)
-    rdir.mkdir(parents=True)
+def sampled_run(argv: list[str], env: dict[str, str], log_path: Path, timeout: float) -> dict[str, Any]:
+    """Run one process to its end (killed after ``timeout`` s) with the device's memory sampled:
+    rc (None when killed), wall_s, the idle baseline, the device peak and the process peak
+    (device peak less the idle baseline: the process's CUDA context included)."""
+    sampler = DeviceSampler()
+    idle = sampler.used()
+    t0 = time.time()
+    rc: int | None = None
+    with sampler, open(log_path, "wb") as logf:
+        proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return {"rc": rc, "wall_s": time.time() - t0, "idle_used_bytes": idle, "device_peak_bytes": sampler.peak,
+            "process_peak_bytes": max(0, sampler.peak - idle)}
+
+
+def run_spec(case: dict[str, Any], model_path: Path, data: Path) -> dict[str, Any]:
+    """The run folder's config.json for a case: the config and the runner's settings."""
     recipe = dict(RECIPES[case.get("recipe", "fmllm")])
     recipe.update(case.get("overrides") or {})
-    cfg = {
+    cfg: dict[str, Any] = {
         "base_model_name": str(model_path), "data_format": "prompt_completion", "use_adapter": True,
         "lora": {"r": case.get("r", 8), "alpha": case.get("alpha", 8), "dropout": case.get("dropout", 0.1),
                  "target_modules": case.get("targets", ["q_proj", "k_proj", "v_proj", "o_proj"])},
@@ -270,11 +285,23 @@ def run_config(case: dict[str, Any], model_path: Path, data: Path, runs: Path, t
                   "response_only_loss": False, "attn_implementation": "sdpa"},
         "data_file": str(data),
     }
+    if case.get("extra_args"):  # TrainingArguments the config passes through (e.g. a sequential sampler)
+        cfg["training"]["extra_args"] = dict(case["extra_args"])
     if "gradient_checkpointing_kwargs" in recipe:  # a config setting, not a runner override
         cfg["training"]["gradient_checkpointing_kwargs"] = recipe.pop("gradient_checkpointing_kwargs")
     spec = {"config": cfg, "runner": {"kind": case.get("kind", "train"), "steps": case.get("steps", 8),
                                       "vram_bytes": case.get("vram_bytes"), "overrides": recipe,
                                       "sample_generations": 0, "max_new_tokens": 16}}
+    return spec
+
+
+def run_config(case: dict[str, Any], model_path: Path, data: Path, runs: Path, timeout: float) -> dict[str, Any]:
+    """Run one configuration through the training process; return its measurements."""
+    name = case["name"]
+    rdir = runs / name
+    shutil.rmtree(rdir, ignore_errors=True)
+    rdir.mkdir(parents=True)
+    spec = run_spec(case, model_path, data)
     (rdir / "config.json").write_text(json.dumps(spec, indent=2))
     from fmllm_tui.runner.launch import child_env
 
@@ -282,25 +309,13 @@ def run_config(case: dict[str, Any], model_path: Path, data: Path, runs: Path, t
     if case.get("alloc_conf") is not None:  # e.g. the plain recipe without expandable segments
         env["PYTORCH_CUDA_ALLOC_CONF"] = case["alloc_conf"]
     alloc_conf = env.get("PYTORCH_CUDA_ALLOC_CONF", "")
-    sampler = DeviceSampler()
-    idle = sampler.used()
-    t0 = time.time()
-    rc: int | None = None
-    with sampler, open(rdir / "train.log", "wb") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", "fmllm_tui.runner.train", "--run-dir", str(rdir)],
-                                stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = None
-    wall = time.time() - t0
+    m = sampled_run([sys.executable, "-m", "fmllm_tui.runner.train", "--run-dir", str(rdir)], env,
+                    rdir / "train.log", timeout)
     res = _read(rdir / "summary.json") or _read(rdir / "result.json") or {}
     outcome = _read(rdir / "outcome.json") or {}
     out: dict[str, Any] = {
-        "name": name, "case": case, "rc": rc, "wall_s": wall, "status": outcome.get("status") or ("timeout" if rc is None else "failed"),
-        "message": outcome.get("message"), "idle_used_bytes": idle, "device_peak_bytes": sampler.peak,
-        "process_peak_bytes": max(0, sampler.peak - idle),
+        "name": name, "case": case, **m,
+        "status": outcome.get("status") or ("timeout" if m["rc"] is None else "failed"), "message": outcome.get("message"),
         "torch_max_allocated_bytes": res.get("peak_allocated_bytes"),
         "torch_max_reserved_bytes": res.get("peak_reserved_bytes"),
         "inproc_process_peak_bytes": res.get("peak_process_bytes"), "cuda_context_bytes": res.get("cuda_context_bytes"),
@@ -536,14 +551,15 @@ def _cases(a: argparse.Namespace) -> list[dict[str, Any]]:
     return cases
 
 
-def write_predictions(cases: list[dict[str, Any]], path: Path) -> None:
-    """The memory model's predictions for the matrix, written before it is measured (torch-free)."""
+def write_predictions(cases: list[dict[str, Any]], path: Path, card: str = H100_NVML_NAME) -> None:
+    """The memory model's predictions for the matrix on ``card`` (an NVML name), written before it
+    is measured (torch-free)."""
     import subprocess as sp
 
-    points = [case_point(c) for c in cases]
+    points = [case_point(c, card) for c in cases]
     commit = sp.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     predictions = {pt["id"]: {**predict_point(pt), "heldout": pt["heldout"]} for pt in points}
-    doc = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "memory_py_commit": commit, "card": "H100 SXM 80GB",
+    doc = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "memory_py_commit": commit, "card": card,
            "predictions": predictions}
     path.write_text(json.dumps(doc, indent=1) + "\n")
     for pid, pr in predictions.items():
@@ -603,6 +619,7 @@ def main() -> int:
     ap.add_argument("--matrix", metavar="FILE", help="JSON list of configurations (calibration)")
     ap.add_argument("--predict-out", metavar="FILE", help="with --matrix: write the predictions and stop (CPU)")
     ap.add_argument("--predicted", metavar="FILE", help="with --matrix: predictions written before the run")
+    ap.add_argument("--card", default=H100_NVML_NAME, help="with --predict-out: the GPU's NVML name to predict for")
     ap.add_argument("--vram", metavar="SIZES", help="comma-separated caps for the fmllm recipe on --models")
     ap.add_argument("--minimal-test", nargs="?", const="7b", metavar="MODELS",
                     help="fmllm-run test with the shipped config on these models (comma-separated; default 7b): "
@@ -615,7 +632,7 @@ def main() -> int:
         return 0
     cases = _cases(a)
     if a.predict_out:
-        write_predictions(cases, Path(a.predict_out))
+        write_predictions(cases, Path(a.predict_out), a.card)
         return 0
     t_start = time.time()
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "env": env_report(), "results": []}
