@@ -1,0 +1,67 @@
+"""Steady-state training speed, apart from the warm-up (compile, autotuning, allocator growth).
+
+A run's first optimizer steps pay one-off costs: the compiled decoder layers are traced and
+compiled on the first step (13-18 s on a 7B, bench/RESULTS.md), a new sequence length may cost
+another compile, and the allocator grows its pool. Dividing all tokens by all seconds mixes those
+costs into the speed: the minimal test's ten short steps reported 358 tokens/s on a run whose
+steady steps ran at ~4,000. :func:`steady_state` separates the two from the per-step times and
+token counts the training process records, so a report can say "compile 14 s, then 4,070 tokens/s".
+
+Torch-free: read by the training process, the bench scripts and the faces alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from statistics import median
+from typing import Any
+
+# A leading step counts as warm-up while its seconds per token exceed the steady median by this
+# factor: a compile or an autotune costs several steady steps, run-to-run noise costs ~10-30%.
+WARMUP_FACTOR = 1.5
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Steady-state tokens/s and what the warm-up steps cost on top of it."""
+
+    tokens_per_s: float | None  # steady steps' tokens / their seconds (None without timed steps)
+    warmup_s: float  # the warm-up steps' seconds beyond what their tokens take at the steady rate
+    warmup_steps: int  # how many leading steps were warm-up
+    steady_steps: int  # how many steps the steady rate is measured over
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict (the run's summary and result carry them)."""
+        return asdict(self)
+
+
+def steady_state(step_times: Sequence[float], step_tokens: Sequence[int]) -> Speed:
+    """Split a run's steps into the leading warm-up and the steady steps that follow.
+
+    The steady pace is the median seconds per token over the later half of the steps (never a
+    warm-up there in practice); the warm-up is the longest run of leading steps slower than
+    :data:`WARMUP_FACTOR` times that pace. A slow step later in the run (an allocator event, a
+    checkpoint) stays in the steady average: it is a cost every run pays, not a one-off.
+    """
+    pairs = [(float(t), int(n)) for t, n in zip(step_times, step_tokens, strict=False) if t > 0 and n > 0]
+    if not pairs:
+        return Speed(tokens_per_s=None, warmup_s=0.0, warmup_steps=0, steady_steps=0)
+    pace = median(t / n for t, n in pairs[len(pairs) // 2:])
+    warm = 0
+    while warm < len(pairs) - 1 and pairs[warm][0] / pairs[warm][1] > WARMUP_FACTOR * pace:
+        warm += 1
+    steady = pairs[warm:]
+    rate = sum(n for _, n in steady) / sum(t for t, _ in steady)
+    extra = sum(t - n / rate for t, n in pairs[:warm])
+    return Speed(tokens_per_s=rate, warmup_s=max(0.0, extra), warmup_steps=warm, steady_steps=len(steady))
+
+
+def describe(speed: Speed) -> str:
+    """One line for a person: 'compile 14 s, then 4,070 tokens/s' ('4,070 tokens/s' without warm-up)."""
+    if speed.tokens_per_s is None:
+        return "no timed steps"
+    rate = f"{speed.tokens_per_s:,.0f} tokens/s"
+    if speed.warmup_steps == 0:
+        return rate
+    return f"compile {speed.warmup_s:.0f} s, then {rate}"
