@@ -142,14 +142,153 @@ def _line_text(data: bytes, a: int, b: int) -> bytes:
     return chunk[:MAX_LINE]
 
 
-class _NlCounter:
-    """Counts newlines in slices of one block (bytes.count: faster here than a numpy mask)."""
+def _next_line_end(data: bytes, p: int, end_all: int, eof: bool) -> int | None:
+    """End of the line starting at ``p`` (its newline, or a cut at 4 * MAX_LINE), or None when the
+    line runs past the data we have and more is coming: never keep half a line."""
+    q = data.find(b"\n", p, min(end_all, p + 4 * MAX_LINE))
+    if q == -1:
+        if not eof and p + 4 * MAX_LINE >= end_all:
+            return None
+        q = min(end_all, p + 4 * MAX_LINE)
+    return q
 
-    def __init__(self, data: bytes):
-        self.data = data
 
-    def count(self, a: int, b: int) -> int:
-        return self.data.count(b"\n", a, b) if b > a else 0
+class _ChunkScan:
+    """One block's scan: the lines any pattern can match, the windows around them and the samples
+    (progress bars, loss dicts) the multi-line analyses read. ``data`` may extend past ``e``
+    (lookahead for windows); ``eof`` says whether it ends the input."""
+
+    def __init__(self, data: bytes, s: int, e: int, eof: bool):
+        self.data, self.s, self.e, self.eof = data, s, e, eof
+        self.end_all = len(data)
+        self.pf = prefilter()
+        self.hits: dict[int, tuple[int, bytes, int]] = {}  # seg_start -> (seg_end, text, kind)
+        self.queue: list[tuple[int, bool]] = []  # (line start of a HIT, is a traceback header to walk)
+        self.back_done = s
+
+    def add(self, a: int, b: int, kind: int) -> None:
+        """Keep data[a:b] as a record of ``kind`` (a HIT upgrades a CTX) and queue a new HIT's window."""
+        old = self.hits.get(a)
+        text = old[1] if old is not None else self.data[a : min(b, a + MAX_LINE)]
+        if kind == CTX and old is None and a >= self.e and self.pf.line_ends(text, 0, len(text)):
+            # a window line past the block's end: the next block will not look at it again
+            # (the engine's watermark skips it), so it is judged here like any trigger line
+            kind = HIT
+        if old is None or (old[2] != HIT and kind == HIT):
+            self.hits[a] = (b, text, kind)
+            if kind == HIT:
+                la = self.data.rfind(b"\n", 0, a) + 1
+                self.queue.append((la, _TB_HEADER in text and (old is None or a >= self.e)))
+
+    def run(self) -> tuple[int, list[tuple[int, int, bytes, int]]]:
+        """(newlines in [s, e), records): see :func:`_scan_chunk`."""
+        for pos in self.pf.line_ends(self.data, self.s, self.e):
+            self.add(*_segment(self.data, pos, self.s, self.end_all), HIT)
+        self._windows()
+        self._block_samples()
+        return self._records()
+
+    def _windows(self) -> None:
+        """Windows after hits (the whole traceback after a header), and the progress bar / loss dict
+        just before error-ish hits."""
+        data, done = self.data, set()
+        while self.queue:
+            item = self.queue.pop()
+            if item in done:
+                continue
+            done.add(item)
+            la, is_header = item
+            ln_end = data.find(b"\n", la, self.end_all)
+            if ln_end == -1:
+                continue
+            if is_header:
+                _walk_traceback(data, ln_end, self.end_all, self.add, self.eof)
+                continue
+            first = data[la : min(ln_end, la + MAX_LINE)]
+            if _TB_HEADER in first:
+                self.queue.append((la, True))
+            elif la > self.s and _EXC_LINE_B.match(first):
+                _walk_back(data, la, self.s, self.add)
+            self._after(ln_end, first)
+            if la < self.e and (b"rror" in first or b"nan" in first or b"Killed" in first):
+                self._before(la, ln_end)
+
+    def _after(self, ln_end: int, first: bytes) -> None:
+        """The lines after a hit's line: a long report after a launcher's failure header, a message
+        after an error, its first lines after a warning."""
+        if b"ChildFailed" in first or b"FAILED" in first:
+            n_ctx = CTX_LINES_LONG
+        elif b"rror" in first or b"Killed" in first:
+            n_ctx = CTX_LINES
+        else:
+            n_ctx = CTX_WARN_LINES  # a warning's message may start on the next line
+        p = ln_end + 1
+        for _ in range(n_ctx):
+            if p >= self.end_all:
+                break
+            q = _next_line_end(self.data, p, self.end_all, self.eof)
+            if q is None:
+                break
+            if p not in self.hits:
+                self.add(p, q, CTX)
+                if self.hits[p][2] == CTX:
+                    self.hits[p] = (q, _line_text(self.data, p, q), CTX)
+            p = q + 1
+
+    def _before(self, la: int, ln_end: int) -> None:
+        """The progress bars and the loss dict before an error, up to the end of its line (tqdm often
+        draws on the same line, before a CR)."""
+        lo = max(self.back_done if self.back_done <= la else self.s, la - BACK_WINDOW, self.s)
+        _bars_before(self.data, lo, ln_end, self.add)
+        for key in _LOSS_KEYS:
+            lp = self.data.rfind(key, lo, ln_end)
+            if lp != -1:
+                self.add(*_segment(self.data, lp, lo, ln_end), LOSS)
+        self.back_done = ln_end
+
+    def _block_samples(self) -> None:
+        """The last progress bar of the block, and loss dicts from both of its ends."""
+        data, s, e = self.data, self.s, self.e
+        bar = data.rfind(b"%|", max(s, e - BACK_WINDOW), e)
+        if bar != -1:
+            a, b = _segment(data, bar, s, self.end_all)
+            if a >= s:
+                self.add(a, b, BAR)
+        for key in _LOSS_KEYS:
+            found: list[int] = []
+            pos = data.find(key, s, e)
+            while pos != -1 and len(found) < LOSS_SAMPLES:
+                found.append(pos)
+                pos = data.find(key, pos + 8, e)
+            if not found:
+                continue
+            stop, hi = found[-1] + 8, e
+            for _ in range(LOSS_SAMPLES):
+                pos = data.rfind(key, stop, hi)
+                if pos == -1:
+                    break
+                found.append(pos)
+                hi = pos
+            for pos in found:
+                self.add(*_segment(data, pos, s, self.end_all), LOSS)
+            break  # one loss style per block is enough
+
+    def _records(self) -> tuple[int, list[tuple[int, int, bytes, int]]]:
+        """The kept lines in file order, each with its line number relative to the block's start."""
+        s, e, data = self.s, self.e, self.data
+        records: list[tuple[int, int, bytes, int]] = []
+        prev, rel = s, 0
+        for a in sorted(self.hits):
+            if a < s:
+                continue
+            b, text, kind = self.hits[a]
+            if a >= e and kind not in (CTX, HIT):
+                continue
+            rel += data.count(b"\n", prev, a) if a > prev else 0  # bytes.count: faster here than a numpy mask
+            prev = a
+            records.append((a, rel, text, kind))
+        nl = rel + data.count(b"\n", prev, e) if prev <= e else data.count(b"\n", s, e)
+        return nl, records
 
 
 def _scan_chunk(data: bytes, s: int, e: int, eof: bool) -> tuple[int, list[tuple[int, int, bytes, int]]]:
@@ -159,122 +298,7 @@ def _scan_chunk(data: bytes, s: int, e: int, eof: bool) -> tuple[int, list[tuple
     rel_line counts newlines between s and the record. ``data`` may extend past ``e`` (lookahead
     for windows); ``eof`` says whether it ends the input.
     """
-    end_all = len(data)
-    pf = prefilter()
-    hits: dict[int, tuple[int, bytes, int]] = {}  # seg_start -> (seg_end, text, kind)
-    queue: list[tuple[int, bool]] = []  # (line start of a HIT, is a traceback header to walk)
-
-    def add(a: int, b: int, kind: int) -> None:
-        old = hits.get(a)
-        text = old[1] if old is not None else data[a : min(b, a + MAX_LINE)]
-        if kind == CTX and old is None and a >= e and pf.line_ends(text, 0, len(text)):
-            # a window line past the block's end: the next block will not look at it again
-            # (the engine's watermark skips it), so it is judged here like any trigger line
-            kind = HIT
-        if old is None or (old[2] != HIT and kind == HIT):
-            hits[a] = (b, text, kind)
-            if kind == HIT:
-                la = data.rfind(b"\n", 0, a) + 1
-                queue.append((la, _TB_HEADER in text and (old is None or a >= e)))
-
-    for pos in pf.line_ends(data, s, e):
-        a, b = _segment(data, pos, s, end_all)
-        add(a, b, HIT)
-
-    # windows after hits (the whole traceback after a header), and the progress bar / loss
-    # dict just before error-ish hits
-    done: set[tuple[int, bool]] = set()
-    back_done = s
-    while queue:
-        item = queue.pop()
-        if item in done:
-            continue
-        done.add(item)
-        la, is_header = item
-        ln_end = data.find(b"\n", la, end_all)
-        if ln_end == -1:
-            continue
-        if is_header:
-            _walk_traceback(data, ln_end, end_all, add, eof)
-            continue
-        first = data[la : min(ln_end, la + MAX_LINE)]
-        if _TB_HEADER in first:
-            queue.append((la, True))
-        elif la > s and _EXC_LINE_B.match(first):
-            _walk_back(data, la, s, add)
-        if b"ChildFailed" in first or b"FAILED" in first:
-            n_ctx = CTX_LINES_LONG
-        elif b"rror" in first or b"Killed" in first:
-            n_ctx = CTX_LINES
-        else:
-            n_ctx = CTX_WARN_LINES  # a warning's message may start on the next line
-        p = ln_end + 1
-        for _ in range(n_ctx):
-            if p >= end_all:
-                break
-            q = data.find(b"\n", p, min(end_all, p + 4 * MAX_LINE))
-            if q == -1:
-                if not eof and p + 4 * MAX_LINE >= end_all:
-                    break  # the line runs past the data we have: never keep half a line
-                q = min(end_all, p + 4 * MAX_LINE)
-            if p not in hits:
-                add(p, q, CTX)
-                if hits[p][2] == CTX:
-                    hits[p] = (q, _line_text(data, p, q), CTX)
-            p = q + 1
-        if la < e and (b"rror" in first or b"nan" in first or b"Killed" in first):
-            # up to the end of the hit's line: tqdm often draws on the same line, before a CR
-            lo = max(back_done if back_done <= la else s, la - BACK_WINDOW, s)
-            _bars_before(data, lo, ln_end, add)
-            for key in _LOSS_KEYS:
-                lp = data.rfind(key, lo, ln_end)
-                if lp != -1:
-                    a, b = _segment(data, lp, lo, ln_end)
-                    add(a, b, LOSS)
-            back_done = ln_end
-
-    # samples: the last progress bar of the block, loss dicts from both ends
-    lo = max(s, e - BACK_WINDOW)
-    bar = data.rfind(b"%|", lo, e)
-    if bar != -1:
-        a, b = _segment(data, bar, s, end_all)
-        if a >= s:
-            add(a, b, BAR)
-    for key in _LOSS_KEYS:
-        found: list[int] = []
-        pos = data.find(key, s, e)
-        while pos != -1 and len(found) < LOSS_SAMPLES:
-            found.append(pos)
-            pos = data.find(key, pos + 8, e)
-        if not found:
-            continue
-        stop = found[-1] + 8
-        hi = e
-        for _ in range(LOSS_SAMPLES):
-            pos = data.rfind(key, stop, hi)
-            if pos == -1:
-                break
-            found.append(pos)
-            hi = pos
-        for pos in found:
-            a, b = _segment(data, pos, s, end_all)
-            add(a, b, LOSS)
-        break  # one loss style per block is enough
-
-    counter = _NlCounter(data)
-    records: list[tuple[int, int, bytes, int]] = []
-    prev, rel = s, 0
-    for a in sorted(hits):
-        if a < s:
-            continue
-        b, text, kind = hits[a]
-        if a >= e and kind not in (CTX, HIT):
-            continue
-        rel += counter.count(prev, a)
-        prev = a
-        records.append((a, rel, text, kind))
-    nl = rel + counter.count(prev, e) if prev <= e else counter.count(s, e)
-    return nl, records
+    return _ChunkScan(data, s, e, eof).run()
 
 
 def _walk_traceback(data: bytes, p: int, end_all: int, add: Callable[[int, int, int], None], eof: bool) -> None:
@@ -284,11 +308,9 @@ def _walk_traceback(data: bytes, p: int, end_all: int, add: Callable[[int, int, 
     for _ in range(TB_MAX_LINES):
         if p >= end_all:
             return
-        q = data.find(b"\n", p, min(end_all, p + 4 * MAX_LINE))
-        if q == -1:
-            if not eof and p + 4 * MAX_LINE >= end_all:
-                return  # the line runs past the data we have: never keep half a line
-            q = min(end_all, p + 4 * MAX_LINE)
+        q = _next_line_end(data, p, end_all, eof)
+        if q is None:
+            return
         text = _line_text(data, p, q)
         if after_exc >= 0:
             add(p, q, CTX)
@@ -936,77 +958,80 @@ class _Engine:
         return out
 
     def _loss_findings(self) -> None:
-        fx: Fix | None
+        """The findings the logged losses make: NaN, then exactly 0, then flat at ln(vocab)."""
         if self.nan_first is not None:
-            first = self.nan_first
-            n = self.finite_before_nan
-            values: dict[str, Any] = {"key": self.nan_key, "finite_logs_before": n, "nan_logs": self.nan_count}
-            where: list[str] = []
-            if first.step is not None:
-                where.append(f"step {first.step}")
-            elif self.nan_bar_step is not None:
-                where.append(f"around step {self.nan_bar_step}")
-                values["step"] = self.nan_bar_step
-            if first.epoch is not None:
-                where.append(f"epoch {first.epoch:g}")
-            at = f" at {', '.join(where)}" if where else ""
-            if first.epoch is not None:
-                values["epoch"] = first.epoch
-            if first.step is not None:
-                values["step"] = first.step
-            if n == 0:
-                cause = (f"the {self.nan_key} was NaN from the first logged step{at}: the forward pass overflows "
-                         "(fp16) or the weights / compute dtype are broken")
-                fx = FIX_DTYPE_FP16_OFF
-            else:
-                lf = self.last_finite
-                cause = (f"the {self.nan_key} became NaN{at} after {n} finite loss log{'s' if n != 1 else ''}"
-                         + (f" (last finite loss {lf.value:g} at line {lf.line})" if lf else "")
-                         + ": training diverged (learning rate too high, or fp16 overflow)")
-                if lf is not None:
-                    values["last_finite_loss"] = lf.value
-                    values["last_finite_line"] = lf.line
-                grads = [x.grad_norm for x in self.losses if x.grad_norm is not None and math.isfinite(x.grad_norm)
-                         and x.line < first.line]
-                if len(grads) >= 3 and grads[-1] > 10 * (sorted(grads)[len(grads) // 2] or 1e-9):
-                    cause += f"; grad_norm grew to {grads[-1]:g} just before"
-                fx = FIX_LR
-            h = self.add("loss_nan", "", first.line, self.nan_excerpt, cause, "error", fx, values)
-            h.count = self.nan_count
-            h.last_line = self.nan_last
+            self._loss_nan(self.nan_first)
             return
         finite = [x for x in self.losses if math.isfinite(x.value)]
-        head_src = self.loss_head or finite
+        if not self._loss_zero(finite) and len(finite) >= 8:
+            self._loss_flat(finite)
+
+    def _loss_nan(self, first: _Loss) -> None:
+        n = self.finite_before_nan
+        values: dict[str, Any] = {"key": self.nan_key, "finite_logs_before": n, "nan_logs": self.nan_count}
+        where: list[str] = []
+        if first.step is not None:
+            where.append(f"step {first.step}")
+        elif self.nan_bar_step is not None:
+            where.append(f"around step {self.nan_bar_step}")
+            values["step"] = self.nan_bar_step
+        if first.epoch is not None:
+            where.append(f"epoch {first.epoch:g}")
+        at = f" at {', '.join(where)}" if where else ""
+        if first.epoch is not None:
+            values["epoch"] = first.epoch
+        if first.step is not None:
+            values["step"] = first.step
+        fx: Fix | None
+        if n == 0:
+            cause = (f"the {self.nan_key} was NaN from the first logged step{at}: the forward pass overflows "
+                     "(fp16) or the weights / compute dtype are broken")
+            fx = FIX_DTYPE_FP16_OFF
+        else:
+            lf = self.last_finite
+            cause = (f"the {self.nan_key} became NaN{at} after {n} finite loss log{'s' if n != 1 else ''}"
+                     + (f" (last finite loss {lf.value:g} at line {lf.line})" if lf else "")
+                     + ": training diverged (learning rate too high, or fp16 overflow)")
+            if lf is not None:
+                values["last_finite_loss"] = lf.value
+                values["last_finite_line"] = lf.line
+            grads = [x.grad_norm for x in self.losses if x.grad_norm is not None and math.isfinite(x.grad_norm)
+                     and x.line < first.line]
+            if len(grads) >= 3 and grads[-1] > 10 * (sorted(grads)[len(grads) // 2] or 1e-9):
+                cause += f"; grad_norm grew to {grads[-1]:g} just before"
+            fx = FIX_LR
+        h = self.add("loss_nan", "", first.line, self.nan_excerpt, cause, "error", fx, values)
+        h.count = self.nan_count
+        h.last_line = self.nan_last
+
+    def _loss_zero(self, finite: list[_Loss]) -> bool:
+        """Three zero logs in a row, or a jump to exactly 0 from a real loss (a loss does not fall from
+        2.0 to below the log's 4 decimals in one logging interval). Whether it found one."""
         zeros = 0
         while zeros < len(finite) and finite[-1 - zeros].value == 0.0:
             zeros += 1
-        # three zero logs in a row, or a jump to exactly 0 from a real loss (a loss does not fall from
-        # 2.0 to below the log's 4 decimals in one logging interval)
-        if zeros >= 3 or (zeros >= 1 and len(finite) > zeros and finite[-1 - zeros].value > 0.1):
-            k = len(finite) - zeros
-            first = finite[k]
-            self.add("loss_zero", "", first.line, f"'loss': 0.0 (from line {first.line})",
-                     f"the logged loss is exactly 0 for {len(finite) - k} logs from line {first.line}: every label is "
-                     "masked (response template not found) or fp16 broke the loss", "warning",
-                     BY_ID["loss_zero"].fix, {"zero_logs": len(finite) - k}).last_line = finite[-1].line
-            return
-        if len(finite) < 8:
-            return
+        if not (zeros >= 3 or (zeros >= 1 and len(finite) > zeros and finite[-1 - zeros].value > 0.1)):
+            return False
+        k = len(finite) - zeros
+        first = finite[k]
+        self.add("loss_zero", "", first.line, f"'loss': 0.0 (from line {first.line})",
+                 f"the logged loss is exactly 0 for {len(finite) - k} logs from line {first.line}: every label is "
+                 "masked (response template not found) or fp16 broke the loss", "warning",
+                 BY_ID["loss_zero"].fix, {"zero_logs": len(finite) - k}).last_line = finite[-1].line
+        return True
+
+    def _loss_flat(self, finite: list[_Loss]) -> None:
+        """The last losses flat at ln(vocab): uniform predictions, from the start or after a collapse."""
         tail = finite[-min(20, len(finite)):]
         vals = [x.value for x in tail]
         mean = sum(vals) / len(vals)
-        spread = max(vals) - min(vals)
         vocab = self.vocab_size or self.vocab_from_log
-        if spread > max(0.08 * mean, 0.15):
+        if max(vals) - min(vals) > max(0.08 * mean, 0.15):
             return
-        if vocab:
-            ln_v = math.log(vocab)
-            if abs(mean - ln_v) > max(0.5, 0.06 * ln_v):
-                return
-        elif not (6.5 <= mean <= 13.0):
+        ln_v = math.log(vocab) if vocab else mean
+        if (vocab and abs(mean - ln_v) > max(0.5, 0.06 * ln_v)) or (not vocab and not 6.5 <= mean <= 13.0):
             return
-        else:
-            ln_v = mean
+        head_src = self.loss_head or finite
         head = [x.value for x in head_src[:5]]
         head_mean = sum(head) / len(head)
         values = {"plateau_loss": round(mean, 4), "ln_vocab": round(ln_v, 4), "logs": self.finite_count,
@@ -1016,6 +1041,7 @@ class _Engine:
         else:
             values["vocab_size_estimate"] = int(round(math.exp(mean)))
         vtxt = f"ln({vocab}) = {ln_v:.2f}" if vocab else f"ln(vocab) ≈ {mean:.2f}, a vocabulary of ~{int(round(math.exp(mean)))} tokens"
+        fx: Fix | None
         if head_mean < mean - 1.0:
             cause = (f"the loss rose from {head_mean:.2f} to a flat {mean:.2f} = {vtxt}: the model collapsed to "
                      "uniform predictions (learning rate too high, or fp16 overflow)")
@@ -1077,10 +1103,8 @@ def _in_loss(frames: list[_Frame]) -> bool:
     return False
 
 
-def _oom(m: re.Match[str], ctx: _Ctx) -> list[tuple[str, dict[str, Any]]]:
-    """The OOM hit (id by phase) plus fragmentation / other-process findings from its numbers."""
-    joined = " ".join([ctx.line, *[a.strip() for a in ctx.after[:6]]])
-    joined = re.sub(r"\s+", " ", joined)
+def _oom_numbers(joined: str) -> dict[str, Any]:
+    """The sizes an OOM message gives (torch >= 2.1's wording, the older one, or just the request)."""
     v: dict[str, Any] = {}
     nm = _OOM_NEW.search(joined)
     om = _OOM_OLD.search(joined) if not nm else None
@@ -1110,13 +1134,15 @@ def _oom(m: re.Match[str], ctx: _Ctx) -> list[tuple[str, dict[str, Any]]]:
         tm = _OOM_TRY.search(joined)
         if tm:
             v["tried_to_allocate_bytes"] = size_bytes(tm.group("try"))
+    return v
+
+
+def _oom_kind(ctx: _Ctx, v: dict[str, Any]) -> tuple[str, str, int | None]:
+    """(pattern id, phase, step) of an OOM: where in the run it happened decides what it means."""
     phase = ctx.phase("training")
     if not ctx.frames and re.search(r"Failed to clone\(\) tensor|state_dict", ctx.line):
         phase = "save"  # FSDP gathering the full state dict to save it
     step = ctx.engine.step()
-    v["phase"] = phase
-    if step is not None:
-        v["step"] = step
     logs_before = ctx.engine.loss_count
     late = phase == "training" and ((step is not None and step >= 20) or (step is None and logs_before >= 10))
     pid = _OOM_BY_PHASE.get(phase, "cuda_oom")
@@ -1125,13 +1151,12 @@ def _oom(m: re.Match[str], ctx: _Ctx) -> list[tuple[str, dict[str, Any]]]:
     elif phase == "load" and (ctx.rank not in ("", "0") or (v.get("gpu") or 0) > 0 or len(ctx.engine.tbs) > 1
                               or (ctx.engine.settings.num_processes or 1) > 1):
         pid = "model_too_big_per_card"  # one full copy per GPU: each card must hold the whole model
-    in_loss = _in_loss(ctx.frames)
-    if in_loss:
-        v["in_loss"] = True
+    return pid, phase, step
+
+
+def _oom_cause(pid: str, phase: str, step: int | None, v: dict[str, Any], logs_before: int, other_flag: bool) -> str:
+    """The OOM's cause in words, with the numbers the message gave."""
     total_b, tried_b = v.get("total_bytes") or 0, v.get("tried_to_allocate_bytes") or 0
-    one_tensor = bool(total_b and tried_b >= 0.4 * total_b)  # one request of 40%+ of the card: not the batch's activations
-    if one_tensor:
-        v["single_allocation_share"] = round(tried_b / total_b, 2)
     nums = ""
     if v.get("tried_to_allocate_bytes") is not None:
         nums = f"tried to allocate {human(v['tried_to_allocate_bytes'])}"
@@ -1149,21 +1174,20 @@ def _oom(m: re.Match[str], ctx: _Ctx) -> list[tuple[str, dict[str, Any]]]:
         cause += (f". It ran {step if step is not None else logs_before} steps{'' if step is not None else ' (logs)'} fine "
                   "first, so one long batch is the outlier: cap max_seq_length or drop the longest examples rather "
                   "than shrinking the batch")
-    total = v.get("total_bytes") or 0
-    other = v.get("other_process_bytes") or 0
-    other_flag = bool(total and other >= max(512 * 1024**2, int(0.05 * total)))
     if other_flag:
-        cause += f". Other processes held {human(other)} of this GPU: free it first, then see if the run fits"
-    elif pid == "cuda_oom" and one_tensor:
+        cause += f". Other processes held {human(v.get('other_process_bytes') or 0)} of this GPU: free it first, then see if the run fits"
+    elif pid == "cuda_oom" and "single_allocation_share" in v:
         cause += (f". One allocation asked for {round(100 * tried_b / total_b)}% of the card: a single tensor over the "
                   "whole sequence (the loss's full-vocabulary logits, or eager attention) from one long example")
     elif pid == "cuda_oom":
-        cause += ". The loss's logits do not fit" if in_loss else ". The batch's activations do not fit"
-    culprit = ctx.culprit()
-    if culprit:
-        v["raised_in"] = f"{culprit['file']}:{culprit['line']} in {culprit['function']}"
-    fx = oom_fix(pid, phase, ctx.engine.settings, in_loss or one_tensor)
-    out: list[tuple[str, dict[str, Any]]] = [(pid, {"values": v, "cause": cause, "key": "", "fix": fx})]
+        cause += ". The loss's logits do not fit" if v.get("in_loss") else ". The batch's activations do not fit"
+    return cause
+
+
+def _oom_side_findings(v: dict[str, Any], other_flag: bool) -> list[tuple[str, dict[str, Any]]]:
+    """What the OOM's numbers say besides it: a fragmented cache, other processes on the GPU."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    total, other = v.get("total_bytes") or 0, v.get("other_process_bytes") or 0
     unalloc = v.get("reserved_unallocated_bytes") or 0
     tried = v.get("tried_to_allocate_bytes") or 0
     if total and unalloc >= max(tried, int(0.05 * total)):
@@ -1179,6 +1203,31 @@ def _oom(m: re.Match[str], ctx: _Ctx) -> list[tuple[str, dict[str, Any]]]:
                       + (": freeing them would have left room" if other + (v.get("free_bytes") or 0) >= tried else "")),
             "fix": FIX_OTHER_PROCESS}))
     return out
+
+
+def _oom(m: re.Match[str], ctx: _Ctx) -> list[tuple[str, dict[str, Any]]]:
+    """The OOM hit (id by phase) plus fragmentation / other-process findings from its numbers."""
+    joined = re.sub(r"\s+", " ", " ".join([ctx.line, *[a.strip() for a in ctx.after[:6]]]))
+    v = _oom_numbers(joined)
+    pid, phase, step = _oom_kind(ctx, v)
+    v["phase"] = phase
+    if step is not None:
+        v["step"] = step
+    in_loss = _in_loss(ctx.frames)
+    if in_loss:
+        v["in_loss"] = True
+    total_b, tried_b = v.get("total_bytes") or 0, v.get("tried_to_allocate_bytes") or 0
+    one_tensor = bool(total_b and tried_b >= 0.4 * total_b)  # one request of 40%+ of the card: not the batch's activations
+    if one_tensor:
+        v["single_allocation_share"] = round(tried_b / total_b, 2)
+    other = v.get("other_process_bytes") or 0
+    other_flag = bool(total_b and other >= max(512 * 1024**2, int(0.05 * total_b)))
+    cause = _oom_cause(pid, phase, step, v, ctx.engine.loss_count, other_flag)
+    culprit = ctx.culprit()
+    if culprit:
+        v["raised_in"] = f"{culprit['file']}:{culprit['line']} in {culprit['function']}"
+    fx = oom_fix(pid, phase, ctx.engine.settings, in_loss or one_tensor)
+    return [(pid, {"values": v, "cause": cause, "key": "", "fix": fx}), *_oom_side_findings(v, other_flag)]
 
 
 def _other_process_bytes(procs: list[dict[str, Any]], this: int | None, reserved: int) -> int:

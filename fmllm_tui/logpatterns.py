@@ -450,9 +450,8 @@ def _x_path(m: re.Match[str], ctx: Any) -> dict[str, Any]:
     return {"values": {"path": path}, "key": path, "cause_suffix": f": {path}"}
 
 
-def _x_child_failed(m: re.Match[str], ctx: Any) -> dict[str, Any]:
-    """torch.distributed.elastic's failure report: which ranks died, how, and which went first."""
-    lines = ctx.after[:120]
+def _child_report(lines: list[str]) -> tuple[list[dict[str, Any]], int | None]:
+    """The failures (rank, exitcode, signal, section) of an elastic failure report and its root-cause rank."""
     failures: list[dict[str, Any]] = []
     root: int | None = None
     section = None
@@ -484,6 +483,12 @@ def _x_child_failed(m: re.Match[str], ctx: Any) -> dict[str, Any]:
             cur["signal"] = mm.group(2)
         if s.startswith("=====") and cur is not None and section == "root":
             break
+    return failures, root
+
+
+def _x_child_failed(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    """torch.distributed.elastic's failure report: which ranks died, how, and which went first."""
+    failures, root = _child_report(ctx.after[:120])
     ranks = sorted({f["rank"] for f in failures if "rank" in f})
     codes = {f["rank"]: f.get("exitcode") for f in failures if "rank" in f}
     v: dict[str, Any] = {"ranks": ranks, "exitcodes": codes}

@@ -64,9 +64,6 @@ KNOWN_LONG: set[tuple[str, str]] = {
     ("fmllm_tui/cli_check.py", "_main"),
     ("fmllm_tui/config.py", "load_config_text"),
     ("fmllm_tui/fitsearch.py", "_fit_inputs"),
-    ("fmllm_tui/logdiag.py", "_scan_chunk"),
-    ("fmllm_tui/logdiag.py", "_Engine._loss_findings"),
-    ("fmllm_tui/logdiag.py", "_oom"),
     ("fmllm_tui/runner/supervise.py", "_supervise_locked"),
     ("checks/test_distributed.py", "test_multi_gpu_fit"),
 }
