@@ -35,6 +35,7 @@ from fmllm_tui.findings import Change, CheckResult
 from fmllm_tui.tui.checkstream import CheckRun, CheckRunSpec, result_from_event
 from fmllm_tui.tui.messages import ChecksChanged, ChecksEnded, ChecksEvent, ConfigWritten
 from fmllm_tui.tui.screens.checks import ChecksScreen
+from fmllm_tui.tui.widgets.navbar import SCREENS
 
 TTY_CHECK_S = 3.0  # how often the watchdog looks at the terminal (dolphie uses 5 s)
 # Once the terminal is gone, how long the app may take to end before the process ends anyway: a
@@ -111,15 +112,10 @@ class FmllmApp(App[int]):
         "run": _run_screen,
     }
     DEFAULT_MODE = "checks"
+    # each screen's digit as the nav bar shows it, then F2-F5 in the same order (F1 is help)
     BINDINGS = [
-        Binding("1", "show('checks')", "Checks", show=False),
-        Binding("2", "show('memory')", "Memory", show=False),
-        Binding("3", "show('presets')", "Presets", show=False),
-        Binding("4", "show('run')", "Run", show=False),
-        Binding("f2", "show('checks')", "Checks", show=False),
-        Binding("f3", "show('memory')", "Memory", show=False),
-        Binding("f4", "show('presets')", "Presets", show=False),
-        Binding("f5", "show('run')", "Run", show=False),
+        *(Binding(key, f"show('{mode}')", label, show=False) for mode, key, label in SCREENS),
+        *(Binding(f"f{int(key) + 1}", f"show('{mode}')", label, show=False) for mode, key, label in SCREENS),
         Binding("question_mark,f1", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
     ]

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
+
+if TYPE_CHECKING:
+    from fmllm_tui.tui.app import FmllmApp
 
 
 def report_worker_error(node: Screen, event: Worker.StateChanged) -> None:
@@ -17,6 +22,11 @@ def report_worker_error(node: Screen, event: Worker.StateChanged) -> None:
 
 class FmllmScreen(Screen):
     """Base of the four main screens."""
+
+    @property
+    def fapp(self) -> FmllmApp:
+        """The app, typed as fmllm's (its spec, check results, config edits)."""
+        return self.app  # type: ignore[return-value]
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         report_worker_error(self, event)

@@ -52,10 +52,6 @@ class ChecksScreen(FmllmScreen):
         self._shown: list[str] = []
         self._col_widths: tuple[int, int, int] = (0, 0, 0)
 
-    @property
-    def fapp(self) -> FmllmApp:
-        return self.app  # type: ignore[return-value]
-
     def compose(self) -> ComposeResult:
         yield NavBar("checks")
         yield Static(id="checks-summary", markup=False)

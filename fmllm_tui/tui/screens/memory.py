@@ -4,46 +4,41 @@ settings and the prediction follows; ``a`` writes them through the fixers (diff,
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 from rich.text import Text
-from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Static
 
 from fmllm_tui.tui import memplan
-from fmllm_tui.tui.messages import ChecksChanged, ConfigWritten
-from fmllm_tui.tui.screens.base import FmllmScreen
+from fmllm_tui.tui.screens.planning import PlanningScreen
 from fmllm_tui.tui.widgets.navbar import NavBar
 from fmllm_tui.tui.widgets.stackbar import StackedBar
 from fmllm_tui.tui.widgets.status import human_bytes, human_range
 
-if TYPE_CHECKING:
-    from fmllm_tui.tui.app import FmllmApp
-
 WIDE = 120  # columns from which the breakdown sits beside the settings
-KEYS = {"micro_batch": "b/B", "seq_len": "s/S", "lora_r": "r/R", "gradient_checkpointing": "c",
-        "use_4bit": "w", "optim": "o/O"}
+#: The letter keys: (key, setting, raise it?, what it does), lower before raise. The table's Keys
+#: column reads them ("b/B").
+KNOB_KEYS: tuple[tuple[str, str, bool, str], ...] = (
+    ("b", "micro_batch", False, "Micro-batch ÷2"), ("B", "micro_batch", True, "Micro-batch ×2"),
+    ("s", "seq_len", False, "Sequence length ÷2"), ("S", "seq_len", True, "Sequence length ×2"),
+    ("r", "lora_r", False, "LoRA rank ÷2"), ("R", "lora_r", True, "LoRA rank ×2"),
+    ("c", "gradient_checkpointing", True, "Checkpointing on/off"), ("w", "use_4bit", True, "4-bit weights on/off"),
+    ("o", "optim", True, "Next optimizer"), ("O", "optim", False, "Previous optimizer"),
+)
+KEYS = {knob: "/".join(k for k, kn, _up, _what in KNOB_KEYS if kn == knob) for _k, knob, _up, _what in KNOB_KEYS}
 
 
-class MemoryScreen(FmllmScreen):
+class MemoryScreen(PlanningScreen):
     """Predicted peak memory, live as settings change."""
+
+    LOAD_GROUP = "memory-load"
 
     BINDINGS = [
         Binding("left,minus", "nudge(False)", "Lower", key_display="←", priority=True),
         Binding("right,plus,equals_sign", "nudge(True)", "Raise", key_display="→", priority=True),
-        Binding("b", "knob('micro_batch', False)", "Micro-batch ÷2", show=False),
-        Binding("B", "knob('micro_batch', True)", "Micro-batch ×2", show=False),
-        Binding("s", "knob('seq_len', False)", "Sequence length ÷2", show=False),
-        Binding("S", "knob('seq_len', True)", "Sequence length ×2", show=False),
-        Binding("r", "knob('lora_r', False)", "LoRA rank ÷2", show=False),
-        Binding("R", "knob('lora_r', True)", "LoRA rank ×2", show=False),
-        Binding("c", "knob('gradient_checkpointing', True)", "Checkpointing on/off", show=False),
-        Binding("w", "knob('use_4bit', True)", "4-bit weights on/off", show=False),
-        Binding("o", "knob('optim', True)", "Next optimizer", show=False),
-        Binding("O", "knob('optim', False)", "Previous optimizer", show=False),
+        *(Binding(key, f"knob('{knob}', {up})", what, show=False) for key, knob, up, what in KNOB_KEYS),
         Binding("a", "apply", "Apply"),
         Binding("x", "reset", "Reset"),
     ]
@@ -51,12 +46,7 @@ class MemoryScreen(FmllmScreen):
     def __init__(self) -> None:
         super().__init__()
         self.plan: memplan.MemoryPlan | None = None
-        self.budget: memplan.Budget | None = None
         self.error: str | None = None
-
-    @property
-    def fapp(self) -> FmllmApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield NavBar("memory")
@@ -86,19 +76,17 @@ class MemoryScreen(FmllmScreen):
 
     # ---- loading -----------------------------------------------------------------------------
 
-    def load(self) -> None:
-        self.run_worker(self._load(), group="memory-load", exclusive=True, exit_on_error=False)
+    def has_plan(self) -> bool:
+        return self.plan is not None
+
+    def config_unreadable(self, error: str) -> None:
+        self._fail(f"The config cannot be read, so there is nothing to plan:\n{error}")
 
     async def _load(self) -> None:
-        from fmllm_tui.tui import configops
-
-        spec = self.fapp.spec
-        try:
-            loaded = await asyncio.to_thread(configops.load, spec.config)
-        except configops.ConfigOpError as e:
-            self._fail(f"The config cannot be read, so there is nothing to plan:\n{e}")
+        loaded = await self.read_config()
+        if loaded is None:
             return
-        arch, source = await asyncio.to_thread(memplan.architecture, loaded.view, spec.offline)
+        arch, source = await asyncio.to_thread(memplan.architecture, loaded.view, self.fapp.spec.offline)
         if arch is None:
             self._fail(f"No architecture for {loaded.view.base_model_name}: not a local folder, not on the "
                        "Hub or in its cache, and not in fmllm's catalogue (see the Checks screen).")
@@ -109,8 +97,7 @@ class MemoryScreen(FmllmScreen):
         except ValueError as e:  # memory.ArchitectureError is a ValueError
             self._fail(f"The memory model cannot use {loaded.view.base_model_name}: {e}")
             return
-        budget = memplan.budget_from_checks(self.fapp.checks.results) or await asyncio.to_thread(
-            memplan.budget_elsewhere, loaded.view, spec.gpu, spec.vram)
+        budget = await self.find_budget(loaded)
         # plan and budget change together, with the screen: nothing sees the plan without its budget
         self.plan, self.error, self.budget = plan, None, budget
         self.redraw()
@@ -121,17 +108,6 @@ class MemoryScreen(FmllmScreen):
         self.query_one("#mem-title", Static).update(Text(why, style="red"))
         self.query_one("#mem-bar", StackedBar).set_data([], None)
         self.query_one("#mem-status", Static).update("")
-
-    @on(ConfigWritten)
-    def _config_written(self) -> None:
-        self.load()
-
-    @on(ChecksChanged)
-    def _checks_changed(self, msg: ChecksChanged) -> None:
-        b = memplan.budget_from_checks(self.fapp.checks.results)
-        if b is not None and (self.budget is None or b.bytes != self.budget.bytes) and self.plan is not None:
-            self.budget = b
-            self.redraw()
 
     # ---- drawing -----------------------------------------------------------------------------
 

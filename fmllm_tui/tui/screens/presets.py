@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.text import Text
 from textual import on
@@ -14,13 +14,9 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Static
 
 from fmllm_tui.tui import memplan
-from fmllm_tui.tui.messages import ChecksChanged, ConfigWritten
-from fmllm_tui.tui.screens.base import FmllmScreen
+from fmllm_tui.tui.screens.planning import PlanningScreen
 from fmllm_tui.tui.widgets.navbar import NavBar
 from fmllm_tui.tui.widgets.status import human_bytes, human_range
-
-if TYPE_CHECKING:
-    from fmllm_tui.tui.app import FmllmApp
 
 
 class PresetsTable(DataTable[Any]):
@@ -29,8 +25,10 @@ class PresetsTable(DataTable[Any]):
     BINDINGS = [Binding("enter", "select_cursor", "Apply", key_display="⏎")]
 
 
-class PresetsScreen(FmllmScreen):
+class PresetsScreen(PlanningScreen):
     """Named profiles from ``fixes.PRESETS`` with their predicted peak."""
+
+    LOAD_GROUP = "presets-load"
 
     BINDINGS = [
         Binding("enter", "apply", "Apply preset", key_display="⏎", show=False),
@@ -40,11 +38,6 @@ class PresetsScreen(FmllmScreen):
     def __init__(self) -> None:
         super().__init__()
         self.rows: list[memplan.PresetRow] = []
-        self.budget: memplan.Budget | None = None
-
-    @property
-    def fapp(self) -> FmllmApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield NavBar("presets")
@@ -64,36 +57,22 @@ class PresetsScreen(FmllmScreen):
         table.focus()
         self.load()
 
-    def load(self) -> None:
-        self.run_worker(self._load(), group="presets-load", exclusive=True, exit_on_error=False)
+    def has_plan(self) -> bool:
+        return bool(self.rows)
+
+    def config_unreadable(self, error: str) -> None:
+        self.query_one("#presets-summary", Static).update(
+            Text(f"The config cannot be read, so presets cannot be planned: {error}", style="red"))
 
     async def _load(self) -> None:
-        from fmllm_tui.tui import configops
-
-        spec = self.fapp.spec
-        try:
-            loaded = await asyncio.to_thread(configops.load, spec.config)
-        except configops.ConfigOpError as e:
-            self.query_one("#presets-summary", Static).update(
-                Text(f"The config cannot be read, so presets cannot be planned: {e}", style="red"))
+        loaded = await self.read_config()
+        if loaded is None:
             return
-        rows = await asyncio.to_thread(memplan.preset_rows, loaded, spec.offline)
-        budget = memplan.budget_from_checks(self.fapp.checks.results) or await asyncio.to_thread(
-            memplan.budget_elsewhere, loaded.view, spec.gpu, spec.vram)
+        rows = await asyncio.to_thread(memplan.preset_rows, loaded, self.fapp.spec.offline)
+        budget = await self.find_budget(loaded)
         # rows and budget change together, with the table: nothing sees the rows without their budget
         self.rows, self.budget = rows, budget
         self.redraw()
-
-    @on(ConfigWritten)
-    def _config_written(self) -> None:
-        self.load()
-
-    @on(ChecksChanged)
-    def _checks_changed(self, msg: ChecksChanged) -> None:
-        b = memplan.budget_from_checks(self.fapp.checks.results)
-        if b is not None and self.rows and (self.budget is None or b.bytes != self.budget.bytes):
-            self.budget = b
-            self.redraw()
 
     def redraw(self) -> None:
         b = self.budget

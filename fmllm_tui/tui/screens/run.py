@@ -9,7 +9,6 @@ import asyncio
 import time
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import on, work
@@ -27,9 +26,6 @@ from fmllm_tui.tui.widgets.history import PercentHistory
 from fmllm_tui.tui.widgets.navbar import NavBar
 from fmllm_tui.tui.widgets.status import human_bytes
 from fmllm_tui.units import format_duration
-
-if TYPE_CHECKING:
-    from fmllm_tui.tui.app import FmllmApp
 
 GPU_POLL_S = 1.0
 RUN_POLL_S = 0.25
@@ -61,10 +57,6 @@ class RunScreen(FmllmScreen):
         self._diagnosed: set[str] = set()
         self._plotted = -1
         self.show_noise = False  # library noise in the log tail: folded into one dim line until n
-
-    @property
-    def fapp(self) -> FmllmApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield NavBar("run")
