@@ -26,8 +26,14 @@ Recipes (``recipe=``):
   ``prepare_model_for_kbit_training``, input grads enabled, non-reentrant checkpointing, fp32
   adapters, SDPA; with liger-kernel installed its RMSNorm/SwiGLU/RoPE kernels and fused linear
   cross-entropy, else the model's layers and a chunked cross-entropy (2**25 logits a chunk);
-  untied input embeddings of 256 MiB or more on the CPU (offload_embeddings: auto);
-  PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True.
+  untied input embeddings of 256 MiB or more on the CPU (offload_embeddings: auto); the caching
+  allocator's expandable segments on. fmllm's launcher (runner/launch.py, ``child_env``) sets
+  ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` in the training process's environment only
+  when neither allocator variable is set; torch 2.13 reads ``PYTORCH_ALLOC_CONF`` first and its
+  older name ``PYTORCH_CUDA_ALLOC_CONF`` only when the first is unset (c10/core/AllocatorConfig.h).
+  The plan does not read the environment: a person's own setting of either variable wins in the
+  run, and ``PlanInputs.expandable_segments`` says what the plan assumes (None: on for this
+  recipe, as the launcher sets it; off for the other recipes).
 * ``plain``: Trainer/SFTTrainer with ``prepare_model_for_kbit_training`` (4-bit only) and the HF
   loss (``logits.float()`` then cross-entropy over the whole vocabulary).
 * ``noprep``: plain without ``prepare_model_for_kbit_training`` (``enable_input_require_grads``).
@@ -119,7 +125,8 @@ RUNTIME_MISC_BYTES = int(0.0751 * GiB)
 #: * RESERVE_LAYER x one layer's backward transient (blocks cached from the recompute;
 #:   RESERVE_LAYER_EXPANDABLE with expandable_segments:True, where freed blocks are reused more);
 #: * RESERVE_EAGER x one layer's fp32 attention scores (eager attention only);
-#: * RESERVE_BASE (RESERVE_BASE_EXPANDABLE with expandable_segments:True, as fmllm's runner sets).
+#: * RESERVE_BASE (RESERVE_BASE_EXPANDABLE with expandable_segments:True, as fmllm's launcher sets
+#:   when no allocator variable is set).
 #: Fitted on bench/memory_points.json with bench/memory_calibrate.py --fit.
 RESERVE_LOSS = 1.05
 RESERVE_LAYER = 0.30
@@ -464,7 +471,7 @@ class PlanInputs:
     mode: str = "single"
     n_gpus: int = 1
     cpu_offload: bool = False  # FSDP: parameters and optimizer state on the CPU
-    expandable_segments: bool | None = None  # PYTORCH_CUDA_ALLOC_CONF; None: on for the fmllm recipe
+    expandable_segments: bool | None = None  # the allocator's expandable_segments; None: on for the fmllm recipe
     compute_capability: tuple[int, int] | None = None  # the GPU's; None: planned as Hopper
     tflops: float | None = None  # the GPU's dense 16-bit TFLOP/s, for the speed estimate
     bandwidth_gbs: float | None = None
@@ -1383,8 +1390,12 @@ def inputs_from_view(
     notes: list[str] = []
     seq = seq_len if seq_len is not None else t.max_seq_length
     if seq is None:
-        seq = 1024
-        notes.append("training.max_seq_length is not set: planned for 1024 tokens (TRL's default); set it")
+        # A null max_seq_length runs at fmllm's default (plan.py): read it from the config model, where it
+        # is set once (deferred import: the caller built ``view`` with that module already).
+        from fmllm_tui.config import TrainingSettings
+
+        seq = TrainingSettings.model_fields["max_seq_length"].default
+        notes.append(f"training.max_seq_length is not set: planned for {seq} tokens (fmllm's default); set it")
     mb = micro_batch if micro_batch is not None else t.per_device_train_batch_size
     rec = recipe or fm.memory_recipe
     if mode == "auto":

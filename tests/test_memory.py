@@ -422,6 +422,16 @@ def test_predict_notes_a_missing_sequence_limit() -> None:
     assert any("max_seq_length is not set" in n for n in p.notes)
 
 
+def test_missing_sequence_limit_plans_the_config_models_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One default for max_seq_length: the plan reads the config model's, not a copy of its value."""
+    from fmllm_tui.config import TrainingSettings
+
+    monkeypatch.setattr(TrainingSettings.model_fields["max_seq_length"], "default", 2048)
+    p = memory.predict(_view(training={"max_seq_length": None}), QWEN7)
+    assert p.tokens_per_micro_batch == 2048
+    assert "training.max_seq_length is not set: planned for 2048 tokens (fmllm's default); set it" in p.notes
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [({"recipe": "fast"}, "recipe"), ({"mode": "zero3"}, "mode")])
 def test_predict_rejects_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
