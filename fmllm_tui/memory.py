@@ -727,57 +727,28 @@ class _Run:
     inp: PlanInputs
     a: ArchSpec
     s: _ArchSums
+    T: int  # tokens per micro-batch (T in the formulas)
+    seq: int
+    b: int  # micro-batch
+    gc: bool  # gradient checkpointing
     c: int  # compute/model dtype bytes
+    autocast: bool  # 16-bit compute: autocast casts fp32 inputs and weights
     quant: bool  # 4-bit base weights under an adapter
     prep: bool  # prepare_model_for_kbit_training: fp32 non-4-bit params
     full_ft: bool
     w16: int  # bytes of the non-4-bit parameters (fp32 after prep)
+    res_b: int  # residual stream bytes (prep's fp32 embeddings make it fp32)
+    mlp_b: int  # MLP activation bytes (Linear4bit returns its input's dtype: the residual stream's)
     liger_layers: bool
     loss_kind: str  # plain | chunked | liger
     attn: str  # the attention implementation that really runs
+    eager: bool
     padded: bool  # batches carry padding
+    padded_mask: bool  # SDPA gets a 4D bool padding mask (and repeats k/v); flash-attention takes none
     roles: tuple[str, ...]  # the adapted (or, full fine-tuning, trained) linear roles
     compiled: bool
     n: int  # GPUs the work is spread over (1 in single mode)
 
-    @property
-    def T(self) -> int:  # noqa: N802  (the tokens of a micro-batch, T in the formulas)
-        return self.inp.tokens
-
-    @property
-    def seq(self) -> int:
-        return self.inp.seq_len
-
-    @property
-    def b(self) -> int:
-        return self.inp.micro_batch
-
-    @property
-    def gc(self) -> bool:
-        return self.inp.gradient_checkpointing
-
-    @property
-    def autocast(self) -> bool:
-        return self.c == 2
-
-    @property
-    def res_b(self) -> int:
-        """Residual stream bytes (prep's fp32 embeddings make it fp32)."""
-        return self.w16
-
-    @property
-    def mlp_b(self) -> int:
-        """MLP activation bytes (Linear4bit returns its input's dtype: the residual stream's)."""
-        return self.w16
-
-    @property
-    def eager(self) -> bool:
-        return self.attn == "eager"
-
-    @property
-    def padded_mask(self) -> bool:
-        """SDPA gets a 4D bool padding mask (and repeats k/v); flash-attention takes none."""
-        return self.padded and not self.eager and self.attn != "flash_attention_2"
 
 
 def _resolve(inp: PlanInputs, a: ArchSpec, notes: list[str]) -> _Run:
@@ -804,11 +775,14 @@ def _resolve(inp: PlanInputs, a: ArchSpec, notes: list[str]) -> _Run:
         notes.append(attn_why)
     roles, tnotes = resolve_targets(inp.lora_targets, a) if not full_ft else (a.roles(), [])
     notes.extend(tnotes)
+    padded = inp.padded if inp.padded is not None else (inp.micro_batch > 1 and not inp.packing)
+    wide = 4 if prep else c
     return _Run(
-        inp=inp, a=a, s=_sums(a), c=c, quant=quant, prep=prep, full_ft=full_ft, w16=4 if prep else c,
-        liger_layers=liger_layers, loss_kind=loss_kind, attn=attn,
-        padded=inp.padded if inp.padded is not None else (inp.micro_batch > 1 and not inp.packing),
-        roles=roles, compiled=resolve_compiled(inp), n=inp.n_gpus if inp.mode != "single" else 1,
+        inp=inp, a=a, s=_sums(a), T=inp.tokens, seq=inp.seq_len, b=inp.micro_batch, gc=inp.gradient_checkpointing,
+        c=c, autocast=c == 2, quant=quant, prep=prep, full_ft=full_ft, w16=wide, res_b=wide, mlp_b=wide,
+        liger_layers=liger_layers, loss_kind=loss_kind, attn=attn, eager=attn == "eager", padded=padded,
+        padded_mask=padded and attn not in ("eager", "flash_attention_2"), roles=roles,
+        compiled=resolve_compiled(inp), n=inp.n_gpus if inp.mode != "single" else 1,
     )
 
 
