@@ -750,7 +750,6 @@ class _Run:
     n: int  # GPUs the work is spread over (1 in single mode)
 
 
-
 def _resolve(inp: PlanInputs, a: ArchSpec, notes: list[str]) -> _Run:
     """Check the inputs and resolve what the runner really runs: dtypes, kernels, loss, attention,
     the adapted layers (fmllm_tui.recipe's rules on the planned CUDA card)."""
