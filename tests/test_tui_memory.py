@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("textual")
 
-from tui_support import quiet_env, screen_text, wait_until, write_config  # noqa: E402
+from tui_support import open_memory_screen, quiet_env, screen_text, wait_until, write_config  # noqa: E402
 
 from fmllm_tui import catalogue, memory  # noqa: E402
 from fmllm_tui.config import load_config  # noqa: E402
@@ -53,11 +53,7 @@ def test_memory_screen_follows_keys_and_applies_through_the_fixers(cfg: Path) ->
     async def go() -> None:
         app = FmllmApp(cfg, vram="24GiB", start_checks=False, deterministic=True)
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.press("2")
-            # the plan comes before the budget: wait for both (and so for the whole load)
-            await wait_until(pilot, lambda: isinstance(app.screen, MemoryScreen) and app.screen.plan is not None
-                             and app.screen.budget is not None, 20, "the memory plan and its budget")
-            screen = app.screen
+            screen = await open_memory_screen(pilot)
             assert isinstance(screen, MemoryScreen) and screen.budget is not None
 
             def plan() -> memplan.MemoryPlan:
@@ -216,9 +212,7 @@ def test_wide_memory_screen_header_speed_and_eta(cfg: Path) -> None:
     async def go() -> None:
         app = FmllmApp(cfg, gpu="RTX 3090", start_checks=False, deterministic=True)
         async with app.run_test(size=(120, 40)) as pilot:
-            await pilot.press("2")
-            await wait_until(pilot, lambda: isinstance(app.screen, MemoryScreen) and app.screen.plan is not None
-                             and app.screen.budget is not None, 20, "the memory plan and its budget")
+            await open_memory_screen(pilot)
             await pilot.pause(0.2)
             text = screen_text(app)
             lines = text.splitlines()

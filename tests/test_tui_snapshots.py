@@ -21,6 +21,7 @@ pytest.importorskip("pytest_textual_snapshot")
 from tui_support import (  # noqa: E402
     checks_done,
     fake_gpu,
+    open_memory_screen,
     quiet_env,
     screen_text,
     stopped_run,
@@ -98,10 +99,7 @@ def test_check_details_with_diff(snap_compare: Any, snap_dir: Path, size: tuple[
 @pytest.mark.parametrize("size", SIZES)
 def test_memory_screen(snap_compare: Any, snap_dir: Path, size: tuple[int, int]) -> None:
     async def ready(pilot: Any) -> None:
-        await pilot.press("2")
-        # the plan comes before the budget it is drawn against: wait for both
-        await wait_until(pilot, lambda: getattr(pilot.app.screen, "plan", None) is not None
-                         and getattr(pilot.app.screen, "budget", None) is not None, 20, "the plan and its budget")
+        await open_memory_screen(pilot)
         await pilot.press("B")  # one change from the file, so the "changed" styling shows
 
     assert snap_compare(app_for(snap_dir, start_checks=False), terminal_size=size, run_before=ready)

@@ -147,6 +147,16 @@ async def wait_until(pilot: Any, predicate: Callable[[], bool], timeout: float =
                          f"the screen:\n{shown}")
 
 
+async def open_memory_screen(pilot: Any) -> Any:
+    """Press 2 and wait for the Memory screen's whole load: the plan comes before the budget it is
+    drawn against, so wait for both. Returns the screen."""
+    await pilot.press("2")
+    app = pilot.app
+    await wait_until(pilot, lambda: type(app.screen).__name__ == "MemoryScreen" and app.screen.plan is not None
+                     and app.screen.budget is not None, 20, "the memory plan and its budget")
+    return app.screen
+
+
 async def checks_done(pilot: Any, timeout: float = 90.0) -> None:
     """Wait for the current check run to finish with results."""
     app = pilot.app
