@@ -512,11 +512,15 @@ class Prediction:
         d["inputs"] = asdict(self.inputs) if self.inputs else None
         return d
 
+    @property
+    def seconds_per_step(self) -> float:
+        """Wall-clock seconds of one optimizer step at the predicted speed (inf without a speed)."""
+        return self.tokens_per_step / self.tokens_per_second if self.tokens_per_second > 0 else float("inf")
+
     def eta_seconds(self, steps: int) -> float:
         """Wall-clock seconds of ``steps`` optimizer steps at the predicted speed, start-up included
         (model loading not included); estimate_time says for which card and on what basis."""
-        per_step = self.tokens_per_step / self.tokens_per_second if self.tokens_per_second > 0 else float("inf")
-        return self.startup_seconds + max(0, steps) * per_step
+        return self.startup_seconds + max(0, steps) * self.seconds_per_step
 
     def describe(self) -> str:
         """A few lines for people: the peak, the range and the biggest components."""
@@ -1325,9 +1329,6 @@ def estimate_time(
     if gpu is not None:
         inp = replace(inp, tflops=gpu.tflops16, bandwidth_gbs=gpu.bandwidth_gbs, compute_capability=gpu.compute_capability)
     pred = prediction if prediction is not None and gpu is None else predict_inputs(inp, arch)
-    tps = pred.tokens_per_second
-    startup = pred.startup_seconds
-    per_step = pred.tokens_per_step / tps if tps > 0 else float("inf")
     name = gpu.name if gpu is not None else "unnamed GPU"
     if gpu is not None and gpu.name in SPEED_MEASURED_CARDS:
         basis = f"measured: constants fitted on fmllm's runner on {' and '.join(SPEED_MEASURED_CARDS)}"
@@ -1335,9 +1336,9 @@ def estimate_time(
         tf, bw = inp.tflops or DEFAULT_TFLOPS, inp.bandwidth_gbs or DEFAULT_BANDWIDTH_GBS
         basis = (f"estimate: GPU time scaled from the card's specifications ({tf:g} dense 16-bit TFLOP/s, "
                  f"{bw:g} GB/s) against the H100/H200 measurements; host overhead as measured there")
-    return TimeEstimate(tokens_per_second=tps, seconds_per_step=per_step, startup_s=startup, steps=int(steps),
-                        tokens_per_step=pred.tokens_per_step, eta_s=startup + max(0, steps) * per_step,
-                        card=name, basis=basis)
+    return TimeEstimate(tokens_per_second=pred.tokens_per_second, seconds_per_step=pred.seconds_per_step,
+                        startup_s=pred.startup_seconds, steps=int(steps), tokens_per_step=pred.tokens_per_step,
+                        eta_s=pred.eta_seconds(steps), card=name, basis=basis)
 
 
 # --------------------------------------------------------------------------------------------
