@@ -14,7 +14,7 @@ checkpoint every 5):
                                                       deterministic, so A and B differ a little)
     C  SIGKILL of every process of the run as soon as step 8's row is written (fmllm's own
        ``kill``), then ``resume`` from checkpoint-5   (the issue's case: step 8 comes again)
-    D  A's folder, once its rows are read, taken back to checkpoint-5 (checkpoint-10 removed),
+    D  A's folder, once its rows are read, taken back to checkpoint-5 (the later ones removed),
        then ``resume``
 
 For C and D it compares each replayed row (steps 8 and 12) with A's: loss, grad norm, learning rate,
@@ -135,8 +135,9 @@ def rolled_back_then_resumed(a_dir: Path, timeout: float) -> tuple[Path, list[di
 
     d = a_dir
     n_first = len(rows_of(d))
-    for step in (10,):
-        shutil.rmtree(d / rd.CHECKPOINTS / f"checkpoint-{step}", ignore_errors=True)
+    for ck in (d / rd.CHECKPOINTS).glob("checkpoint-*"):  # 10 and the final 12
+        if ck.name.split("-")[-1].isdigit() and int(ck.name.split("-")[-1]) > SAVE:
+            shutil.rmtree(ck, ignore_errors=True)
     resume(d)
     finish(d, timeout)
     return d, rows_of(d)[n_first:]

@@ -205,9 +205,41 @@ def preflight(loaded: Any, kind: str) -> list[str]:
 HUB_KERNELS_DEFAULT = "NO"
 
 
+# torch.compile's on-disk caches (Inductor's FX graph cache, the AOTAutograd cache, autotuning,
+# and the Triton kernels unless TRITON_CACHE_DIR says otherwise) live under this variable's folder.
+COMPILE_CACHE_VAR = "TORCHINDUCTOR_CACHE_DIR"
+
+
+def compile_cache_dir() -> Path:
+    """fmllm's per-user folder for compiled artifacts: ``$XDG_CACHE_HOME/fmllm/compile``
+    (``~/.cache/fmllm/compile`` when XDG_CACHE_HOME is unset)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fmllm" / "compile"
+
+
+def compile_cache_env() -> dict[str, str]:
+    """TORCHINDUCTOR_CACHE_DIR for a run, so a second run of the same model and shapes loads its
+    compiled layers instead of compiling them again.
+
+    torch's default (``/tmp/torchinductor_<user>``) is lost with /tmp; fmllm's folder is kept in
+    the user's cache and made private (0700: torch loads the code it finds there). A user's own
+    TORCHINDUCTOR_CACHE_DIR wins (nothing is returned), as does their TRITON_CACHE_DIR (Inductor
+    reads it for the Triton kernels); a folder that cannot be made leaves torch's default.
+    """
+    path = compile_cache_dir()
+    if os.environ.get(COMPILE_CACHE_VAR) or not path.is_absolute():  # theirs, or no home to keep it in
+        return {}
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path, 0o700)  # also when it existed with looser permissions
+    except OSError:
+        return {}  # a cold compile each run (torch's default folder), never a failed run
+    return {COMPILE_CACHE_VAR: str(path)}
+
+
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment fixes every run gets (existing settings win)."""
-    env: dict[str, str] = {}
+    env: dict[str, str] = compile_cache_env()
     if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ and "PYTORCH_ALLOC_CONF" not in os.environ:
         # Less fragmentation: the reserved-but-unallocated gap of many real OOMs.
         env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
@@ -440,6 +472,13 @@ def resume(run_dir: str | os.PathLike[str]) -> Path:
                        f"--run-dir {rdir}, or end it with fmllm-run stop (or kill), then resume")
     if record.get("kind") == "test":
         raise RunError("a minimal test is not resumed: run it again with fmllm-run test")
+    if st["state"] == "ok":
+        # Finished: resuming from its final checkpoint made the Trainer run one step past
+        # max_steps (seen on the bench: 'finished 13 steps' of 12) and write the adapter again.
+        steps = (st.get("last_metrics") or {}).get("step")
+        done = f" ({steps} steps)" if steps else ""
+        raise RunError(f"the run in {rdir} finished{done}: there is nothing to resume; start a new run "
+                       "(fmllm-run start), with a higher training.max_steps or num_train_epochs to train longer")
     handover = _resume_handover(record)
     old_exit = rdir / rd.EXIT
     if old_exit.exists():
