@@ -1,7 +1,7 @@
 """Log diagnosis on the corpus of real failure logs (tests/data/reallogs): how often it is right.
 
 Usage:
-    python bench/bench_logcorpus.py [--dir tests/data/reallogs] [--json] [--misses fit]
+    python bench/bench_logcorpus.py [--dir tests/data/reallogs] [--json] [--misses fit] [--part fit] [--robust]
 
 Each log ``<id>.log`` has a manifest ``<id>.json`` (source thread, expected_cause,
 acceptable_causes, expected_fix, phase, split "fit" | "heldout"). Patterns are written from the
@@ -14,6 +14,11 @@ Per part it prints:
 - first hit right: the first-ranked finding is one of those;
 - misleading first: the first-ranked finding exists and is not one of those.
 Targets (issue 21): >= 95% recognised, >= 90% right fix, >= 90% first hit right, 0 misleading.
+
+``--robust`` pastes each fit log the ways people paste logs (without the traceback header, without
+the exception class before the message, hard-wrapped at 100 columns, with CRLF line ends, cut in
+the middle of its traceback) and counts how many keep their right first hit: a pattern written
+from one log's exact shape shows up here. Only the fit part is ever perturbed.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from fmllm_tui.logdiag import scan_file  # noqa: E402
+from fmllm_tui.logdiag import scan_file, scan_lines  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "reallogs"
 SPLITS = ("fit", "heldout")
@@ -124,16 +130,60 @@ def score(corpus: list[tuple[Path, dict[str, Any]]], split: str) -> Score:
     return sc
 
 
+_EXC_PREFIX = re.compile(r"^(\s*(?:\[(?:rank|default)\d+\]:\s?)?)(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Warning)\s*:\s*(\S.*)$")
+_HEADER = "Traceback (most recent call last):"
+
+
+def _no_header(lines: list[str]) -> list[str]:
+    out = [ln.replace(_HEADER, "") for ln in lines]
+    return [ln for ln, old in zip(out, lines) if ln.strip() or not old.strip()]
+
+
+def _wrapped(lines: list[str], width: int = 100) -> list[str]:
+    return [ln[i : i + width] for ln in lines for i in range(0, max(len(ln), 1), width)]
+
+
+def _mid_traceback(lines: list[str]) -> list[str]:
+    i = next((k for k, ln in enumerate(lines) if _HEADER in ln), None)
+    return lines if i is None else lines[:i] + lines[i + 5 :]
+
+
+#: How people paste logs: each turns a log's lines into the pasted lines.
+PERTURBATIONS = {
+    "no traceback header": _no_header,
+    "no exception class": lambda ls: [_EXC_PREFIX.sub(r"\1\2", ln) for ln in ls],
+    "wrapped at 100 columns": _wrapped,
+    "CRLF line ends": lambda ls: [ln + "\r\n" for ln in ls],
+    "cut inside the traceback": _mid_traceback,
+}
+
+
+def robustness(corpus: list[tuple[Path, dict[str, Any]]]) -> dict[str, tuple[int, int, list[str]]]:
+    """Per perturbation: (fit logs that keep a right first hit, fit logs right unperturbed, ids lost)."""
+    out: dict[str, tuple[int, int, list[str]]] = {}
+    right = [(p, m) for p, m in corpus if m.get("split") == "fit" and judge(p, m)["first_right"]]
+    for name, paste in PERTURBATIONS.items():
+        lost = []
+        for path, man in right:
+            hits = scan_lines(paste(path.read_text(encoding="utf-8", errors="replace").splitlines()))
+            if not hits or hits[0].pattern not in {man["expected_cause"], *man.get("acceptable_causes", [])}:
+                lost.append(man["id"])
+        out[name] = (len(right) - len(lost), len(right), lost)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", type=Path, default=CORPUS)
     ap.add_argument("--json", action="store_true", help="print the scores as JSON")
     ap.add_argument("--misses", choices=["fit"], help="list the fit logs whose first finding is not right")
+    ap.add_argument("--part", choices=SPLITS, help="score only this part (a worker writing patterns scores only fit)")
+    ap.add_argument("--robust", action="store_true", help="also paste each fit log the ways people paste logs")
     args = ap.parse_args()
     corpus = load_corpus(args.dir)
     problems = [p for path, man in corpus for p in manifest_problems(man, path.with_suffix(".json"))]
     t0 = time.perf_counter()
-    scores = {split: score(corpus, split) for split in SPLITS}
+    scores = {split: score(corpus, split) for split in SPLITS if args.part in (None, split)}
     secs = time.perf_counter() - t0
     if args.json:
         print(json.dumps({s: sc.to_json() for s, sc in scores.items()}
@@ -141,7 +191,7 @@ def main() -> int:
         return 0
     for p in problems:
         print("manifest:", p)
-    for lid in sorted(leaked(corpus)):
+    for lid in sorted(leaked(corpus)) if "heldout" in scores else []:
         print(f"not scored: heldout log {lid} has the same text as a fit log")
     for split, sc in scores.items():
         print(f"{split:8s} {sc.n:4d} logs: recognised {sc.recognised}/{sc.n} ({sc.pct(sc.recognised):.0f}%), "
@@ -150,9 +200,12 @@ def main() -> int:
               f"misleading first {sc.misleading_first}; phase of the first finding right {sc.phase_right}/{sc.n}")
     print(f"({secs:.1f}s for {sum(sc.n for sc in scores.values())} logs; targets: >= 95% recognised, >= 90% right fix, "
           ">= 90% first hit right, 0 misleading)")
-    if args.misses:
+    if args.misses and args.misses in scores:
         for r in scores[args.misses].misses:
             print(f"  {r['id']}: expected {r['expected']}, got {r['got']}")
+    if args.robust:
+        for name, (kept, n, lost) in robustness(corpus).items():
+            print(f"fit, {name}: first hit still right {kept}/{n}" + (f" (lost: {', '.join(lost)})" if lost else ""))
     return 0
 
 

@@ -104,6 +104,7 @@ TB_MAX_LINES = 600  # longest traceback window walked
 LOSS_SAMPLES = 64  # loss dicts kept from each end of a block
 BACK_WINDOW = 64 << 10  # how far back to look for the progress bar / loss before an error
 MAX_LINE = 8192  # bytes of one line decoded at most
+WRAP_MIN = 60  # a line this long may be a message a terminal wrapped: matched joined with the next one too
 LOSS_TAIL = 512  # loss samples kept (the most recent) for the loss analyses
 PARALLEL_MIN = 64 << 20  # files at least this big are split over worker processes
 MAX_WORKERS = 4  # worker processes for big files (bounded: each holds ~2 blocks in flight)
@@ -207,7 +208,9 @@ class _ChunkScan:
             first = data[la : min(ln_end, la + MAX_LINE)]
             if _TB_HEADER in first:
                 self.queue.append((la, True))
-            elif la > self.s and _EXC_LINE_B.match(first):
+            elif la > self.s:
+                # the frames just above a hit whose traceback header is not in the log (an excerpt
+                # pasted from the middle, or a message printed without its exception class)
                 _walk_back(data, la, self.s, self.add)
             self._after(ln_end, first)
             if la < self.e and (b"rror" in first or b"nan" in first or b"Killed" in first):
@@ -765,7 +768,9 @@ class _Engine:
             chained = tb is not None and tb.chained_next and line_no - tb.closed_at < 6
             if not chained:
                 self.chain_counter += 1
-            self.tbs[rank] = _Tb(start=line_no, chain=self.chain_counter, indent=len(body) - len(body.lstrip()))
+            # the header's own indent (text before it, a progress bar drawn on the same line, is not one)
+            indent = len(body) - len(body.lstrip()) if body.lstrip().startswith("Traceback") else 0
+            self.tbs[rank] = _Tb(start=line_no, chain=self.chain_counter, indent=indent)
             return True, False
         if any(c in body for c in _CHAIN):
             if tb is not None:
@@ -777,8 +782,11 @@ class _Engine:
             ln = int(fm.group("line") or fm.group("rline") or fm.group("iline") or 0)
             func = fm.group("func") or fm.group("rfunc") or fm.group("ifunc") or "?"
             if tb is None or not tb.open:
+                # a traceback pasted without its header: Python prints frames 2 columns right of the
+                # header, so an indented one (pip's build output) still closes at its exception line
                 self.chain_counter += 1
-                tb = self.tbs[rank] = _Tb(start=line_no, chain=self.chain_counter)
+                tb = self.tbs[rank] = _Tb(start=line_no, chain=self.chain_counter,
+                                          indent=max(0, len(body) - len(body.lstrip()) - 2))
             tb.frames.append(_Frame(file, ln, func))
             self.prev_frame_line[rank] = line_no
             return True, False
@@ -787,7 +795,8 @@ class _Engine:
             tb.open = False  # the exception line of an indented traceback: at the header's indent
             tb.closed_at = line_no
             return False, True
-        if body[:1].isspace() and self.prev_frame_line.get(rank, -9) >= line_no - 3 and tb is not None and tb.open:
+        if body[:1].isspace() and self.prev_frame_line.get(rank, -9) >= line_no - 3 and tb is not None and tb.open \
+                and indent > tb.indent + 2:  # deeper than the frames: a message at the frames' depth is not source
             if tb.frames and not tb.frames[-1].src:
                 tb.frames[-1].src = body.strip()[:200]
             return True, False  # source line under a frame, or ^^^^ markers
@@ -840,11 +849,8 @@ class _Engine:
             return
         self._match(recs, idx, rank, body, line_no, closes)
 
-    def _match(self, recs: list[Any], idx: int, rank: str, body: str, line_no: int, closes: bool) -> None:
-        text = body.strip()
-        if (re.search(r"(?:Warning|Error|Exception):\s*$", text) or "terminate called after throwing" in text) \
-                and idx + 1 < len(recs) and recs[idx + 1][0] == line_no + 1:
-            text = text + " " + _split_rank(recs[idx + 1][1])[1].strip()
+    def _matches_of(self, text: str) -> list[tuple[Pattern, re.Match[str]]]:
+        """Every single-line pattern that matches ``text`` (cached: logs repeat their lines)."""
         matches = self.match_cache.get(text)
         if matches is None:
             matches = []
@@ -858,16 +864,37 @@ class _Engine:
             if len(self.match_cache) > 4096:
                 self.match_cache.clear()
             self.match_cache[text] = matches
-        ctx = _Ctx(self, text, line_no, rank, idx, recs)
+        return matches
+
+    def _joined_matches(self, text: str, ctx: _Ctx, matches: list[tuple[Pattern, re.Match[str]]]) -> list[tuple[Pattern, re.Match[str]]]:
+        """Matches of a message split over lines: patterns that read several lines (``span``), and a
+        line a terminal or a paste wrapped at its width (a match that runs across the cut)."""
+        done = {p.id for p, _m in matches}
         if "rror" in text:
-            done = {p.id for p, _m in matches}
             for p in _SPAN_PATTERNS:
                 if p.id in done or p.rx is None:
                     continue
-                joined = " ".join([text, *[a.strip() for a in ctx.after[: p.span]]])
-                m2 = p.rx.search(joined)
+                m2 = p.rx.search(" ".join([text, *[a.strip() for a in ctx.after[: p.span]]]))
                 if m2:
                     matches = [*matches, (p, m2)]
+                    done.add(p.id)
+        nxt = ctx.after[0] if ctx.after else ""
+        if len(text) >= WRAP_MIN and nxt[:1].strip() and not any(p.severity == "error" for p, _m in matches):
+            for sep in ("", " "):  # cut at the column, or at a word boundary
+                joined = text + sep + nxt
+                for p, m in self._matches_of(joined):
+                    if p.id not in done and m.start() < len(text) < m.end():
+                        matches = [*matches, (p, m)]
+                        done.add(p.id)
+        return matches
+
+    def _match(self, recs: list[Any], idx: int, rank: str, body: str, line_no: int, closes: bool) -> None:
+        text = body.strip()
+        if (re.search(r"(?:Warning|Error|Exception|raised):\s*$", text) or "terminate called after throwing" in text) \
+                and idx + 1 < len(recs) and recs[idx + 1][0] == line_no + 1:
+            text = text + " " + _split_rank(recs[idx + 1][1])[1].strip()
+        ctx = _Ctx(self, text, line_no, rank, idx, recs)
+        matches = self._joined_matches(text, ctx, self._matches_of(text))
         tb = self.tbs.get(rank)
         chain = tb.chain if tb is not None and (tb.open or tb.closed_at == line_no) else None
         explained = False

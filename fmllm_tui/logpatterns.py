@@ -447,7 +447,14 @@ def _x_path(m: re.Match[str], ctx: Any) -> dict[str, Any]:
     path = next((g for g in m.groups() if g), None)
     if not path:
         return {}
-    return {"values": {"path": path}, "key": path, "cause_suffix": f": {path}"}
+    out: dict[str, Any] = {"values": {"path": path}, "key": path, "cause_suffix": f": {path}"}
+    if _RESUME_STATE.search(path):
+        out["id"] = "resume_checkpoint_missing"  # resuming reads these; a checkpoint without them is incomplete
+    return out
+
+
+# the files a resume reads from a checkpoint-N folder besides the weights
+_RESUME_STATE = re.compile(r"checkpoint-\d+[/\\](?:trainer_state\.json|optimizer\.pt|scheduler\.pt|rng_state\w*\.pth)$")
 
 
 def _child_report(lines: list[str]) -> tuple[list[dict[str, Any]], int | None]:
@@ -805,7 +812,7 @@ PATTERNS: list[Pattern] = [
                  "HF_HUB_OFFLINE=1 only works with a full cache", shell="hf download <model-id>"),
        r"We couldn't connect to '?https?://huggingface\.co|LocalEntryNotFoundError|outgoing traffic has been disabled"
        r"|Cannot find the requested files in the (?:local|disk) cache|HTTPSConnectionPool\(host='(?:huggingface\.co|cdn-lfs[\w.-]*|cas-bridge[\w.-]*)'"
-       r"|(?:ConnectError|ConnectTimeout|ReadTimeout|ConnectionError|SSLError|ProxyError)\b.*(?:huggingface\.co|host='hugg)|Max retries exceeded with url: /api/models"
+       r"|(?:ConnectError|ConnectTimeout|ReadTimeout|ConnectionError|SSLError|ProxyError)\b.*(?:huggingface\.co|host='hugg)|HTTPSConnectionPool\(host='hugg|Max retries exceeded with url: /api/models"
        r"|Temporary failure in name resolution.*huggingface|Failed to resolve 'huggingface\.co'|50[0234] Server Error.*huggingface\.co",
        ("huggingface", "LocalEntryNotFoundError", "outgoing traffic", "requested files in the")),
     _p("hub_auth_invalid", ERR, "invalid Hugging Face token",
@@ -1066,7 +1073,7 @@ PATTERNS: list[Pattern] = [
     _p("file_not_found", ERR, "file not found",
        "a file or folder the run needs does not exist",
        fix(None, "check the paths in the config (paths.*, base_model_name) against what is on disk"),
-       r"(?:FileNotFoundError|OSError): \[Errno 2\] No such file or directory: '([^']+)'|FileNotFoundError: Unable to find '([^']+)'"
+       r"(?:(?:FileNotFoundError|OSError): |^)\[Errno 2\] No such file or directory: '([^']+)'|FileNotFoundError: Unable to find '([^']+)'"
        r"|FileNotFoundError: Couldn't find (?:a dataset script|any data file) at ([^\s,]+)"
        r"|Error no file named [\w., ]+? found in directory ([^\s]+?)\.?$",
        ("No such file", "Unable to find", "Couldn't find"), _x_path),

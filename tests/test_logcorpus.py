@@ -61,3 +61,17 @@ def test_fit_scores_do_not_regress() -> None:
     misses = [(r["id"], r["expected"], r["got"][:2]) for r in sc.misses]
     assert not low, f"fit scores fell below the floor {FLOOR}: {low}; first-hit misses: {misses}"
     assert sc.misleading_first <= MAX_MISLEADING_SHARE * sc.n, misses
+
+
+# Share of the fit logs with a right first hit that keep it when pasted each way (bench --robust):
+# what the scan reached when excerpt-robust matching went in (issue 21). A pattern that only fits
+# one log's exact shape, or an engine change that starves a pasted excerpt, lowers one of them.
+ROBUST_FLOOR = {"no traceback header": 118 / 118, "no exception class": 116 / 118, "wrapped at 100 columns": 109 / 118,
+                "CRLF line ends": 118 / 118, "cut inside the traceback": 115 / 118}
+
+
+def test_fit_logs_keep_their_first_hit_when_pasted_differently() -> None:
+    got = bench.robustness(bench.load_corpus(CORPUS))
+    assert set(got) == set(ROBUST_FLOOR)
+    low = {name: (kept, n, lost) for name, (kept, n, lost) in got.items() if kept < ROBUST_FLOOR[name] * n - 1e-9}
+    assert not low, low

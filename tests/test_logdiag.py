@@ -742,3 +742,70 @@ def test_one_huge_allocation_points_at_the_loss_and_length_not_the_batch() -> No
     keys = [c["key"] for c in fixof(h)["changes"]]
     assert keys == ["fmllm.loss", "training.max_seq_length"]
     assert "92% of the card" in h.cause
+
+
+# ---- excerpts pasted the ways people paste them (issue 21) ----------------------------------------
+
+
+def test_a_headerless_indented_traceback_closes_at_its_exception_line() -> None:
+    # pip's build output indents the traceback; the paste starts below its header
+    lines = ["  × python setup.py egg_info did not run successfully.",
+             '        File "/tmp/pip-install-n7q/deepspeed_7/op_builder/builder.py", line 41, in installed_cuda_version',
+             '          assert cuda_home is not None, "CUDA_HOME does not exist, unable to compile CUDA op(s)"',
+             "      AssertionError: CUDA_HOME does not exist, unable to compile CUDA op(s)",
+             "      [end of output]"]
+    hits = scan_lines(lines)
+    assert hits and hits[0].pattern == "cuda_toolkit_env" and hits[0].line == 4, [(h.pattern, h.line) for h in hits]
+    # the message without its class, at the frames' depth, is a message too (not a source line)
+    assert scan_lines([*lines[:3], "      CUDA_HOME does not exist, unable to compile CUDA op(s)"])[0].pattern == "cuda_toolkit_env"
+
+
+def test_a_message_without_its_exception_class_reads_the_frames_above_it() -> None:
+    # the frames say loading; the OOM line lost its 'torch.OutOfMemoryError: ' in the paste
+    lines = ['[rank5]:   File "/r/site-packages/transformers/modeling_utils.py", line 787, in _load_state_dict_into_meta_model',
+             "[rank5]:     param = param[...]",
+             "[rank5]: CUDA out of memory. Tried to allocate 270.00 MiB. GPU 5 has a total capacity of 23.65 GiB of which "
+             "208.06 MiB is free. Of the allocated memory 22.87 GiB is allocated by PyTorch, and 6.23 MiB is reserved by "
+             "PyTorch but unallocated."]
+    h = scan_lines(lines)[0]
+    assert (h.pattern, h.phase) == ("model_too_big_per_card", "load"), (h.pattern, h.phase)
+
+
+def test_a_message_wrapped_at_the_terminal_width_is_found() -> None:
+    msg = ("[2024-05-01 10:00:01] ERROR train.py:88 RuntimeError: Expected all tensors to be on the same device, but "
+           "found at least two devices, cuda:0 and cuda:1!")
+    cut = msg.index("same dev") + 3  # a 100-column terminal cut the message inside the words the pattern needs
+    h = scan_lines([msg[:cut], msg[cut:]])[0]
+    assert h.pattern == "device_mismatch" and h.line == 1
+
+
+def test_errno_2_without_its_class_is_a_missing_file_but_not_inside_a_warning() -> None:
+    h = scan_lines(["[Errno 2] No such file or directory: 'data/train.jsonl'"])[0]
+    assert h.pattern == "file_not_found" and h.values["path"] == "data/train.jsonl"
+    warn = "/x/deepspeed/ops/op_builder/builder.py:38: UserWarning: [Errno 2] No such file or directory: '/usr/local/cuda/bin/nvcc'"
+    assert "file_not_found" not in ids(scan_lines([warn]))
+
+
+def test_a_checkpoint_without_its_trainer_state_is_a_resume_problem() -> None:
+    h = scan_lines(["FileNotFoundError: [Errno 2] No such file or directory: 'outputs/out/checkpoint-9/trainer_state.json'"])[0]
+    assert h.pattern == "resume_checkpoint_missing" and h.values["path"].endswith("checkpoint-9/trainer_state.json")
+    assert scan_lines(["FileNotFoundError: [Errno 2] No such file or directory: 'out/checkpoint-9/notes.txt'"])[0].pattern == "file_not_found"
+
+
+def test_a_compiler_error_ending_in_raised_reads_the_next_line() -> None:
+    lines = ["torch._dynamo.exc.BackendCompilerFailed: backend='inductor' raised:",
+             "RuntimeError: Cannot find a working triton installation. More information on installing Triton can be found at https://github.com/openai/triton"]
+    h = hit(scan_lines(lines), "torch_compile_failed")
+    assert "Cannot find a working triton" in h.excerpt
+
+
+def test_a_traceback_header_drawn_after_a_progress_bar_keeps_its_source_lines() -> None:
+    # the header's line starts with the bar's spaces: those are not the traceback's indent
+    lines = ["  3%|▎         | 4/125 [00:02<01:18,  1.53it/s]Traceback (most recent call last):",
+             '  File "/x/transformers/trainer.py", line 4061, in prediction_step',
+             "    outputs = model(**inputs)",
+             '  File "/x/transformers/models/llama/modeling_llama.py", line 1214, in forward',
+             "    logits = logits.float()",
+             "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 3.91 GiB."]
+    h = scan_lines(lines)[0]
+    assert h.pattern == "cuda_oom_eval" and h.values.get("in_loss") is True
