@@ -302,3 +302,22 @@ def test_memory_model_plans_remote_code_uncompiled(tmp_path):
     p.write_text("base_model_name: org/custom\nfmllm:\n  trust_remote_code: true\n  compile: on\n")
     inp, _ = inputs_from_view(load_config(p).view)
     assert resolve_compiled(inp)
+
+
+def test_configure_compiler_keeps_torchs_caches_for_the_next_run(monkeypatch, tmp_path):
+    """A training process started without fmllm-run still compiles into fmllm's cache, a user's
+    own TORCHINDUCTOR_CACHE_DIR wins, and AOTAutograd's cache accepts the compiled layers' 4-bit
+    autograd function (by default it skips graphs that hold one: every run re-traced them)."""
+    import torch._functorch.config as functorch_config
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    monkeypatch.setattr(functorch_config, "autograd_cache_allow_custom_autograd_functions", False)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # recorded, so what configure_compiler sets is undone
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    configure_compiler()
+    assert cache_dir() == str(tmp_path / "fmllm" / "compile")
+    assert functorch_config.autograd_cache_allow_custom_autograd_functions is True
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "theirs"))
+    configure_compiler()
+    assert cache_dir() == str(tmp_path / "theirs")

@@ -551,3 +551,66 @@ def test_runs_load_no_hub_kernels_unless_the_user_asks(monkeypatch, tiny_model_d
                          capture_output=True, text=True, timeout=scaled(120))
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_runs_keep_compiled_artifacts_in_a_private_per_user_cache(monkeypatch, tmp_path):
+    """The launch points torch.compile's caches at $XDG_CACHE_HOME/fmllm/compile (0700: torch
+    loads the code it finds there), so a second run of a config skips the compile; a user's own
+    TORCHINDUCTOR_CACHE_DIR or TRITON_CACHE_DIR wins, and a folder that cannot be made leaves
+    torch's default instead of failing the run."""
+    from fmllm_tui.runner.launch import child_env
+
+    for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    folder = tmp_path / "xdg" / "fmllm" / "compile"
+    old = os.umask(0o022)
+    try:
+        env = child_env()
+    finally:
+        os.umask(old)
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == str(folder)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert "TRITON_CACHE_DIR" not in env  # Inductor keeps its Triton kernels under its own folder
+    folder.chmod(0o755)  # a folder left with looser permissions is made private again
+    child_env()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert child_env()["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "home" / ".cache" / "fmllm" / "compile")
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "their-triton"))
+    assert "TRITON_CACHE_DIR" not in child_env()  # theirs is inherited untouched
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "theirs"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "unused"))
+    assert "TORCHINDUCTOR_CACHE_DIR" not in child_env()
+    assert not (tmp_path / "unused").exists()
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a-file"))  # not a folder: no cache, no failure
+    assert "TORCHINDUCTOR_CACHE_DIR" not in child_env()
+
+
+def test_torch_reads_the_compile_cache_the_launch_sets(monkeypatch, tmp_path):
+    """In the training process's environment, Inductor's cache folder and its Triton kernels'
+    folder are fmllm's (and the user's TRITON_CACHE_DIR where set)."""
+    pytest.importorskip("torch")
+    from fmllm_tui.runner.launch import child_env
+
+    for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    code = ("from torch._inductor.runtime.cache_dir_utils import cache_dir, triton_cache_dir; "
+            "print(cache_dir()); print(triton_cache_dir(0))")
+
+    def folders(extra: dict[str, str]) -> list[str]:
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **child_env(), **extra},
+                             capture_output=True, text=True, timeout=scaled(120))
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.split()
+
+    mine = tmp_path / "fmllm" / "compile"
+    assert folders({}) == [str(mine), str(mine / "triton" / "0")]
+    assert folders({"TRITON_CACHE_DIR": str(tmp_path / "t")}) == [str(mine), str(tmp_path / "t")]
