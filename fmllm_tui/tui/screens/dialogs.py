@@ -128,8 +128,7 @@ class ConfirmScreen(ScrollDialog[bool]):
                 yield Static(text, id="dialog-text", classes="-nowrap" if self.is_diff else "")
         yield Footer()
 
-    def on_mount(self) -> None:
-        super().on_mount()
+    def on_mount(self) -> None:  # Textual then runs ScrollDialog.on_mount (a base's handler runs too)
         self.query_one("#yes", Button).focus()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -158,8 +157,7 @@ class MessageScreen(ScrollDialog[None]):
                 yield Static(Text(self.body), id="dialog-text")
         yield Footer()
 
-    def on_mount(self) -> None:
-        super().on_mount()
+    def on_mount(self) -> None:  # then ScrollDialog.on_mount
         self.query_one("#close", Button).focus()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:

@@ -34,6 +34,8 @@ class MemoryScreen(PlanningScreen):
     """Predicted peak memory, live as settings change."""
 
     LOAD_GROUP = "memory-load"
+    TABLE = "#mem-knobs"
+    COLUMNS = (("Setting", "label", 24), ("Planned", "value", 20), ("In the file", "file", 18), ("Keys", "keys", 5))
 
     BINDINGS = [
         Binding("left,minus", "nudge(False)", "Lower", key_display="←", priority=True),
@@ -64,15 +66,7 @@ class MemoryScreen(PlanningScreen):
         self.query_one("#mem-body").set_class(self.app.size.width >= WIDE, "-wide")
 
     def on_mount(self) -> None:
-        self.fapp.register_view(self)
-        self.on_resize()
-        table = self.query_one("#mem-knobs", DataTable)
-        table.add_column("Setting", key="label", width=24)
-        table.add_column("Planned", key="value", width=20)
-        table.add_column("In the file", key="file", width=18)
-        table.add_column("Keys", key="keys", width=5)
-        table.focus()
-        self.load()
+        self.on_resize()  # then PlanningScreen.on_mount: the table's columns and the load
 
     # ---- loading -----------------------------------------------------------------------------
 

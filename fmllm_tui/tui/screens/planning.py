@@ -9,6 +9,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from textual import on
+from textual.widgets import DataTable
 
 from fmllm_tui.tui import memplan
 from fmllm_tui.tui.messages import ChecksChanged, ConfigWritten
@@ -19,15 +20,27 @@ if TYPE_CHECKING:
 
 
 class PlanningScreen(FmllmScreen):
-    """A screen whose content is planned for ``budget``. Subclasses give ``_load`` (the worker
-    that plans), ``has_plan``, ``redraw`` and ``config_unreadable``."""
+    """A screen whose content is planned for ``budget``. Subclasses give ``TABLE`` and ``COLUMNS``,
+    ``_load`` (the worker that plans), ``has_plan``, ``redraw`` and ``config_unreadable``."""
 
     #: The worker group of this screen's load (a new load cancels the one still running).
     LOAD_GROUP = "planning-load"
+    #: The screen's table (a selector) and its columns: (heading, key, width; None fits the content).
+    TABLE = ""
+    COLUMNS: tuple[tuple[str, str, int | None], ...] = ()
 
     def __init__(self) -> None:
         super().__init__()
         self.budget: memplan.Budget | None = None
+
+    def on_mount(self) -> None:
+        # Textual runs a subclass's on_mount first, then this one
+        self.fapp.register_view(self)
+        table = self.query_one(self.TABLE, DataTable)
+        for heading, key, width in self.COLUMNS:
+            table.add_column(heading, key=key, width=width)
+        table.focus()
+        self.load()
 
     def load(self) -> None:
         """(Re)plan in a worker: the config, the model and the data are read off the UI thread."""

@@ -29,6 +29,9 @@ class PresetsScreen(PlanningScreen):
     """Named profiles from ``fixes.PRESETS`` with their predicted peak."""
 
     LOAD_GROUP = "presets-load"
+    TABLE = "#presets-table"
+    COLUMNS = ((" ", "fit", 1), ("Preset", "name", 14), ("Predicted peak", "peak", 16), ("Written for", "target", 11),
+               ("Model", "model", None))
 
     BINDINGS = [
         Binding("enter", "apply", "Apply preset", key_display="⏎", show=False),
@@ -45,17 +48,6 @@ class PresetsScreen(PlanningScreen):
         yield PresetsTable(id="presets-table", cursor_type="row")
         yield Static(id="presets-desc", markup=False)
         yield Footer()
-
-    def on_mount(self) -> None:
-        self.fapp.register_view(self)
-        table = self.query_one("#presets-table", DataTable)
-        table.add_column(" ", key="fit", width=1)
-        table.add_column("Preset", key="name", width=14)
-        table.add_column("Predicted peak", key="peak", width=16)
-        table.add_column("Written for", key="target", width=11)
-        table.add_column("Model", key="model")
-        table.focus()
-        self.load()
 
     def has_plan(self) -> bool:
         return bool(self.rows)
