@@ -57,11 +57,23 @@ def steady_state(step_times: Sequence[float], step_tokens: Sequence[int]) -> Spe
     return Speed(tokens_per_s=rate, warmup_s=max(0.0, extra), warmup_steps=warm, steady_steps=len(steady))
 
 
-def describe(speed: Speed) -> str:
-    """One line for a person: 'compile 14 s, then 4,070 tokens/s' ('4,070 tokens/s' without warm-up)."""
+def describe(speed: Speed, *, compiled: bool = True) -> str:
+    """One line for a person: 'compile 14 s, then 4,070 tokens/s' ('warm-up 2 s, then ...' when
+    nothing was compiled; '4,070 tokens/s' without a warm-up)."""
     if speed.tokens_per_s is None:
         return "no timed steps"
     rate = f"{speed.tokens_per_s:,.0f} tokens/s"
     if speed.warmup_steps == 0:
         return rate
-    return f"compile {speed.warmup_s:.0f} s, then {rate}"
+    return f"{'compile' if compiled else 'warm-up'} {speed.warmup_s:.0f} s, then {rate}"
+
+
+def describe_record(record: dict[str, Any]) -> str | None:
+    """The speed line of a run's result or summary (runner/train.py writes ``speed`` and
+    ``recipe.compile_layers``); a record from before ``speed`` shows its tokens/s alone."""
+    fields = record.get("speed")
+    if isinstance(fields, dict) and fields.get("tokens_per_s"):
+        compiled = bool((record.get("recipe") or {}).get("compile_layers"))
+        return describe(Speed(**{k: fields[k] for k in Speed.__dataclass_fields__}), compiled=compiled)
+    tps = record.get("tokens_per_s")
+    return f"{tps:,.0f} tokens/s" if tps else None
