@@ -13,6 +13,8 @@ Per part it prints:
 - right fix: some finding's id is the expected cause or an acceptable one;
 - first hit right: the first-ranked finding is one of those;
 - misleading first: the first-ranked finding exists and is not one of those.
+A finding that names no cause (``log_cut_in_traceback``: the excerpt ends before its error line)
+counts as neither.
 Targets (issue 21): >= 95% recognised, >= 90% right fix, >= 90% first hit right, 0 misleading.
 
 ``--robust`` pastes each fit log the ways people paste logs (without the traceback header, without
@@ -100,9 +102,14 @@ class Score:
 _PHASE_ALIASES = {"install": "load", "launch": "load", "train": "training", "loading": "load"}
 
 
+#: Findings that name no cause (the excerpt ends before its error line): neither a recognition nor
+#: a misleading hit, so not scored.
+NO_CAUSE = {"log_cut_in_traceback"}
+
+
 def judge(path: Path, man: dict[str, Any]) -> dict[str, Any]:
     """Scan one log and judge its findings against its manifest."""
-    hits = scan_file(path)
+    hits = [h for h in scan_file(path) if h.pattern not in NO_CAUSE]
     ok = {man["expected_cause"], *man.get("acceptable_causes", [])}
     got = [h.pattern for h in hits]
     want = _PHASE_ALIASES.get(man.get("phase", ""), man.get("phase"))
@@ -165,7 +172,8 @@ def robustness(corpus: list[tuple[Path, dict[str, Any]]]) -> dict[str, tuple[int
     for name, paste in PERTURBATIONS.items():
         lost = []
         for path, man in right:
-            hits = scan_lines(paste(path.read_text(encoding="utf-8", errors="replace").splitlines()))
+            hits = [h for h in scan_lines(paste(path.read_text(encoding="utf-8", errors="replace").splitlines()))
+                    if h.pattern not in NO_CAUSE]
             if not hits or hits[0].pattern not in {man["expected_cause"], *man.get("acceptable_causes", [])}:
                 lost.append(man["id"])
         out[name] = (len(right) - len(lost), len(right), lost)

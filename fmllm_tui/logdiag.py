@@ -979,10 +979,25 @@ class _Engine:
                 continue  # every occurrence was explained by a specific pattern in its chain
             self.hits.setdefault(key, h)
         self._loss_findings()
+        self._cut_in_traceback()
         out = list(self.hits.values())
         present = frozenset(h.pattern for h in out)
         out.sort(key=lambda h: (*rank_key(h.pattern, h.severity, h.line, present), h.pattern))
         return out
+
+    def _cut_in_traceback(self) -> None:
+        """A log that ends inside a traceback (an excerpt cut before the exception line) names no
+        error: say so, with the phase its frames show, rather than nothing (only then: with an error
+        found, the note would only repeat that the excerpt is short)."""
+        open_tbs = [(rank, tb) for rank, tb in self.tbs.items() if tb.open and tb.frames]
+        if not open_tbs or any(h.severity == "error" for h in self.hits.values()):
+            return
+        rank, tb = max(open_tbs, key=lambda rt: rt[1].start)
+        last = tb.frames[-1]
+        pat = BY_ID["log_cut_in_traceback"]
+        self.add(pat.id, "", self.prev_frame_line.get(rank, tb.start), f'File "{last.file}", line {last.line}, in {last.func}',
+                 pat.cause, pat.severity, pat.fix, {"frames": len(tb.frames), "last_frame": f"{last.file}:{last.line} in {last.func}"},
+                 self.phase(tb.frames))
 
     def _loss_findings(self) -> None:
         """The findings the logged losses make: NaN, then exactly 0, then flat at ln(vocab)."""

@@ -1128,6 +1128,9 @@ PATTERNS: list[Pattern] = [
        "a library says a name or argument is deprecated: harmless for this run, worth updating the code some day", None,
        r"(?:FutureWarning|DeprecationWarning|PendingDeprecationWarning): |is deprecated and will be removed"
        r"|(?:is|are) deprecated(?:,| and| in favou?r of|;)|has been deprecated"),
+    _p("log_cut_in_traceback", INFO, "the log ends inside a traceback",
+       "the text ends inside a traceback, before its exception line: the error that stopped the run is not in it",
+       fix(None, "scan the whole log: the lines after this traceback name the error (fmllm-check --log FILE)"), None),
     _p("exception", ERR, "unhandled exception",
        "the run stopped on an exception that fmllm has no specific pattern for; the last frame shows where", None, None),
 ]

@@ -809,3 +809,18 @@ def test_a_traceback_header_drawn_after_a_progress_bar_keeps_its_source_lines() 
              "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 3.91 GiB."]
     h = scan_lines(lines)[0]
     assert h.pattern == "cuda_oom_eval" and h.values.get("in_loss") is True
+
+
+def test_an_excerpt_cut_inside_its_traceback_says_so_only_when_nothing_else_explains_it() -> None:
+    frames = ["Traceback (most recent call last):",
+              '  File "/x/transformers/trainer.py", line 2348, in _save_checkpoint',
+              "    self.save_model(output_dir, _internal_call=True)",
+              '  File "/x/transformers/trainer.py", line 2873, in _save']
+    h = scan_lines(frames)[0]
+    assert (h.pattern, h.severity, h.phase, h.line) == ("log_cut_in_traceback", "info", "save", 4)
+    # the exception line closes it: nothing is cut
+    assert "log_cut_in_traceback" not in ids(scan_lines([*frames, "    self._save(x)", "RuntimeError: boom"]))
+    # an error found elsewhere already explains the run: no note about the cut
+    oom = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB."
+    got = scan_lines([oom, *frames])
+    assert got[0].pattern.startswith("cuda_oom") and "log_cut_in_traceback" not in ids(got)
