@@ -126,6 +126,10 @@ def oom_fix(pid: str, phase: str, s: RunSettings | None, in_loss: bool = False) 
             what = "prediction" if phase == "predict" else "evaluation"
             return fix(None, f"{what} ran out of memory with an eval batch of 1 already: keep its logits off the GPU "
                        "(eval_accumulation_steps, prediction_loss_only) or evaluate shorter sequences; the train batch is not the cause")
+        if s.eval_batch:  # the number, not "halve": the fixer can plan it and a person can read it
+            return fix(FIX_EVAL_BATCH.id, f"evaluation ran out of memory, not training: eval batch {s.eval_batch} -> "
+                       f"{_half(s.eval_batch)}; leave the train batch alone",
+                       [("training.per_device_eval_batch_size", _half(s.eval_batch))])
         return FIX_EVAL_BATCH
     if pid == "cuda_oom_generation":
         return fix(None, "generation ran out of memory, not the training step: generate fewer sequences at once "

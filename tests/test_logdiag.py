@@ -824,3 +824,11 @@ def test_an_excerpt_cut_inside_its_traceback_says_so_only_when_nothing_else_expl
     oom = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB."
     got = scan_lines([oom, *frames])
     assert got[0].pattern.startswith("cuda_oom") and "log_cut_in_traceback" not in ids(got)
+
+
+def test_eval_oom_fix_names_the_eval_batch_it_read_from_the_config() -> None:
+    log = LOGS / "cuda_oom_eval__prediction_step.log"
+    fx = fixof(scan_file(log, settings=RunSettings(eval_batch=8, micro_batch=2))[0])
+    assert fx["id"] == "training.eval_batch" and fx["changes"] == [{"key": "training.per_device_eval_batch_size", "to": 4}]
+    assert "8 -> 4" in fx["summary"]
+    assert fixof(scan_file(log)[0])["changes"] == [{"key": "training.per_device_eval_batch_size", "to": "halve"}]
