@@ -201,7 +201,9 @@ def unsloth_process(case: dict[str, Any], model_path: Path, data: Path, run_dir:
     (run_dir / "spec.json").write_text(json.dumps(spec, indent=1))
     env = {**os.environ, **child_env({"PYTHONPATH": os.pathsep.join([unsloth_site, str(REPO)]),
                                       "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                                      "UNSLOTH_DISABLE_STATISTICS": "1"})}
+                                      "UNSLOTH_DISABLE_STATISTICS": "1",
+                                      # its generated code goes to the run folder, not the repository
+                                      "UNSLOTH_COMPILE_LOCATION": str(run_dir / "unsloth_compiled_cache")})}
     return [sys.executable, str(Path(__file__).resolve()), "--worker", str(run_dir / "spec.json")], env
 
 
@@ -269,8 +271,10 @@ def _unsloth_model(spec: dict[str, Any]) -> Any:
     import torch
     from unsloth import FastLanguageModel
 
+    # fix_tokenizer off: the bench's 512-token tokenizer is not the model's (the runs share it, and
+    # Unsloth's tokenizer repairs do not touch the training step).
     model, _ = FastLanguageModel.from_pretrained(model_name=spec["model_path"], max_seq_length=spec["seq"],
-                                                 dtype=torch.bfloat16, load_in_4bit=True)
+                                                 dtype=torch.bfloat16, load_in_4bit=True, fix_tokenizer=False)
     return FastLanguageModel.get_peft_model(
         model, r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"], target_modules=TARGETS,
         bias="none", use_gradient_checkpointing="unsloth", random_state=spec["seed"], max_seq_length=spec["seq"])
@@ -305,18 +309,27 @@ def _step_recorder(counted: dict[str, int]) -> Any:
 
 
 def _unsloth_train(spec: dict[str, Any], t0: float) -> dict[str, Any]:
-    import torch
+    import torch  # noqa: F401
     import unsloth  # noqa: F401  (before transformers: it patches transformers and peft on import)
-    from torch.utils.data import SequentialSampler
-    from transformers import Trainer, TrainingArguments, set_seed
-
-    from fmllm_tui.runner.data import Collator, build_train_dataset, read_records
-    from fmllm_tui.runner.lean import load_tokenizer
+    from transformers import set_seed
 
     import_s = time.perf_counter() - t0
     set_seed(spec["seed"])
     model = _unsloth_model(spec)
     load_s = time.perf_counter() - t0 - import_s
+    return {**train_measured(model, spec), "import_s": import_s, "load_s": load_s}
+
+
+def train_measured(model: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """Train ``model`` (with its adapter) as the spec says, on fmllm's tokenising and collator,
+    in the data's order, with the Trainer settings of fmllm's runs; what was measured."""
+    import torch
+    from torch.utils.data import SequentialSampler
+    from transformers import Trainer, TrainingArguments
+
+    from fmllm_tui.runner.data import Collator, build_train_dataset, read_records
+    from fmllm_tui.runner.lean import load_tokenizer
+
     tok = load_tokenizer(spec["model_path"], {}, local_only=True)  # the tokenizer fmllm's runs use
     dataset, _ = build_train_dataset(tok, read_records(spec["data"], "prompt_completion"), "prompt_completion",
                                      max_len=spec["seq"], response_only=False, packing=False)
@@ -333,23 +346,26 @@ def _unsloth_train(spec: dict[str, Any], t0: float) -> dict[str, Any]:
         def _get_train_sampler(self, *a: Any, **k: Any) -> Any:
             return SequentialSampler(self.train_dataset)  # type: ignore[arg-type]
 
+    cuda = torch.cuda.is_available()
     steps = _step_recorder(counted)
     args = TrainingArguments(
         output_dir=str(Path(spec["run_dir"]) / "checkpoints"), per_device_train_batch_size=spec["batch"],
         gradient_accumulation_steps=spec["ga"], max_steps=spec["steps"], learning_rate=2e-4, weight_decay=0.001,
         max_grad_norm=0.3, lr_scheduler_type="constant", warmup_steps=0, optim=spec["optim"], logging_steps=1,
-        logging_first_step=True, save_strategy="no", seed=spec["seed"], report_to="none", bf16=True,
-        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True)
-    torch.cuda.reset_peak_memory_stats()
+        logging_first_step=True, save_strategy="no", seed=spec["seed"], report_to="none", bf16=cuda,
+        use_cpu=not cuda, remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     trainer = InOrder(model=model, args=args, train_dataset=dataset, data_collator=collate, callbacks=[steps])
     t_train = time.perf_counter()
     trainer.train()
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"losses": steps.losses, "step_times_s": steps.times, "step_tokens": steps.tokens, "import_s": import_s,
-            "load_s": load_s, "train_s": time.perf_counter() - t_train, "trainable_params": trainable,
-            "peak_allocated_bytes": int(torch.cuda.max_memory_allocated()),
-            "peak_reserved_bytes": int(torch.cuda.max_memory_reserved()),
-            "device_name": torch.cuda.get_device_name(0), "optim": args.optim, "versions": _versions()}
+    return {"losses": steps.losses, "step_times_s": steps.times, "step_tokens": steps.tokens,
+            "train_s": time.perf_counter() - t_train,
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "peak_allocated_bytes": int(torch.cuda.max_memory_allocated()) if cuda else None,
+            "peak_reserved_bytes": int(torch.cuda.max_memory_reserved()) if cuda else None,
+            "device_name": torch.cuda.get_device_name(0) if cuda else "cpu", "optim": str(args.optim),
+            "versions": _versions()}
 
 
 def _versions() -> dict[str, str | None]:

@@ -183,3 +183,26 @@ def test_a_spent_budget_skips_every_run_and_still_writes_the_report(tmp_path: Pa
     assert bu.estimate_s(unsloth) - bu.estimate_s(fmllm) == pytest.approx(bu.UNSLOTH_EXTRA_S)
     assert bu.estimate_s(fmllm, build=True) > bu.estimate_s(fmllm)
     assert len(bu.table(report["results"]).splitlines()) == 7
+
+
+def test_the_unsloth_workers_training_loop_measures_a_tiny_lora_model_on_the_cpu(tmp_path: Path,
+                                                                                  tiny_model_dir: Path) -> None:
+    """The worker's loop without Unsloth (its model comes from FastLanguageModel on the GPU): fmllm's
+    tokenising and collator, the data in order, a step time, token count and loss per step."""
+    torch = pytest.importorskip("torch")
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    data = brg.write_data(tmp_path / "data.jsonl", n=8, words=80)
+    spec = {"model_path": str(tiny_model_dir), "data": str(data), "run_dir": str(tmp_path / "run"), "seq": 32,
+            "batch": 1, "ga": 2, "steps": 3, "seed": 42, "optim": "adamw_torch"}
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)),
+                           LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, target_modules=bu.TARGETS))
+    res = bu.train_measured(model, spec)
+    assert len(res["step_times_s"]) == len(res["step_tokens"]) == len(res["losses"]) == 3
+    assert all(t > 0 for t in res["step_times_s"])
+    # every example is cut at 32 tokens; the loader collates one batch ahead (as in fmllm's runs)
+    assert res["step_tokens"][1:] == [64, 64] and res["step_tokens"][0] in (64, 96)
+    assert res["trainable_params"] == sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert res["device_name"] == "cpu" and res["peak_allocated_bytes"] is None
