@@ -4,6 +4,7 @@ settings and the prediction follows; ``a`` writes them through the fixers (diff,
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -120,6 +121,13 @@ class MemoryScreen(PlanningScreen):
         self.query_one("#mem-title", Static).update(f"{model} on {where}")
         self.query_one("#mem-bar", StackedBar).set_data(memplan.grouped(pred.breakdown), b.bytes if b else None,
                                                         pred.low_bytes, pred.high_bytes)
+        self.query_one("#mem-status", Static).update(self._status_text(plan, pred))
+        self._fill_knobs(plan)
+        self.query_one("#mem-legend", Static).update(self._legend(plan, pred))
+
+    def _status_text(self, plan: memplan.MemoryPlan, pred: Any) -> Text:
+        """The peak against the budget, the speed, and what the varied settings change."""
+        b = self.budget
         status = Text()
         status.append(f"predicted peak {human_bytes(pred.peak_process_bytes)} ", style="bold")
         status.append(f"({human_range(pred.low_bytes, pred.high_bytes)}, during the {pred.peak_phase})")
@@ -145,7 +153,10 @@ class MemoryScreen(PlanningScreen):
             if was_eff != now_eff:
                 status.append(f"\neffective batch {was_eff} -> {now_eff}: it cannot be kept at this micro-batch",
                               style="bold yellow")
-        self.query_one("#mem-status", Static).update(status)
+        return status
+
+    def _fill_knobs(self, plan: memplan.MemoryPlan) -> None:
+        """The settings table: planned (yellow where varied), in the file, keys; the cursor stays."""
         table = self.query_one("#mem-knobs", DataTable)
         row = table.cursor_row
         table.clear()
@@ -154,6 +165,10 @@ class MemoryScreen(PlanningScreen):
             value = Text(memplan.show(now), style="bold yellow" if now != was else "")
             table.add_row(label, value, memplan.show(was), KEYS[knob], key=knob)
         table.move_cursor(row=max(0, row))
+
+    def _legend(self, plan: memplan.MemoryPlan, pred: Any) -> Text:
+        """The breakdown's parts, largest first, with the bar's fills; where the architecture
+        came from; the model's notes."""
         legend = Text()
         wide = self.app.size.width >= WIDE
         parts = sorted(((k, v) for k, v in pred.breakdown.items() if v > 0), key=lambda kv: -kv[1])
@@ -166,7 +181,7 @@ class MemoryScreen(PlanningScreen):
         legend.append(f"\narchitecture from {memplan.SOURCES.get(plan.arch_source, plan.arch_source)}", style="dim")
         for note in pred.notes:
             legend.append(f"\n{note}", style="dim")
-        self.query_one("#mem-legend", Static).update(legend)
+        return legend
 
     def _speed_text(self) -> str:
         """"\n~1,234 tokens/s on RTX 3090 · about 12m for 9 steps (estimates)", or nothing when the

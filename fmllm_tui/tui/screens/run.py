@@ -181,7 +181,14 @@ class RunScreen(FmllmScreen):
         self.refresh_bindings()
 
     def _draw(self, snap: runlink.RunSnapshot) -> None:
-        det = self.fapp.deterministic
+        self._draw_head(snap)
+        self._draw_progress(snap)
+        self._draw_charts(snap)
+        self._draw_diagnosis(snap)
+        self._draw_log(snap)
+
+    def _draw_head(self, snap: runlink.RunSnapshot) -> None:
+        """What ran, its state and phase, its pid while alive, its folder."""
         head = Text()
         head.append(KIND_LABEL.get(snap.kind or "", snap.kind or "run"), style="bold")
         head.append(" · ")
@@ -193,6 +200,10 @@ class RunScreen(FmllmScreen):
         head.append(f" · {snap.run_dir}", style="dim")
         self.query_one("#run-state", Static).update(head)
 
+    def _draw_progress(self, snap: runlink.RunSnapshot) -> None:
+        """The step bar and the step, loss, speed and time line (clock-derived parts hidden when
+        deterministic)."""
+        det = self.fapp.deterministic
         last = snap.last or {}
         bar = self.query_one("#run-bar", ProgressBar)
         bar.display = bool(snap.max_steps)  # no bouncing "indeterminate" bar: it says nothing here
@@ -213,6 +224,8 @@ class RunScreen(FmllmScreen):
             stats.append(f"took {format_duration(snap.exit['wall_s'])}")
         self.query_one("#run-stats", Static).update(" · ".join(stats))
 
+    def _draw_charts(self, snap: runlink.RunSnapshot) -> None:
+        """The loss plot (redrawn only when rows came) and torch's own memory numbers."""
         if len(snap.metrics) != self._plotted:
             self._plotted = len(snap.metrics)
             pts = [(r["step"], r["loss"]) for r in snap.metrics
@@ -224,13 +237,15 @@ class RunScreen(FmllmScreen):
             if pts:
                 plt.plot([p[0] for p in pts], [p[1] for p in pts], marker="braille")
             plot.refresh()
-
+        last = snap.last or {}
         if isinstance(last.get("peak_bytes"), (int, float)):
             alloc = last.get("allocated_bytes")
             self.query_one("#run-torch-mem", Static).update(
                 f"torch: {human_bytes(alloc) if alloc is not None else '?'} allocated, "
                 f"peak {human_bytes(last['peak_bytes'])}")
 
+    def _draw_diagnosis(self, snap: runlink.RunSnapshot) -> None:
+        """Why a run failed or stopped, with the keys that go on from there; hidden otherwise."""
         diag = self.query_one("#run-diagnosis", Static)
         if snap.failed or (snap.exit and snap.state == "stopped"):
             lines = runlink.diagnosis_lines(snap.exit)
@@ -244,7 +259,6 @@ class RunScreen(FmllmScreen):
             diag.set_class(not snap.failed, "-calm")
         else:
             diag.display = False
-        self._draw_log(snap)
 
     def _draw_log(self, snap: runlink.RunSnapshot) -> None:
         """The log's tail: errors red, warnings yellow, fmllm's lines bold; library noise folded
