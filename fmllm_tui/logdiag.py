@@ -405,7 +405,8 @@ _RANK = re.compile(r"^\s*\[(?:rank|default)(\d+)\]:\s?")
 _FRAME = re.compile(
     r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+)(?:, in (?P<func>\S+))?'
     r"|^\s*[│|]\s*(?P<rfile>\S+\.py):(?P<rline>\d+) in (?P<rfunc>[\w<>.]+)"
-    r"|^\s*File (?P<ifile>\S+\.py):(?P<iline>\d+), in (?P<ifunc>[\w<>.]+)"
+    # IPython's "File path.py:12, in f"; VS Code's notebooks print the path as a link "[path.py:12](url)"
+    r"|^\s*File \[?(?P<ifile>[^\s\[\]]+\.py):(?P<iline>\d+)(?:\]\([^)\s]*\))?, in (?P<ifunc>[\w<>.]+)"
 )
 _EXC = re.compile(
     r"^(?:[A-Za-z_]\w*\.)*(?P<type>(?:[A-Z]\w*)?(?:Error|Exception|Exit|Interrupt|Failure|Invalid|Iteration)|KeyboardInterrupt)(?::\s?(?P<msg>.*))?$"
@@ -577,13 +578,18 @@ class _Ctx:
         for text in self.after[:100]:
             fm = _FRAME.match(text)
             if fm:
-                out.append(_Frame(fm.group("file") or fm.group("rfile") or fm.group("ifile") or "",
-                                  int(fm.group("line") or fm.group("rline") or fm.group("iline") or 0),
-                                  fm.group("func") or fm.group("rfunc") or fm.group("ifunc") or "?"))
+                out.append(_frame_of(fm))
         return out
 
     def rank_exception(self, rank: int) -> str | None:
         return self.engine.rank_exc.get(str(rank))
+
+
+def _frame_of(fm: re.Match[str]) -> _Frame:
+    """The frame a _FRAME match names, whichever of its printed forms (Python, rich, IPython)."""
+    return _Frame(fm.group("file") or fm.group("rfile") or fm.group("ifile") or "",
+                  int(fm.group("line") or fm.group("rline") or fm.group("iline") or 0),
+                  fm.group("func") or fm.group("rfunc") or fm.group("ifunc") or "?")
 
 
 def _culprit(frames: list[_Frame]) -> dict[str, Any]:
@@ -778,16 +784,13 @@ class _Engine:
             return True, False
         fm = _FRAME.match(body)
         if fm:
-            file = fm.group("file") or fm.group("rfile") or fm.group("ifile") or ""
-            ln = int(fm.group("line") or fm.group("rline") or fm.group("iline") or 0)
-            func = fm.group("func") or fm.group("rfunc") or fm.group("ifunc") or "?"
             if tb is None or not tb.open:
                 # a traceback pasted without its header: Python prints frames 2 columns right of the
                 # header, so an indented one (pip's build output) still closes at its exception line
                 self.chain_counter += 1
                 tb = self.tbs[rank] = _Tb(start=line_no, chain=self.chain_counter,
                                           indent=max(0, len(body) - len(body.lstrip()) - 2))
-            tb.frames.append(_Frame(file, ln, func))
+            tb.frames.append(_frame_of(fm))
             self.prev_frame_line[rank] = line_no
             return True, False
         indent = len(body) - len(body.lstrip())

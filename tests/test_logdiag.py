@@ -832,3 +832,16 @@ def test_eval_oom_fix_names_the_eval_batch_it_read_from_the_config() -> None:
     assert fx["id"] == "training.eval_batch" and fx["changes"] == [{"key": "training.per_device_eval_batch_size", "to": 4}]
     assert "8 -> 4" in fx["summary"]
     assert fixof(scan_file(log)[0])["changes"] == [{"key": "training.per_device_eval_batch_size", "to": "halve"}]
+
+
+def test_vscode_notebook_frames_printed_as_links_are_frames() -> None:
+    lines = ["RuntimeError                              Traceback (most recent call last)",
+             "---> 22 trainer.train()",
+             "File [~/envs/x/lib/python3.10/site-packages/transformers/trainer.py:1664](https://vscode-remote+ssh/x/trainer.py:1664), "
+             "in Trainer.train(self, resume_from_checkpoint)",
+             "File [~/envs/x/lib/python3.10/site-packages/transformers/trainer.py:1940](https://vscode-remote+ssh/x/trainer.py:1940), "
+             "in Trainer._inner_training_loop(self, batch_size)",
+             "-> 1940 tr_loss_step = self.training_step(model, inputs)"]
+    h = scan_lines(lines)[0]
+    assert (h.pattern, h.phase) == ("log_cut_in_traceback", "first_step")
+    assert h.values["last_frame"].endswith("trainer.py:1940 in Trainer._inner_training_loop")
