@@ -17,6 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("bitsandbytes")
 
+from fmllm_tui.runner.fsdp_trainer import fsdp_lazy_init  # noqa: E402
 from fmllm_tui.runner.lean import (  # noqa: E402
     Recipe,
     RecipeError,
@@ -27,7 +28,6 @@ from fmllm_tui.runner.lean import (  # noqa: E402
     quant_states_off_device,
     weights_not_in_storage,
 )
-from fmllm_tui.runner.train import fsdp_lazy_init  # noqa: E402
 
 CFG = {"base_model_name": "tiny", "quantization": {"bnb_4bit_quant_type": "nf4", "use_nested_quant": True,
                                                    "bnb_4bit_compute_dtype": "bfloat16"},
@@ -265,14 +265,13 @@ def _cuda_calls(monkeypatch: pytest.MonkeyPatch, events: list[str]) -> None:
 @pytest.mark.parametrize("is_root", [True, False])
 def test_fsdp_train_begin_runs_the_lazy_init_before_releasing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str], is_root: bool) -> None:
-    from fmllm_tui.runner import train
+    from fmllm_tui.runner import fsdp_trainer
 
     events: list[str] = []
     _cuda_calls(monkeypatch, events)
-    monkeypatch.setattr(train, "quant_states_off_device", lambda model, device: [])
-    monkeypatch.setattr(train, "fsdp_lazy_init", lambda model: events.append(f"lazy_init {model}") or is_root)
-    cb = train._make_callback(train.RunFiles(tmp_path), train.TokenCountingCollator(None), "cuda", "train",
-                              save_on_stop=True, sampler=None, release_load_cache=True)
+    monkeypatch.setattr(fsdp_trainer, "quant_states_off_device", lambda model, device: [])
+    monkeypatch.setattr(fsdp_trainer, "fsdp_lazy_init", lambda model: events.append(f"lazy_init {model}") or is_root)
+    cb = fsdp_trainer.FsdpTrainBegin(sampler=None)
     state = type("S", (), {"global_step": 0, "max_steps": 4})()
     cb.on_train_begin(None, state, None, model="root")
     # The lazy init's freed buffer must be gone before the first forward gathers the root.
@@ -284,7 +283,7 @@ def test_fsdp_train_begin_runs_the_lazy_init_before_releasing(tmp_path: Path, mo
 def test_fsdp_trainer_releases_the_cache_before_every_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     from transformers import Trainer
 
-    from fmllm_tui.runner.train import fsdp_trainer_class
+    from fmllm_tui.runner.fsdp_trainer import fsdp_trainer_class
 
     events: list[str] = []
     _cuda_calls(monkeypatch, events)

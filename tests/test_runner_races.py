@@ -119,11 +119,12 @@ def test_kill_leaves_no_rank_a_launcher_starts_meanwhile(tmp_path: Path) -> None
 
 @pytest.fixture
 def train_signals(monkeypatch: pytest.MonkeyPatch):
-    from fmllm_tui.runner import train
+    """The training process's signal handling (fmllm_tui.runner.runfiles), reset to a fresh process."""
+    from fmllm_tui.runner import runfiles
 
-    monkeypatch.setitem(train._signals, "count", 0)
-    monkeypatch.setitem(train._signals, "phase", "loading")
-    return train
+    monkeypatch.setitem(runfiles._signals, "count", 0)
+    monkeypatch.setitem(runfiles._signals, "phase", "loading")
+    return runfiles
 
 
 def test_stop_while_loading_ends_at_once(train_signals) -> None:

@@ -216,6 +216,8 @@ def supervise(run_dir: Path) -> int:
 
 
 def _supervise_locked(run_dir: Path) -> int:
+    """One attempt of the run under the supervisor's lock: start the training process, wait for
+    it, write exit.json. 1 when another training process of this run still lives (no record)."""
     spec = rd.read_json(run_dir / rd.RUN) or {}
     try:
         argv, spec_env = handed_over(spec, sys.stdin)
@@ -225,106 +227,20 @@ def _supervise_locked(run_dir: Path) -> int:
     env = dict(os.environ)
     env.update(spec_env)
     started = time.time()
-    log = rd.open_private_append(run_dir / rd.LOG, buffering=0)
-    stop_path = run_dir / rd.STOP_REQUEST
-    child: subprocess.Popen[bytes] | None = None
-
-    def forward(signum: int, frame: Any) -> None:
-        # A stop for the whole run (system shutdown, a signal to the group): let the trainer checkpoint.
-        try:
-            stop_path.write_text(f"{signal.Signals(signum).name} {time.time()}\n")
-        except OSError:
-            pass
-        if child is not None and child.poll() is None:
-            try:
-                child.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    returncode: int
+    attempt = _Attempt(run_dir, rd.open_private_append(run_dir / rd.LOG, buffering=0))
+    attempt.install_signals()
     try:
-        if handover_error is not None:
-            raise handover_error
-        if not argv:
-            raise FileNotFoundError("run.json has no argv")
-        if stop_path.exists():
-            # fmllm-run stop came before the training process started: do not start it.
-            raise _StoppedBeforeStart
-        from fmllm_tui.redact import mask_argv
-
-        holders = procs.trainers(procs.live(run_dir))
-        if holders:
-            # Never two trainers in one folder (a resume raced another, or a supervisor was killed
-            # and its trainer lives on): both would write the same checkpoints and metrics.
-            raise _HeldByAnother(holders)
-        log.write(f"[fmllm] starting: {' '.join(mask_argv(argv))}\n".encode())  # a token in train_command
-        child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=env, cwd=spec.get("cwd") or None, preexec_fn=_default_signals)
-        procs.write_pid_record(run_dir / rd.CHILD_PID, child.pid)  # pid and start time: safe from pid reuse
-        # launch.stop() writes stop.requested, then reads child.pid; this writes child.pid, then reads
-        # stop.requested: one of the two sees the other, so a stop in this window reaches the child.
-        if stop_path.exists():
-            forward(signal.SIGTERM, None)
-        while True:
-            try:
-                returncode = child.wait()
-                break
-            except InterruptedError:
-                continue
+        returncode = attempt.run(argv, env, spec.get("cwd") or None, handover_error)
     except _HeldByAnother as e:
         # No exit record: the run is the live trainer's, and its end is its own to record.
-        log.write(f"[fmllm] not starting a second training process: {procs.holders_text(e.holders)} still holds "
-                  f"{run_dir}; follow it with fmllm-run follow, or end it with fmllm-run kill, then resume\n".encode())
-        log.close()
+        attempt.log.write(f"[fmllm] not starting a second training process: {procs.holders_text(e.holders)} still "
+                          f"holds {run_dir}; follow it with fmllm-run follow, or end it with fmllm-run kill, then "
+                          "resume\n".encode())
+        attempt.log.close()
         return 1
-    except _StoppedBeforeStart:
-        log.write(b"[fmllm] stop requested before the training process started: not starting it\n")
-        returncode = 0
-        rd.write_json_atomic(run_dir / rd.OUTCOME, {"status": "stopped", "ts": time.time(),
-                                                    "message": "stopped before the training process started"})
-    except OSError as e:
-        from fmllm_tui.redact import mask_text
-
-        log.write(mask_text(f"[fmllm] could not start the training process: {e}\n").encode())
-        returncode = 127
-        outcome_msg = mask_text(f"could not start {argv[0] if argv else 'the training process'}: {e.strerror or e}")
-        rd.write_json_atomic(run_dir / rd.OUTCOME, {"status": "failed", "exit_code": 127, "message": outcome_msg})
     ended = time.time()
-    if returncode < 0:
-        name = signal.Signals(-returncode).name if -returncode in signal.Signals._value2member_map_ else str(-returncode)
-        log.write(f"[fmllm] training process ended by signal {name} (exitcode: {returncode})\n".encode())
-    else:
-        log.write(f"[fmllm] training process exited with code {returncode}\n".encode())
-    log.close()
-    outcome = rd.read_json(run_dir / rd.OUTCOME)
-    if isinstance(outcome, dict) and outcome.get("ts", started) < started - 1:
-        outcome = None  # left by an earlier attempt of this run (before a resume)
-    stop_requested = stop_path.exists()
-    outcome = merge_outcomes(outcome if isinstance(outcome, dict) else None, rank_outcomes(run_dir, started),
-                             stop_requested)
-    diagnosis, diag_note = (None, None)
-    pre_status = decide_status(returncode, outcome if isinstance(outcome, dict) else None, stop_requested, None)
-    if pre_status in ("failed", "oom") or (returncode != 0 and pre_status != "stopped"):
-        diagnosis, diag_note = diagnose(run_dir / rd.LOG)
-    status = decide_status(returncode, outcome if isinstance(outcome, dict) else None, stop_requested, diagnosis)
-    record = {
-        "status": status,
-        "exit_code": returncode if returncode >= 0 else None,
-        "signal": signal.Signals(-returncode).name if returncode < 0 and -returncode in signal.Signals._value2member_map_ else None,
-        "kind": spec.get("kind"),
-        "started": started, "ended": ended, "wall_s": ended - started,
-        "message": (outcome or {}).get("message") if isinstance(outcome, dict) else None,
-        "outcome": outcome if isinstance(outcome, dict) else None,
-        "diagnosis": diagnosis,
-        "diagnosis_note": diag_note,
-        "recorded_by": "supervisor",
-    }
-    if record["message"] is None:
-        record["message"] = (f"the training command exited with code {returncode}" if returncode >= 0
-                             else f"the training command was ended by {record['signal']}")
+    attempt.log_exit(returncode)
+    record = exit_record(run_dir, spec, returncode, started, ended)
     from fmllm_tui.redact import mask_data
 
     # A message or a diagnosed log line may quote the training command or what it printed.
@@ -332,7 +248,132 @@ def _supervise_locked(run_dir: Path) -> int:
     return 0
 
 
+class _Attempt:
+    """The training process one supervisor starts, the stop it forwards, and its lines in train.log."""
+
+    def __init__(self, run_dir: Path, log: Any):
+        self.run_dir, self.log = run_dir, log
+        self.stop_path = run_dir / rd.STOP_REQUEST
+        self.child: subprocess.Popen[bytes] | None = None
+
+    def forward(self, signum: int, frame: Any) -> None:
+        """A stop for the whole run (system shutdown, a signal to the group): let the trainer checkpoint."""
+        try:
+            self.stop_path.write_text(f"{signal.Signals(signum).name} {time.time()}\n")
+        except OSError:
+            pass
+        if self.child is not None and self.child.poll() is None:
+            try:
+                self.child.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def install_signals(self) -> None:
+        """SIGTERM becomes a stop forwarded to the trainer; SIGINT and SIGHUP (the terminal) are ignored."""
+        signal.signal(signal.SIGTERM, self.forward)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def run(self, argv: list[str], env: dict[str, str], cwd: str | None, handover_error: OSError | None) -> int:
+        """The training process's return code; 0 for a stop that came first, 127 when it could not
+        start (both with the outcome.json the process would have written). Raises _HeldByAnother."""
+        try:
+            if handover_error is not None:
+                raise handover_error
+            if not argv:
+                raise FileNotFoundError("run.json has no argv")
+            if self.stop_path.exists():
+                # fmllm-run stop came before the training process started: do not start it.
+                raise _StoppedBeforeStart
+            return self._start_and_wait(argv, env, cwd)
+        except _StoppedBeforeStart:
+            self.log.write(b"[fmllm] stop requested before the training process started: not starting it\n")
+            rd.write_json_atomic(self.run_dir / rd.OUTCOME, {"status": "stopped", "ts": time.time(),
+                                                             "message": "stopped before the training process started"})
+            return 0
+        except OSError as e:
+            from fmllm_tui.redact import mask_text
+
+            self.log.write(mask_text(f"[fmllm] could not start the training process: {e}\n").encode())
+            outcome_msg = mask_text(f"could not start {argv[0] if argv else 'the training process'}: {e.strerror or e}")
+            rd.write_json_atomic(self.run_dir / rd.OUTCOME, {"status": "failed", "exit_code": 127,
+                                                             "message": outcome_msg})
+            return 127
+
+    def _start_and_wait(self, argv: list[str], env: dict[str, str], cwd: str | None) -> int:
+        from fmllm_tui.redact import mask_argv
+
+        holders = procs.trainers(procs.live(self.run_dir))
+        if holders:
+            # Never two trainers in one folder (a resume raced another, or a supervisor was killed
+            # and its trainer lives on): both would write the same checkpoints and metrics.
+            raise _HeldByAnother(holders)
+        self.log.write(f"[fmllm] starting: {' '.join(mask_argv(argv))}\n".encode())  # a token in train_command
+        child = self.child = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                              stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+                                              preexec_fn=_default_signals)
+        procs.write_pid_record(self.run_dir / rd.CHILD_PID, child.pid)  # pid and start time: safe from pid reuse
+        # launch.stop() writes stop.requested, then reads child.pid; this writes child.pid, then reads
+        # stop.requested: one of the two sees the other, so a stop in this window reaches the child.
+        if self.stop_path.exists():
+            self.forward(signal.SIGTERM, None)
+        while True:
+            try:
+                return child.wait()
+            except InterruptedError:
+                continue
+
+    def log_exit(self, returncode: int) -> None:
+        """How the training process ended, as train.log's last line; closes the log."""
+        if returncode < 0:
+            self.log.write(f"[fmllm] training process ended by signal {_signal_name(returncode)} "
+                           f"(exitcode: {returncode})\n".encode())
+        else:
+            self.log.write(f"[fmllm] training process exited with code {returncode}\n".encode())
+        self.log.close()
+
+
+def _signal_name(returncode: int) -> str:
+    """SIGKILL for -9; the number for a signal Python does not name."""
+    known = -returncode in signal.Signals._value2member_map_
+    return signal.Signals(-returncode).name if known else str(-returncode)
+
+
+def exit_record(run_dir: Path, spec: dict[str, Any], returncode: int, started: float, ended: float) -> dict[str, Any]:
+    """exit.json's record of an attempt: the status from the process's outcome (merged with a
+    failed rank's), its return code and, for a failure, the log diagnosis."""
+    outcome = rd.read_json(run_dir / rd.OUTCOME)
+    if isinstance(outcome, dict) and outcome.get("ts", started) < started - 1:
+        outcome = None  # left by an earlier attempt of this run (before a resume)
+    stop_requested = (run_dir / rd.STOP_REQUEST).exists()
+    outcome = merge_outcomes(outcome if isinstance(outcome, dict) else None, rank_outcomes(run_dir, started),
+                             stop_requested)
+    diagnosis, diag_note = (None, None)
+    pre_status = decide_status(returncode, outcome, stop_requested, None)
+    if pre_status in ("failed", "oom") or (returncode != 0 and pre_status != "stopped"):
+        diagnosis, diag_note = diagnose(run_dir / rd.LOG)
+    status = decide_status(returncode, outcome, stop_requested, diagnosis)
+    sig = _signal_name(returncode) if returncode < 0 and -returncode in signal.Signals._value2member_map_ else None
+    record = {
+        "status": status,
+        "exit_code": returncode if returncode >= 0 else None,
+        "signal": sig,
+        "kind": spec.get("kind"),
+        "started": started, "ended": ended, "wall_s": ended - started,
+        "message": outcome.get("message") if outcome is not None else None,
+        "outcome": outcome,
+        "diagnosis": diagnosis,
+        "diagnosis_note": diag_note,
+        "recorded_by": "supervisor",
+    }
+    if record["message"] is None:
+        record["message"] = (f"the training command exited with code {returncode}" if returncode >= 0
+                             else f"the training command was ended by {record['signal']}")
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fmllm_tui.runner.supervise RUN_DIR``."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m fmllm_tui.runner.supervise RUN_DIR", file=sys.stderr)
