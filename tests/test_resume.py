@@ -70,6 +70,21 @@ def _finish(run_dir: Path) -> dict:
     return rec
 
 
+def _as_if_killed_after(run_dir: Path, step: int) -> None:
+    """Take a finished run back to what a kill after checkpoint-``step`` leaves: no later
+    checkpoint, no final adapter or summary, and an exit record that says killed (fmllm-run
+    resume refuses a run that finished ok)."""
+    for ck in (run_dir / rd.CHECKPOINTS).glob("checkpoint-*"):
+        if int(ck.name.split("-")[-1]) > step:
+            shutil.rmtree(ck)
+    shutil.rmtree(run_dir / rd.ADAPTER)
+    (run_dir / rd.SUMMARY).unlink()
+    rec = json.loads((run_dir / rd.EXIT).read_text())
+    rec.update(status="killed", exit_code=None, signal="SIGKILL", outcome=None,
+               message="the training command was ended by SIGKILL")
+    rd.write_json_atomic(run_dir / rd.EXIT, rec)
+
+
 @pytest.mark.slow
 def test_resume_reproduces_the_run_without_the_interruption(tmp_path: Path, tiny_model_dir: Path) -> None:
     """Run 12 steps (checkpoints 3, 6, 9, 12; rows at 1, 4, 8, 12), then take the run back to
@@ -81,8 +96,7 @@ def test_resume_reproduces_the_run_without_the_interruption(tmp_path: Path, tiny
     _finish(run_dir)
     first = {r["step"]: r for r in read_jsonl(run_dir / rd.METRICS)}
     assert sorted(first) == [1, 4, 8, 12] and not any("replayed" in r for r in first.values())
-    for step in (9, 12):  # as if the run had been killed after checkpoint-6
-        shutil.rmtree(run_dir / rd.CHECKPOINTS / f"checkpoint-{step}")
+    _as_if_killed_after(run_dir, 6)
 
     resume(run_dir)
     _finish(run_dir)
@@ -119,6 +133,7 @@ def test_a_truncated_adapter_in_the_latest_checkpoint_falls_back_to_the_one_befo
     bad = run_dir / rd.CHECKPOINTS / "checkpoint-4" / "adapter_model.safetensors"
     data = bad.read_bytes()
     bad.write_bytes(data[: len(data) // 2])  # a disk that filled, a copy cut short
+    _as_if_killed_after(run_dir, 4)  # killed after that save
 
     resume(run_dir)
     _finish(run_dir)
