@@ -29,12 +29,28 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from fmllm_tui.config import FineTuneConfig
 from fmllm_tui.memory import OFFLOAD_AUTO_MIN_BYTES
 from fmllm_tui.plan import Recipe, RunPlan
 
 from .loss import install_lean_forward, lean_forward_unsupported, loss_fn_for
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+# What the runner's functions read a config from: the typed config (the training process's), or a
+# config dict (config.json's resolved config; tests' partial ones). Either way every value and
+# every default comes from fmllm_tui.config's models, never a default repeated here.
+Config = dict[str, Any] | FineTuneConfig
+
+
+def _section(cfg: Config, name: str) -> Any:
+    """The typed ``name`` section (``lora``, ``quantization``, ``training``, ``fmllm``) of ``cfg``."""
+    if isinstance(cfg, FineTuneConfig):
+        return getattr(cfg, name)
+    model = FineTuneConfig.model_fields[name].annotation
+    assert model is not None and hasattr(model, "model_validate")
+    return model.model_validate(cfg.get(name) or {})
 
 
 class RecipeError(Exception):
@@ -114,15 +130,14 @@ def apply_liger_kernels(model_type: str, recipe: Recipe) -> bool:
     return True
 
 
-def load_tokenizer(source: str, cfg: dict[str, Any], *, local_only: bool = False) -> Any:
+def load_tokenizer(source: str, cfg: Config, *, local_only: bool = False) -> Any:
     """The tokenizer of ``source`` with the pad token set (fmllm.pad_token, else its own, else eos)."""
     from transformers import AutoTokenizer
 
-    fm = cfg.get("fmllm", {})
-    tok = AutoTokenizer.from_pretrained(source, revision=fm.get("revision"),
-                                        trust_remote_code=bool(fm.get("trust_remote_code")),
+    fm = _section(cfg, "fmllm")
+    tok = AutoTokenizer.from_pretrained(source, revision=fm.revision, trust_remote_code=fm.trust_remote_code,
                                         local_files_only=local_only)
-    set_pad_token(tok, fm.get("pad_token"))
+    set_pad_token(tok, fm.pad_token)
     tok.padding_side = "right"
     return tok
 
@@ -145,7 +160,7 @@ def set_pad_token(tok: Any, requested: str | None) -> str:
     return "eos"
 
 
-def model_load_kwargs(cfg: dict[str, Any], recipe: Recipe, *, device_index: int = 0) -> dict[str, Any]:
+def model_load_kwargs(cfg: Config, recipe: Recipe, *, device_index: int = 0) -> dict[str, Any]:
     """``from_pretrained`` keyword arguments for the recipe.
 
     One GPU and DDP: the whole model on this process's GPU (``device_map={"": local_rank}``).
@@ -155,9 +170,8 @@ def model_load_kwargs(cfg: dict[str, Any], recipe: Recipe, *, device_index: int 
     whole 4-bit model on every GPU before FSDP shards it (measured: twice the sharded peak on a
     14B, bench/RESULTS.md), which a model that needs FSDP cannot afford.
     """
-    fm = cfg.get("fmllm", {})
-    q = cfg.get("quantization", {})
-    kwargs: dict[str, Any] = {"revision": fm.get("revision"), "trust_remote_code": bool(fm.get("trust_remote_code")),
+    fm, q = _section(cfg, "fmllm"), _section(cfg, "quantization")
+    kwargs: dict[str, Any] = {"revision": fm.revision, "trust_remote_code": fm.trust_remote_code,
                               "dtype": _DTYPES[recipe.dtype], "attn_implementation": recipe.attn_implementation}
     if recipe.device == "cuda":
         kwargs["device_map"] = {"": "cpu" if recipe.distributed == "fsdp" else device_index}
@@ -168,20 +182,19 @@ def model_load_kwargs(cfg: dict[str, Any], recipe: Recipe, *, device_index: int 
             if recipe.quant_storage:
                 extra["bnb_4bit_quant_storage"] = _DTYPES[recipe.quant_storage]
             kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type=q.get("bnb_4bit_quant_type", "nf4"),
-                bnb_4bit_use_double_quant=bool(q.get("use_nested_quant", True)),
-                bnb_4bit_compute_dtype=_DTYPES[q.get("bnb_4bit_compute_dtype", "bfloat16")], **extra,
+                load_in_4bit=True, bnb_4bit_quant_type=q.bnb_4bit_quant_type,
+                bnb_4bit_use_double_quant=q.use_nested_quant,
+                bnb_4bit_compute_dtype=_DTYPES[q.bnb_4bit_compute_dtype], **extra,
             )
     return kwargs
 
 
-def load_model(source: str, cfg: dict[str, Any], recipe: Recipe, *, device_index: int = 0) -> Any:
+def load_model(source: str, cfg: Config, recipe: Recipe, *, device_index: int = 0) -> Any:
     """The base model for training, on the GPU in 4-bit (as configured) or on the CPU."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    fm = cfg.get("fmllm", {})
-    model_cfg = AutoConfig.from_pretrained(source, revision=fm.get("revision"),
-                                           trust_remote_code=bool(fm.get("trust_remote_code")))
+    fm = _section(cfg, "fmllm")
+    model_cfg = AutoConfig.from_pretrained(source, revision=fm.revision, trust_remote_code=fm.trust_remote_code)
     apply_liger_kernels(getattr(model_cfg, "model_type", ""), recipe)
     kwargs = model_load_kwargs(cfg, recipe, device_index=device_index)
     if recipe.distributed == "fsdp" and recipe.device == "cuda":
@@ -327,23 +340,21 @@ def offload_input_embeddings(model: Any, setting: str) -> tuple[int, str | None]
     return size, None
 
 
-def lora_config(cfg: dict[str, Any]) -> Any:
+def lora_config(cfg: Config) -> Any:
+    """peft's LoraConfig for the config's ``lora`` section."""
     from peft import LoraConfig
 
-    lo = cfg.get("lora", {})
-    targets = lo.get("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"])
-    alpha = float(lo.get("alpha", 16))
-    return LoraConfig(r=int(lo.get("r", 8)), lora_alpha=int(alpha) if alpha.is_integer() else alpha,  # type: ignore[arg-type]
-                      lora_dropout=float(lo.get("dropout", 0.05)), target_modules=targets,
-                      bias="none", task_type="CAUSAL_LM")
+    lo = _section(cfg, "lora")
+    alpha = float(lo.alpha)
+    return LoraConfig(r=lo.r, lora_alpha=int(alpha) if alpha.is_integer() else alpha,  # type: ignore[arg-type]
+                      lora_dropout=lo.dropout, target_modules=lo.target_modules, bias="none", task_type="CAUSAL_LM")
 
 
-def prepare_for_training(model: Any, cfg: dict[str, Any], recipe: Recipe) -> Any:
+def prepare_for_training(model: Any, cfg: Config, recipe: Recipe) -> Any:
     """Gradient checkpointing, the loss, LoRA: the model the Trainer gets."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    tr = cfg.get("training", {})
-    gc_kwargs = tr.get("gradient_checkpointing_kwargs") or {"use_reentrant": recipe.gc_reentrant}
+    gc_kwargs = _section(cfg, "training").gradient_checkpointing_kwargs or {"use_reentrant": recipe.gc_reentrant}
     if recipe.memory_recipe == "plain":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs=gc_kwargs)
@@ -351,7 +362,7 @@ def prepare_for_training(model: Any, cfg: dict[str, Any], recipe: Recipe) -> Any
         for p in model.parameters():
             p.requires_grad_(False)
         if recipe.offload_embeddings:
-            setting = cfg.get("fmllm", {}).get("offload_embeddings", "auto")
+            setting = _section(cfg, "fmllm").offload_embeddings
             freed, why = offload_input_embeddings(model, setting)
             if freed:
                 recipe.notes.append(f"input embedding kept in CPU RAM: {freed / 2**30:.2f} GiB less on the GPU")
