@@ -35,11 +35,13 @@ from fmllm_tui.logpatterns import PATTERNS, PHASE_MARKERS, Pattern
 __all__ = ["ENGINE", "STRUCTURAL", "Prefilter", "hs_expression", "prefilter"]
 
 #: Lines the engine itself needs, beside the patterns' own: traceback headers (the walk to the
-#: exception line starts there), exception lines outside a walk (rank-prefixed ones name the
+#: exception line starts there) and frames, exception lines outside a walk (rank-prefixed ones name the
 #: first failed rank; an exception with no specific pattern is still reported) and non-finite
 #: values in loss dicts (the NaN analysis). Phase banners (logpatterns.PHASE_MARKERS) are added too.
 STRUCTURAL: tuple[tuple[str, str], ...] = (
     ("traceback", r"Traceback \(most recent call last\)"),
+    # a frame: a traceback pasted without its header is still walked (its phase, where it was cut)
+    ("frame", r"File \"[^\"]+\", line \d+"),
     ("exception", r"rror|Exception\b"),
     ("nan_loss", r"['\"](?:loss|grad_norm|train_loss)['\"]\s*:\s*'?(?:nan|NaN|-?inf|-?Infinity)"),
 )

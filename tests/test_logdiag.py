@@ -845,3 +845,15 @@ def test_vscode_notebook_frames_printed_as_links_are_frames() -> None:
     h = scan_lines(lines)[0]
     assert (h.pattern, h.phase) == ("log_cut_in_traceback", "first_step")
     assert h.values["last_frame"].endswith("trainer.py:1940 in Trainer._inner_training_loop")
+
+
+def test_a_headerless_traceback_with_no_other_trigger_is_still_read() -> None:
+    # only frames, no header and no word any pattern looks for: the frame lines themselves are decoded
+    lines = ['  File "finetune_starcoder.py", line 323, in run_training',
+             "    loop(args)",
+             '  File "/h/.local/lib/python3.8/site-packages/transformers/trainer.py", line 2006, in _inner_training_loop',
+             "    self._maybe_log_save_evaluate(tr_loss, model, trial, epoch, ignore_keys_for_eval)",
+             '  File "/h/.local/lib/python3.8/site-packages/transformers/trainer.py", line 2348, in _save_checkpoint',
+             "    self.save_model(output_dir, _internal_call=True)"]
+    h = scan_lines(lines)[0]
+    assert (h.pattern, h.phase, h.values["frames"]) == ("log_cut_in_traceback", "save", 3)
