@@ -143,7 +143,7 @@ _HEADER = "Traceback (most recent call last):"
 
 def _no_header(lines: list[str]) -> list[str]:
     out = [ln.replace(_HEADER, "") for ln in lines]
-    return [ln for ln, old in zip(out, lines) if ln.strip() or not old.strip()]
+    return [ln for ln, old in zip(out, lines, strict=True) if ln.strip() or not old.strip()]
 
 
 def _wrapped(lines: list[str], width: int = 100) -> list[str]:
