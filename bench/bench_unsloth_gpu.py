@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -183,9 +184,12 @@ def _csv(text: str) -> list[str]:
 def estimate_s(case: dict[str, Any], build: bool = False) -> float:
     """Seconds a run takes end to end (start-up, 4-bit load, compile, steps; the model's build
     when ``build``): the budget's guess, on the light side (a run past the budget is killed)."""
+    # From the 2026-12-07 H100 runs (bench/gpu_runs/20261207_a_*): an 8B built in 29 s, fmllm's
+    # run 43-50 s (a 15 s compile), the plain recipe's 28-32 s, 8 steps of 2 x 2048 tokens.
     gb = brg.approx_bytes(case["model"]) / 1e9
-    s = 25 + gb * 2.0 + case["steps"] * case["ga"] * case["batch"] * case["seq"] / 2500
-    return s + (UNSLOTH_EXTRA_S if case["recipe"] == "unsloth" else 0.0) + (gb * 3.0 if build else 0.0)
+    s = 15 + gb + case["steps"] * case["ga"] * case["batch"] * case["seq"] / 4000
+    s += {"unsloth": UNSLOTH_EXTRA_S, "fmllm": 15.0}.get(case["recipe"], 0.0)
+    return s + (gb * 2.0 if build else 0.0)
 
 
 def unsloth_process(case: dict[str, Any], model_path: Path, data: Path, run_dir: Path,
@@ -211,6 +215,7 @@ def run_unsloth(case: dict[str, Any], model_path: Path, data: Path, runs: Path, 
                 unsloth_site: str) -> dict[str, Any]:
     """One Unsloth run in its own process, measured as fmllm's runs are (NVML process peak)."""
     rdir = runs / case["name"]
+    shutil.rmtree(rdir, ignore_errors=True)  # an earlier run's result.json must not pass for this one's
     argv, env = unsloth_process(case, model_path, data, rdir, unsloth_site)
     m = brg.sampled_run(argv, env, rdir / "train.log", timeout)
     res = brg._read(rdir / "result.json") or {}

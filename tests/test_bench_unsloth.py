@@ -179,9 +179,13 @@ def test_a_spent_budget_skips_every_run_and_still_writes_the_report(tmp_path: Pa
     bu.run_all(a, bu.make_cases(a), report, t_start=time.time())
     assert [r["status"] for r in report["results"]] == ["skipped"] * 6
     assert not (tmp_path / "m" / "llama8b-random").exists()  # nothing was built
-    unsloth, fmllm = bu.make_cases(a)[:2]
-    assert bu.estimate_s(unsloth) - bu.estimate_s(fmllm) == pytest.approx(bu.UNSLOTH_EXTRA_S)
-    assert bu.estimate_s(fmllm, build=True) > bu.estimate_s(fmllm)
+    unsloth, fmllm, plain = bu.make_cases(a)[:3]
+    assert bu.estimate_s(unsloth) - bu.estimate_s(plain) == pytest.approx(bu.UNSLOTH_EXTRA_S)
+    assert bu.estimate_s(plain) < bu.estimate_s(fmllm) < bu.estimate_s(fmllm, build=True)
+    # the default slice (Llama-3.1-8B, 1024 and 4096, three recipes) is planned inside the default budget
+    cases = bu.make_cases(bu.parse_args([]))
+    planned = sum(bu.estimate_s(c, build=i == 0) for i, c in enumerate(cases))
+    assert planned < bu.parse_args([]).budget_s
     assert len(bu.table(report["results"]).splitlines()) == 7
 
 
