@@ -13,6 +13,7 @@ import os
 import platform
 import shlex
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -241,99 +242,136 @@ def _main_env(argv: list[str] | None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from fmllm_tui.config import ConfigError, default_config_path, load_config, parse_size
+    """Parse the flags and run the one mode they ask for (the modes' table, in precedence order);
+    with none of them, check (after --preset's change, unless --dry-run stops there)."""
+    from fmllm_tui.config import default_config_path
 
     args = build_parser().parse_args(argv)
     config_path = Path(args.config) if args.config else default_config_path()
-    if args.dry_run and not (args.fix or args.preset):
-        print("fmllm-check: error: --dry-run goes with --fix or --preset", file=sys.stderr)
+    problem = _usage_problem(args)
+    if problem:
+        print(f"fmllm-check: error: {problem}", file=sys.stderr)
         return ExitCode.USAGE
+    for flag, mode in _MODES:
+        if getattr(args, flag):
+            return mode(args, config_path)
+    if args.preset:
+        code = _apply_preset(args, config_path)
+        if code is not None:
+            return code
+    return _check(args, config_path)
+
+
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the flags' values (argparse checks only their form), or None."""
+    from fmllm_tui.config import parse_size
+
+    if args.dry_run and not (args.fix or args.preset):
+        return "--dry-run goes with --fix or --preset"
     if args.vram:
         try:
             parse_size(args.vram)
         except ValueError as e:
-            print(f"fmllm-check: error: --vram: {e}", file=sys.stderr)
-            return ExitCode.USAGE
+            return f"--vram: {e}"
     if args.gpu:
         from fmllm_tui import gpudb
 
         try:
             gpudb.lookup(args.gpu)
         except LookupError as e:
-            print(f"fmllm-check: error: --gpu: {e}", file=sys.stderr)
-            return ExitCode.USAGE
+            return f"--gpu: {e}"
     for log in args.log:
         if not Path(log).is_file():
-            print(f"fmllm-check: error: --log {log}: no such file", file=sys.stderr)
-            return ExitCode.USAGE
+            return f"--log {log}: no such file"
+    return None
 
-    if args.list_presets:
-        from fmllm_tui.fixes import list_presets
 
-        print(list_presets())
-        return ExitCode.OK
+def _list_presets(args: argparse.Namespace, config_path: Path) -> int:
+    from fmllm_tui.fixes import list_presets
 
-    if args.undo:
-        from fmllm_tui.fixes import FixError, undo
+    print(list_presets())
+    return ExitCode.OK
 
-        try:
-            used = undo(config_path)
-        except FixError as e:
-            print(e.render() if hasattr(e, "render") else str(e), file=sys.stderr)
-            return ExitCode.USAGE
-        print(f"restored {config_path} from {used}")
-        return ExitCode.OK
 
-    from fmllm_tui.checkrun import RunOptions, list_checks
+def _undo(args: argparse.Namespace, config_path: Path) -> int:
+    from fmllm_tui.fixes import FixError, undo
 
-    opts = RunOptions(
+    try:
+        used = undo(config_path)
+    except FixError as e:
+        print(e.render() if hasattr(e, "render") else str(e), file=sys.stderr)
+        return ExitCode.USAGE
+    print(f"restored {config_path} from {used}")
+    return ExitCode.OK
+
+
+def _run_options(args: argparse.Namespace, config_path: Path) -> Any:
+    """The checkrun.RunOptions of these flags."""
+    from fmllm_tui.checkrun import RunOptions
+
+    return RunOptions(
         config=str(config_path), gpu=args.gpu, vram=args.vram, logs=list(args.log), offline=args.offline,
         run_test=args.test, only=list(args.only), junitxml=args.junitxml, report_stream=args.report,
     )
 
-    if args.list_checks:
-        metas = list_checks(opts)
-        if args.json:
-            print(json.dumps(metas, indent=2))
-        else:
-            for m in metas:
-                print(f"{m['id']:28} {m['category']:8} {m['severity']:8} {m['title']}")
-        return ExitCode.OK
 
-    if args.recommend:
-        return _recommend(args, config_path)
+def _list_checks(args: argparse.Namespace, config_path: Path) -> int:
+    from fmllm_tui.checkrun import list_checks
 
-    if args.preset:
-        from fmllm_tui.fixes import PRESETS, FixError, apply_changes, preset_changes
+    metas = list_checks(_run_options(args, config_path))
+    if args.json:
+        print(json.dumps(metas, indent=2))
+    else:
+        for m in metas:
+            print(f"{m['id']:28} {m['category']:8} {m['severity']:8} {m['title']}")
+    return ExitCode.OK
 
-        if args.preset not in PRESETS:
-            print(f"fmllm-check: error: --preset: unknown preset {args.preset!r}; choose from: "
-                  f"{', '.join(PRESETS)}", file=sys.stderr)
-            return ExitCode.USAGE
-        try:
-            loaded = load_config(config_path)
-            changes = preset_changes(loaded, args.preset)
-            res = apply_changes(config_path, changes, dry_run=args.dry_run, expected_raw=loaded.raw)
-        except ConfigError as e:
-            print(e.render(), file=sys.stderr)
-            return ExitCode.USAGE
-        except FixError as e:
-            print(e.render() if hasattr(e, "render") else str(e), file=sys.stderr)
-            return ExitCode.USAGE
-        out = sys.stderr if args.json else sys.stdout
-        print(mask_text(res.diff) or f"preset {args.preset}: the config already matches", file=out)
-        if res.backup_path:
-            print(f"backup: {res.backup_path} (undo with "
-                  f"{command_hint('--undo', *_config_words(rerun_flags(args, config_path)))})", file=out)
-        if args.dry_run:
-            return ExitCode.OK
 
+def _write_changes(config_path: Path, changes_for: Callable[[Any], list[Change]], dry_run: bool) -> Any:
+    """Load the config and write the changes ``changes_for`` picks for it (``dry_run``: only the
+    diff). Returns fixes' result, or the exit code after printing why the config or the write
+    failed."""
+    from fmllm_tui.config import ConfigError, load_config
+    from fmllm_tui.fixes import FixError, apply_changes
+
+    try:
+        loaded = load_config(config_path)
+        return apply_changes(config_path, changes_for(loaded), dry_run=dry_run, expected_raw=loaded.raw)
+    except ConfigError as e:
+        print(e.render(), file=sys.stderr)
+    except FixError as e:
+        print(e.render() if hasattr(e, "render") else str(e), file=sys.stderr)
+    return ExitCode.USAGE
+
+
+def _apply_preset(args: argparse.Namespace, config_path: Path) -> int | None:
+    """Write (or with --dry-run show) --preset's changes. Returns the exit code when the run ends
+    here (an error, or --dry-run), None when the checks follow."""
+    from fmllm_tui.fixes import PRESETS, preset_changes
+
+    if args.preset not in PRESETS:
+        print(f"fmllm-check: error: --preset: unknown preset {args.preset!r}; choose from: "
+              f"{', '.join(PRESETS)}", file=sys.stderr)
+        return ExitCode.USAGE
+    res = _write_changes(config_path, lambda loaded: preset_changes(loaded, args.preset), args.dry_run)
+    if isinstance(res, int):
+        return res
+    out = sys.stderr if args.json else sys.stdout
+    print(mask_text(res.diff) or f"preset {args.preset}: the config already matches", file=out)
+    if res.backup_path:
+        print(f"backup: {res.backup_path} (undo with "
+              f"{command_hint('--undo', *_config_words(rerun_flags(args, config_path)))})", file=out)
+    return ExitCode.OK if args.dry_run else None
+
+
+def _check(args: argparse.Namespace, config_path: Path) -> int:
+    """Run the checks (with --fix: fix, then check again) and report them."""
     hint_flags = rerun_flags(args, config_path)
     undo_hint = command_hint("--undo", *_config_words(hint_flags))
     # What a Ctrl-C leaves to report, filled in as the run goes.
     state: dict[str, Any] = {"results": [], "before": None, "fix": None, "planned": [], "interrupted": False}
     try:
-        error = _run(args, opts, config_path, state, undo_hint)
+        error = _run(args, _run_options(args, config_path), config_path, state, undo_hint)
     except KeyboardInterrupt:  # outside a check (between runs, while writing the fix)
         error, state["interrupted"] = None, True
     if error is not None:
@@ -347,7 +385,6 @@ def _run(args: argparse.Namespace, opts: Any, config_path: Path, state: dict[str
     ``interrupted`` is set when a Ctrl-C cut the checks short). Returns an exit code for an error
     it has already printed, else None."""
     from fmllm_tui.checkrun import run_checks
-    from fmllm_tui.config import ConfigError, load_config
 
     outcome = run_checks(opts)
     state.update(results=outcome.results, planned=[m["id"] for m in outcome.collected])
@@ -356,41 +393,43 @@ def _run(args: argparse.Namespace, opts: Any, config_path: Path, state: dict[str
             state["fix"] = {"applied": [], "shell": [], "diff": "", "backup": None}
         state["interrupted"] = True
         return None
-    results = outcome.results
     if args.fix:
-        state["before"] = results
-        from fmllm_tui.fixes import FixError, apply_changes, safe_changes
+        return _fix_and_recheck(args, opts, config_path, state, undo_hint)
+    return None
 
-        chosen = safe_changes(results)
-        fix_report: dict[str, Any] = {"applied": [], "shell": chosen.shells, "diff": "", "backup": None}
-        state["fix"] = fix_report
-        if chosen.changes:
-            try:
-                cur = load_config(config_path)
-                res = apply_changes(config_path, chosen.changes, dry_run=args.dry_run, expected_raw=cur.raw)
-            except ConfigError as e:
-                print(e.render(), file=sys.stderr)
-                return ExitCode.USAGE
-            except FixError as e:
-                print(e.render() if hasattr(e, "render") else str(e), file=sys.stderr)
-                return ExitCode.USAGE
-            fix_report.update(applied=chosen.fixer_ids, diff=res.diff,
-                              backup=str(res.backup_path) if res.backup_path else None)
-            out = sys.stderr if args.json else sys.stdout
-            if args.dry_run:
-                print("--dry-run: these changes would be made (nothing written):", file=out)
-            print(mask_text(res.diff), file=out)
-            if res.backup_path:
-                print(f"backup: {res.backup_path} (undo with {undo_hint})", file=out)
-            if not args.dry_run:
-                state.update(results=[], planned=[])  # the check after the fix has not run yet
-                outcome = run_checks(opts)
-                state.update(results=outcome.results, planned=[m["id"] for m in outcome.collected])
-                if outcome.interrupted:
-                    state["interrupted"] = True
-                    return None
-        for cmd in chosen.shells:
-            print(f"not a config change; run: {cmd}", file=sys.stderr if args.json else sys.stdout)
+
+def _fix_and_recheck(args: argparse.Namespace, opts: Any, config_path: Path, state: dict[str, Any],
+                     undo_hint: str) -> int | None:
+    """--fix: write the safe fixes of the checks in ``state`` (or with --dry-run show them), then
+    check again; ``state`` as in _run."""
+    from fmllm_tui.checkrun import run_checks
+    from fmllm_tui.fixes import safe_changes
+
+    state["before"] = state["results"]
+    chosen = safe_changes(state["results"])
+    fix_report: dict[str, Any] = {"applied": [], "shell": chosen.shells, "diff": "", "backup": None}
+    state["fix"] = fix_report
+    out = sys.stderr if args.json else sys.stdout
+    if chosen.changes:
+        res = _write_changes(config_path, lambda _loaded: chosen.changes, args.dry_run)
+        if isinstance(res, int):
+            return res
+        fix_report.update(applied=chosen.fixer_ids, diff=res.diff,
+                          backup=str(res.backup_path) if res.backup_path else None)
+        if args.dry_run:
+            print("--dry-run: these changes would be made (nothing written):", file=out)
+        print(mask_text(res.diff), file=out)
+        if res.backup_path:
+            print(f"backup: {res.backup_path} (undo with {undo_hint})", file=out)
+        if not args.dry_run:
+            state.update(results=[], planned=[])  # the check after the fix has not run yet
+            outcome = run_checks(opts)
+            state.update(results=outcome.results, planned=[m["id"] for m in outcome.collected])
+            if outcome.interrupted:
+                state["interrupted"] = True
+                return None
+    for cmd in chosen.shells:
+        print(f"not a config change; run: {cmd}", file=out)
     return None
 
 
@@ -479,6 +518,16 @@ def _recommend(args: argparse.Namespace, config_path: Path) -> int:
     for r in recs:
         print(r.describe())
     return ExitCode.OK
+
+
+#: The modes that run instead of the checks: (the flag's argparse name, its command), the first
+#: flag given wins. Each command takes the parsed flags and the config path and returns the exit code.
+_MODES: tuple[tuple[str, Callable[[argparse.Namespace, Path], int]], ...] = (
+    ("list_presets", _list_presets),
+    ("undo", _undo),
+    ("list_checks", _list_checks),
+    ("recommend", _recommend),
+)
 
 
 if __name__ == "__main__":
