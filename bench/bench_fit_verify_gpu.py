@@ -285,9 +285,9 @@ def plan_budget(base: Any, arch: dict[str, Any], label: str, budget: int, length
     same16 = None
     if float16 is not None:
         other = search(float16, arch, budget, lengths)
-        same16 = [(c["key"], c["to"]) for c in other.changes] == [(c["key"], c["to"]) for c in res.changes]
+        same16 = [(c.key, c.to) for c in other.changes] == [(c.key, c.to) for c in res.changes]
     after = res.prediction_after
-    plan = BudgetPlan(label, budget, None, res.fits, res.changes, [], res.prediction_before.peak_process_bytes,
+    plan = BudgetPlan(label, budget, None, res.fits, [c.to_json() for c in res.changes], [], res.prediction_before.peak_process_bytes,
                       after.peak_process_bytes, (after.low_bytes, after.high_bytes), res.speedup, res.margin_bytes,
                       res.message, list(res.notes), same16)
     if not res.fits:
@@ -337,7 +337,7 @@ def cross_check(cfg_path: Path, label: str, arch: dict[str, Any], lengths: list[
 
     loaded = load_config(cfg_path)
     with liger_assumption("here"):
-        mine = [(c["key"], c["to"]) for c in search(loaded, arch, parse_size(label), lengths).changes]
+        mine = [(c.key, c.to) for c in search(loaded, arch, parse_size(label), lengths).changes]
     cmd = [sys.executable, "-m", "fmllm_tui.cli_check", "-c", str(cfg_path), "--only", "config.fit",
            "--vram", label, "--offline", "--json"]
     env = {**os.environ, "PYTHONPATH": brg._pythonpath()}

@@ -21,21 +21,15 @@ def test_config_fit(report, loaded, target, architecture, fit_plan):
     # With the data's lengths known, batches are as long as its longest example (up to
     # max_seq_length): that is the peak this run will reach, and what the search planned from.
     pred = fit.prediction_before
+    # Grouped by what each value says; the order is the JSON's.
     report.set(
-        predicted_peak_bytes=pred.peak_process_bytes,
-        predicted_peak_allocated_bytes=pred.peak_allocated_bytes,
+        predicted_peak_bytes=pred.peak_process_bytes, predicted_peak_allocated_bytes=pred.peak_allocated_bytes,
         predicted_range_bytes=[pred.low_bytes, pred.high_bytes],
-        budget_bytes=target.budget_bytes,
-        margin_bytes=fit.margin_bytes,
-        breakdown=pred.breakdown,
-        gpu=target.name,
-        budget_source=target.source,
-        recipe=pred.recipe,
-        loss=pred.loss,
-        architecture_source=source,
-        mode=mode,
-        n_gpus=n,
-        fit={"fits": fit.fits, "changes": fit.changes, "speedup": fit.speedup,
+        budget_bytes=target.budget_bytes, margin_bytes=fit.margin_bytes, breakdown=pred.breakdown,
+        gpu=target.name, budget_source=target.source,
+        recipe=pred.recipe, loss=pred.loss, architecture_source=source,
+        mode=mode, n_gpus=n,
+        fit={"fits": fit.fits, "changes": [c.to_json() for c in fit.changes], "speedup": fit.speedup,
              "predicted_peak_after_bytes": fit.prediction_after.peak_process_bytes,
              "truncated_share": fit.truncated_share},
     )
@@ -48,9 +42,9 @@ def test_config_fit(report, loaded, target, architecture, fit_plan):
             + (f"within a {target.name}" if target.name.endswith(" budget")  # --vram: the name is the budget
                else f"on {target.name} with {_gib(target.budget_bytes)} available") + data_note)
     fix = None
-    cut = next((c for c in fit.changes if c["key"] == "training.max_seq_length"), None)
+    cut = next((c for c in fit.changes if c.key == "training.max_seq_length"), None)
     if fit.changes:
-        lines = "; ".join(f"{c['key']} {c['from']} -> {c['to']} ({c['why']})" for c in fit.changes)
+        lines = "; ".join(f"{c.key} {c.from_} -> {c.to} ({c.comment})" for c in fit.changes)
         fix = planned_fix(loaded, "memory.fit", {"changes": fit.changes}, summary=lines)
         if fix is not None and cut is not None and not (fit.truncated_share == 0 and lengths):
             # A shorter max_seq_length than the data needs (or data fmllm could not read) changes
@@ -62,7 +56,7 @@ def test_config_fit(report, loaded, target, architecture, fit_plan):
             if fix is not None and not fix.safe:
                 share = (f"{fit.truncated_share:.1%} of the examples" if fit.truncated_share is not None
                          else "an unknown share of the examples (the data could not be read)")
-                unsafe = (f" The change set cuts max_seq_length to {cut['to']}, which truncates {share}: "
+                unsafe = (f" The change set cuts max_seq_length to {cut.to}, which truncates {share}: "
                           "--fix does not apply it; apply it by hand if that is acceptable."
                           + (_instead(report, loaded, target, lengths) if mode == "single" else
                              " Or use a smaller model (fmllm-check --recommend) or a card with more memory."))

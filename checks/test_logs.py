@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from fmllm_tui.checks._plugin import check
 
@@ -61,7 +62,8 @@ def _fix_for(hit, loaded) -> Fix | None:
         try:
             from fmllm_tui.fixes import plan_fix
 
-            values = {"hit": hit.values, "changes": [{"key": c.key, "to": c.to, "why": fx.summary} for c in fx.changes]}
+            # the finding's summary is each change's reason (the comment written beside it)
+            values = {"hit": hit.values, "changes": [replace(c, comment=fx.summary) for c in fx.changes]}
             changes = plan_fix(loaded, fid, values)
         except Exception:  # a fixer that cannot plan from a log alone: keep the advice
             changes = []

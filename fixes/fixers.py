@@ -87,6 +87,14 @@ def change(loaded: LoadedConfig, canonical: str, to: Any, why: str) -> list[Chan
 _gib = gib
 
 
+def _saving_note(saving: float | None) -> str:
+    """`` (saves ~X GiB)`` for a predicted saving; negative: the change spends memory the plan has
+    to spare (e.g. a longer sequence); nothing when the finding does not say."""
+    if not saving:
+        return ""
+    return f" (saves ~{_gib(saving)})" if saving > 0 else f" (uses ~{_gib(-saving)} more)"
+
+
 def _req(values: dict[str, Any], name: str, fix_id: str, what: str) -> Any:
     if name not in values or values[name] in (None, "", []):
         raise FixError(
@@ -126,9 +134,9 @@ def summarize(changes: list[Change]) -> str:
 
 @_fixer("memory.fit", "Make the run fit the GPU", "apply the memory model's change set, each change with its predicted saving")
 def _memory_fit(loaded: LoadedConfig, values: dict[str, Any]) -> list[Change]:
-    """values: ``changes``: [{"key": canonical, "to": value, "why": text,
-    "saving_bytes"|"saving_gib": predicted saving, negative when it spends memory (optional)}]
-    as fmllm_tui.fitsearch lists them."""
+    """values: ``changes``: findings.Change with canonical keys, as fmllm_tui.fitsearch lists
+    them: ``to``, ``comment`` (why) and ``saving_bytes`` (predicted saving, negative when the
+    change spends memory; None: not said). Each becomes the edit of the file's own key."""
     items = values.get("changes")
     if not isinstance(items, list) or not items:
         raise FixError(
@@ -137,19 +145,11 @@ def _memory_fit(loaded: LoadedConfig, values: dict[str, Any]) -> list[Change]:
         )
     out: list[Change] = []
     for item in items:
-        if not isinstance(item, dict) or "key" not in item or "to" not in item:
-            raise FixError(f"fix memory.fit: malformed change {item!r}; expected {{'key', 'to', 'why'}}")
-        key = item["key"]
-        if not known_canonical(key):
-            raise FixError(f"fix memory.fit: {key!r} is not a setting fmllm knows; nothing was applied")
-        why = str(item.get("why") or "fits the GPU memory budget")
-        saving = item.get("saving_bytes")
-        if not isinstance(saving, (int, float)) and isinstance(item.get("saving_gib"), (int, float)):
-            saving = item["saving_gib"] * 1024**3
-        if isinstance(saving, (int, float)) and not isinstance(saving, bool) and saving:
-            # Negative: the change spends memory the plan has to spare (e.g. a longer sequence).
-            why += f" (saves ~{_gib(saving)})" if saving > 0 else f" (uses ~{_gib(-saving)} more)"
-        out += change(loaded, key, item["to"], why)
+        if not isinstance(item, Change):
+            raise FixError(f"fix memory.fit: malformed change {item!r}; expected a findings.Change")
+        if not known_canonical(item.key):
+            raise FixError(f"fix memory.fit: {item.key!r} is not a setting fmllm knows; nothing was applied")
+        out += change(loaded, item.key, item.to, (item.comment or "fits the GPU memory budget") + _saving_note(item.saving_bytes))
     return out
 
 
@@ -290,9 +290,7 @@ def _eval_batch(loaded: LoadedConfig, values: dict[str, Any]) -> list[Change]:
         seen = values.get("per_device_eval_batch_size", loaded.view.training.per_device_eval_batch_size)
         to = max(1, _positive_int(seen, "per_device_eval_batch_size", "training.eval_batch") // 2)
     why = "evaluation runs its own forward passes; a smaller batch lowers their peak"
-    if values.get("saving_bytes"):
-        why += f" (saves ~{_gib(values['saving_bytes'])})"
-    return change(loaded, "training.per_device_eval_batch_size", to, why)
+    return change(loaded, "training.per_device_eval_batch_size", to, why + _saving_note(values.get("saving_bytes")))
 
 
 @_fixer("training.max_seq_length", "Sequence length the model and data need", "set training.max_seq_length")

@@ -16,15 +16,33 @@ STATUSES: tuple[Status, ...] = ("pass", "warn", "fail", "skip", "crash")
 
 @dataclass
 class Change:
-    """One config edit: ``key`` is the dotted path in the person's file."""
+    """One config edit, the one shape every producer and face uses.
+
+    ``key`` is a dotted path: the person's file's for a fixer's changes (what gets written), the
+    canonical one (``training.max_seq_length``) for a planned change the ``memory.fit`` fixer maps
+    to the file (the fit search's, a log finding's, the TUI memory screen's). ``comment`` says why
+    (written as the end-of-line comment of an inserted key). ``saving_bytes`` is a planned change's
+    predicted memory saving, on top of the changes before it (negative: it spends memory for
+    speed); None for an edit that predicts nothing.
+    """
 
     key: str
     to: Any
     from_: Any = None
-    comment: str | None = None  # end-of-line comment for an inserted key (why it was added)
+    comment: str | None = None
+    saving_bytes: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"key": self.key, "from": self.from_, "to": self.to}
+        """``{"key", "from", "to"}``; a planned change (one with a saving) adds ``why`` and ``saving_bytes``."""
+        d = {"key": self.key, "from": self.from_, "to": self.to}
+        if self.saving_bytes is not None:
+            d.update(why=self.comment, saving_bytes=self.saving_bytes)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Change:
+        """The change ``to_json`` wrote."""
+        return cls(key=d["key"], to=d["to"], from_=d.get("from"), comment=d.get("why"), saving_bytes=d.get("saving_bytes"))
 
 
 @dataclass
@@ -46,6 +64,12 @@ class Fix:
             "safe": self.safe,
         }
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Fix:
+        """The fix ``to_json`` wrote."""
+        return cls(id=d["id"], changes=[Change.from_json(c) for c in d.get("changes", [])], shell=d.get("shell"),
+                   summary=d.get("summary", ""), safe=bool(d.get("safe", True)))
+
 
 @dataclass
 class CheckResult:
@@ -63,30 +87,15 @@ class CheckResult:
     nodeid: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "title": self.title,
-            "category": self.category,
-            "severity": self.severity,
-            "status": self.status,
-            "finding": self.finding,
-            "values": self.values,
-            "fix": self.fix.to_json() if self.fix else None,
-            "duration_s": round(self.duration_s, 4),
-        }
+        """The result as fmllm-check --json and the TUI's stream write it (every field but ``nodeid``)."""
+        d = {k: getattr(self, k) for k in ("id", "title", "category", "severity", "status", "finding", "values")}
+        d.update(fix=self.fix.to_json() if self.fix else None, duration_s=round(self.duration_s, 4))
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> CheckResult:
+        """The result ``to_json`` wrote (how the TUI reads a check run's stream)."""
         fx = d.get("fix")
-        fix = None
-        if fx:
-            fix = Fix(
-                id=fx["id"],
-                changes=[Change(key=c["key"], to=c["to"], from_=c.get("from")) for c in fx.get("changes", [])],
-                shell=fx.get("shell"),
-                summary=fx.get("summary", ""),
-                safe=bool(fx.get("safe", True)),
-            )
         return cls(
             id=d["id"],
             title=d["title"],
@@ -95,7 +104,7 @@ class CheckResult:
             status=d["status"],
             finding=d["finding"],
             values=d.get("values") or {},
-            fix=fix,
+            fix=Fix.from_json(fx) if fx else None,
             duration_s=d.get("duration_s", 0.0),
         )
 
@@ -110,7 +119,8 @@ def plural(count: int, word: str, words: str | None = None) -> str:
 
 
 def summarize(results: list[CheckResult]) -> dict[str, int]:
-    counts = {s: 0 for s in STATUSES}
+    """How many results have each status (every status present, zero or not)."""
+    counts: dict[str, int] = {s: 0 for s in STATUSES}
     for r in results:
         counts[r.status] += 1
     return counts

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from fmllm_tui import memory
-from fmllm_tui.findings import plural
+from fmllm_tui.findings import Change, plural
 from fmllm_tui.memory import GiB, MiB, PlanInputs, Prediction
 
 if TYPE_CHECKING:
@@ -80,22 +80,17 @@ ORDER = (
 class FitResult:
     """What the fit search found.
 
-    ``changes``: ``{"key": canonical key, "from", "to", "why", "saving_bytes"}`` in preference
-    order; each saving is on top of the changes listed before it (negative: the change spends
-    memory for speed), so they sum to before - after. ``relative_speed_*``: predicted tokens/s
-    over the model's compute-bound speed on the card (<= 1, how much of the card it uses);
-    ``speedup``: after / before tokens/s. ``truncated_share``/``truncated_token_share``: share of
-    examples longer than a cut max_seq_length and share of all tokens cut (None without lengths).
+    ``changes``: findings.Change with the canonical key, ``from_``, ``to``, ``comment`` (why) and
+    ``saving_bytes``, in preference order; each saving is on top of the changes listed before it
+    (negative: the change spends memory for speed), so they sum to before - after.
+    ``truncated_share``/``truncated_token_share``: share of examples longer than a cut
+    max_seq_length and share of all tokens cut (None without lengths).
     """
 
-    fits_now: bool
     fits: bool
-    changes: list[dict[str, Any]]
+    changes: list[Change]
     prediction_before: Prediction
     prediction_after: Prediction
-    relative_speed_before: float
-    relative_speed_after: float
-    speedup: float
     budget_bytes: int
     margin_bytes: int
     truncated_share: float | None
@@ -104,11 +99,27 @@ class FitResult:
     settings_after: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def fits_now(self) -> bool:
+        """The config as it is fits the budget less the margin."""
+        return self.prediction_before.peak_process_bytes <= self.budget_bytes - self.margin_bytes
+
+    @property
+    def speedup(self) -> float:
+        """Predicted tokens/s with the changes over tokens/s as configured."""
+        before = self.prediction_before.tokens_per_second
+        return self.prediction_after.tokens_per_second / before if before else 1.0
+
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["prediction_before"] = self.prediction_before.to_json()
-        d["prediction_after"] = self.prediction_after.to_json()
-        return d
+        """Every field and derived value, JSON-ready (changes as findings.Change.to_json). How much of
+        the card each plan uses is its prediction's ``relative_speed``."""
+        return {
+            "fits_now": self.fits_now, "fits": self.fits, "changes": [c.to_json() for c in self.changes],
+            "prediction_before": self.prediction_before.to_json(), "prediction_after": self.prediction_after.to_json(),
+            "speedup": self.speedup, "budget_bytes": self.budget_bytes, "margin_bytes": self.margin_bytes,
+            "truncated_share": self.truncated_share, "truncated_token_share": self.truncated_token_share,
+            "message": self.message, "settings_after": dict(self.settings_after), "notes": list(self.notes),
+        }
 
 
 @dataclass
@@ -122,7 +133,7 @@ class Recommendation:
     params: int
     fits_as_is: bool
     fits: bool
-    changes: list[dict[str, Any]]
+    changes: list[Change]
     peak_process_bytes: int
     low_bytes: int
     high_bytes: int
@@ -130,7 +141,10 @@ class Recommendation:
     message: str
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field, JSON-ready (changes as findings.Change.to_json)."""
+        d = asdict(self)
+        d["changes"] = [c.to_json() for c in self.changes]
+        return d
 
     def describe(self) -> str:
         """One line (plus changes) for people."""
@@ -138,7 +152,7 @@ class Recommendation:
         if not self.fits:
             return f"  {head}: does not fit ({self.message})"
         how = "as configured" if self.fits_as_is and not self.changes else "with " + ", ".join(
-            f"{c['key'].split('.', 1)[1]}={c['to']}" for c in self.changes
+            f"{c.key.split('.', 1)[1]}={c.to}" for c in self.changes
         )
         return (
             f"  {head}: fits {how}; peak {self.peak_process_bytes / GiB:.1f} GiB "
@@ -386,95 +400,103 @@ def _fit_inputs(
     allow_seq_cut: bool = True,
     allow_rank_cut: bool = True,
 ) -> FitResult:
-    limit = budget_bytes - margin_bytes
+    """The search on plan inputs: ``fit`` and ``recommend`` share it."""
     notes: list[str] = []
     seq_len, why = planning_seq_len(base.seq_len, example_lengths)
     if why:
         notes.append(why)
         base = replace(base, seq_len=seq_len)
-    search = _Search(base, arch, limit)
+    search = _Search(base, arch, budget_bytes - margin_bytes)
     before = search.pred(base)
-    fits_now = before.peak_process_bytes <= limit
-    chosen, tier = _search(search, fits_now, allow_seq_cut, allow_rank_cut)
-    fits = chosen is not None
+    chosen, tier = _search(search, before.peak_process_bytes <= search.limit, allow_seq_cut, allow_rank_cut)
     after_plan = chosen or base
-    after = search.pred(after_plan)
+    changes = _changes(search, after_plan, lora_alpha)
+    trunc, trunc_tok = _note_truncation(changes, example_lengths, base, after_plan)
+    result = FitResult(
+        fits=chosen is not None, changes=changes,
+        prediction_before=before, prediction_after=search.pred(after_plan),
+        budget_bytes=budget_bytes, margin_bytes=margin_bytes,
+        truncated_share=trunc, truncated_token_share=trunc_tok,
+        message="",
+        settings_after={KEYS[k]: getattr(after_plan, k) for k in ORDER if k != "lora_alpha"},
+        notes=notes + before.notes,
+    )
+    result.message = _message(result, search, tier)
+    return result
 
-    # Changes in preference order, each with its saving on top of the ones listed before it.
-    changes: list[dict[str, Any]] = []
-    current = base
-    prev = before
+
+def _change(key: str, old: Any, new: Any, search: _Search, after: PlanInputs, saving: int) -> Change:
+    """One listed change: the canonical key, why (``_why``) and its saving."""
+    return Change(key=KEYS[key], to=new, from_=old, comment=_why(key, search.base, after, search.arch),
+                  saving_bytes=int(saving))
+
+
+def _changes(search: _Search, after: PlanInputs, lora_alpha: float | None) -> list[Change]:
+    """The changes from the search's base to ``after`` in preference order, each with its saving on
+    top of the ones listed before it. The accumulation and alpha are listed after the micro-batch
+    and the rank they keep in step, with no saving of their own."""
+    base = search.base
+    changes: list[Change] = []
+    current, prev = base, search.pred(base)
     for key in ORDER:
         if key in ("lora_alpha", "grad_accum"):
             continue  # listed with the micro-batch and the rank they follow
-        old, new = getattr(base, key), getattr(after_plan, key)
+        old, new = getattr(base, key), getattr(after, key)
         if old == new:
             continue
         step: dict[str, Any] = {key: new}
         if key == "micro_batch":
-            step["grad_accum"] = after_plan.grad_accum
+            step["grad_accum"] = after.grad_accum
         current = replace(current, **step)
         p = search.pred(current)
-        saving = prev.peak_process_bytes - p.peak_process_bytes
-        changes.append({"key": KEYS[key], "from": old, "to": new,
-                        "why": _why(key, base, after_plan, arch), "saving_bytes": int(saving)})
-        if key == "micro_batch" and after_plan.grad_accum != base.grad_accum:
-            changes.append({"key": KEYS["grad_accum"], "from": base.grad_accum, "to": after_plan.grad_accum,
-                            "why": _why("grad_accum", base, after_plan, arch), "saving_bytes": 0})
+        changes.append(_change(key, old, new, search, after, prev.peak_process_bytes - p.peak_process_bytes))
+        if key == "micro_batch" and after.grad_accum != base.grad_accum:
+            changes.append(_change("grad_accum", base.grad_accum, after.grad_accum, search, after, 0))
         if key == "lora_r" and lora_alpha is not None:
             new_alpha = lora_alpha * new / old
             new_alpha = int(new_alpha) if float(new_alpha).is_integer() else round(new_alpha, 4)
-            changes.append({"key": KEYS["lora_alpha"], "from": lora_alpha, "to": new_alpha,
-                            "why": _why("lora_alpha", base, after_plan, arch), "saving_bytes": 0})
+            changes.append(_change("lora_alpha", lora_alpha, new_alpha, search, after, 0))
         prev = p
+    return changes
 
-    trunc, trunc_tok = (None, None)
-    if after_plan.seq_len < base.seq_len:
-        trunc, trunc_tok = _truncation(example_lengths, after_plan.seq_len)
-        for c in changes:
-            if c["key"] == KEYS["seq_len"]:
-                c["why"] += (f"; {trunc:.1%} of the examples are longer and lose {trunc_tok:.1%} of all tokens"
-                             if trunc is not None else "; pass the data's token lengths to see what share it truncates")
-    speedup = after.tokens_per_second / before.tokens_per_second if before.tokens_per_second else 1.0
-    gib = GiB
-    if not fits:
-        message = (f"nothing fits {budget_bytes / gib:.1f} GiB less a {margin_bytes / gib:.2f} GiB margin: the "
-                   f"leanest plan with the {base.recipe} recipe still needs "
-                   f"{_leanest(search, base).peak_process_bytes / gib:.1f} GiB. "
-                   "Use a smaller model, a GPU with more memory, or FSDP over several GPUs.")
-    elif fits_now and not changes:
-        message = (f"fits: predicted peak {before.peak_process_bytes / gib:.1f} GiB of {budget_bytes / gib:.1f} GiB "
-                   f"({(limit - before.peak_process_bytes) / gib:.1f} GiB to spare after the margin)")
-    elif fits_now:
-        # The verdict ("fits with room to spare", "does not fit") is the caller's first words: the
-        # message says only what the change set does.
-        message = (f"{plural(len(changes), 'change')} use the room for a predicted {speedup:.2f}x the tokens/s "
-                   f"(peak {before.peak_process_bytes / gib:.1f} -> {after.peak_process_bytes / gib:.1f} GiB "
-                   f"of {budget_bytes / gib:.1f} GiB)")
-    else:
-        message = (f"{plural(len(changes), 'change')} bring the peak from {before.peak_process_bytes / gib:.1f} to "
-                   f"{after.peak_process_bytes / gib:.1f} GiB, within {budget_bytes / gib:.1f} GiB less a "
-                   f"{margin_bytes / gib:.2f} GiB margin, at {speedup:.2f}x the tokens/s")
-        if tier >= 3 and trunc is not None:
-            message += f"; the shorter max_seq_length truncates {trunc:.1%} of the examples"
-    settings = {KEYS[k]: getattr(after_plan, k) for k in ORDER if k not in ("lora_alpha",)}
-    return FitResult(
-        fits_now=fits_now,
-        fits=fits,
-        changes=changes,
-        prediction_before=before,
-        prediction_after=after,
-        relative_speed_before=before.relative_speed,
-        relative_speed_after=after.relative_speed,
-        speedup=speedup,
-        budget_bytes=budget_bytes,
-        margin_bytes=margin_bytes,
-        truncated_share=trunc,
-        truncated_token_share=trunc_tok,
-        message=message,
-        settings_after=settings,
-        notes=notes + before.notes,
-    )
+
+def _note_truncation(changes: list[Change], lengths: list[int] | None, base: PlanInputs,
+                     after: PlanInputs) -> tuple[float | None, float | None]:
+    """What a cut max_seq_length truncates (``_truncation``), also said in the cut's reason."""
+    if after.seq_len >= base.seq_len:
+        return None, None
+    trunc, trunc_tok = _truncation(lengths, after.seq_len)
+    for c in changes:
+        if c.key == KEYS["seq_len"]:
+            c.comment = f"{c.comment}" + (
+                f"; {trunc:.1%} of the examples are longer and lose {trunc_tok:.1%} of all tokens"
+                if trunc is not None and trunc_tok is not None
+                else "; pass the data's token lengths to see what share it truncates")
+    return trunc, trunc_tok
+
+
+def _message(res: FitResult, search: _Search, tier: int) -> str:
+    """The search's result in words: what fits, or what the change set does (the verdict, "fits
+    with room to spare" or "does not fit", is the caller's first words)."""
+    gib, budget, margin = GiB, res.budget_bytes, res.margin_bytes
+    before, after = res.prediction_before.peak_process_bytes, res.prediction_after.peak_process_bytes
+    if not res.fits:
+        return (f"nothing fits {budget / gib:.1f} GiB less a {margin / gib:.2f} GiB margin: the "
+                f"leanest plan with the {search.base.recipe} recipe still needs "
+                f"{_leanest(search, search.base).peak_process_bytes / gib:.1f} GiB. "
+                "Use a smaller model, a GPU with more memory, or FSDP over several GPUs.")
+    if res.fits_now and not res.changes:
+        return (f"fits: predicted peak {before / gib:.1f} GiB of {budget / gib:.1f} GiB "
+                f"({(search.limit - before) / gib:.1f} GiB to spare after the margin)")
+    if res.fits_now:
+        return (f"{plural(len(res.changes), 'change')} use the room for a predicted {res.speedup:.2f}x the tokens/s "
+                f"(peak {before / gib:.1f} -> {after / gib:.1f} GiB of {budget / gib:.1f} GiB)")
+    message = (f"{plural(len(res.changes), 'change')} bring the peak from {before / gib:.1f} to "
+               f"{after / gib:.1f} GiB, within {budget / gib:.1f} GiB less a "
+               f"{margin / gib:.2f} GiB margin, at {res.speedup:.2f}x the tokens/s")
+    if tier >= 3 and res.truncated_share is not None:
+        message += f"; the shorter max_seq_length truncates {res.truncated_share:.1%} of the examples"
+    return message
 
 
 def _leanest(search: _Search, base: PlanInputs) -> Prediction:
@@ -571,30 +593,27 @@ def recommend(
         members.sort(key=lambda m: ("instruct" not in m.lower() and "-it" not in m.lower(), m.lower()))
         res = _fit_inputs(inp, spec, budget_bytes, margin, None, float(base_view.lora.alpha),
                           allow_seq_cut=False, allow_rank_cut=False)
-        entry = catalogue.catalogue_entry(members[0]) or {}
-        pred = res.prediction_after
-        fits, message = res.fits, res.message
-        if fits and pred.high_bytes > budget_bytes:
-            fits = False
-            message = (f"its predicted range reaches {pred.high_bytes / GiB:.1f} GiB, above the "
-                       f"{budget_bytes / GiB:.1f} GiB available, even with {plural(len(res.changes), 'change')}")
-        out.append(Recommendation(
-            model_id=members[0],
-            also=members[1:],
-            family=entry.get("family"),
-            size=entry.get("size"),
-            params=memory.param_count(spec),
-            fits_as_is=res.fits_now and fits,
-            fits=fits,
-            changes=res.changes if fits else [],
-            peak_process_bytes=pred.peak_process_bytes,
-            low_bytes=pred.low_bytes,
-            high_bytes=pred.high_bytes,
-            tokens_per_second=pred.tokens_per_second,
-            message=message,
-        ))
+        out.append(_recommendation(members, spec, res, catalogue.catalogue_entry(members[0]) or {}))
     out.sort(key=lambda r: (-r.params, r.model_id.lower()))
     return out if include_unfit else [r for r in out if r.fits]
+
+
+def _recommendation(members: list[str], spec: memory.ArchSpec, res: FitResult, entry: dict[str, Any]) -> Recommendation:
+    """One catalogue entry (``members``: models of one architecture, the one to name first) from its
+    fit search ``res``: fitting only when the high end of the predicted range fits the budget too."""
+    pred, budget = res.prediction_after, res.budget_bytes
+    fits, message = res.fits, res.message
+    if fits and pred.high_bytes > budget:
+        fits = False
+        message = (f"its predicted range reaches {pred.high_bytes / GiB:.1f} GiB, above the "
+                   f"{budget / GiB:.1f} GiB available, even with {plural(len(res.changes), 'change')}")
+    return Recommendation(
+        model_id=members[0], also=members[1:], family=entry.get("family"), size=entry.get("size"),
+        params=memory.param_count(spec), fits_as_is=res.fits_now and fits, fits=fits,
+        changes=res.changes if fits else [],
+        peak_process_bytes=pred.peak_process_bytes, low_bytes=pred.low_bytes, high_bytes=pred.high_bytes,
+        tokens_per_second=pred.tokens_per_second, message=message,
+    )
 
 
 def preset_prediction(loaded: Any, name: str, lengths: list[int] | None, *, gpu: GpuCard | None = None,

@@ -789,14 +789,15 @@ def test_check_host_ram_for_fsdp_loading(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_memory_fit_fixer_writes_the_distributed_keys(tmp_path: Path) -> None:
+    from fmllm_tui.findings import Change
     from fmllm_tui.fixes import plan_fix, render_changes
 
     path = tmp_path / "config.yaml"
     path.write_text("# my run\n" + cfg_text())
     loaded = load_config(path)
     changes = plan_fix(loaded, "memory.fit", {"changes": [
-        {"key": "fmllm.distributed.mode", "from": "auto", "to": "fsdp", "why": "shard"},
-        {"key": "fmllm.distributed.num_processes", "from": None, "to": 2, "why": "two GPUs"}]})
+        Change("fmllm.distributed.mode", "fsdp", from_="auto", comment="shard"),
+        Change("fmllm.distributed.num_processes", 2, comment="two GPUs")]})
     text = render_changes(loaded, changes)
     again = load_config_text(path, text)
     assert again.view.fmllm.distributed.mode == "fsdp" and again.view.fmllm.distributed.num_processes == 2

@@ -4,6 +4,7 @@ micro-batch when memory is plentiful, cuts the sequence only last, bad inputs.""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -46,11 +47,11 @@ def test_result_fits_and_keeps_the_effective_batch(budget_gib: int, recipe: str)
     if res.fits_now:
         assert res.prediction_before.peak_process_bytes <= budget - res.margin_bytes
     # Savings of the listed changes add up to the before/after difference.
-    total = sum(c["saving_bytes"] for c in res.changes)
+    total = sum(c.saving_bytes for c in res.changes)
     assert total == res.prediction_before.peak_process_bytes - res.prediction_after.peak_process_bytes
     for c in res.changes:
-        assert c["key"] in fitsearch.KEYS.values() and c["from"] != c["to"] and c["why"]
-        assert file_key_for("nested", c["key"]).startswith(("fine_tuning.", "fmllm."))
+        assert c.key in fitsearch.KEYS.values() and c.from_ != c.to and c.comment
+        assert file_key_for("nested", c.key).startswith(("fine_tuning.", "fmllm."))
 
 
 def test_grows_the_micro_batch_when_memory_is_plentiful() -> None:
@@ -61,9 +62,9 @@ def test_grows_the_micro_batch_when_memory_is_plentiful() -> None:
     after = res.settings_after
     assert after["training.per_device_train_batch_size"] > 1
     assert _eff(after) == 8
-    assert res.speedup > 1.5 and res.relative_speed_after > res.relative_speed_before
-    grow = next(c for c in res.changes if c["key"] == "training.per_device_train_batch_size")
-    assert grow["saving_bytes"] < 0  # it spends memory
+    assert res.speedup > 1.5 and res.prediction_after.relative_speed > res.prediction_before.relative_speed
+    grow = next(c for c in res.changes if c.key == "training.per_device_train_batch_size")
+    assert grow.saving_bytes < 0  # it spends memory
     assert "use the room for a predicted" in res.message and "fits with room to spare" not in res.message
 
 
@@ -71,7 +72,7 @@ def test_no_changes_when_it_fits_and_cannot_go_faster() -> None:
     view = _view(per_device_train_batch_size=1, gradient_accumulation_steps=1)  # nothing to trade
     res = fitsearch.fit(view, QWEN7, 9 * GiB)
     assert res.fits_now and res.fits
-    assert [c["key"] for c in res.changes] in ([], ["training.gradient_checkpointing"])
+    assert [c.key for c in res.changes] in ([], ["training.gradient_checkpointing"])
 
 
 def test_cuts_micro_batch_before_anything_else() -> None:
@@ -79,7 +80,7 @@ def test_cuts_micro_batch_before_anything_else() -> None:
     before = memory.predict(view, QWEN7).peak_process_bytes
     res = fitsearch.fit(view, QWEN7, before - 2 * GiB)
     assert res.fits and not res.fits_now
-    keys = [c["key"] for c in res.changes]
+    keys = [c.key for c in res.changes]
     assert keys[0] == "training.per_device_train_batch_size"
     assert "training.gradient_accumulation_steps" in keys
     assert "training.max_seq_length" not in keys and "lora.r" not in keys
@@ -101,17 +102,17 @@ def test_cuts_the_sequence_only_when_nothing_else_fits(recipe: str) -> None:
     lengths = [100] * 50 + [3000] * 30 + [4096] * 20
     # Just above the leanest full-length plan: no truncation; just below: truncation, reported.
     above = fitsearch.fit(view, QWEN7, floor + fitsearch.default_margin(floor) + 512 * 2**20, example_lengths=lengths)
-    assert above.fits and "training.max_seq_length" not in [c["key"] for c in above.changes]
+    assert above.fits and "training.max_seq_length" not in [c.key for c in above.changes]
     assert above.truncated_share is None
     budget = int(floor * 0.97)
     below = fitsearch.fit(view, QWEN7, budget, example_lengths=lengths)
     assert below.fits and not below.fits_now
-    cut = next(c for c in below.changes if c["key"] == "training.max_seq_length")
-    assert cut["to"] < 4096 and cut["to"] % fitsearch.SEQ_STEP == 0
-    new = cut["to"]
+    cut = next(c for c in below.changes if c.key == "training.max_seq_length")
+    assert cut.to < 4096 and cut.to % fitsearch.SEQ_STEP == 0
+    new = cut.to
     assert below.truncated_share == pytest.approx(sum(1 for x in lengths if x > new) / len(lengths))
-    assert "truncates" in below.message and "longer" in cut["why"]
-    assert "lora.r" not in [c["key"] for c in below.changes]  # the rank goes after the sequence
+    assert "truncates" in below.message and "longer" in cut.comment
+    assert "lora.r" not in [c.key for c in below.changes]  # the rank goes after the sequence
     assert below.prediction_after.peak_process_bytes <= budget - below.margin_bytes
     # The longest sequence that fits: one step longer does not.
     longer = replace(memory.inputs_from_view(view)[0], seq_len=new + fitsearch.SEQ_STEP)
@@ -127,10 +128,10 @@ def test_truncation_share_unknown_without_lengths() -> None:
     view = _view(max_seq_length=4096)
     floor = _leanest_at_full_length(view)
     res = fitsearch.fit(view, QWEN7, int(floor * 0.95))
-    cut = [c for c in res.changes if c["key"] == "training.max_seq_length"]
+    cut = [c for c in res.changes if c.key == "training.max_seq_length"]
     assert res.fits and cut
     assert res.truncated_share is None
-    assert "pass the data's token lengths" in cut[0]["why"]
+    assert "pass the data's token lengths" in cut[0].comment
 
 
 def test_lengths_shorter_than_the_limit_plan_for_the_longest_example() -> None:
@@ -163,11 +164,11 @@ def test_rank_is_the_last_resort() -> None:
     budget = int((one + at_floor) / 2 / (1 - fitsearch.MARGIN_SHARE))  # only a lower rank meets it
     res = fitsearch.fit(view, QWEN7, budget, margin_bytes=fitsearch.default_margin(budget))
     assert res.fits
-    keys = [c["key"] for c in res.changes]
+    keys = [c.key for c in res.changes]
     assert "lora.r" in keys and "lora.alpha" in keys and keys.index("lora.r") == len(keys) - 2
-    alpha = next(c for c in res.changes if c["key"] == "lora.alpha")
-    rank = next(c for c in res.changes if c["key"] == "lora.r")
-    assert alpha["to"] / rank["to"] == pytest.approx(32 / 16)  # alpha/r kept
+    alpha = next(c for c in res.changes if c.key == "lora.alpha")
+    rank = next(c for c in res.changes if c.key == "lora.r")
+    assert alpha.to / rank.to == pytest.approx(32 / 16)  # alpha/r kept
 
 
 @pytest.mark.parametrize(
@@ -195,6 +196,25 @@ def test_fit_result_serialises() -> None:
     assert isinstance(d["changes"], list) and isinstance(d["settings_after"], dict)
 
 
+def test_changes_are_findings_changes_the_fixer_plans_from_as_they_are() -> None:
+    """One shape: the search lists findings.Change (canonical key, why, saving), written to JSON as
+    fmllm-check always wrote them, and the memory.fit fixer maps them to the file's keys directly."""
+    from fmllm_tui.config import load_config
+    from fmllm_tui.findings import Change
+    from fmllm_tui.fixes import plan_fix
+
+    loaded = load_config(Path(__file__).parent / "data" / "configs" / "shipped_nested.yaml")
+    res = fitsearch.fit(loaded.view, QWEN7, 6 * GiB)
+    assert res.fits and not res.fits_now and res.changes
+    assert all(isinstance(c, Change) and c.saving_bytes is not None and c.comment for c in res.changes)
+    assert [list(c.to_json()) for c in res.changes] == [["key", "from", "to", "why", "saving_bytes"]] * len(res.changes)
+    assert res.to_json()["changes"] == [c.to_json() for c in res.changes]
+    planned = plan_fix(loaded, "memory.fit", {"changes": res.changes})
+    assert [c.key for c in planned] == [loaded.file_key(c.key) for c in res.changes if c.to != c.from_]
+    assert all(c.comment and c.comment.startswith(f.comment or "") for c, f in zip(planned, res.changes, strict=True))
+    assert [list(c.to_json()) for c in planned] == [["key", "from", "to"]] * len(planned)  # file edits: no saving
+
+
 # --------------------------------------------------------------------------------------------
 # Recommendations
 # --------------------------------------------------------------------------------------------
@@ -212,7 +232,7 @@ def test_recommend_lists_what_fits_largest_first() -> None:
         assert r.high_bytes <= card.usable_bytes  # the whole predicted range fits the card
         assert r.tokens_per_second > 0 and f"~{r.tokens_per_second:,.0f} tokens/s" in r.describe()
         for c in r.changes:  # tiers 0-2 only: the data and the adapter stay as configured
-            assert c["key"] not in ("training.max_seq_length", "lora.r")
+            assert c.key not in ("training.max_seq_length", "lora.r")
         assert r.describe().startswith(f"  {r.model_id}") and "relative" not in r.describe()
     ids = {m for r in recs for m in [r.model_id, *r.also]}
     assert "meta-llama/Llama-3.1-70B-Instruct" not in ids
@@ -261,7 +281,7 @@ def test_fsdp_search_never_offloads_the_embedding(offload: str) -> None:
     view.fmllm.offload_embeddings = offload
     for budget in (6 * GiB, 9 * GiB, 16 * GiB):
         res = fitsearch.fit(view, QWEN7, budget, mode="fsdp", n_gpus=2)
-        assert all(c["key"] != "fmllm.offload_embeddings" for c in res.changes)
+        assert all(c.key != "fmllm.offload_embeddings" for c in res.changes)
         after = res.prediction_after
         assert "offload_runtime" not in after.breakdown and after.fsdp_root_bytes > 0
         if res.fits:

@@ -11,7 +11,7 @@ import pytest
 from fmllm_tui.fixes import FIXERS, FixError, plan_fix, plan_fixes, preset_changes, render_changes
 
 from fmllm_tui.config import load_config
-from fmllm_tui.findings import Fix
+from fmllm_tui.findings import Change, Fix
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = (ROOT / "config.yaml").read_text()
@@ -80,10 +80,10 @@ def test_unknown_fixer_names_the_known_ones(nested) -> None:
 
 def test_memory_fit_applies_the_change_set_with_savings(nested, flat) -> None:
     values = {"changes": [
-        {"key": "training.max_seq_length", "to": 512, "why": "halves activations", "saving_bytes": 805306368},
-        {"key": "lora.r", "to": 4, "why": "smaller adapter", "saving_gib": 0.02},
-        {"key": "fmllm.offload_embeddings", "to": "on", "why": "embeddings on the CPU"},
-        {"key": "training.per_device_train_batch_size", "to": 2, "why": "uses the room", "saving_bytes": -(2**30)},
+        Change("training.max_seq_length", 512, comment="halves activations", saving_bytes=805306368),
+        Change("lora.r", 4, comment="smaller adapter", saving_bytes=int(0.02 * 2**30)),
+        Change("fmllm.offload_embeddings", "on", comment="embeddings on the CPU"),
+        Change("training.per_device_train_batch_size", 2, comment="uses the room", saving_bytes=-(2**30)),
     ]}
     ch = plan_fix(nested, "memory.fit", values)
     assert [c.key for c in ch] == [
@@ -105,8 +105,8 @@ def test_memory_fit_applies_the_change_set_with_savings(nested, flat) -> None:
     [
         ({}, "no change set"),
         ({"changes": []}, "no change set"),
-        ({"changes": [{"key": "training.max_seq_lenght", "to": 1}]}, "not a setting"),
-        ({"changes": [{"to": 1}]}, "malformed"),
+        ({"changes": [Change("training.max_seq_lenght", 1)]}, "not a setting"),
+        ({"changes": [{"key": "training.max_seq_length", "to": 1}]}, "malformed"),
         ({"changes": ["training.max_seq_length"]}, "malformed"),
     ],
 )
@@ -116,7 +116,7 @@ def test_memory_fit_refuses_bad_change_sets(nested, values, msg) -> None:
 
 
 def test_memory_fit_value_the_schema_rejects_is_refused(nested) -> None:
-    ch = plan_fix(nested, "memory.fit", {"changes": [{"key": "training.max_seq_length", "to": 8}]})
+    ch = plan_fix(nested, "memory.fit", {"changes": [Change("training.max_seq_length", 8)]})
     with pytest.raises(FixError, match="would not be valid") as e:
         render_changes(nested, ch)
     assert "max_seq_length" in e.value.render()
@@ -355,8 +355,6 @@ def test_preset_test_run_restores_the_config(tmp_path: Path) -> None:
 
 
 def test_changes_only_write_settings_fmllm_reads(nested, flat) -> None:
-    from fmllm_tui.findings import Change
-
     with pytest.raises(FixError, match="canonical name"):
         render_changes(nested, [Change(key="training.max_seq_length", to=512)])  # needs fine_tuning.
     with pytest.raises(FixError, match="not a setting fmllm reads"):
@@ -367,7 +365,5 @@ def test_changes_only_write_settings_fmllm_reads(nested, flat) -> None:
 
 
 def test_summary_masks_secrets() -> None:
-    from fmllm_tui.findings import Change
-
     text = fixes.summarize([Change(key="paths.hub", to="hf_abcdefghijklmnop", from_=None, comment="x")])
     assert "hf_abcdefghijklmnop" not in text

@@ -17,12 +17,13 @@ from fmllm_tui.fixes.yamltext import YamlText
 from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from fmllm_tui.config import load_config
+from fmllm_tui.findings import Change
 
 DATA = Path(__file__).parent / "data" / "configs"
 
 
 def _memfit(*items):
-    return ("memory.fit", {"changes": [dict(key=k, to=t, why=w, saving_bytes=s) for k, t, w, s in items]})
+    return ("memory.fit", {"changes": [Change(k, t, comment=w, saving_bytes=s) for k, t, w, s in items]})
 
 
 CASES: dict[str, list[tuple[str, dict]]] = {

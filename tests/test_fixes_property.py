@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from fmllm_tui.config import ConfigError, load_config
+from fmllm_tui.findings import Change
 
 # Comment text: printable Unicode (no line breaks), tabs, and YAML's own punctuation.
 COMMENT = st.text(
@@ -188,9 +189,9 @@ REQUESTS = [
     ("training.packing_seq", {}),
     ("model.pin_revision", {"commit": "c" * 40}),
     ("memory.fit", {"changes": [
-        {"key": "lora.r", "to": 4, "why": "smaller adapter"},
-        {"key": "lora.target_modules", "to": ["q_proj", "v_proj"], "why": "fewer modules"},
-        {"key": "training.per_device_train_batch_size", "to": 1, "why": "one sequence"},
+        Change("lora.r", 4, comment="smaller adapter"),
+        Change("lora.target_modules", ["q_proj", "v_proj"], comment="fewer modules"),
+        Change("training.per_device_train_batch_size", 1, comment="one sequence"),
     ]}),
     ("model.id", {"suggestions": ["Qwen/Qwen2.5-7B-Instruct-1M"]}),
 ]

@@ -54,4 +54,4 @@ def test_every_face_shows_the_same_peak_for_the_shipped_config_on_an_rtx_3080(tm
                                  example_lengths=lengths, include_unfit=True)
     fit_after = checks["config.fit"]["values"]["fit"]
     assert rec.peak_process_bytes == fit_after["predicted_peak_after_bytes"]
-    assert [(c["key"], c["to"]) for c in rec.changes] == [(c["key"], c["to"]) for c in fit_after["changes"]]
+    assert [(c.key, c.to) for c in rec.changes] == [(c["key"], c["to"]) for c in fit_after["changes"]]

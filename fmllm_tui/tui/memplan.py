@@ -299,10 +299,7 @@ class MemoryPlan:
             one = predict_inputs(self.planned(self.base), self.arch).peak_process_bytes - predict_inputs(
                 self.planned(_with(self.base, knob, after)), self.arch).peak_process_bytes
             why = f"planned in fmllm-tui's memory screen ({show(before)} -> {show(after)})"
-            item: dict[str, Any] = {"key": KEYS[knob], "to": after, "why": why}
-            if one > 0:
-                item["saving_bytes"] = one
-            items.append(item)
+            items.append(Change(key=KEYS[knob], to=after, comment=why, saving_bytes=one if one > 0 else None))
         if not items:
             return []
         return plan_fix(self.loaded, "memory.fit", {"changes": items})
