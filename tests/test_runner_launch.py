@@ -101,6 +101,9 @@ def test_minimal_test_end_to_end_on_the_cpu(tmp_path: Path, tiny_model_dir: Path
     assert report["adapter_reloaded"] and "all equal" in report["reload_message"]
     assert isinstance(report["generation"], str)
     assert report["peak_bytes"] > 0 and report["tokens_per_s"] > 0
+    # the steady rate, with the warm-up apart (runner/speed.py), from the training process's own steps
+    speed = report["speed"]
+    assert speed["tokens_per_s"] == report["tokens_per_s"] and speed["warmup_steps"] + speed["steady_steps"] == 8
     notes = " ".join(report["notes"])
     assert "no CUDA GPU" in notes and "without 4-bit" in notes and "adamw_torch" in notes
     assert any("hub_token" in n and "secret" in n for n in report["notes"])

@@ -44,6 +44,16 @@ def test_steps_of_different_lengths_compare_by_seconds_per_token() -> None:
     assert sp.warmup_s == pytest.approx(20.0 - 900 / 2000)
 
 
+def test_a_step_that_counted_no_tokens_keeps_its_seconds_in_the_speed() -> None:
+    """Tokens are counted when the loader collates a batch, one batch ahead: at an epoch's end a
+    step counts none (the step before counted two). Its time is still part of the speed."""
+    times = [15.0] + [0.5] * 7
+    toks = [2048, 1024, 1024, 2048, 0, 1024, 2048, 0]
+    sp = steady_state(times, toks)
+    assert (sp.warmup_steps, sp.steady_steps) == (1, 7)
+    assert sp.tokens_per_s == pytest.approx(sum(toks[1:]) / sum(times[1:]))
+
+
 def test_no_timed_steps_and_a_single_step() -> None:
     assert steady_state([], []) == Speed(tokens_per_s=None, warmup_s=0.0, warmup_steps=0, steady_steps=0)
     assert steady_state([0.0, 1.0], [0, 0]).tokens_per_s is None  # nothing measured

@@ -44,17 +44,36 @@ def steady_state(step_times: Sequence[float], step_tokens: Sequence[int]) -> Spe
     :data:`WARMUP_FACTOR` times that pace. A slow step later in the run (an allocator event, a
     checkpoint) stays in the steady average: it is a cost every run pays, not a one-off.
     """
-    pairs = [(float(t), int(n)) for t, n in zip(step_times, step_tokens, strict=False) if t > 0 and n > 0]
-    if not pairs:
+    units = _units(step_times, step_tokens)
+    timed = [u for u in units if u[1] > 0 and u[0] > 0]
+    if not timed:
         return Speed(tokens_per_s=None, warmup_s=0.0, warmup_steps=0, steady_steps=0)
-    pace = median(t / n for t, n in pairs[len(pairs) // 2:])
+    pace = median(t / n for t, n, _ in timed[len(timed) // 2:])
     warm = 0
-    while warm < len(pairs) - 1 and pairs[warm][0] / pairs[warm][1] > WARMUP_FACTOR * pace:
+    while warm < len(units) - 1 and units[warm][1] > 0 and units[warm][0] / units[warm][1] > WARMUP_FACTOR * pace:
         warm += 1
-    steady = pairs[warm:]
-    rate = sum(n for _, n in steady) / sum(t for t, _ in steady)
-    extra = sum(t - n / rate for t, n in pairs[:warm])
-    return Speed(tokens_per_s=rate, warmup_s=max(0.0, extra), warmup_steps=warm, steady_steps=len(steady))
+    steady = units[warm:]
+    rate = sum(n for _, n, _ in steady) / sum(t for t, _, _ in steady)
+    extra = sum(t - n / rate for t, n, _ in units[:warm])
+    return Speed(tokens_per_s=rate, warmup_s=max(0.0, extra), warmup_steps=sum(c for _, _, c in units[:warm]),
+                 steady_steps=sum(c for _, _, c in steady))
+
+
+def _units(step_times: Sequence[float], step_tokens: Sequence[int]) -> list[tuple[float, int, int]]:
+    """(seconds, tokens, steps) per step, a step that counted no tokens joined to the one before.
+
+    The training process counts a batch's tokens when the loader collates it, and the loader
+    collates one batch ahead: at an epoch's end a step can count none (its tokens went to the step
+    before), yet its seconds are part of the speed.
+    """
+    units: list[tuple[float, int, int]] = []
+    for t, n in zip(step_times, step_tokens, strict=False):
+        if units and (int(n) <= 0 or units[-1][1] <= 0):
+            pt, pn, pc = units[-1]
+            units[-1] = (pt + max(0.0, float(t)), pn + max(0, int(n)), pc + 1)
+        else:
+            units.append((max(0.0, float(t)), max(0, int(n)), 1))
+    return units
 
 
 def describe(speed: Speed, *, compiled: bool = True) -> str:
