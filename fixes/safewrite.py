@@ -98,6 +98,20 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _cleaned_up(tmp: str | Path, what: str, path: Path | None = None) -> Iterator[None]:
+    """Run the block that uses the temporary file ``tmp``; if it fails in any way, remove ``tmp``
+    (never leave a half-done file behind) and turn an OSError into a FixError: ``what``, and why."""
+    try:
+        yield
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise FixError(f"{what}: {_os_message(e)}", path=path) from None
+        raise
+
+
 def _write_temp(folder: Path, name: str, data: bytes, mode: int) -> Path:
     """A fully written, fsynced file with ``mode`` in ``folder``; FixError on any failure."""
     try:
@@ -107,18 +121,12 @@ def _write_temp(folder: Path, name: str, data: bytes, mode: int) -> Path:
             f"cannot create a temporary file in {folder}: {_os_message(e)}",
             hint="fmllm writes the new config next to the old one, then swaps them; free space or fix the folder's permissions",
         ) from None
-    try:
+    with _cleaned_up(tmp, f"cannot write {folder / name}"):
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise FixError(f"cannot write {folder / name}: {_os_message(e)}") from None
-        raise
     return Path(tmp)
 
 
@@ -246,7 +254,7 @@ def glob_escape(name: str) -> str:
 def _write_backup(target: Path, data: bytes, mode: int) -> Path:
     """Backup of the current bytes: <name>.bak, or <name>.bak.<timestamp> when that exists."""
     tmp = _write_temp(target.parent, target.name, data, mode)
-    try:
+    with _cleaned_up(tmp, f"cannot write the backup next to {target}", target):
         dest = target.with_name(target.name + ".bak")
         if dest.exists() or dest.is_symlink():
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -256,12 +264,6 @@ def _write_backup(target: Path, data: bytes, mode: int) -> Path:
                 n += 1
                 dest = target.with_name(f"{target.name}.bak.{stamp}-{n}")
         os.replace(tmp, dest)  # under the lock no other fmllm picks the same name
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(e, OSError):
-            raise FixError(f"cannot write the backup next to {target}: {_os_message(e)}", path=target) from None
-        raise
     _fsync_dir(target.parent)
     _prune_backups(target)
     return dest
@@ -278,7 +280,7 @@ def _replace(target: Path, data: bytes, st: os.stat_result | None, *, expected: 
     """Atomically put ``data`` at ``target`` (mode and owner kept), or raise and change nothing."""
     mode = stat.S_IMODE(st.st_mode) if st is not None else 0o644
     tmp = _write_temp(target.parent, target.name, data, mode)
-    try:
+    with _cleaned_up(tmp, "cannot replace the config", target):
         if st is not None and (st.st_uid != os.geteuid() or st.st_gid != os.getegid()):
             with contextlib.suppress(OSError):
                 os.chown(tmp, st.st_uid, st.st_gid)  # works for root; others keep their own
@@ -296,12 +298,6 @@ def _replace(target: Path, data: bytes, st: os.stat_result | None, *, expected: 
                 hint="run the fix again; it will start from the file as it is now",
             )
         os.replace(tmp, target)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(e, OSError):
-            raise FixError(f"cannot replace the config: {_os_message(e)}", path=target) from None
-        raise
     _fsync_dir(target.parent)
 
 

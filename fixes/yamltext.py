@@ -605,73 +605,86 @@ def plan_change(yt: YamlText, dotted: str, to: Any, comment: str | None = None) 
     if not all(parts):
         raise FixError(f"bad key {dotted!r}: empty part in the dotted path")
     node: Node = yt.root
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        here = ".".join(parts[: i + 1])
+    for i in range(len(parts)):
+        step: Node | list[Edit]
         if isinstance(node, MappingNode):
-            pair = yt.find_pair(node, part)
-            if pair is None:
-                if yt.merged_has(node, part) and not last:
-                    raise FixError(
-                        f"{here} comes from a '<<:' merge of another section; changing a key inside it "
-                        "would change every section that merges it",
-                        hint=f"copy {here} into this section by hand, then run the fix again",
-                    )
-                # Missing (or only merged in): a local key; YAML lets local keys override merges.
-                return [_insert_into(yt, node, parts[:i], parts[i:], to, comment)]
-            k, v = pair
-            if yt.is_alias_here(k, v):
-                if last:
-                    return [_replace(yt, k, v, to, here)]
-                raise FixError(
-                    f"{here} is an alias (*{v.anchor}) of a section defined on line {v.start_mark.line + 1}; "
-                    "changing a key inside it would change that section too",
-                    hint=f"replace *{v.anchor} with its own copy of the section by hand, then run the fix again",
-                )
-            if last:
-                if isinstance(to, dict) and isinstance(v, MappingNode) and to and not yt.shared(v):
-                    edits: list[Edit] = []
-                    for kk, vv in to.items():
-                        edits.extend(plan_change(yt, f"{dotted}.{kk}", vv, comment))
-                    return edits
-                if yt.shared(v):
-                    raise FixError(
-                        f"{here} is anchored (&{v.anchor}, line {v.start_mark.line + 1}) and reused elsewhere with "
-                        f"*{v.anchor}; changing it would change those keys too",
-                        hint=f"give {here} its own value by hand (remove &{v.anchor} or the aliases), then run the fix again",
-                    )
-                return [_replace(yt, k, v, to, here)]
-            if _is_null_node(v):
-                return [_fill_null(yt, k, v, node, here, parts[i + 1 :], to, comment)]
-            if yt.shared(v):
-                raise FixError(
-                    f"{here} is anchored (&{v.anchor}) and reused elsewhere; changing a key inside it would change "
-                    "every place that uses it",
-                    hint="give this section its own copy by hand, then run the fix again",
-                )
-            node = v
+            step = _mapping_step(yt, node, parts, i, to, comment)
         elif isinstance(node, SequenceNode):
-            if not part.isdigit() or int(part) >= len(node.value):
-                raise FixError(f"{here}: no item {part} in the list at line {node.start_mark.line + 1}")
-            item = node.value[int(part)]
-            if not last:
-                if yt.shared(item):
-                    raise FixError(f"{here} is an alias or anchored item; edit it by hand")
-                node = item
-                continue
-            if yt.shared(item) or not (isinstance(item, ScalarNode) or item.flow_style):
-                raise FixError(f"{here}: fmllm only replaces plain list items; edit this one by hand")
-            s, e = item.start_mark.index, yt.item_ends(node)[int(part)]
-            body, keep = yt._skip_props(s, e)
-            style = item.style if isinstance(item, ScalarNode) and item.style in ('"', "'") else None
-            return [_value_edit(yt.text, s, e, keep + render_inline(to, style, yt.text[body:e]), here)]
+            step = _sequence_step(yt, node, parts, i, to)
         else:
             prev = ".".join(parts[:i]) or "(top level)"
             raise FixError(
                 f"{prev} holds a single value, not a section, so {dotted} cannot be set",
                 hint=f"make {prev} a section (indented key: value lines) or fix the key name",
             )
+        if isinstance(step, list):
+            return step
+        node = step
     raise FixError(f"bad key {dotted!r}")  # unreachable: the loop returns at the last part
+
+
+def _mapping_step(yt: YamlText, node: MappingNode, parts: list[str], i: int, to: Any,
+                  comment: str | None) -> Node | list[Edit]:
+    """plan_change's step into mapping ``node`` by ``parts[i]``: the edits when the path ends or
+    stops here, else the node to go on into."""
+    part, last, here = parts[i], i == len(parts) - 1, ".".join(parts[: i + 1])
+    pair = yt.find_pair(node, part)
+    if pair is None:
+        if yt.merged_has(node, part) and not last:
+            raise FixError(
+                f"{here} comes from a '<<:' merge of another section; changing a key inside it "
+                "would change every section that merges it",
+                hint=f"copy {here} into this section by hand, then run the fix again",
+            )
+        # Missing (or only merged in): a local key; YAML lets local keys override merges.
+        return [_insert_into(yt, node, parts[:i], parts[i:], to, comment)]
+    k, v = pair
+    if yt.is_alias_here(k, v):
+        if last:
+            return [_replace(yt, k, v, to, here)]
+        raise FixError(
+            f"{here} is an alias (*{v.anchor}) of a section defined on line {v.start_mark.line + 1}; "
+            "changing a key inside it would change that section too",
+            hint=f"replace *{v.anchor} with its own copy of the section by hand, then run the fix again",
+        )
+    if last:
+        if isinstance(to, dict) and isinstance(v, MappingNode) and to and not yt.shared(v):
+            return [e for kk, vv in to.items() for e in plan_change(yt, f"{here}.{kk}", vv, comment)]
+        if yt.shared(v):
+            raise FixError(
+                f"{here} is anchored (&{v.anchor}, line {v.start_mark.line + 1}) and reused elsewhere with "
+                f"*{v.anchor}; changing it would change those keys too",
+                hint=f"give {here} its own value by hand (remove &{v.anchor} or the aliases), then run the fix again",
+            )
+        return [_replace(yt, k, v, to, here)]
+    if _is_null_node(v):
+        return [_fill_null(yt, k, v, node, here, parts[i + 1 :], to, comment)]
+    if yt.shared(v):
+        raise FixError(
+            f"{here} is anchored (&{v.anchor}) and reused elsewhere; changing a key inside it would change "
+            "every place that uses it",
+            hint="give this section its own copy by hand, then run the fix again",
+        )
+    return v
+
+
+def _sequence_step(yt: YamlText, node: SequenceNode, parts: list[str], i: int, to: Any) -> Node | list[Edit]:
+    """plan_change's step into list ``node`` by index ``parts[i]``: the edit of a plain item at the
+    path's end, else the item to go on into."""
+    part, here = parts[i], ".".join(parts[: i + 1])
+    if not part.isdigit() or int(part) >= len(node.value):
+        raise FixError(f"{here}: no item {part} in the list at line {node.start_mark.line + 1}")
+    item = node.value[int(part)]
+    if i < len(parts) - 1:
+        if yt.shared(item):
+            raise FixError(f"{here} is an alias or anchored item; edit it by hand")
+        return item
+    if yt.shared(item) or not (isinstance(item, ScalarNode) or item.flow_style):
+        raise FixError(f"{here}: fmllm only replaces plain list items; edit this one by hand")
+    s, e = item.start_mark.index, yt.item_ends(node)[int(part)]
+    body, keep = yt._skip_props(s, e)
+    style = item.style if isinstance(item, ScalarNode) and item.style in ('"', "'") else None
+    return [_value_edit(yt.text, s, e, keep + render_inline(to, style, yt.text[body:e]), here)]
 
 
 def _scopes_overlap(a: str, b: str) -> bool:

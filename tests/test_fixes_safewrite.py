@@ -203,6 +203,22 @@ def test_failed_rename_leaves_original(cfg: Path, monkeypatch: pytest.MonkeyPatc
     assert leftovers(cfg.parent) == [] and fixes.list_backups(cfg) == []
 
 
+def test_failed_backup_leaves_original_and_no_temp_file(cfg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name.startswith(cfg.name + ".bak"):
+            raise OSError(errno.EACCES, "Permission denied")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(sw.os, "replace", replace)
+    with pytest.raises(FixError, match="cannot write the backup next to") as e:
+        apply_changes(cfg, seq(512))
+    assert e.value.path == str(cfg)
+    assert cfg.read_bytes() == SHIPPED
+    assert leftovers(cfg.parent) == [] and fixes.list_backups(cfg) == []
+
+
 def test_full_disk_leaves_original(cfg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def fsync(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
