@@ -192,12 +192,13 @@ def _print_processes(st: dict[str, Any], out: TextIO) -> None:
 def _print_summary(run_dir: Path, out: TextIO) -> None:
     from fmllm_tui.runner import rundir as rd
     from fmllm_tui.runner.monitor import format_duration
+    from fmllm_tui.runner.speed import describe_record
 
     s = rd.read_json(run_dir / rd.SUMMARY)
     if not isinstance(s, dict):
         return
-    tps = s.get("tokens_per_s")
-    out.write(f"final loss {s.get('final_loss')}, " + (f"{tps:,.0f} tokens/s, " if tps else "")
+    speed = describe_record(s)
+    out.write(f"final loss {s.get('final_loss')}, " + (f"{speed}, " if speed else "")
               + f"peak {_gib(s.get('peak_bytes'))} ({s.get('peak_method')}), "
               + f"wall {format_duration(s.get('wall_s') or 0)}\n")
     if s.get("adapter_dir"):
@@ -207,6 +208,8 @@ def _print_summary(run_dir: Path, out: TextIO) -> None:
 
 
 def _print_test_report(r: dict[str, Any], out: TextIO) -> None:
+    from fmllm_tui.runner.speed import describe_record
+
     verdict = "ok" if r.get("ok") else "FAILED"
     out.write(f"minimal test: {verdict} (status {r.get('status')}, device {r.get('device_name') or r.get('device') or 'not chosen yet'}, "
               f"{r.get('steps')} steps)\n")
@@ -221,8 +224,9 @@ def _print_test_report(r: dict[str, Any], out: TextIO) -> None:
         if r.get("predicted_peak_bytes"):
             line += f", predicted {_gib(r['predicted_peak_bytes'])}"
         out.write(line + "\n")
-    if r.get("tokens_per_s"):
-        out.write(f"  tokens/s     {r['tokens_per_s']:,.0f}\n")
+    speed = describe_record(r)  # 'compile 14 s, then 4,070 tokens/s'
+    if speed:
+        out.write(f"  speed        {speed}\n")
     losses = r.get("losses") or []
     if losses:
         state = ("finite" if r.get("loss_finite") else "NOT finite") + (", falling" if r.get("loss_falling") else ", not falling")

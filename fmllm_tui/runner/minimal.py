@@ -27,7 +27,8 @@ def run_minimal_test(loaded: Any, *, steps: int | None = None, device: str | Non
 
     Keys: ``ok`` (bool), ``problems`` (plain-words findings; empty when all is well), ``steps``,
     ``losses``, ``peak_bytes`` (NVML process peak on a GPU, else torch's reserved peak; the
-    process RSS peak on the CPU), ``tokens_per_s``, ``device`` (cuda | cpu), ``model``,
+    process RSS peak on the CPU), ``tokens_per_s`` (steady state), ``speed`` (its warm-up apart:
+    runner/speed.py), ``device`` (cuda | cpu), ``model``,
     ``run_dir``, ``generation``, ``status`` (ok | failed | oom | stopped | killed | timeout |
     not-started), plus ``loss_finite``, ``loss_falling``, ``adapter_reloaded``, ``notes``,
     ``predicted_peak_bytes`` and ``peak_vs_prediction`` (ratio) when a prediction was given,
@@ -89,7 +90,7 @@ def _fill(report: dict[str, Any], rdir: Path, rec: dict[str, Any], predicted: in
         report["log"] = str(rdir / rd.LOG)
         return report
     notes_before = list(report.get("notes") or [])
-    for key in ("steps", "losses", "peak_bytes", "tokens_per_s", "device", "device_name", "generation",
+    for key in ("steps", "losses", "peak_bytes", "tokens_per_s", "speed", "device", "device_name", "generation",
                 "loss_finite", "loss_falling", "adapter_reloaded", "reload_message", "notes", "recipe",
                 "model_note", "peak_allocated_bytes", "peak_reserved_bytes", "peak_process_bytes",
                 "peak_method", "load_s", "train_s", "wall_s", "trainable_params", "adapter_dir", "data",
