@@ -7,35 +7,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from test_resume import _config
 from tui_support import scaled
 
 from fmllm_tui.config import load_config
 from fmllm_tui.runner import RunError, resume, start, status, wait
 from fmllm_tui.runner import rundir as rd
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.mark.slow
 def test_resume_of_a_finished_run_is_refused_and_changes_nothing(tmp_path: Path, tiny_model_dir: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(textwrap.dedent(f"""\
-        paths:
-          output_dir: {tmp_path / 'out'}
-          ft_combined_data_file: {REPO / 'data' / 'sample_instructions.jsonl'}
-        fine_tuning:
-          base_model_name: {tiny_model_dir}
-          data_format: instruction
-          lora: {{r: 4, alpha: 8, target_modules: [q_proj, v_proj]}}
-          training: {{per_device_train_batch_size: 2, max_seq_length: 96, max_steps: 2, save_steps: 1,
-                      logging_steps: 1}}
-        """))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the run's own settings are test_resume's (one config)
+    cfg = _config(tmp_path, tiny_model_dir, max_steps=2, save_steps=1, logging_steps=1)
     run_dir = start(load_config(cfg), "train")
     rec = wait(run_dir, timeout=scaled(300))
     assert rec and rec["status"] == "ok", (run_dir / rd.LOG).read_text()[-3000:]
