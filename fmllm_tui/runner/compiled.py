@@ -47,6 +47,7 @@ def dequantize_4bit(packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tens
     # may recompute the weight in backward instead of saving it: saving it would keep every
     # layer's 16-bit weights alive until backward (13 GiB on a 7B without checkpointing).
     if absmax2 is not None:
+        assert code2 is not None and offset is not None  # nested quantisation comes with all three
         i = torch.arange(absmax.numel(), device=absmax.device)
         scales = code2[absmax.reshape(-1)[i].long()] * absmax2[i // NESTED_BLOCK] + offset
     else:
@@ -97,7 +98,7 @@ def linear_4bit(module: Any, x: torch.Tensor) -> torch.Tensor:
     return out.to(inp_dtype)
 
 
-def _compiled_linear_class(base: type) -> type:
+def _compiled_linear_class(base: Any) -> type:
     """A subclass of bitsandbytes' Linear4bit whose forward is :func:`linear_4bit` (the module's
     class is swapped on the instance: its parameters, names and state dict stay as they were)."""
 
@@ -184,23 +185,24 @@ def compile_decoder_layers(model: Any, *, checkpointing: bool, backend: str = "i
     """
     from torch.utils.checkpoint import checkpoint
 
+    linear4bit: Any = None
     try:
-        from bitsandbytes.nn import Linear4bit
+        from bitsandbytes.nn import Linear4bit as linear4bit
     except Exception:  # no bitsandbytes (a CPU machine without it): nothing 4-bit to switch
-        Linear4bit = None  # noqa: N806
+        pass
 
     configure_compiler()
     if not checkpointing and hasattr(model, "enable_input_require_grads"):
         # Every layer's input then requires grad, the first one's too: one compiled variant
         # serves all layers instead of two (transformers enables this only with checkpointing).
         model.enable_input_require_grads()
-    layers = decoder_layers(model)
+    layers: list[Any] = decoder_layers(model)  # transformers' layers: their attributes are set below
     switched = 0
     classes: dict[type, type] = {}
     for layer in layers:
-        if Linear4bit is not None:
+        if linear4bit is not None:
             for sub in layer.modules():
-                if isinstance(sub, Linear4bit) and not hasattr(type(sub), "_fmllm_base_class") \
+                if isinstance(sub, linear4bit) and not hasattr(type(sub), "_fmllm_base_class") \
                         and traceable_4bit(sub) is None:
                     cls = type(sub)
                     sub.__class__ = classes.setdefault(cls, _compiled_linear_class(cls))
@@ -223,7 +225,8 @@ def compile_decoder_layers(model: Any, *, checkpointing: bool, backend: str = "i
 
 def uncompile_decoder_layers(model: Any) -> None:
     """Back to the eager layers (generation after training: new shapes and a KV cache each step)."""
-    for layer in decoder_layers(model):
+    layers: list[Any] = decoder_layers(model)
+    for layer in layers:
         if not hasattr(layer, "_fmllm_checkpointing"):
             continue
         layer._compiled_call_impl = None
