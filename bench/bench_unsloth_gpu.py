@@ -172,7 +172,7 @@ def make_cases(a: argparse.Namespace) -> list[dict[str, Any]]:
                         raise SystemExit(f"--recipes: {recipe!r} is not one of {', '.join(RECIPES)}")
                     cases.append({"name": f"{model}-s{seq}-b{batch}-{recipe}", "model": model, "recipe": recipe,
                                   "seq": seq, "batch": batch, "ga": a.ga, "steps": a.steps, "dropout": 0.0,
-                                  "optim": "paged_adamw_32bit",
+                                  "optim": a.optim,
                                   "extra_args": {"train_sampling_strategy": "sequential"}})
     return cases
 
@@ -422,6 +422,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--recipes", default=",".join(RECIPES))
     ap.add_argument("--steps", type=int, default=8, help="optimizer steps per run")
     ap.add_argument("--ga", type=int, default=2, help="gradient accumulation (micro-batches per step)")
+    ap.add_argument("--optim", default="paged_adamw_32bit",
+                    help="the configured optimizer of every recipe (fmllm's plan may run a small adapter's "
+                         "32-bit AdamW as torch's fused AdamW: the JSON's recipe says what ran)")
     ap.add_argument("--budget-s", type=float, default=540)
     ap.add_argument("--model-dir", default="/tmp/fmllm-bench-models")
     ap.add_argument("--runs-dir", default="/tmp/fmllm-bench-unsloth-runs")
