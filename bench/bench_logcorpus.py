@@ -1,7 +1,7 @@
 """Log diagnosis on the corpus of real failure logs (tests/data/reallogs): how often it is right.
 
 Usage:
-    python bench/bench_logcorpus.py [--dir tests/data/reallogs] [--json] [--misses fit] [--part fit] [--robust]
+    python bench/bench_logcorpus.py [--dir tests/data/reallogs] [--json] [--misses fit] [--phase-misses fit] [--part fit] [--robust]
 
 Each log ``<id>.log`` has a manifest ``<id>.json`` (source thread, expected_cause,
 acceptable_causes, expected_fix, phase, split "fit" | "heldout"). Patterns are written from the
@@ -87,7 +87,9 @@ class Score:
     first_right: int = 0
     misleading_first: int = 0
     phase_right: int = 0  # the first finding's phase is the manifest's (install/launch count as load)
+    phase_right_any: int = 0  # the same, the first finding being any finding (one naming no cause names a phase too)
     misses: list[dict[str, Any]] = field(default_factory=list)
+    phase_misses: list[dict[str, Any]] = field(default_factory=list)
 
     def pct(self, k: int) -> float:
         return 100.0 * k / self.n if self.n else 0.0
@@ -95,7 +97,7 @@ class Score:
     def to_json(self) -> dict[str, Any]:
         return {"logs": self.n, "recognised": self.recognised, "right_fix": self.right_fix,
                 "first_hit_right": self.first_right, "misleading_first": self.misleading_first,
-                "phase_right": self.phase_right}
+                "phase_right": self.phase_right, "phase_right_any_finding": self.phase_right_any}
 
 
 # manifests name the phase as their threads do; fmllm's phases (logadvice.PHASES) fold these in
@@ -109,11 +111,13 @@ NO_CAUSE = {"log_cut_in_traceback"}
 
 def judge(path: Path, man: dict[str, Any]) -> dict[str, Any]:
     """Scan one log and judge its findings against its manifest."""
-    hits = [h for h in scan_file(path) if h.pattern not in NO_CAUSE]
+    every = scan_file(path)
+    hits = [h for h in every if h.pattern not in NO_CAUSE]
     ok = {man["expected_cause"], *man.get("acceptable_causes", [])}
     got = [h.pattern for h in hits]
     want = _PHASE_ALIASES.get(man.get("phase", ""), man.get("phase"))
-    return {"id": man["id"], "recognised": bool(hits), "phase_right": bool(hits) and hits[0].phase == want, "right_fix": bool(ok & set(got)),
+    return {"id": man["id"], "recognised": bool(hits), "phase_right": bool(hits) and hits[0].phase == want,
+            "phase_right_any": bool(every) and every[0].phase == want, "phase": want, "right_fix": bool(ok & set(got)),
             "first_right": bool(got) and got[0] in ok, "misleading_first": bool(got) and got[0] not in ok,
             "expected": sorted(ok), "got": [(h.pattern, h.line, h.phase) for h in hits[:4]]}
 
@@ -132,8 +136,11 @@ def score(corpus: list[tuple[Path, dict[str, Any]]], split: str) -> Score:
         sc.first_right += r["first_right"]
         sc.misleading_first += r["misleading_first"]
         sc.phase_right += r["phase_right"]
+        sc.phase_right_any += r["phase_right_any"]
         if not r["first_right"]:
             sc.misses.append(r)
+        if not r["phase_right"]:
+            sc.phase_misses.append(r)
     return sc
 
 
@@ -185,6 +192,8 @@ def main() -> int:
     ap.add_argument("--dir", type=Path, default=CORPUS)
     ap.add_argument("--json", action="store_true", help="print the scores as JSON")
     ap.add_argument("--misses", choices=["fit"], help="list the fit logs whose first finding is not right")
+    ap.add_argument("--phase-misses", choices=["fit"],
+                    help="list the fit logs whose first finding's phase is not the manifest's")
     ap.add_argument("--part", choices=SPLITS, help="score only this part (a worker writing patterns scores only fit)")
     ap.add_argument("--robust", action="store_true", help="also paste each fit log the ways people paste logs")
     args = ap.parse_args()
@@ -205,12 +214,16 @@ def main() -> int:
         print(f"{split:8s} {sc.n:4d} logs: recognised {sc.recognised}/{sc.n} ({sc.pct(sc.recognised):.0f}%), "
               f"right fix {sc.right_fix}/{sc.n} ({sc.pct(sc.right_fix):.0f}%), "
               f"first hit right {sc.first_right}/{sc.n} ({sc.pct(sc.first_right):.0f}%), "
-              f"misleading first {sc.misleading_first}; phase of the first finding right {sc.phase_right}/{sc.n}")
+              f"misleading first {sc.misleading_first}; phase of the first finding right {sc.phase_right}/{sc.n} "
+              f"({sc.phase_right_any} counting findings that name no cause)")
     print(f"({secs:.1f}s for {sum(sc.n for sc in scores.values())} logs; targets: >= 95% recognised, >= 90% right fix, "
           ">= 90% first hit right, 0 misleading)")
     if args.misses and args.misses in scores:
         for r in scores[args.misses].misses:
             print(f"  {r['id']}: expected {r['expected']}, got {r['got']}")
+    if args.phase_misses and args.phase_misses in scores:
+        for r in scores[args.phase_misses].phase_misses:
+            print(f"  {r['id']}: phase {r['phase']}, got {r['got'] or 'no finding'}")
     if args.robust:
         for name, (kept, n, lost) in robustness(corpus).items():
             print(f"fit, {name}: first hit still right {kept}/{n}" + (f" (lost: {', '.join(lost)})" if lost else ""))

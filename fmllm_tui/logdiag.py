@@ -411,6 +411,7 @@ _FRAME = re.compile(
 _EXC = re.compile(
     r"^(?:[A-Za-z_]\w*\.)*(?P<type>(?:[A-Z]\w*)?(?:Error|Exception|Exit|Interrupt|Failure|Invalid|Iteration)|KeyboardInterrupt)(?::\s?(?P<msg>.*))?$"
 )
+_FUNC_REST = re.compile(r"^ ?[\w<>.]+$")  # the rest of a frame's function name after a wrap
 _SPAN_PATTERNS = [p for p in PATTERNS if p.span]
 _CHAIN = ("During handling of the above exception", "The above exception was the direct cause")
 _BAR_ANY = re.compile(r"(?P<desc>[A-Za-z][\w ()=.,-]*?)?:?\s*(?P<pct>\d{1,3})%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)")
@@ -442,8 +443,15 @@ _PHASE_FUNCS = {
              "prepare_model_for_kbit_training", "_load_state_dict_into_model", "get_peft_model", "load_shard_file",
              "_materialize_copy", "create_quantized_param", "convert_and_load_state_dict_in_model", "load_model_and_tokenizer",
              "_load_from_checkpoint", "load_adapter"},
-    "training": {"training_step", "_inner_training_loop", "compute_loss", "backward", "train_step", "optimizer_step"},
+    # building the optimizer (DeepSpeed's engine, the Trainer's create_optimizer) starts training: a
+    # failure there, before any step finished, is the first step's
+    "training": {"training_step", "_inner_training_loop", "compute_loss", "backward", "train_step", "optimizer_step",
+                 "create_optimizer", "create_optimizer_and_scheduler", "_configure_optimizer",
+                 "_configure_zero_optimizer", "_configure_basic_optimizer"},
 }
+# a model's forward with no frame naming the phase: a step of some kind (training unless a banner or
+# bar says eval/predict/generation), never loading
+_FORWARD_FUNCS = {"forward", "_call_impl", "_wrapped_call_impl", "new_forward"}
 _PHASE_ORDER = ("merge", "generation", "save", "predict", "eval", "load", "training")
 _LOSS_FUNCS = {"cross_entropy", "log_softmax", "_log_softmax", "nll_loss", "ForCausalLMLoss", "fixed_cross_entropy",
                "loss_function", "cross_entropy_loss", "softmax_cross_entropy"}
@@ -647,6 +655,7 @@ class _Engine:
         self.vocab_from_log: int | None = None
         self.match_cache: dict[str, list[tuple[Pattern, re.Match[str]]]] = {}
         self.prev_frame_line: dict[str, int] = {}
+        self.prev_frame_len: dict[str, int] = {}  # the last frame line's length: a long one may be wrapped
         self.watermark = -1  # highest byte offset already processed
 
     # ---- state updates ------------------------------------------------------------------
@@ -737,6 +746,8 @@ class _Engine:
             evidence.append((self.losses[-1].line, "training"))
         if evidence:
             return self._first_step(max(evidence)[1])
+        if funcs & _FORWARD_FUNCS:
+            return self._first_step("training")
         return default or "load"
 
     def _bar_phase(self, bar: _Bar) -> str | None:
@@ -792,6 +803,9 @@ class _Engine:
                                           indent=max(0, len(body) - len(body.lstrip()) - 2))
             tb.frames.append(_frame_of(fm))
             self.prev_frame_line[rank] = line_no
+            self.prev_frame_len[rank] = len(body)
+            return True, False
+        if self._wrapped_func(tb, rank, body, line_no):
             return True, False
         indent = len(body) - len(body.lstrip())
         if tb is not None and tb.open and tb.indent and indent == tb.indent and _EXC.match(body.strip()):
@@ -810,6 +824,21 @@ class _Engine:
                 tb.closed_at = line_no
                 return False, True
         return False, False
+
+    def _wrapped_func(self, tb: _Tb | None, rank: str, body: str, line_no: int) -> bool:
+        """A frame line a terminal wrapped inside its function name ('..., in _configur' then
+        'e_optimizer'): the rest joins the frame's function, so the phase it names is read."""
+        if tb is None or not tb.open or not tb.frames or self.prev_frame_line.get(rank) != line_no - 1 \
+                or self.prev_frame_len.get(rank, 0) < WRAP_MIN or not _FUNC_REST.match(body):
+            return False
+        fr = tb.frames[-1]
+        if fr.func == "?":  # cut right after ', in': the whole name is on this line
+            fr.func = body.strip()
+        elif not body[:1].isspace():
+            fr.func += body
+        else:
+            return False
+        return True
 
     # ---- hits ---------------------------------------------------------------------------
     def add(self, pid: str, key: str, line_no: int, excerpt: str, cause: str, severity: str,

@@ -857,3 +857,43 @@ def test_a_headerless_traceback_with_no_other_trigger_is_still_read() -> None:
              "    self.save_model(output_dir, _internal_call=True)"]
     h = scan_lines(lines)[0]
     assert (h.pattern, h.phase, h.values["frames"]) == ("log_cut_in_traceback", "save", 3)
+
+
+def test_building_the_optimizer_is_the_first_step_not_loading() -> None:
+    # DeepSpeed builds its ZeRO optimizer (and JIT-compiles its op) in accelerator.prepare, after loading
+    lines = ["Traceback (most recent call last):",
+             '  File "train.py", line 101, in main',
+             "    model, optimizer = accelerator.prepare(model, optimizer)",
+             '  File "/x/site-packages/deepspeed/runtime/engine.py", line 1167, in _configure_optimizer',
+             "    self.optimizer = self._configure_zero_optimizer(basic_optimizer)",
+             "ImportError: /root/.cache/torch_extensions/py38_cu117/utils/utils.so: cannot open shared object file: "
+             "No such file or directory"]
+    h = scan_lines(lines)[0]
+    assert (h.pattern, h.phase) == ("shared_lib_missing", "first_step")
+
+
+def test_a_model_forward_with_no_other_frame_is_a_step_not_loading() -> None:
+    lines = ["Traceback (most recent call last):",
+             '  File "/x/site-packages/transformers/models/t5/modeling_t5.py", line 1722, in forward',
+             "    lm_logits = self.lm_head(sequence_output)",
+             '  File "/x/site-packages/torch/nn/modules/linear.py", line 114, in forward',
+             "    return F.linear(input, self.weight, self.bias)"]  # the excerpt ends before the error line
+    h = scan_lines(lines)[0]
+    assert (h.pattern, h.phase) == ("log_cut_in_traceback", "first_step")
+    # the same forward under a training bar that has moved on is a later training step
+    assert scan_lines([" 40%|████      | 40/100 [00:40<01:00,  1.00it/s]", *lines])[0].phase == "training"
+
+
+def test_a_frame_wrapped_inside_its_function_name_still_names_the_phase() -> None:
+    # a terminal 112 columns wide cut '..., in _configure_optimizer' after 'in' and '_prepare_deepspeed' after '_'
+    pre = '  File "/root/anaconda3/envs/mabing_py38/lib/python3.8/site-packages/'
+    lines = ["Traceback (most recent call last):",
+             pre + 'accelerate/accelerator.py", line 1367, in _',
+             "prepare_deepspeed",
+             "    engine, optimizer, _, lr_scheduler = deepspeed.initialize(**kwargs)",
+             pre + 'deepspeed/runtime/engine.py", line 1167, in',
+             " _configure_optimizer",
+             "    self.optimizer = self._configure_zero_optimizer(basic_optimizer)"]
+    h = scan_lines(lines)[0]
+    assert (h.pattern, h.phase) == ("log_cut_in_traceback", "first_step")
+    assert h.values["last_frame"].endswith("engine.py:1167 in _configure_optimizer")
