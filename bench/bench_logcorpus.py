@@ -13,8 +13,9 @@ Per part it prints:
 - right fix: some finding's id is the expected cause or an acceptable one;
 - first hit right: the first-ranked finding is one of those;
 - misleading first: the first-ranked finding exists and is not one of those.
-A finding that names no cause (``log_cut_in_traceback``: the excerpt ends before its error line)
-counts as neither.
+A finding that names no cause (``log_cut_in_traceback``: the excerpt ends before its error line; a
+launcher's report of failed ranks whose ``root_error_in_log`` is False: the excerpt starts after the
+rank's own error) counts as neither.
 Targets (issue 21): >= 95% recognised, >= 90% right fix, >= 90% first hit right, 0 misleading.
 
 ``--robust`` pastes each fit log the ways people paste logs (without the traceback header, without
@@ -109,10 +110,16 @@ _PHASE_ALIASES = {"install": "load", "launch": "load", "train": "training", "loa
 NO_CAUSE = {"log_cut_in_traceback"}
 
 
+def names_cause(h: Any) -> bool:
+    """Whether a finding names a cause: not a note that the excerpt ends before its error line, nor a
+    launcher's report that says the error that stopped the run is not in the text."""
+    return h.pattern not in NO_CAUSE and h.values.get("root_error_in_log") is not False
+
+
 def judge(path: Path, man: dict[str, Any]) -> dict[str, Any]:
     """Scan one log and judge its findings against its manifest."""
     every = scan_file(path)
-    hits = [h for h in every if h.pattern not in NO_CAUSE]
+    hits = [h for h in every if names_cause(h)]
     ok = {man["expected_cause"], *man.get("acceptable_causes", [])}
     got = [h.pattern for h in hits]
     want = _PHASE_ALIASES.get(man.get("phase", ""), man.get("phase"))
@@ -180,7 +187,7 @@ def robustness(corpus: list[tuple[Path, dict[str, Any]]]) -> dict[str, tuple[int
         lost = []
         for path, man in right:
             hits = [h for h in scan_lines(paste(path.read_text(encoding="utf-8", errors="replace").splitlines()))
-                    if h.pattern not in NO_CAUSE]
+                    if names_cause(h)]
             if not hits or hits[0].pattern not in {man["expected_cause"], *man.get("acceptable_causes", [])}:
                 lost.append(man["id"])
         out[name] = (len(right) - len(lost), len(right), lost)

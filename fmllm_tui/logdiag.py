@@ -35,6 +35,7 @@ from fmllm_tui.logpatterns import (
     FIX_DTYPE_FP16_OFF,
     FIX_LR,
     FIX_OTHER_PROCESS,
+    FIX_READ_FIRST_RANK,
     PATTERNS,
     SIZE,
     Pattern,
@@ -411,6 +412,7 @@ _FRAME = re.compile(
 _EXC = re.compile(
     r"^(?:[A-Za-z_]\w*\.)*(?P<type>(?:[A-Z]\w*)?(?:Error|Exception|Exit|Interrupt|Failure|Invalid|Iteration)|KeyboardInterrupt)(?::\s?(?P<msg>.*))?$"
 )
+_LAUNCHER_REPORTS = {"ranks_failed", "launcher_failed"}  # a launcher saying its process failed, not why
 _FUNC_REST = re.compile(r"^ ?[\w<>.]+$")  # the rest of a frame's function name after a wrap
 _SPAN_PATTERNS = [p for p in PATTERNS if p.span]
 _CHAIN = ("During handling of the above exception", "The above exception was the direct cause")
@@ -1012,6 +1014,7 @@ class _Engine:
             self.hits.setdefault(key, h)
         self._loss_findings()
         self._cut_in_traceback()
+        self._root_not_shown()
         out = list(self.hits.values())
         present = frozenset(h.pattern for h in out)
         out.sort(key=lambda h: (*rank_key(h.pattern, h.severity, h.line, present), h.pattern))
@@ -1030,6 +1033,20 @@ class _Engine:
         self.add(pat.id, "", self.prev_frame_line.get(rank, tb.start), f'File "{last.file}", line {last.line}, in {last.func}',
                  pat.cause, pat.severity, pat.fix, {"frames": len(tb.frames), "last_frame": f"{last.file}:{last.line} in {last.func}"},
                  self.phase(tb.frames))
+
+    def _root_not_shown(self) -> None:
+        """A log whose only errors are launchers' reports (failed ranks, a non-zero exit) with no
+        rank's error read and no signal that names a cause: the excerpt starts after the error that
+        stopped the run. Say so (``root_error_in_log`` False) rather than let the report pass for a
+        cause; a person reads the first rank's output above it."""
+        errs = [h for h in self.hits.values() if h.severity == "error" or h.pattern in _LAUNCHER_REPORTS]
+        if not errs or any(h.pattern not in _LAUNCHER_REPORTS or h.values.get("first_error")
+                           or h.fix not in (None, FIX_READ_FIRST_RANK) for h in errs):
+            return
+        for h in errs:
+            h.values["root_error_in_log"] = False
+            h.cause += ("; the error that stopped the run is not in this text (it starts after it): "
+                        "the first failed rank's output above the launcher's report names it")
 
     def _loss_findings(self) -> None:
         """The findings the logged losses make: NaN, then exactly 0, then flat at ln(vocab)."""

@@ -151,6 +151,8 @@ FIX_NCCL = fix(
     "raise ddp_timeout, and on PCIe consumer GPUs keep NCCL P2P to NVLink",
     shell="export NCCL_DEBUG=INFO NCCL_P2P_LEVEL=NVL",
 )
+#: A launcher's report of failed ranks names no cause: the first rank's own error does.
+FIX_READ_FIRST_RANK = fix(None, "read the first failed rank's own error above this report: the others died because it did")
 FIX_HOST_RAM = fix(
     None,
     "the machine ran out of RAM and the kernel killed the process: fewer dataloader/preprocessing "
@@ -513,7 +515,7 @@ def _x_child_failed(m: re.Match[str], ctx: Any) -> dict[str, Any]:
         cause += f"; rank {root} failed first"
         if root_code is not None:
             cause += f" with exit code {root_code}"
-    fx: Fix | None = fix(None, "read the first failed rank's own error above this report: the others died because it did")
+    fx: Fix | None = FIX_READ_FIRST_RANK
     extra: list[tuple[str, dict[str, Any]]] = []
     if root_code == -9 or "SIGKILL" in sigs:
         cause += ": SIGKILL, almost always the Linux OOM killer (host RAM ran out)"

@@ -897,3 +897,19 @@ def test_a_frame_wrapped_inside_its_function_name_still_names_the_phase() -> Non
     h = scan_lines(lines)[0]
     assert (h.pattern, h.phase) == ("log_cut_in_traceback", "first_step")
     assert h.values["last_frame"].endswith("engine.py:1167 in _configure_optimizer")
+
+
+def test_a_launcher_tail_alone_says_the_error_is_not_in_the_text() -> None:
+    tail = ['  File "/x/site-packages/torch/distributed/launcher/api.py", line 263, in launch_agent',
+            "    raise ChildFailedError(",
+            "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
+            "============================================================",
+            "/home/u/LLaMA-Factory/src/llamafactory/launcher.py FAILED"]
+    h = scan_lines(tail)[0]
+    assert h.pattern == "ranks_failed" and h.values["root_error_in_log"] is False
+    assert "not in this text" in h.cause
+    # with the rank's own error above the report, that error is the finding and the report is not marked
+    oom = "[rank1]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 270.00 MiB."
+    got = scan_lines([oom, *tail])
+    assert got[0].pattern.startswith("cuda_oom") or got[0].pattern == "model_too_big_per_card"
+    assert all("root_error_in_log" not in h.values for h in got)
