@@ -165,9 +165,9 @@ def data_report(loaded):
 
 
 @pytest.fixture(scope="session")
-def planned_seq_len(loaded, data_report) -> tuple[int, str | None]:
-    """The sequence length every check plans for (fitsearch.planning_seq_len: the data's longest
-    example when known, else max_seq_length), and why when it is not max_seq_length."""
+def seq_plan(loaded, data_report) -> tuple[int, str | None]:
+    """(planned_seq_len, why): the sequence length every check plans for (fitsearch.planning_seq_len:
+    the data's longest example when known, else max_seq_length), and why when it is not max_seq_length."""
     from fmllm_tui.datafile import lengths_of
     from fmllm_tui.fitsearch import planning_seq_len
 
@@ -175,7 +175,7 @@ def planned_seq_len(loaded, data_report) -> tuple[int, str | None]:
     return planning_seq_len(loaded.view.training.max_seq_length, lengths)
 
 
-def _mode(view, inventory, arch=None, budget=None, seq_len=None) -> tuple[str, int]:
+def _mode(view, inventory, arch=None, budget=None, planned_seq_len=None) -> tuple[str, int]:
     """The mode the runner will use (fmllm_tui.multigpu.plan_mode), for the prediction."""
     from fmllm_tui.multigpu import DistributedError, plan_mode
 
@@ -185,7 +185,7 @@ def _mode(view, inventory, arch=None, budget=None, seq_len=None) -> tuple[str, i
         from fmllm_tui import memory
 
         try:
-            fits = memory.predict(view, arch, seq_len=seq_len).peak_process_bytes <= budget
+            fits = memory.predict(view, arch, seq_len=planned_seq_len).peak_process_bytes <= budget
         except (ValueError, memory.ArchitectureError):
             fits = None
     try:
@@ -207,7 +207,7 @@ class FitPlan:
 
 
 @pytest.fixture(scope="session")
-def fit_plan(loaded, target, architecture, data_report, inventory, planned_seq_len) -> FitPlan:
+def fit_plan(loaded, target, architecture, data_report, inventory, seq_plan) -> FitPlan:
     """The fit search for the config on the target (skips when the architecture is unknown)."""
     from fmllm_tui import fitsearch
     from fmllm_tui.datafile import lengths_of
@@ -216,7 +216,7 @@ def fit_plan(loaded, target, architecture, data_report, inventory, planned_seq_l
     if arch is None:
         pytest.skip("the model's architecture is unknown (see model.available), so its memory cannot be predicted")
     v = loaded.view
-    mode, n = _mode(v, inventory, arch, target.budget_bytes, planned_seq_len[0])
+    mode, n = _mode(v, inventory, arch, target.budget_bytes, seq_plan[0])
     if mode == "fsdp":
         from fmllm_tui.multigpu import fsdp_view
 

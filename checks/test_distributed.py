@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fmllm_tui.checks._plugin import check, planned_fix
 
-from fmllm_tui.findings import Fix
+from fmllm_tui.findings import Change, Fix
 from fmllm_tui.units import gib
 
 NCCL_FIX = Fix(id="gpu.nccl", shell="pip install --force-reinstall torch --index-url https://download.pytorch.org/whl/cu124",
@@ -22,20 +22,40 @@ def _local_devices(inventory: Any) -> list[Any]:
     return list(inventory.devices) if inventory.ok and inventory.devices else []
 
 
-def _change(key: str, old: Any, new: Any, why: str) -> dict[str, Any]:
-    return {"key": key, "from": old, "to": new, "why": why}
+def _short_gpus(report: Any, view: Any, arch: dict[str, Any], devices: list[Any], mode: str, n: int) -> str | None:
+    """The GPUs of a ``mode`` (ddp or fsdp) launch of ``n`` processes whose free memory is short of
+    the plan's per-GPU peak plus fmllm's margin, in words (None when every one has room)."""
+    from fmllm_tui import fitsearch, memory
+    from fmllm_tui import multigpu as dist
+
+    per = memory.predict(dist.fsdp_view(view) if mode == "fsdp" else view, arch, mode=mode, n_gpus=n)
+    report.set(per_gpu_peak_bytes=per.peak_process_bytes)
+    used = devices[: max(1, n // max(1, view.fmllm.distributed.num_machines))]
+    short = [dv for dv in used if per.peak_process_bytes > dv.free_bytes - fitsearch.default_margin(dv.free_bytes)]
+    if not short:
+        return None
+    which = (f"GPU {short[0].index} has {_gib(short[0].free_bytes)} free" if len(short) == 1 else
+             "GPUs " + ", ".join(str(dv.index) for dv in short) + " have "
+             + ", ".join(_gib(dv.free_bytes) for dv in short) + " free")
+    others = ", ".join(f"PID {p.pid} {p.name} {_gib(p.used_bytes)} on GPU {dv.index}"
+                       for dv in short for p in dv.processes)
+    return (f"{which} but the {mode} plan needs {_gib(per.peak_process_bytes)} per GPU plus fmllm's "
+            "margin (see config.multi_gpu_fit)" + (f"; other processes hold memory there: {others}" if others else ""))
 
 
-def _fix(loaded: Any, changes: list[dict[str, Any]]) -> Fix | None:
+def _change(key: str, old: Any, new: Any, why: str) -> Change:
+    return Change(key=key, to=new, from_=old, comment=why)
+
+
+def _fix(loaded: Any, changes: list[Change]) -> Fix | None:
     if not changes:
         return None
-    lines = "; ".join(f"{c['key']} {c['from']} -> {c['to']} ({c['why']})" for c in changes)
+    lines = "; ".join(f"{c.key} {c.from_} -> {c.to} ({c.comment})" for c in changes)
     return planned_fix(loaded, "memory.fit", {"changes": changes}, summary=lines)
 
 
 @check("gpu.count", "GPUs for the planned mode: count, free memory, NCCL", "gpu")
 def test_gpu_count(report, loaded, inventory, planning, architecture):
-    from fmllm_tui import fitsearch, memory
     from fmllm_tui import multigpu as dist
     from fmllm_tui.runner.distributed import (
         nccl_probe,  # a hardware probe (a child with torch), not planning
@@ -67,19 +87,9 @@ def test_gpu_count(report, loaded, inventory, planning, architecture):
     problems: list[str] = []
     fix: Fix | None = None
     if mode in ("ddp", "fsdp") and arch is not None:
-        per = memory.predict(dist.fsdp_view(view) if mode == "fsdp" else view, arch, mode=mode, n_gpus=n)
-        report.set(per_gpu_peak_bytes=per.peak_process_bytes)
-        used = devices[: max(1, n // max(1, d.num_machines))]
-        short = [dv for dv in used if per.peak_process_bytes > dv.free_bytes - fitsearch.default_margin(dv.free_bytes)]
+        short = _short_gpus(report, view, arch, devices, mode, n)
         if short:
-            which = (f"GPU {short[0].index} has {_gib(short[0].free_bytes)} free" if len(short) == 1 else
-                     "GPUs " + ", ".join(str(dv.index) for dv in short) + " have "
-                     + ", ".join(_gib(dv.free_bytes) for dv in short) + " free")
-            others = ", ".join(f"PID {p.pid} {p.name} {_gib(p.used_bytes)} on GPU {dv.index}"
-                               for dv in short for p in dv.processes)
-            problems.append(f"{which} but the {mode} plan needs {_gib(per.peak_process_bytes)} per GPU plus fmllm's "
-                            "margin (see config.multi_gpu_fit)"
-                            + (f"; other processes hold memory there: {others}" if others else ""))
+            problems.append(short)
     nccl: dict[str, Any] | None = None
     if len(devices) > 1:
         # Only here: the probe imports torch in a child (seconds), and one GPU needs no NCCL.
@@ -101,7 +111,7 @@ def test_gpu_count(report, loaded, inventory, planning, architecture):
 
 
 @check("config.multi_gpu_fit", "The model fits one GPU, or several with FSDP", "memory")
-def test_multi_gpu_fit(report, loaded, inventory, planning, architecture, request, planned_seq_len):
+def test_multi_gpu_fit(report, loaded, inventory, planning, architecture, request, seq_plan):
     from fmllm_tui import fitsearch, memory
     from fmllm_tui import multigpu as dist
 
@@ -110,7 +120,33 @@ def test_multi_gpu_fit(report, loaded, inventory, planning, architecture, reques
         report.skip("the model's architecture is unknown (see model.available), so its memory cannot be predicted")
     view = loaded.view
     d = view.fmllm.distributed
-    devices = _local_devices(inventory)
+    budget, where, available, planned = _fit_target(report, request, d, _local_devices(inventory), planning)
+    margin = fitsearch.default_margin(budget)
+    # The same sequence length config.fit plans for (the data's longest example when known).
+    planned_seq_len, seq_why = seq_plan
+    single = memory.predict(view, arch, mode="single", seq_len=planned_seq_len)
+    report.set(single_gpu_peak_bytes=single.peak_process_bytes, budget_bytes=budget, margin_bytes=margin,
+               gpus_available=available, planning=planned, architecture_source=source, mode=d.mode,
+               cpu_offload=d.cpu_offload, planned_seq_len=planned_seq_len)
+    one = (f"predicted single-GPU peak {_gib(single.peak_process_bytes)}, {_gib(budget)} available on {where}"
+           + (f"; {seq_why}" if seq_why else ""))
+    if single.peak_process_bytes <= budget - margin:
+        _fits_one_card(report, loaded, d, one, available)
+    one_card_fix = _one_card_fit(request, d)
+    if one_card_fix is not None:
+        report.set(fits_one_card_after_fit_changes=True)
+        report.ok(f"fits one card with config.fit's changes ({one_card_fix}); as the config is: {one}")
+    plan = dist.shard_search(view, arch, budget, available, planned_seq_len=planned_seq_len)
+    if plan is None:
+        report.fail(f"will not fit one card ({one}), nor {dist.MAX_PLAN_GPUS} such GPUs with FSDP and CPU offload. "
+                    "Use a smaller model (fmllm-check --recommend) or GPUs with more memory.")
+    _fits_with_fsdp(report, loaded, arch, plan, one=one, budget=budget, available=available, planned=planned)
+
+
+def _fit_target(report: Any, request: pytest.FixtureRequest, d: Any, devices: list[Any],
+                planning: Any) -> tuple[int, str, int, bool]:
+    """What config.multi_gpu_fit plans for: (the budget of one GPU, its name, the GPUs available
+    over every machine, whether it is a planned target rather than this machine's GPUs)."""
     planned = any(planning) or not devices
     if planned:
         try:
@@ -123,36 +159,33 @@ def test_multi_gpu_fit(report, loaded, inventory, planning, architecture, reques
         budget = min(dv.free_bytes for dv in devices)
         where = devices[0].name if len(devices) == 1 else f"the smallest free of {len(devices)} GPUs"
         per_machine = len(devices)
-    available = per_machine * d.num_machines
-    margin = fitsearch.default_margin(budget)
-    # The same sequence length config.fit plans for (the data's longest example when known).
-    seq_len, seq_why = planned_seq_len
-    single = memory.predict(view, arch, mode="single", seq_len=seq_len)
-    fits_one = single.peak_process_bytes <= budget - margin
-    report.set(single_gpu_peak_bytes=single.peak_process_bytes, budget_bytes=budget, margin_bytes=margin,
-               gpus_available=available, planning=planned, architecture_source=source, mode=d.mode,
-               cpu_offload=d.cpu_offload, planned_seq_len=seq_len)
-    one = (f"predicted single-GPU peak {_gib(single.peak_process_bytes)}, {_gib(budget)} available on {where}"
-           + (f"; {seq_why}" if seq_why else ""))
-    if fits_one:
-        if d.mode == "fsdp" and available > 1:
-            fix = _fix(loaded, [_change("fmllm.distributed.mode", "fsdp", "ddp",
-                                        "the model fits one GPU: DDP skips FSDP's per-layer gathering")])
-            report.warn(f"fits one card ({one}): FSDP gathers every layer from the other GPUs at every step; DDP "
-                        "trains faster when the whole model fits each GPU.", fix)
-        report.ok(f"fits one card: {one}" + ("; auto trains with DDP over the "
-                                             f"{available} GPUs" if d.mode == "auto" and available > 1 else ""))
-    one_card_fix = _one_card_fit(request, d)
-    if one_card_fix is not None:
-        report.set(fits_one_card_after_fit_changes=True)
-        report.ok(f"fits one card with config.fit's changes ({one_card_fix}); as the config is: {one}")
-    plan = dist.shard_search(view, arch, budget, available, seq_len=seq_len)
-    if plan is None:
-        report.fail(f"will not fit one card ({one}), nor {dist.MAX_PLAN_GPUS} such GPUs with FSDP and CPU offload. "
-                    "Use a smaller model (fmllm-check --recommend) or GPUs with more memory.")
+    return budget, where, per_machine * d.num_machines, planned
+
+
+def _fits_one_card(report: Any, loaded: Any, d: Any, one: str, available: int) -> None:
+    """End config.multi_gpu_fit for a model that fits one GPU (a warning when FSDP was asked for
+    over several: DDP is faster then)."""
+    if d.mode == "fsdp" and available > 1:
+        fix = _fix(loaded, [_change("fmllm.distributed.mode", "fsdp", "ddp",
+                                    "the model fits one GPU: DDP skips FSDP's per-layer gathering")])
+        report.warn(f"fits one card ({one}): FSDP gathers every layer from the other GPUs at every step; DDP "
+                    "trains faster when the whole model fits each GPU.", fix)
+    report.ok(f"fits one card: {one}" + ("; auto trains with DDP over the "
+                                         f"{available} GPUs" if d.mode == "auto" and available > 1 else ""))
+
+
+def _fits_with_fsdp(report: Any, loaded: Any, arch: dict[str, Any], plan: Any, *, one: str, budget: int,
+                    available: int, planned: bool) -> None:
+    """End config.multi_gpu_fit for a model that needs FSDP's ``plan`` (a multigpu.ShardPlan):
+    a failure when the GPUs are too few or the config would not run that plan, else the
+    per-GPU peak of what the runner will do."""
+    from fmllm_tui import memory
+    from fmllm_tui import multigpu as dist
+
+    view = loaded.view
+    d = view.fmllm.distributed
     report.set(fsdp_gpus=plan.n_gpus, fsdp_cpu_offload=plan.cpu_offload, fsdp_per_gpu_peak_bytes=plan.per_gpu_peak_bytes,
                fsdp_within_available=plan.within_available)
-    head = f"will not fit one card ({one}) but fits {plan.n_gpus} with {plan.describe()}"
     if not plan.within_available:
         # Never a fix for more processes than the target has GPUs: a named card is one GPU unless
         # fmllm.distributed.num_processes says how many there are.
@@ -162,7 +195,20 @@ def test_multi_gpu_fit(report, loaded, inventory, planning, architecture, reques
         report.fail(f"will not fit one card ({one}); it needs {plan.describe()} and {have}. Use "
                     f"{plan.n_gpus} such GPUs, a smaller model (fmllm-check --recommend, or the card's preset: "
                     "fmllm-check --list-presets), or GPUs with more memory.")
-    # What the runner would do with the config as it is (plan_mode's rules).
+    runner_n, changes = _fsdp_changes(d, plan, available, planned)
+    if changes:
+        report.fail(f"will not fit one card ({one}) but fits {plan.n_gpus} with {plan.describe()}.",
+                    _fix(loaded, changes))
+    per = memory.predict(dist.fsdp_view(view), arch, mode="fsdp", n_gpus=max(runner_n, 2))
+    report.set(runner_gpus=runner_n, runner_per_gpu_peak_bytes=per.peak_process_bytes, peak_phase=per.peak_phase,
+               training_peak_bytes=per.phase_peaks.get("training", per.peak_process_bytes))
+    report.ok(f"does not fit one card ({one}); FSDP over {runner_n} GPUs" + (" with CPU offload" if d.cpu_offload else "")
+              + f": per-GPU peak {_gib(per.peak_process_bytes)} ({per.peak_phase}) of {_gib(budget)}")
+
+
+def _fsdp_changes(d: Any, plan: Any, available: int, planned: bool) -> tuple[int, list[Change]]:
+    """The processes the runner would start with the config as it is (plan_mode's rules), and
+    the changes of fmllm.distributed that make it run FSDP's ``plan``."""
     runner_n = d.num_processes or available
     runner_fsdp = runner_n > 1 and (d.mode == "fsdp" or (d.mode == "auto" and not planned))
     runner_n = runner_n if runner_fsdp else 1
@@ -176,14 +222,7 @@ def test_multi_gpu_fit(report, loaded, inventory, planning, architecture, reques
     if plan.cpu_offload and not d.cpu_offload:
         changes.append(_change("fmllm.distributed.cpu_offload", d.cpu_offload, True,
                                "parameters wait in host RAM between uses (see host.offload_ram)"))
-    if changes:
-        report.fail(f"{head}.", _fix(loaded, changes))
-    per = memory.predict(dist.fsdp_view(view), arch, mode="fsdp", n_gpus=max(runner_n, 2))
-    report.set(runner_gpus=runner_n, runner_per_gpu_peak_bytes=per.peak_process_bytes, peak_phase=per.peak_phase,
-               training_peak_bytes=per.phase_peaks.get("training", per.peak_process_bytes))
-    head = (f"does not fit one card ({one}); FSDP over {runner_n} GPUs" + (" with CPU offload" if d.cpu_offload else "")
-            + f": per-GPU peak {_gib(per.peak_process_bytes)} ({per.peak_phase}) of {_gib(budget)}")
-    report.ok(f"{head}")
+    return runner_n, changes
 
 
 def _one_card_fit(request: pytest.FixtureRequest, d: Any) -> str | None:
@@ -199,7 +238,17 @@ def _one_card_fit(request: pytest.FixtureRequest, d: Any) -> str | None:
     if plan.mode != "single" or not fit.fits or fit.fits_now or not fit.changes:
         return None
     return (f"predicted {_gib(fit.prediction_after.peak_process_bytes)} after "
-            + ", ".join(f"{c['key']} {c['from']} -> {c['to']}" for c in fit.changes))
+            + ", ".join(f"{c.key} {c.from_} -> {c.to}" for c in fit.changes))
+
+
+def _fsdp_host(report: Any, architecture: Any, inventory: Any, d: Any, unknown: str) -> tuple[Any, list[Any], int]:
+    """The model's config.json (the check skips, saying ``unknown``, without it), this machine's
+    GPUs, and the FSDP processes this machine runs (fmllm.distributed's, else one a GPU, else 2)."""
+    arch, _ = architecture
+    if arch is None:
+        report.skip(unknown)
+    devices = _local_devices(inventory)
+    return arch, devices, (d.num_processes // d.num_machines) if d.num_processes else (len(devices) or 2)
 
 
 @check("host.load_ram", "Host RAM for FSDP's loading", "host", severity="warning")
@@ -212,10 +261,8 @@ def test_load_ram(report, loaded, architecture, inventory):
     d = view.fmllm.distributed
     if d.mode in ("single", "ddp"):
         report.skip(f"FSDP loads the model into CPU RAM first; mode is {d.mode}, which loads it onto each GPU")
-    arch, _ = architecture
-    if arch is None:
-        report.skip("the model's architecture is unknown, so its size in RAM cannot be estimated")
-    devices = _local_devices(inventory)
+    arch, devices, here = _fsdp_host(report, architecture, inventory, d,
+                                     "the model's architecture is unknown, so its size in RAM cannot be estimated")
     if d.mode == "auto":
         # What the launch would pick here (plan_mode): FSDP only for a model that does not fit one
         # of several GPUs.
@@ -226,7 +273,6 @@ def test_load_ram(report, loaded, architecture, inventory):
             report.skip(f"mode auto cannot plan a launch here ({e}); see gpu.count")
         if mode != "fsdp":
             report.skip(f"mode auto plans {mode} here ({why}), which loads onto each GPU")
-    here = (d.num_processes // d.num_machines) if d.num_processes else (len(devices) or 2)
     need = dist.load_host_ram_bytes(view, arch, here)
     vm, swap = psutil.virtual_memory(), psutil.swap_memory()
     report.set(needed_bytes=need, available_bytes=vm.available, total_bytes=vm.total, swap_free_bytes=swap.free,
@@ -258,11 +304,8 @@ def test_offload_ram(report, loaded, architecture, inventory):
         report.skip("fmllm.distributed.cpu_offload is off: FSDP keeps the parameters on the GPUs")
     if d.mode in ("single", "ddp"):
         report.skip(f"fmllm.distributed.cpu_offload applies to FSDP; mode is {d.mode}, so nothing is offloaded")
-    arch, _ = architecture
-    if arch is None:
-        report.skip("the model's architecture is unknown, so the offloaded size cannot be estimated")
-    devices = _local_devices(inventory)
-    here = (d.num_processes // d.num_machines) if d.num_processes else (len(devices) or 2)
+    arch, devices, here = _fsdp_host(report, architecture, inventory, d,
+                                     "the model's architecture is unknown, so the offloaded size cannot be estimated")
     low, high = dist.offload_host_ram_bytes(arch, here)
     vm, swap = psutil.virtual_memory(), psutil.swap_memory()
     report.set(needed_low_bytes=low, needed_high_bytes=high, available_bytes=vm.available, total_bytes=vm.total,

@@ -149,9 +149,9 @@ def fsdp_view(view: Any, cpu_offload: bool | None = None) -> Any:
 
 def shard_search(view: Any, arch: dict[str, Any], budget_per_gpu: int, n_available: int, *,
                  allow_offload: bool = True, max_gpus: int = MAX_PLAN_GPUS,
-                 seq_len: int | None = None) -> ShardPlan | None:
+                 planned_seq_len: int | None = None) -> ShardPlan | None:
     """The cheapest FSDP plan whose per-GPU prediction fits ``budget_per_gpu`` less the margin
-    (at ``seq_len`` tokens per example: fitsearch.planning_seq_len; default max_seq_length).
+    (at ``planned_seq_len`` tokens per example: fitsearch.planning_seq_len; default max_seq_length).
 
     Preference: without offload on the GPUs available, then with offload on them, then the
     same beyond what is available (``within_available`` False: more GPUs are needed). Fewer
@@ -168,7 +168,7 @@ def shard_search(view: Any, arch: dict[str, Any], budget_per_gpu: int, n_availab
     for counts, within in ranges:
         for off in offloads:
             for n in counts:
-                pred = memory.predict(views[off], arch, mode="fsdp", n_gpus=n, seq_len=seq_len)
+                pred = memory.predict(views[off], arch, mode="fsdp", n_gpus=n, seq_len=planned_seq_len)
                 if pred.peak_process_bytes <= limit:
                     return ShardPlan(n, off, pred.peak_process_bytes, budget_per_gpu, margin, within, pred)
     return None
