@@ -950,7 +950,8 @@ class _Engine:
                         values.setdefault("raised_in", f"{c['file']}:{c['line']} in {c['function']}")
                 sev = r.get("severity", pat.severity)
                 self.add(pid, str(r.get("key", "")), line_no, r.get("excerpt", text), cause, sev,
-                         r.get("fix", pat.fix), values, values.get("phase") or ctx.phase(pat.phase or None))
+                         r.get("fix", pat.fix), values,
+                         r.get("phase") or values.get("phase") or ctx.phase(r.get("default_phase") or pat.phase or None))
                 if sev == "error" or closes:
                     explained = True  # a specific pattern on the exception line itself explains it
         if explained and chain is not None:
@@ -1286,13 +1287,13 @@ def _oom_side_findings(v: dict[str, Any], other_flag: bool) -> list[tuple[str, d
             "values": {k: v.get(k) for k in ("reserved_unallocated_bytes", "tried_to_allocate_bytes", "total_bytes")},
             "cause": (f"{human(unalloc)} was reserved by PyTorch but unallocated — more than the "
                       f"{human(tried)} it needed — so the cache is fragmented"),
-            "fix": FIX_ALLOC_CONF, "severity": "warning"}))
+            "fix": FIX_ALLOC_CONF, "severity": "warning", "phase": v.get("phase")}))
     if other_flag:
         out.append(("gpu_other_process", {
             "values": {"other_process_bytes": other, "total_bytes": total, "processes": v.get("processes")},
             "cause": (f"other processes held {human(other)} of the GPU's {human(total)} when it ran out"
                       + (": freeing them would have left room" if other + (v.get("free_bytes") or 0) >= tried else "")),
-            "fix": FIX_OTHER_PROCESS}))
+            "fix": FIX_OTHER_PROCESS, "phase": v.get("phase")}))
     return out
 
 

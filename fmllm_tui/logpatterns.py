@@ -556,6 +556,17 @@ def _x_cache_disk(ctx: Any, text: str) -> bool:
         not any(f.func in ("save_pretrained", "_save_checkpoint", "save_model", "_save") for f in getattr(ctx, "frames", []) or [])
 
 
+# DeepSpeed's optimizer ops (fused_adam, cpu_adam, fused_lamb …) are JIT-built and loaded when the
+# optimizer is built, at the start of training: with nothing else to place it, a failure naming one
+# is the first step's, not loading's
+_OPTIMIZER_OP = re.compile(r"^(?:fused|cpu)_(?:adam|adamw|adagrad|lamb|lion)$")
+
+
+def _op_phase(op: str) -> str | None:
+    """The phase a failing JIT-built op places a failure in when nothing else does (None: the pattern's own)."""
+    return "first_step" if _OPTIMIZER_OP.match(op) else None
+
+
 def _x_shared_lib(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
     text = " ".join([ctx.line, *ctx.after[:2]])
     if "bitsandbytes" in text or "libbitsandbytes" in text or re.search(r"CUDA[ _]SETUP", ctx.line):
@@ -568,7 +579,7 @@ def _x_shared_lib(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
     if "torch_extensions" in lib:
         op = name.split(".")[0]
         v["extension"] = op
-        return {"values": v, "key": name,
+        return {"values": v, "key": name, "default_phase": _op_phase(op),
                 "cause": (f"the JIT-compiled extension {op} was never built ({lib} is missing): its build failed "
                           "earlier (no CUDA toolkit / compiler) or was interrupted"),
                 "fix": fix(None, f"delete the cached {op} build and let it rebuild with the CUDA toolkit and a C++ compiler "
@@ -601,7 +612,7 @@ def _x_extension_abi(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
     if "torch_extensions" in ctx.line:
         shell = "rm -rf ~/.cache/torch_extensions"
         cause += "; a stale JIT build in ~/.cache/torch_extensions from another torch"
-    return {"values": v, "key": ext, "cause": cause,
+    return {"values": v, "key": ext, "cause": cause, "default_phase": _op_phase(ext),
             "fix": fix(None, f"install a {pkg or ext} wheel built for this torch (or rebuild it against it); another "
                              "attention backend or optimizer only hides the broken install", shell=shell)}
 

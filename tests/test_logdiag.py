@@ -913,3 +913,27 @@ def test_a_launcher_tail_alone_says_the_error_is_not_in_the_text() -> None:
     got = scan_lines([oom, *tail])
     assert got[0].pattern.startswith("cuda_oom") or got[0].pattern == "model_too_big_per_card"
     assert all("root_error_in_log" not in h.values for h in got)
+
+
+def test_a_jit_built_optimizer_op_that_fails_places_the_failure_at_the_first_step() -> None:
+    # DeepSpeed loads fused_adam when the optimizer is built: with nothing else to go by, not loading
+    so = ("ImportError: /home/u/.cache/torch_extensions/py310_cu117/fused_adam/fused_adam.so: cannot open shared "
+          "object file: No such file or directory")
+    assert [(h.pattern, h.phase) for h in scan_lines([so])] == [("shared_lib_missing", "first_step")]
+    abi = ("ImportError: /root/.cache/torch_extensions/py310_cu117/cpu_adam/cpu_adam.so: undefined symbol: "
+           "_ZN3c104cuda20CUDACachingAllocator9allocatorE")
+    assert [(h.pattern, h.phase) for h in scan_lines([abi])] == [("extension_abi", "first_step")]
+    # an op that is not an optimizer's keeps the pattern's own phase
+    other = so.replace("fused_adam", "transformer_inference")
+    assert scan_lines([other])[0].phase == "load"
+
+
+def test_the_findings_an_oom_implies_name_its_phase() -> None:
+    # FSDP's state-dict gather is a save even without frames: the other-process and fragmentation
+    # findings the same message makes happened then too
+    oom = ("torch.OutOfMemoryError: Failed to clone() tensor: CUDA out of memory. Tried to allocate 268.00 MiB. "
+           "GPU 0 has a total capacity of 79.15 GiB of which 164.62 MiB is free. Process 95805 has 34.72 GiB memory "
+           "in use. Including non-PyTorch memory, this process has 44.25 GiB memory in use. Of the allocated memory "
+           "39.82 GiB is allocated by PyTorch, and 4.00 GiB is reserved by PyTorch but unallocated.")
+    got = {h.pattern: h.phase for h in scan_lines([oom])}
+    assert got == {"cuda_oom_save": "save", "gpu_other_process": "save", "cuda_oom_fragmentation": "save"}
