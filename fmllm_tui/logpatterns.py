@@ -348,7 +348,8 @@ def _x_target_modules(m: re.Match[str], ctx: Any) -> dict[str, Any]:
 
 def _x_seq_len(m: re.Match[str], ctx: Any) -> dict[str, Any]:
     if m.group(1) is None:  # TRL's completion-only collator: the response was cut off at max_seq_length
-        return {"key": "collator", "cause": (
+        # the collator builds each training batch: it warns while training, not while loading
+        return {"key": "collator", "default_phase": "training", "cause": (
             "the collator did not find the response template in an example (it was cut at max_seq_length), so every "
             "label of it is masked and it adds nothing to the loss (a loss of exactly 0 when it happens to all)"),
             "fix": fix("training.max_seq_length", "raise max_seq_length so the response survives truncation, or fix "

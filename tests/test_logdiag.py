@@ -937,3 +937,14 @@ def test_the_findings_an_oom_implies_name_its_phase() -> None:
            "39.82 GiB is allocated by PyTorch, and 4.00 GiB is reserved by PyTorch but unallocated.")
     got = {h.pattern: h.phase for h in scan_lines([oom])}
     assert got == {"cuda_oom_save": "save", "gpu_other_process": "save", "cuda_oom_fragmentation": "save"}
+
+
+def test_the_completion_collators_warning_is_a_training_finding() -> None:
+    # TRL's completion-only collator warns as it builds each training batch; the tokenizer's own
+    # length warning comes while the data is tokenized, before training
+    col = ("### Label: complaint This instance will be ignored in loss calculation. Note, if this happens often, "
+           "consider increasing the `max_seq_length`.")
+    assert [(h.pattern, h.phase) for h in scan_lines([col])] == [("sequence_too_long", "training")]
+    tok = ("Token indices sequence length is longer than the specified maximum sequence length for this model "
+           "(1034 > 512). Running this sequence through the model will result in indexing errors")
+    assert [(h.pattern, h.phase) for h in scan_lines([tok])] == [("sequence_too_long", "load")]
