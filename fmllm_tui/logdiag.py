@@ -24,7 +24,7 @@ import os
 import re
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fmllm_tui.findings import Fix
@@ -730,6 +730,10 @@ class _Engine:
     def phase(self, frames: list[_Frame], default: str | None = None) -> str:
         """The phase (logadvice.PHASES) of a failure: its traceback's frames, else the latest phase
         banner or telling progress bar, else whether training had started, else ``default``."""
+        return self.shown_phase(frames) or default or "load"
+
+    def shown_phase(self, frames: list[_Frame]) -> str | None:
+        """The phase the log shows for a failure with these frames (None: nothing in it tells)."""
         funcs = {fr.func.rsplit(".", 1)[-1] for fr in frames}  # IPython writes Trainer.training_step
         for ph in _PHASE_ORDER:
             if funcs & _PHASE_FUNCS[ph]:
@@ -750,7 +754,7 @@ class _Engine:
             return self._first_step(max(evidence)[1])
         if funcs & _FORWARD_FUNCS:
             return self._first_step("training")
-        return default or "load"
+        return None
 
     def _bar_phase(self, bar: _Bar) -> str | None:
         if bar.phase is not None:
@@ -1236,6 +1240,8 @@ def _oom_kind(ctx: _Ctx, v: dict[str, Any]) -> tuple[str, str, int | None]:
         phase = "save"  # FSDP gathering the full state dict to save it
     step = ctx.engine.step()
     logs_before = ctx.engine.loss_count
+    if ctx.engine.shown_phase(ctx.frames or ctx.frames_after()) is None and phase == "training":
+        v["phase_shown"] = False  # one OOM line and nothing around it: a step is only the likelier guess
     late = phase == "training" and ((step is not None and step >= 20) or (step is None and logs_before >= 10))
     pid = _OOM_BY_PHASE.get(phase, "cuda_oom")
     if late:
@@ -1256,7 +1262,11 @@ def _oom_cause(pid: str, phase: str, step: int | None, v: dict[str, Any], logs_b
             nums += f" with {human(v.get('free_bytes'))} free of {human(v['total_bytes'])}"
         if v.get("reserved_bytes"):
             nums += f"; PyTorch held {human(v['reserved_bytes'])}"
+    unplaced = v.get("phase_shown") is False
     cause = f"CUDA ran out of memory {_OOM_WHERE[phase]}"
+    if unplaced:
+        cause = (f"CUDA ran out of memory, most likely {_OOM_WHERE[phase]} (nothing in the text shows when: no frame, "
+                 "progress bar, banner or loss)")
     if step is not None and phase == "training":
         cause += f" (step {step})"
     if nums:
@@ -1273,6 +1283,9 @@ def _oom_cause(pid: str, phase: str, step: int | None, v: dict[str, Any], logs_b
                   "whole sequence (the loss's full-vocabulary logits, or eager attention) from one long example")
     elif pid == "cuda_oom":
         cause += ". The loss's logits do not fit" if v.get("in_loss") else ". The batch's activations do not fit"
+    if unplaced:
+        cause += (". If it ran out while loading the model instead, before any step, the weights alone do not fit "
+                  "the card (load in 4-bit, or split the model across cards) and a smaller batch does not help")
     return cause
 
 
@@ -1319,6 +1332,9 @@ def _oom(m: re.Match[str], ctx: _Ctx) -> list[tuple[str, dict[str, Any]]]:
     if culprit:
         v["raised_in"] = f"{culprit['file']}:{culprit['line']} in {culprit['function']}"
     fx = oom_fix(pid, phase, ctx.engine.settings, in_loss or one_tensor)
+    if v.get("phase_shown") is False:  # the step is a guess: say what to do if it was loading
+        fx = replace(fx, changes=list(fx.changes), summary=fx.summary + "; if it ran out while loading, before any "
+                     "step: load the model in 4-bit or split it across cards instead")
     return [(pid, {"values": v, "cause": cause, "key": "", "fix": fx}), *_oom_side_findings(v, other_flag)]
 
 

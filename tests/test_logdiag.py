@@ -948,3 +948,16 @@ def test_the_completion_collators_warning_is_a_training_finding() -> None:
     tok = ("Token indices sequence length is longer than the specified maximum sequence length for this model "
            "(1034 > 512). Running this sequence through the model will result in indexing errors")
     assert [(h.pattern, h.phase) for h in scan_lines([tok])] == [("sequence_too_long", "load")]
+
+
+def test_an_oom_line_with_nothing_around_it_says_its_phase_is_a_guess() -> None:
+    oom = ("RuntimeError: CUDA out of memory. Tried to allocate 784.00 MiB (GPU 0; 23.70 GiB total capacity; "
+           "21.25 GiB already allocated; 521.69 MiB free; 22.40 GiB reserved in total by PyTorch)")
+    h = scan_lines([oom])[0]
+    assert h.pattern == "cuda_oom" and h.values["phase_shown"] is False
+    assert "nothing in the text shows when" in h.cause and "while loading the model instead" in h.cause
+    assert "if it ran out while loading" in fixof(h)["summary"]
+    # a training bar before it places it: no caveat
+    placed = scan_lines([" 10%|█         | 10/100 [00:10<01:30,  1.00it/s]", oom])[0]
+    assert "phase_shown" not in placed.values and "nothing in the text" not in placed.cause
+    assert "while loading" not in fixof(placed)["summary"]
