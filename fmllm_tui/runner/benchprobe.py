@@ -39,6 +39,7 @@ def allocator_segments() -> dict[str, Any]:
     segment count and the largest blocks (what holds the gap between reserved and allocated)."""
     streams: dict[str, dict[str, Any]] = {}
     blocks: list[dict[str, Any]] = []
+    # .get: torch's snapshot is a list of plain dicts whose keys vary across torch versions.
     for seg in torch.cuda.memory_snapshot():
         st = streams.setdefault(str(seg.get("stream")), {"reserved": 0, "allocated": 0, "segments": 0})
         st["reserved"] += int(seg.get("total_size", 0))

@@ -49,7 +49,8 @@ class FsdpTrainBegin(TrainerCallback):  # type: ignore[misc]
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         # FSDP has wrapped the model by now: its units must have come to this GPU with their 4-bit
-        # quantization state, or every layer would fail on its first step.
+        # quantization state, or every layer would fail on its first step. (.get: the Trainer's
+        # callback keywords, where the model is passed along with others.)
         misplaced = quant_states_off_device(kw.get("model"), torch.device("cuda", torch.cuda.current_device()))
         if misplaced:
             raise RecipeError(f"FSDP moved the 4-bit weights to the GPU but {len(misplaced)} layers kept their "
