@@ -135,9 +135,16 @@ def rolled_back_then_resumed(a_dir: Path, timeout: float) -> tuple[Path, list[di
 
     d = a_dir
     n_first = len(rows_of(d))
-    for ck in (d / rd.CHECKPOINTS).glob("checkpoint-*"):  # 10 and the final 12
+    # What a kill right after checkpoint-5 leaves (fmllm-run resume refuses a finished run): no
+    # later checkpoint (10 and the final 12), no adapter or summary, an exit record of a kill.
+    for ck in (d / rd.CHECKPOINTS).glob("checkpoint-*"):
         if ck.name.split("-")[-1].isdigit() and int(ck.name.split("-")[-1]) > SAVE:
             shutil.rmtree(ck, ignore_errors=True)
+    shutil.rmtree(d / rd.ADAPTER, ignore_errors=True)
+    (d / rd.SUMMARY).unlink(missing_ok=True)
+    rec = json.loads((d / rd.EXIT).read_text())
+    rec.update(status="killed", exit_code=None, signal="SIGKILL", outcome=None, message="rolled back by the bench")
+    rd.write_json_atomic(d / rd.EXIT, rec)
     resume(d)
     finish(d, timeout)
     return d, rows_of(d)[n_first:]

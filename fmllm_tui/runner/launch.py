@@ -472,9 +472,10 @@ def resume(run_dir: str | os.PathLike[str]) -> Path:
                        f"--run-dir {rdir}, or end it with fmllm-run stop (or kill), then resume")
     if record.get("kind") == "test":
         raise RunError("a minimal test is not resumed: run it again with fmllm-run test")
-    if st["state"] == "ok":
-        # Finished: resuming from its final checkpoint made the Trainer run one step past
-        # max_steps (seen on the bench: 'finished 13 steps' of 12) and write the adapter again.
+    if st["state"] == "ok" and not record.get("custom_command"):
+        # fmllm's runner finished: resuming from its final checkpoint made the Trainer run one
+        # step past max_steps (seen on the bench: 'finished 13 steps' of 12) and write the adapter
+        # again. A train_command of the user's own decides for itself what FMLLM_RESUME=1 means.
         steps = (st.get("last_metrics") or {}).get("step")
         done = f" ({steps} steps)" if steps else ""
         raise RunError(f"the run in {rdir} finished{done}: there is nothing to resume; start a new run "
