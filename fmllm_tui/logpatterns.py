@@ -563,6 +563,10 @@ def _x_cache_disk(ctx: Any, text: str) -> bool:
 _OPTIMIZER_OP = re.compile(r"^(?:fused|cpu)_(?:adam|adamw|adagrad|lamb|lion)$")
 
 
+_JIT_OP = re.compile(r"torch_extensions[/\\][^/\\\s]+[/\\](\w+)[/\\]|(?:Building|Loading) extension module (\w+)"
+                     r"|Error building extension '(\w+)'")
+
+
 def _op_phase(op: str) -> str | None:
     """The phase a failing JIT-built op places a failure in when nothing else does (None: the pattern's own)."""
     return "first_step" if _OPTIMIZER_OP.match(op) else None
@@ -664,7 +668,11 @@ def _x_toolkit(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
     line = ctx.line
     if "UserWarning" in line and not re.search(r"setup\.py|pip-install|pip-req-build|egg_info|bdist_wheel", line):
         return None  # DeepSpeed warns at import when nvcc is absent: harmless until it must build an op
-    return {"values": {"message": m.group(0)[:200]}, "key": ""}
+    # the op being JIT-built (named on this line or the next few) places the failure: an optimizer's
+    # op is built when the optimizer is
+    op = _JIT_OP.search(" ".join([line, *ctx.after[:4]]))
+    return {"values": {"message": m.group(0)[:200]}, "key": "",
+            "default_phase": _op_phase(next(g for g in op.groups() if g)) if op else None}
 
 
 def _x_bnb_setup(m: re.Match[str], ctx: Any) -> dict[str, Any]:

@@ -961,3 +961,16 @@ def test_an_oom_line_with_nothing_around_it_says_its_phase_is_a_guess() -> None:
     placed = scan_lines([" 10%|█         | 10/100 [00:10<01:30,  1.00it/s]", oom])[0]
     assert "phase_shown" not in placed.values and "nothing in the text" not in placed.cause
     assert "while loading" not in fixof(placed)["summary"]
+
+
+def test_a_toolkit_failure_while_building_an_optimizer_op_is_the_first_steps() -> None:
+    # the compiler check fails as DeepSpeed JIT-builds fused_adam, named two lines later
+    lines = ["CalledProcessError: Command '['which', 'c++']' returned non-zero exit status 1.", "",
+             "ImportError: /root/.cache/torch_extensions/py310_cu117/fused_adam/fused_adam.so: undefined symbol: "
+             "_ZN3c104cuda20CUDACachingAllocator9allocatorE"]
+    assert scan_lines(lines)[0].pattern == "cuda_toolkit_env" and scan_lines(lines)[0].phase == "first_step"
+    build = ["RuntimeError: Error building extension 'cpu_adam'"]
+    assert [(h.pattern, h.phase) for h in scan_lines(build)] == [("cuda_toolkit_env", "first_step")]
+    # a build that is not an optimizer's (or names none) stays where the pattern puts it
+    assert scan_lines(["RuntimeError: Error building extension 'transformer_inference'"])[0].phase == "load"
+    assert scan_lines(["OSError: CUDA_HOME environment variable is not set. Please set it"])[0].phase == "load"
