@@ -40,16 +40,16 @@ def test_data_lengths(report, loaded, data_report):
     v = loaded.view
     if data_report is None or data_report.rows == 0:
         report.skip("no readable training data (see data.file)")
-    max_len = v.training.max_seq_length
+    max_seq_length = v.training.max_seq_length
     lengths = sorted(data_report.lengths)
-    share = data_report.share_over(max_len) if max_len else 0.0
+    share = data_report.share_over(max_seq_length) if max_seq_length else 0.0
     how = f"tokenized with {data_report.tokenizer}" if data_report.tokenizer else \
         "estimated from characters (no local tokenizer for this model yet)"
     p95 = lengths[int(0.95 * (len(lengths) - 1))]
-    report.set(max_seq_length=max_len, longest=lengths[-1], p95=p95, share_truncated=round(share, 4),
+    report.set(max_seq_length=max_seq_length, longest=lengths[-1], p95=p95, share_truncated=round(share, 4),
                token_counts=how, examples=len(lengths))
-    if max_len and share > 0:
-        report.warn(f"{share:.1%} of the examples are longer than max_seq_length {max_len} tokens and will be "
+    if max_seq_length and share > 0:
+        report.warn(f"{share:.1%} of the examples are longer than max_seq_length {max_seq_length} tokens and will be "
                     f"truncated (longest {lengths[-1]}, 95th percentile {p95}; {how}). Raise max_seq_length if "
                     "memory allows (fmllm-check shows the cost in config.fit), or shorten those examples.")
-    report.ok(f"all {len(lengths)} examples fit in {max_len} tokens (longest {lengths[-1]}; {how})")
+    report.ok(f"all {len(lengths)} examples fit in {max_seq_length} tokens (longest {lengths[-1]}; {how})")

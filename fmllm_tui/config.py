@@ -172,6 +172,11 @@ class QuantizationSettings(_Section):
     use_nested_quant: bool = True
 
 
+#: training.max_seq_length when the config leaves it out (or sets null): the one copy of the default
+#: that the typed view, the plan and the memory model read.
+DEFAULT_MAX_SEQ_LENGTH = 1024
+
+
 class TrainingSettings(_Section):
     """``training:`` — transformers TrainingArguments that fmllm reads and plans with."""
 
@@ -192,7 +197,7 @@ class TrainingSettings(_Section):
     save_steps: int = Field(100, ge=1)
     logging_steps: int = Field(10, ge=1)
     packing: bool = False
-    max_seq_length: int | None = Field(1024, ge=32, le=1_048_576)
+    max_seq_length: int | None = Field(DEFAULT_MAX_SEQ_LENGTH, ge=32, le=1_048_576)
     fp16: bool = False
     bf16: bool = False
     seed: int = Field(42, ge=0)
@@ -607,6 +612,13 @@ def position_of(doc: CommentedMap, dotted: str, *, value: bool = True) -> tuple[
     return None, None
 
 
+def located(doc: CommentedMap, key: str, message: str, *, value: bool = True, **fields: Any) -> Problem:
+    """A Problem about ``key`` (a dotted path in the file), placed at its value (``value=False``:
+    at the key itself); ``fields`` are Problem's others (hint, severity)."""
+    line, col = position_of(doc, key, value=value)
+    return Problem(message, key=key, line=line, column=col, **fields)
+
+
 def to_plain(node: Any) -> Any:
     """Round-trip nodes → plain dict/list/scalars (ruamel scalar subclasses → builtins)."""
     if isinstance(node, dict):
@@ -657,17 +669,11 @@ def _resolve_interpolations(path: Path, doc: CommentedMap, plain: dict[str, Any]
             value = OmegaConf.select(conf, key, throw_on_missing=True)
             out[key] = str(value)
         except Exception as e:  # OmegaConf raises several unrelated types here
-            line, col = position_of(doc, key)
-            problems.append(
-                Problem(
-                    f"cannot resolve {raw!r}: {str(e).splitlines()[0]}",
-                    key=key,
-                    line=line,
-                    column=col,
-                    hint="an interpolation names another key, e.g. ${paths.data_dir}/train.jsonl, "
-                    "or an environment variable, e.g. ${oc.env:DATA_DIR}",
-                )
-            )
+            problems.append(located(
+                doc, key, f"cannot resolve {raw!r}: {str(e).splitlines()[0]}",
+                hint="an interpolation names another key, e.g. ${paths.data_dir}/train.jsonl, "
+                "or an environment variable, e.g. ${oc.env:DATA_DIR}",
+            ))
     if problems:
         raise ConfigError(path, problems)
     return out
@@ -805,11 +811,11 @@ def _misplaced_top_level(doc: CommentedMap) -> Problem | None:
             found.append((name, home))
     if not found:
         return None
-    line, col = position_of(doc, found[0][0], value=False)
     listed = ", ".join(f"{n} (-> {h})" for n, h in found)
-    return Problem(
+    return located(
+        doc, found[0][0],
         f"{len(found)} setting{'s' if len(found) != 1 else ''} at the top level fmllm does not read there: {listed}",
-        key=found[0][0], line=line, column=col,
+        value=False,
         hint="fmllm plans with its defaults for these; move each under its section (e.g. training:) to be read",
         severity="warning",
     )
@@ -827,15 +833,7 @@ def _section_dict(path: Path, doc: CommentedMap, file_key: str, node: Any, probl
     if node is None:
         return {}
     if not isinstance(node, dict):
-        line, col = position_of(doc, file_key)
-        problems.append(
-            Problem(
-                f"expected a section (indented key: value lines), found {to_plain(node)!r}",
-                key=file_key,
-                line=line,
-                column=col,
-            )
-        )
+        problems.append(located(doc, file_key, f"expected a section (indented key: value lines), found {to_plain(node)!r}"))
         return None
     return to_plain(node)
 
@@ -858,72 +856,57 @@ def load_config_text(path: str | os.PathLike[str], text: str, raw: bytes | None 
     doc = parse_document(p, text)
     layout = detect_layout(doc)
     if layout is None:
-        raise ConfigError(
-            p,
-            [
-                Problem(
-                    "no fine-tuning settings found: expected a 'fine_tuning:' section (nested layout) "
-                    "or 'lora:', 'quantization:', 'training:' and 'base_model_name' at the top (flat layout)",
-                    line=1,
-                    column=1,
-                    hint="see the shipped config.yaml and the README's Config reference",
-                )
-            ],
-        )
+        raise ConfigError(p, [_no_settings()])
     problems: list[Problem] = []
     warnings: list[Problem] = []
-    root = doc["fine_tuning"] if layout == "nested" else doc
-    root_key = "fine_tuning" if layout == "nested" else ""
-    if layout == "nested" and not isinstance(root, dict):
-        line, col = position_of(doc, "fine_tuning")
-        raise ConfigError(p, [Problem("expected a section (indented key: value lines)", key="fine_tuning", line=line, column=col)])
+    data = _gather(p, doc, layout, problems, warnings)
+    interpolated = _interpolate(p, doc, layout, data)
+    if "base_model_name" not in data and not problems:
+        problems.append(located(doc, file_key_for(layout, "base_model_name"), "the model id is missing",
+                                hint="add e.g. base_model_name: Qwen/Qwen2.5-7B-Instruct (a Hub id or a local directory)"))
+    view: FineTuneConfig | None = None
+    if not problems:
+        view = _validate(data, layout, doc, problems, warnings)
+    if problems or view is None:
+        # Keep problems in file order so the first one on screen is the first in the file.
+        problems.sort(key=lambda pr: (pr.line or 0, pr.column or 0))
+        raise ConfigError(p, _dedupe(problems))
+    warnings.sort(key=lambda pr: (pr.line or 0, pr.column or 0))
+    _settle_paths(p, doc, layout, view)
+    return LoadedConfig(path=p, text=text, raw=raw, doc=doc, layout=layout, view=view, interpolated=interpolated,
+                        warnings=_dedupe(warnings))
 
-    data: dict[str, Any] = {}
-    # Fields directly under the fine-tuning root.
-    for name in TOP_FIELDS:
-        if name in root:
-            data[name] = to_plain(root[name])
+
+def _no_settings() -> Problem:
+    """The problem of a YAML file with neither layout's keys (a new one each time: callers may edit it)."""
+    return Problem(
+        "no fine-tuning settings found: expected a 'fine_tuning:' section (nested layout) "
+        "or 'lora:', 'quantization:', 'training:' and 'base_model_name' at the top (flat layout)",
+        line=1,
+        column=1,
+        hint="see the shipped config.yaml and the README's Config reference",
+    )
+
+
+def _gather(p: Path, doc: CommentedMap, layout: Literal["nested", "flat"], problems: list[Problem],
+            warnings: list[Problem]) -> dict[str, Any]:
+    """The settings fmllm reads, as plain data under canonical names (before interpolation and
+    validation). Appends what is misplaced or malformed to ``problems`` and ``warnings``."""
+    root_key = "fine_tuning" if layout == "nested" else ""
+    root = doc["fine_tuning"] if layout == "nested" else doc
+    if layout == "nested" and not isinstance(root, dict):
+        raise ConfigError(p, [located(doc, "fine_tuning", "expected a section (indented key: value lines)")])
+    data: dict[str, Any] = {name: to_plain(root[name]) for name in TOP_FIELDS if name in root}
     if layout == "nested":
-        allowed = set(TOP_FIELDS) | set(FT_SECTIONS)
-        for k in root:
-            if str(k) not in allowed:
-                fk = f"{root_key}.{k}"
-                line, col = position_of(doc, fk, value=False)
-                sug = _did_you_mean(str(k), sorted(allowed))
-                home = misplaced_home(str(k))
-                warnings.append(
-                    Problem(
-                        f"unknown key {str(k)!r} in section 'fine_tuning' (fmllm ignores it)",
-                        key=fk,
-                        line=line,
-                        column=col,
-                        hint=(f"fmllm reads it as fine_tuning.{home}: move it there (until then fmllm plans "
-                              "with its default) " if home else f"did you mean {sug!r}? " if sug else "")
-                        + f"known keys: {', '.join(sorted(allowed))}",
-                        severity="warning",
-                    )
-                )
+        warnings.extend(_unknown_in_fine_tuning(doc, root))
     else:
         stray = _misplaced_top_level(doc)
         if stray:
             warnings.append(stray)
-    if layout == "flat" and "base_model_name" not in doc:
-        for alias in ("model_name", "base_model", "model"):
-            if alias in doc and isinstance(doc[alias], str):
-                line, col = position_of(doc, alias, value=False)
-                problems.append(
-                    Problem(
-                        f"fmllm reads the model id from 'base_model_name', found {alias!r}",
-                        key=alias,
-                        line=line,
-                        column=col,
-                        hint=f"rename {alias!r} to 'base_model_name'",
-                    )
-                )
+        problems.extend(_model_id_aliases(doc))
     for sec in FT_SECTIONS:
         if sec in root:
-            fk = f"{root_key}.{sec}" if root_key else sec
-            d = _section_dict(p, doc, fk, root[sec], problems)
+            d = _section_dict(p, doc, f"{root_key}.{sec}" if root_key else sec, root[sec], problems)
             if d is not None:
                 data[sec] = d
     for sec in ("paths", "fmllm"):
@@ -931,9 +914,41 @@ def load_config_text(path: str | os.PathLike[str], text: str, raw: bytes | None 
             d = _section_dict(p, doc, sec, doc[sec], problems)
             if d is not None:
                 data[sec] = d
+    return data
 
-    # Interpolations in every string fmllm reads.
-    plain_doc = to_plain(doc)
+
+def _unknown_in_fine_tuning(doc: CommentedMap, root: Any) -> list[Problem]:
+    """A warning for each key of the nested layout's ``fine_tuning:`` that fmllm does not read,
+    saying where fmllm reads it when it belongs in a section."""
+    allowed = set(TOP_FIELDS) | set(FT_SECTIONS)
+    found = []
+    for k in root:
+        if str(k) in allowed:
+            continue
+        sug = _did_you_mean(str(k), sorted(allowed))
+        home = misplaced_home(str(k))
+        found.append(located(
+            doc, f"fine_tuning.{k}", f"unknown key {str(k)!r} in section 'fine_tuning' (fmllm ignores it)",
+            value=False, severity="warning",
+            hint=(f"fmllm reads it as fine_tuning.{home}: move it there (until then fmllm plans "
+                  "with its default) " if home else f"did you mean {sug!r}? " if sug else "")
+            + f"known keys: {', '.join(sorted(allowed))}",
+        ))
+    return found
+
+
+def _model_id_aliases(doc: CommentedMap) -> list[Problem]:
+    """A flat config without base_model_name that names its model under another common key."""
+    if "base_model_name" in doc:
+        return []
+    return [located(doc, alias, f"fmllm reads the model id from 'base_model_name', found {alias!r}", value=False,
+                    hint=f"rename {alias!r} to 'base_model_name'")
+            for alias in ("model_name", "base_model", "model") if alias in doc and isinstance(doc[alias], str)]
+
+
+def _interpolate(p: Path, doc: CommentedMap, layout: Literal["nested", "flat"], data: dict[str, Any]) -> dict[str, str]:
+    """Resolve the ``${...}`` interpolations in every string of ``data`` (in place); returns each
+    resolved file key with its value."""
     string_keys: list[str] = []
 
     def collect(prefix: str, value: Any) -> None:
@@ -948,54 +963,33 @@ def load_config_text(path: str | os.PathLike[str], text: str, raw: bytes | None 
 
     for canonical_root, value in data.items():
         collect(file_key_for(layout, canonical_root), value)
-    interpolated = _resolve_interpolations(p, doc, plain_doc, string_keys) if string_keys else {}
+    if not string_keys:
+        return {}
+    interpolated = _resolve_interpolations(p, doc, to_plain(doc), string_keys)
     for fk, resolved in interpolated.items():
         canonical = fk[len("fine_tuning.") :] if layout == "nested" and fk.startswith("fine_tuning.") else fk
         parts = canonical.split(".")
         target: Any = data
         for part in parts[:-1]:
             target = target[int(part)] if isinstance(target, list) else target[part]
-        last = parts[-1]
         if isinstance(target, list):
-            target[int(last)] = resolved
+            target[int(parts[-1])] = resolved
         else:
-            target[last] = resolved
+            target[parts[-1]] = resolved
+    return interpolated
 
-    if "base_model_name" not in data and not problems:
-        fk = file_key_for(layout, "base_model_name")
-        line, col = position_of(doc, fk)
-        problems.append(
-            Problem(
-                "the model id is missing",
-                key=fk,
-                line=line,
-                column=col,
-                hint="add e.g. base_model_name: Qwen/Qwen2.5-7B-Instruct (a Hub id or a local directory)",
-            )
-        )
 
-    view: FineTuneConfig | None = None
-    if not problems:
-        view = _validate(data, layout, doc, problems, warnings)
-    if problems or view is None:
-        # Keep problems in file order so the first one on screen is the first in the file.
-        problems.sort(key=lambda pr: (pr.line or 0, pr.column or 0))
-        raise ConfigError(p, _dedupe(problems))
-    warnings.sort(key=lambda pr: (pr.line or 0, pr.column or 0))
-
+def _settle_paths(p: Path, doc: CommentedMap, layout: Literal["nested", "flat"], view: FineTuneConfig) -> None:
+    """Check the model id and resolve the data and output paths against the config's folder."""
     base = p.resolve().parent
     bad_id = _model_id_problem(base, view.base_model_name)
     if bad_id:
-        fk = file_key_for(layout, "base_model_name")
-        line, col = position_of(doc, fk)
-        raise ConfigError(p, [Problem(bad_id, key=fk, line=line, column=col,
+        raise ConfigError(p, [located(doc, file_key_for(layout, "base_model_name"), bad_id,
                                       hint="a Hub id like Qwen/Qwen2.5-7B-Instruct, or the path of a local folder")])
     view.data_file = _resolve_path(base, view.paths.ft_combined_data_file, view.paths.data_dir)
     view.eval_data_file = _resolve_path(base, view.paths.ft_eval_data_file, view.paths.data_dir)
-    out = view.paths.ft_output_dir or view.paths.output_dir or "outputs"
-    view.output_dir = str((base / os.path.expanduser(out)).resolve()) if not os.path.isabs(os.path.expanduser(out)) else os.path.expanduser(out)
-    return LoadedConfig(path=p, text=text, raw=raw, doc=doc, layout=layout, view=view, interpolated=interpolated,
-                        warnings=_dedupe(warnings))
+    out = os.path.expanduser(view.paths.ft_output_dir or view.paths.output_dir or "outputs")
+    view.output_dir = out if os.path.isabs(out) else str((base / out).resolve())
 
 
 def _model_id_problem(base: Path, model_id: str) -> str | None:
@@ -1041,10 +1035,8 @@ def _validate(data: dict[str, Any], layout: Literal["nested", "flat"], doc: Comm
             warnings.append(_unknown_key(loc, layout, doc))
             continue
         canonical = ".".join(loc)
-        fk = file_key_for(layout, canonical)
-        line, col = position_of(doc, fk)
         msg, hint = _describe(err)
-        problems.append(Problem(msg, key=fk, line=line, column=col, hint=hint or _HINTS.get(canonical)))
+        problems.append(located(doc, file_key_for(layout, canonical), msg, hint=hint or _HINTS.get(canonical)))
     return None
 
 
@@ -1052,17 +1044,13 @@ def _unknown_key(loc: list[str], layout: Literal["nested", "flat"], doc: Comment
     """The warning for a key fmllm does not read, with a did-you-mean among the section's keys."""
     section_canon = ".".join(loc[:-1])
     name = loc[-1]
-    fk = file_key_for(layout, ".".join(loc))
-    line, col = position_of(doc, fk, value=False)
     model = _model_for(section_canon)
     options = sorted(model.model_fields) if model else []
     sug = _did_you_mean(name, options)
     section_name = file_key_for(layout, section_canon) if section_canon else "(top level)"
-    return Problem(
-        f"unknown key {name!r} in section {section_name!r} (fmllm ignores it)",
-        key=fk,
-        line=line,
-        column=col,
+    return located(
+        doc, file_key_for(layout, ".".join(loc)), f"unknown key {name!r} in section {section_name!r} (fmllm ignores it)",
+        value=False,
         hint=(f"did you mean {sug!r}? " if sug else "")
         + ("other TrainingArguments go under training.extra_args" if section_canon.endswith("training")
            else f"known keys: {', '.join(options)}"),

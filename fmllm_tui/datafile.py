@@ -138,10 +138,10 @@ class DataReport:
     def ok(self) -> bool:
         return self.rows > 0 and not self.problems
 
-    def share_over(self, max_len: int) -> float:
+    def share_over(self, max_seq_length: int) -> float:
         if not self.lengths:
             return 0.0
-        return sum(1 for n in self.lengths if n > max_len) / len(self.lengths)
+        return sum(1 for n in self.lengths if n > max_seq_length) / len(self.lengths)
 
 
 def example_text(row: dict[str, Any], data_format: str) -> str:

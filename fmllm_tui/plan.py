@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from fmllm_tui import recipe as rules
+from fmllm_tui.config import DEFAULT_MAX_SEQ_LENGTH
 
 
 class PlanError(ValueError):
@@ -302,8 +303,8 @@ class RunPlan:
     mode: str = "single"
     num_processes: int = 1
     mode_reason: str | None = None
-    max_seq_length: int = 1024
-    planned_seq_len: int = 1024
+    max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH
+    planned_seq_len: int = DEFAULT_MAX_SEQ_LENGTH
     seq_reason: str | None = None
     trainable_params: int | None = None
     predicted_peak_bytes: int | None = None
@@ -415,16 +416,16 @@ def run_plan(view: Any, target: Target, *, mode: str = "single", num_processes: 
             rec.notes.append(why)
     if arch and rec.offload_embeddings:
         _offload_for_arch(rec, arch, str((overrides or {}).get("offload_embeddings") or view.fmllm.offload_embeddings))
-    max_len = int(view.training.max_seq_length or 1024)
-    planned, why = fitsearch.planning_seq_len(max_len, example_lengths)
+    max_seq_length = int(view.training.max_seq_length or DEFAULT_MAX_SEQ_LENGTH)
+    planned_seq_len, why = fitsearch.planning_seq_len(max_seq_length, example_lengths)
     peak = None
     if arch and target.cuda:
         try:
             pred = memory.predict(view, arch, recipe=rec.memory_recipe, n_gpus=num_processes, mode=mode,
-                                  seq_len=planned, gpu=card)
+                                  seq_len=planned_seq_len, gpu=card)
             peak = pred.peak_process_bytes
         except (memory.ArchitectureError, ValueError):
             peak = None
     return RunPlan(target=target, recipe=rec, mode=mode, num_processes=num_processes, mode_reason=mode_reason,
-                   max_seq_length=max_len, planned_seq_len=planned, seq_reason=why, trainable_params=trainable,
+                   max_seq_length=max_seq_length, planned_seq_len=planned_seq_len, seq_reason=why, trainable_params=trainable,
                    predicted_peak_bytes=peak)

@@ -92,6 +92,21 @@ def test_plan_round_trips_and_refuses_what_it_does_not_know() -> None:
         RunPlan.from_json({"recipe": None})
 
 
+def test_max_seq_length_has_one_default() -> None:
+    """training.max_seq_length's default is written once (config.DEFAULT_MAX_SEQ_LENGTH): the typed
+    view, a plan of a config that leaves it out or sets null, and a plan read back without it agree."""
+    from fmllm_tui.config import DEFAULT_MAX_SEQ_LENGTH, TrainingSettings
+
+    assert TrainingSettings().max_seq_length == DEFAULT_MAX_SEQ_LENGTH
+    target = Target("cuda", "NVIDIA H100 80GB HBM3", (9, 0), True, True)
+    for cfg in ({}, {"training": {"max_seq_length": None}}):
+        plan = run_plan(view_of(cfg), target)
+        assert plan.max_seq_length == plan.planned_seq_len == DEFAULT_MAX_SEQ_LENGTH
+    written = {k: v for k, v in plan.to_json().items() if k not in ("max_seq_length", "planned_seq_len")}
+    again = RunPlan.from_json(written)
+    assert again.max_seq_length == again.planned_seq_len == DEFAULT_MAX_SEQ_LENGTH
+
+
 def test_launch_writes_the_plan_for_this_machine(tmp_path: Path, tiny_model_dir: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     loaded = load_config(write_config(tmp_path, tiny_model_dir))

@@ -188,10 +188,10 @@ class EncodeStats:
 
 
 def encode_record(
-    tokenizer: Any, record: dict[str, Any], data_format: str, max_len: int, response_only: bool,
+    tokenizer: Any, record: dict[str, Any], data_format: str, max_seq_length: int, response_only: bool,
     stats: EncodeStats | None = None,
 ) -> dict[str, list[int]] | None:
-    """Token ids and labels of one record, or None when no target token fits in ``max_len``."""
+    """Token ids and labels of one record, or None when no target token fits in ``max_seq_length``."""
     text, spans, exact = render_text(tokenizer, record, data_format)
     raw = data_format == "prompt_completion"
     # Chat templates write their own special tokens; plain text gets the tokenizer's (e.g. bos).
@@ -214,8 +214,8 @@ def encode_record(
     if stats is not None:
         stats.examples += 1
         stats.inexact_spans += 0 if exact else 1
-    if len(ids) > max_len:
-        ids, labels = ids[:max_len], labels[:max_len]
+    if len(ids) > max_seq_length:
+        ids, labels = ids[:max_seq_length], labels[:max_seq_length]
         if stats is not None:
             stats.truncated += 1
     # Position 0 is never predicted, so a target only there teaches nothing.
@@ -242,8 +242,8 @@ def _offsets_by_prefix(tokenizer: Any, text: str, add_special: bool) -> tuple[li
     return ids, offsets
 
 
-def pack_examples(examples: list[dict[str, list[int]]], max_len: int) -> list[dict[str, list[int]]]:
-    """Group examples into rows of at most ``max_len`` tokens (first fit, longest first).
+def pack_examples(examples: list[dict[str, list[int]]], max_seq_length: int) -> list[dict[str, list[int]]]:
+    """Group examples into rows of at most ``max_seq_length`` tokens (first fit, longest first).
 
     A row keeps each example's length in ``seq_lens`` so the collator can flatten it with
     position ids that restart per example (no attention across examples).
@@ -260,7 +260,7 @@ def pack_examples(examples: list[dict[str, list[int]]], max_len: int) -> list[di
                 break
         else:
             bins.append([i])
-            room.append(max_len - n)
+            room.append(max_seq_length - n)
     rows: list[dict[str, list[int]]] = []
     for members in bins:
         rows.append({
@@ -275,7 +275,8 @@ def build_train_dataset(
     tokenizer: Any, records: Iterable[dict[str, Any]], data_format: str, *, max_len: int,
     response_only: bool = True, packing: bool = False,
 ) -> tuple[Any, EncodeStats]:
-    """A ``datasets.Dataset`` of token ids and labels (packed rows when ``packing``)."""
+    """A ``datasets.Dataset`` of token ids and labels (packed rows when ``packing``), each cut at
+    ``max_len``: the config's training.max_seq_length (keyword named so for train.py's calls)."""
     import datasets  # deferred: only the training process needs it
 
     stats = EncodeStats()
