@@ -332,10 +332,10 @@ class RunPlan:
                  f"{'compiled layers' if r.compile_layers else 'eager layers'}"
                  f"{', liger kernels' if r.liger_kernels else ''}, optimizer {r.optim}, "
                  f"{self.mode} on {self.num_processes} process{'es' if self.num_processes != 1 else ''}"]
-        seq = f"sequence length planned for: {self.planned_seq_len}"
+        length_line = f"sequence length planned for: {self.planned_seq_len}"
         if self.seq_reason:
-            seq += f" ({self.seq_reason})"
-        lines.append(seq)
+            length_line += f" ({self.seq_reason})"
+        lines.append(length_line)
         if self.predicted_peak_bytes:
             lines.append(f"predicted process peak {self.predicted_peak_bytes / 2**30:.2f} GiB per GPU")
         return lines
