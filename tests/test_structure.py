@@ -8,9 +8,7 @@ each function is. Issue 18's "Done when", as tests:
 (b) no import cycle, except among the TUI's screens and their app (``CYCLE_ALLOWED``): a screen
     names its app for typing and the app opens its screens lazily, which is how Textual apps are
     built; anything else in a cycle is a layering mistake;
-(c) no function longer than ``MAX_LINES`` lines, except data tables (see ``is_data_table``) and
-    the functions in ``KNOWN_LONG`` that other work is splitting now. A test fails when a
-    ``KNOWN_LONG`` entry is no longer long (or no longer exists), so the list only shrinks;
+(c) no function longer than ``MAX_LINES`` lines, except data tables (see ``is_data_table``);
 (d) data flows one way (DESIGN.md): nothing outside fmllm_tui/tui/ imports the TUI but its
     launcher (cli_tui), and no module imports a CLI (the faces share the core, not each other).
 
@@ -36,7 +34,6 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = "fmllm_tui.runner"
@@ -63,9 +60,6 @@ CYCLE_ALLOWED_PREFIXES = ("fmllm_tui.tui.screens.", "fmllm_tui.tui.app")
 
 #: (file, function) pairs that are over MAX_LINES today and are being split by other work. The
 #: test below fails when one of them is short again, so that it is taken off this list.
-KNOWN_LONG: set[tuple[str, str]] = {
-    ("checks/test_distributed.py", "test_multi_gpu_fit"),
-}
 
 
 # ---- reading the source ---------------------------------------------------------------------------
@@ -448,16 +442,9 @@ def test_no_import_cycle_outside_the_screens() -> None:
 
 
 def test_no_function_longer_than_a_screen_or_so() -> None:
-    over = [f for f in long_functions() if (f.file, f.name) not in KNOWN_LONG]
+    over = long_functions()
     assert not over, (f"functions over {MAX_LINES} lines (split them at their seams):\n"
                       + "\n".join(f"{f.file}:{f.line} {f.name} ({f.length} lines)" for f in over))
-
-
-@pytest.mark.parametrize("entry", sorted(KNOWN_LONG), ids=lambda e: f"{e[0]}:{e[1]}")
-def test_known_long_functions_are_still_long(entry: tuple[str, str]) -> None:
-    """When a KNOWN_LONG function has been split (or renamed), it comes off the list."""
-    long = {(f.file, f.name) for f in long_functions()}
-    assert entry in long, f"{entry[0]}: {entry[1]} is no longer over {MAX_LINES} lines: take it off KNOWN_LONG"
 
 
 def test_data_table_rule() -> None:
@@ -496,6 +483,5 @@ if __name__ == "__main__":
     for c in cycles(graph):
         print(("allowed " if _cycle_allowed(c) else "CYCLE   ") + " <-> ".join(_short(m) for m in c))
     for f in long_functions():
-        print(f"long: {f.file}:{f.line} {f.name} ({f.length} lines)"
-              + ("  [KNOWN_LONG]" if (f.file, f.name) in KNOWN_LONG else ""))
+        print(f"long: {f.file}:{f.line} {f.name} ({f.length} lines)")
     sys.exit(0)
