@@ -11,10 +11,9 @@ import string
 from pathlib import Path
 
 import fmllm_tui.fixes as fixes
-from fmllm_tui.fixes.yamltext import YamlText
+from fixes_support import assert_only_changed_lines
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from fmllm_tui.config import ConfigError, load_config
 from fmllm_tui.findings import Change
@@ -197,34 +196,6 @@ REQUESTS = [
 ]
 
 
-def changed_lines(text: str, keys: list[str]) -> set[int]:
-    """0-based lines an edit of ``keys`` may rewrite (see test_fixes_golden.changed_lines)."""
-    yt = YamlText(text)
-    out: set[int] = set()
-
-    def lines(a: int, b: int) -> set[int]:
-        return set(range(yt.line_of(a) - 1, yt.line_of(b)))
-
-    for dotted in keys:
-        node = yt.root
-        parts = dotted.split(".")
-        for i, part in enumerate(parts):
-            if isinstance(node, MappingNode) and node.flow_style:
-                out |= lines(node.start_mark.index, node.end_mark.index)
-                break
-            if isinstance(node, SequenceNode) or not isinstance(node, MappingNode):
-                break
-            pair = yt.find_pair(node, part)
-            if pair is None:
-                break
-            k, v = pair
-            if i == len(parts) - 1 or (isinstance(v, ScalarNode) and v.tag.endswith(":null")):
-                out |= lines(k.start_mark.index, max(yt.entry_end(k, v), k.end_mark.index))
-                break
-            node = v
-    return out
-
-
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=configs(), picks=st.lists(st.sampled_from(range(len(REQUESTS))), min_size=1, max_size=8, unique=True))
 def test_random_configs_keep_every_unrelated_line(tmp_path: Path, data: tuple[bytes, bool], picks: list[int]) -> None:
@@ -238,15 +209,7 @@ def test_random_configs_keep_every_unrelated_line(tmp_path: Path, data: tuple[by
     requests = [REQUESTS[i] for i in picks]
     changes = fixes.plan_fixes(loaded, requests)
     new = fixes.render_changes(loaded, changes)
-    old = loaded.text
-    allowed = changed_lines(old, [c.key for c in changes])
-    old_lines = old.splitlines(keepends=True)
-    if old_lines and not old_lines[-1].endswith("\n"):
-        allowed.add(len(old_lines) - 1)
-    rest = iter(new.splitlines(keepends=True))
-    for i, line in enumerate(old_lines):
-        if i not in allowed:
-            assert any(line == other for other in rest), f"old line {i + 1} changed or lost: {line!r}"
+    assert_only_changed_lines(loaded.text, new, [c.key for c in changes])
     again = fixes.load_text(loaded, new)
     assert fixes.render_changes(again, changes) == new  # fixing twice equals fixing once
     # Each fix's own plan on the result is empty when it is the only fix touching its keys.
