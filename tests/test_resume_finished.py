@@ -1,6 +1,7 @@
-"""Resume of a finished run is refused (found on the GPU resume bench, 2026-12-07): resuming a run
-that ended ok, from its final checkpoint, made the Trainer run one step past max_steps ('finished
-13 steps' of 12) and overwrite the adapter the run had delivered."""
+"""Resume of a finished run is refused (found on the resume bench, 2026-12-07): resuming a run from
+a checkpoint at its last step made the Trainer run one step past max_steps ('finished 13 steps' of
+12) and overwrite the adapter the run had delivered. A run taken back to an earlier checkpoint
+(tests/test_resume.py, test_fsdp_cpu.py) still resumes."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def test_resume_of_a_finished_run_is_refused_and_changes_nothing(tmp_path: Path,
     before = sorted(p.name for p in (run_dir / rd.CHECKPOINTS).iterdir())
     exit_before = (run_dir / rd.EXIT).read_text()
 
-    with pytest.raises(RunError, match=r"finished( \(\d+ steps\))?: there is nothing to resume; start a new run"):
+    with pytest.raises(RunError, match=r"finished: its newest checkpoint, checkpoint-2, is at its last step; there is nothing to resume"):
         resume(run_dir)
     assert sorted(p.name for p in (run_dir / rd.CHECKPOINTS).iterdir()) == before
     assert (run_dir / rd.EXIT).read_text() == exit_before and status(run_dir)["state"] == "ok"

@@ -450,6 +450,26 @@ def start(loaded: Any, kind: str = "train", *, run_dir: str | os.PathLike[str] |
     return rdir
 
 
+def _finished_checkpoint(rdir: Path) -> str | None:
+    """The name of the run's newest sound checkpoint when it is at the run's last step (its
+    trainer state's global_step reached max_steps), else None. Torch-free: the training process
+    makes the real choice (and sets damaged checkpoints aside); this only spots a finished run."""
+    ckpts = []
+    for p in (rdir / rd.CHECKPOINTS).glob("checkpoint-*"):
+        tail = p.name.rsplit("-", 1)[-1]
+        if p.is_dir() and tail.isdigit() and (p / "trainer_state.json").is_file():
+            ckpts.append((int(tail), p))
+    for _, p in sorted(ckpts, reverse=True):
+        if rd.checkpoint_problem(p) is not None:
+            continue  # the training process falls back past it, so it says nothing about the end
+        state = rd.read_json(p / "trainer_state.json") or {}
+        step, last = state.get("global_step"), state.get("max_steps")
+        if isinstance(step, int) and isinstance(last, int) and last > 0 and step >= last:
+            return p.name
+        return None
+    return None
+
+
 def resume(run_dir: str | os.PathLike[str]) -> Path:
     """Start a stopped, killed or failed run again in its folder, from its last complete checkpoint."""
     rdir = Path(run_dir).resolve()
@@ -472,14 +492,13 @@ def resume(run_dir: str | os.PathLike[str]) -> Path:
                        f"--run-dir {rdir}, or end it with fmllm-run stop (or kill), then resume")
     if record.get("kind") == "test":
         raise RunError("a minimal test is not resumed: run it again with fmllm-run test")
-    if st["state"] == "ok" and not record.get("custom_command"):
-        # fmllm's runner finished: resuming from its final checkpoint made the Trainer run one
-        # step past max_steps (seen on the bench: 'finished 13 steps' of 12) and write the adapter
-        # again. A train_command of the user's own decides for itself what FMLLM_RESUME=1 means.
-        steps = (st.get("last_metrics") or {}).get("step")
-        done = f" ({steps} steps)" if steps else ""
-        raise RunError(f"the run in {rdir} finished{done}: there is nothing to resume; start a new run "
-                       "(fmllm-run start), with a higher training.max_steps or num_train_epochs to train longer")
+    if not record.get("custom_command") and (done := _finished_checkpoint(rdir)):
+        # Resuming from a checkpoint at the run's last step made the Trainer run one step past
+        # max_steps (seen on the bench: 'finished 13 steps' of 12) and write the adapter again.
+        # A train_command of the user's own decides for itself what FMLLM_RESUME=1 means.
+        raise RunError(f"the run in {rdir} finished: its newest checkpoint, {done}, is at its last step; there "
+                       "is nothing to resume: start a new run (fmllm-run start), with a higher "
+                       "training.max_steps or num_train_epochs to train longer")
     handover = _resume_handover(record)
     old_exit = rdir / rd.EXIT
     if old_exit.exists():
