@@ -41,6 +41,7 @@ def test_config_fit(report, loaded, target, architecture, fit_plan):
     head = (f"predicted peak {_gib(pred.peak_process_bytes)} (range {pred.low_bytes / 2**30:.2f}–{_gib(pred.high_bytes)}) "
             + (f"within a {target.name}" if target.name.endswith(" budget")  # --vram: the name is the budget
                else f"on {target.name} with {_gib(target.budget_bytes)} available") + data_note)
+    timing = _time(report, v, fit, lengths, n, target)
     fix = None
     cut = next((c for c in fit.changes if c.key == "training.max_seq_length"), None)
     if fit.changes:
@@ -61,13 +62,53 @@ def test_config_fit(report, loaded, target, architecture, fit_plan):
                           + (_instead(report, loaded, target, lengths) if mode == "single" else
                              " Or use a smaller model (fmllm-check --recommend) or a card with more memory."))
             msg = fit.message if fit.message.endswith(".") else fit.message + "."
-            report.fail(f"does not fit: {head}. {msg}{unsafe}", fix)
+            report.fail(f"does not fit: {head}. {msg}{unsafe}{timing}", fix)
         more = (" Nothing sensible fits one such card." + _instead(report, loaded, target, lengths)
                 if mode == "single" else "")
         report.fail(f"does not fit, even with every memory saving: {head}. {fit.message}{more}")
     if fix is not None and fit.speedup >= 1.3:
-        report.warn(f"fits with room to spare: {head}. {fit.message}.", fix)
-    report.ok(f"fits: {head}; margin kept {_gib(fit.margin_bytes)}")
+        report.warn(f"fits with room to spare: {head}. {fit.message}.{timing}", fix)
+    report.ok(f"fits: {head}; margin kept {_gib(fit.margin_bytes)}.{timing}")
+
+
+def _time(report, view, fit, lengths, n_gpus, target) -> str:
+    """The run's predicted speed and wall-clock time on the card planned for (issue 19): as the
+    config stands and, when the search changes the batch, after its changes. Values in the JSON;
+    a sentence for people, or "" when the prediction has no speed (no card, no steps)."""
+    from fmllm_tui.memory import planned_steps
+    from fmllm_tui.units import format_duration
+
+    t = view.training
+    n_examples = len(lengths) if lengths else None
+    before = fit.prediction_before
+    steps = planned_steps(t.max_steps, t.num_train_epochs, n_examples, t.per_device_train_batch_size,
+                          t.gradient_accumulation_steps, n_gpus)
+    if not before.tokens_per_second or before.tokens_per_second <= 0:
+        return ""
+    report.set(predicted_tokens_per_s=round(before.tokens_per_second, 1), planned_steps=steps,
+               eta_s=round(before.eta_seconds(steps), 1) if steps else None)
+    where = "" if target.name.endswith(" budget") else f" on {target.name}"
+    text = f" Speed{where}: ~{before.tokens_per_second:,.0f} tokens/s predicted"
+    if steps:
+        text += f", about {format_duration(before.eta_seconds(steps))} for {plural(steps, 'step')}"
+    changed = {c.key: c.to for c in fit.changes}
+    after = fit.prediction_after
+    if fit.fits and fit.changes and after.tokens_per_second and after.tokens_per_second > 0:
+        micro = changed.get("training.per_device_train_batch_size", t.per_device_train_batch_size)
+        accum = changed.get("training.gradient_accumulation_steps", t.gradient_accumulation_steps)
+        steps_after = planned_steps(t.max_steps, t.num_train_epochs, n_examples, micro, accum, n_gpus)
+        report.set(predicted_tokens_per_s_after=round(after.tokens_per_second, 1),
+                   eta_after_s=round(after.eta_seconds(steps_after), 1) if steps_after else None)
+        text += f"; with the changes ~{after.tokens_per_second:,.0f} tokens/s"
+        if steps_after:
+            text += f", about {format_duration(after.eta_seconds(steps_after))}"
+    from fmllm_tui.memory import SPEED_MEASURED_CARDS
+
+    card = getattr(target, "card", None)
+    basis = ("no card named: an H100/H200-class card assumed" if card is None
+             else "fitted on runs on this card" if card.name in SPEED_MEASURED_CARDS
+             else "scaled from H100/H200 runs by the card's specifications")
+    return text + f" (compile included, model loading not; {basis})."
 
 
 @check("host.disk", "Disk space for checkpoints", "host", severity="warning")

@@ -1313,6 +1313,19 @@ class TimeEstimate:
     basis: str  # "measured" (the card kind the constants were fitted on) or how it was scaled
 
 
+def planned_steps(max_steps: int, epochs: float, n_examples: int | None, micro_batch: int,
+                  grad_accum: int, n_gpus: int = 1) -> int | None:
+    """Optimizer steps the run will take: ``max_steps`` when set (> 0), else epochs x batches of
+    micro-batch x accumulation x GPUs examples, rounded up per epoch as the Trainer does. None
+    when the data could not be read."""
+    if max_steps > 0:
+        return int(max_steps)
+    if not n_examples:
+        return None
+    per_step = max(1, micro_batch * grad_accum * max(1, n_gpus))
+    return max(1, math.ceil(math.ceil(n_examples / per_step) * epochs))
+
+
 def estimate_time(
     inp: PlanInputs, arch: dict[str, Any] | ArchSpec, *, steps: int, gpu: GpuCard | None = None,
     prediction: Prediction | None = None,

@@ -55,3 +55,11 @@ def test_every_face_shows_the_same_peak_for_the_shipped_config_on_an_rtx_3080(tm
     fit_after = checks["config.fit"]["values"]["fit"]
     assert rec.peak_process_bytes == fit_after["predicted_peak_after_bytes"]
     assert [(c.key, c.to) for c in rec.changes] == [(c["key"], c["to"]) for c in fit_after["changes"]]
+
+    # The speed (issue 19): config.fit's predicted tokens/s and steps are the Memory screen's for
+    # the same card, and --recommend's after the changes is config.fit's after them.
+    values = checks["config.fit"]["values"]
+    tps, where, eta = memplan.eta_line(plan, memplan.Budget(card.usable_bytes, "RTX 3080", "--gpu"))
+    assert where == card.name and round(tps, 1) == values["predicted_tokens_per_s"]
+    assert eta is not None and eta.endswith(f"for {values['planned_steps']} steps")
+    assert round(rec.tokens_per_second, 1) == values["predicted_tokens_per_s_after"]

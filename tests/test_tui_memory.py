@@ -204,7 +204,7 @@ def test_wide_memory_screen_header_speed_and_eta(cfg: Path) -> None:
     its budget came from in words; the speed is for that card and the ETA counts the planned steps."""
     view = load_config(cfg).view
     n = len(example_lengths(view) or [])
-    steps = memplan.planned_steps(view.training.max_steps, view.training.num_train_epochs, n,
+    steps = memory.planned_steps(view.training.max_steps, view.training.num_train_epochs, n,
                                   view.training.per_device_train_batch_size,
                                   view.training.gradient_accumulation_steps)
     assert steps == -(-n // 4)  # 66 examples, 1 x 4 per step, one epoch
@@ -233,6 +233,6 @@ def test_budget_from_checks_prefers_a_result_that_names_its_gpu() -> None:
                                     "config.fit": res("config.fit", {"budget_bytes": 24 * GiB, "gpu": "RTX 3090"})})
     assert b is not None and b.label == "RTX 3090" and memplan.source_words(b) == "as the checks plan"
     assert b.card() is not None and "3090" in b.card().name
-    assert memplan.planned_steps(10, 3.0, 66, 1, 4) == 10  # max_steps wins
-    assert memplan.planned_steps(-1, 2.0, 66, 2, 4) == 18  # ceil(66 / 8) = 9 per epoch
-    assert memplan.planned_steps(-1, 1.0, None, 1, 1) is None
+    assert memory.planned_steps(10, 3.0, 66, 1, 4) == 10  # max_steps wins
+    assert memory.planned_steps(-1, 2.0, 66, 2, 4) == 18  # ceil(66 / 8) = 9 per epoch
+    assert memory.planned_steps(-1, 1.0, None, 1, 1) is None

@@ -144,25 +144,10 @@ def source_words(b: Budget) -> str:
     return b.source
 
 
-def planned_steps(max_steps: int, epochs: float, n_examples: int | None, micro_batch: int,
-                  grad_accum: int, n_gpus: int = 1) -> int | None:
-    """Optimizer steps the run will take: ``max_steps`` when set (> 0), else epochs x batches of
-    micro-batch x accumulation x GPUs examples, rounded up per epoch as the Trainer does. None
-    when the data could not be read."""
-    import math
-
-    if max_steps > 0:
-        return int(max_steps)
-    if not n_examples:
-        return None
-    per_step = max(1, micro_batch * grad_accum * max(1, n_gpus))
-    return max(1, math.ceil(math.ceil(n_examples / per_step) * epochs))
-
-
 def eta_line(plan: MemoryPlan, budget: Budget | None) -> tuple[float, str, str | None]:
     """(tokens/s, the card it is for, ETA text or None) for the plan as varied: the memory
     model's speed on the budget's card and its time for the planned steps."""
-    from fmllm_tui.memory import estimate_time
+    from fmllm_tui.memory import estimate_time, planned_steps
     from fmllm_tui.units import format_duration
 
     inp = plan.planned(plan.current)
