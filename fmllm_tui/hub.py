@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fmllm_tui import catalogue
 from fmllm_tui.redact import mask_text
@@ -403,11 +404,49 @@ def _hub_suggestions(api: Any, model_id: str) -> list[str]:
     return ranked or catalogue.suggest_ids(model_id)
 
 
+T = TypeVar("T")
+_Handlers = tuple[tuple[type[BaseException], Callable[[BaseException], ModelStatus]], ...]
+
+
+def _call_hub(call: Callable[[], T], model_id: str, endpoint: str, revision: str | None,
+              handlers: _Handlers) -> tuple[T | None, ModelStatus | None]:
+    """Run one Hub call; return (its result, None) or (None, what its failure means to the person).
+
+    `handlers` give this call's own meanings, tried in order (a missing revision, a gated repo...);
+    any other Hub HTTP error and any network failure read the same for every call, so they live here.
+    """
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return call(), None
+    except Exception as exc:
+        for exc_type, handle in handlers:
+            if isinstance(exc, exc_type):
+                return None, handle(exc)
+        if isinstance(exc, HfHubHTTPError):
+            return None, _http_error(model_id, exc, endpoint, revision)
+        if isinstance(exc, _network_errors()):
+            return None, _unreachable(model_id, exc, endpoint)
+        raise
+
+
+def _gated_on_download(status: ModelStatus, exc: BaseException, token: str | None) -> ModelStatus:
+    """config.json refused as gated after model_info answered: keep what model_info told."""
+    gated = _gated(status.model_id, exc, token, status.revision)
+    gated.files, gated.has_safetensors, gated.pickle_only = status.files, status.has_safetensors, status.pickle_only
+    gated.commit, gated.gated = status.commit, status.gated or gated.gated
+    # The person can't download it, but a config cached earlier still serves planning.
+    snap, _ = _cached_snapshot(status.model_id, status.revision)
+    if snap is not None:
+        gated.config, _ = _read_json(snap / "config.json")
+        gated.auto_map = (gated.config or {}).get("auto_map")
+    return gated
+
+
 def _check_hub(model_id: str, revision: str | None, timeout: float) -> ModelStatus:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import (
         GatedRepoError,
-        HfHubHTTPError,
         OfflineModeIsEnabled,
         RemoteEntryNotFoundError,
         RepositoryNotFoundError,
@@ -417,26 +456,20 @@ def _check_hub(model_id: str, revision: str | None, timeout: float) -> ModelStat
     endpoint = hub_endpoint()
     token = _token()
     api = HfApi(endpoint=endpoint, token=token or False)
-    net_errors = _network_errors()
     page = f"{HUB_WEB}/{model_id}"
-    try:
-        info = api.model_info(model_id, revision=revision, timeout=timeout)
-    except OfflineModeIsEnabled:
-        return _check_cache(model_id, revision,
-                            offline_reason="huggingface_hub is in offline mode (HF_HUB_OFFLINE was set at start-up)")
-    except RevisionNotFoundError:
-        return ModelStatus(model_id, "revision_not_found", False,
-                           f"{model_id} exists, but has no revision {revision!r}",
-                           remedy=f"use an existing branch, tag or commit (see {page}/tree/main), or drop the revision",
-                           revision=revision)
-    except GatedRepoError as exc:
-        return _gated(model_id, exc, token, revision)
-    except RepositoryNotFoundError:
-        return _not_found(api, model_id, token, revision)
-    except HfHubHTTPError as exc:
-        return _http_error(model_id, exc, endpoint, revision)
-    except net_errors as exc:
-        return _unreachable(model_id, exc, endpoint)
+    info, failed = _call_hub(
+        lambda: api.model_info(model_id, revision=revision, timeout=timeout), model_id, endpoint, revision,
+        ((OfflineModeIsEnabled, lambda exc: _check_cache(
+            model_id, revision,
+            offline_reason="huggingface_hub is in offline mode (HF_HUB_OFFLINE was set at start-up)")),
+         (RevisionNotFoundError, lambda exc: ModelStatus(
+             model_id, "revision_not_found", False, f"{model_id} exists, but has no revision {revision!r}",
+             remedy=f"use an existing branch, tag or commit (see {page}/tree/main), or drop the revision",
+             revision=revision)),
+         (GatedRepoError, lambda exc: _gated(model_id, exc, token, revision)),
+         (RepositoryNotFoundError, lambda exc: _not_found(api, model_id, token, revision))))
+    if failed is not None:
+        return failed
 
     files = [s.rfilename for s in info.siblings] if info.siblings is not None else []
     has_st, pickle_only = weight_summary(files) if info.siblings is not None else (None, None)
@@ -445,31 +478,24 @@ def _check_hub(model_id: str, revision: str | None, timeout: float) -> ModelStat
                          commit=info.sha, location=f"{endpoint}/{model_id}")
     if info.siblings is not None and "config.json" not in files:
         return _no_config_on_hub(status, files, revision, timeout)
-    try:
-        config = _download_config(model_id, revision, endpoint, token, timeout)
-    except GatedRepoError as exc:
-        gated = _gated(model_id, exc, token, revision)
-        gated.files, gated.has_safetensors, gated.pickle_only = files, has_st, pickle_only
-        gated.commit, gated.gated = info.sha, info.gated or gated.gated
-        # The person can't download it, but a config cached earlier still serves planning.
-        snap, _ = _cached_snapshot(model_id, revision)
-        if snap is not None:
-            gated.config, _ = _read_json(snap / "config.json")
-            gated.auto_map = (gated.config or {}).get("auto_map")
-        return gated
-    except RevisionNotFoundError:
+    def revision_missing(exc: BaseException) -> ModelStatus:
         status.kind, status.message = "revision_not_found", f"{model_id} has no revision {revision!r}"
         return status
-    except RemoteEntryNotFoundError:
-        return _no_config_on_hub(status, files, revision, timeout)
-    except HfHubHTTPError as exc:
-        return _http_error(model_id, exc, endpoint, revision)
-    except net_errors as exc:
-        return _unreachable(model_id, exc, endpoint)
-    except ValueError as exc:
+
+    def bad_json(exc: BaseException) -> ModelStatus:
         status.message = f"{model_id}: its config.json is not valid JSON ({exc})"
         status.remedy = f"report it to the model's authors ({page}); pick another revision meanwhile"
         return status
+
+    # ValueError is no Hub or network error, so trying it before them keeps the old except order's meaning.
+    config, failed = _call_hub(
+        lambda: _download_config(model_id, revision, endpoint, token, timeout), model_id, endpoint, revision,
+        ((GatedRepoError, lambda exc: _gated_on_download(status, exc, token)),
+         (RevisionNotFoundError, revision_missing),
+         (RemoteEntryNotFoundError, lambda exc: _no_config_on_hub(status, files, revision, timeout)),
+         (ValueError, bad_json)))
+    if failed is not None:
+        return failed
     status.config = config
     status.auto_map = config.get("auto_map") if isinstance(config.get("auto_map"), dict) else None
     status.ok = bool(has_st or pickle_only)
