@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -40,8 +39,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
 from bench_runner_gpu import ensure_model, env_report, log, out_dir  # noqa: E402
+from runconfig import write_run_config  # noqa: E402
 
 STEPS, SAVE, LOG_EVERY = 12, 5, 4
 KEYS = ("loss", "grad_norm", "lr", "tokens")
@@ -49,32 +50,13 @@ KEYS = ("loss", "grad_norm", "lr", "tokens")
 
 def write_config(work: Path, model: Path) -> Path:
     """The config of every run (like tests/test_resume.py's, on the GPU and at a real length)."""
-    work.mkdir(parents=True, exist_ok=True)
-    cfg = work / "config.yaml"
-    cfg.write_text(textwrap.dedent(f"""\
-        paths:
-          output_dir: {work / 'out'}
-          ft_combined_data_file: {REPO / 'data' / 'sample_instructions.jsonl'}
-        fine_tuning:
-          base_model_name: {model}
-          data_format: instruction
-          lora: {{r: 8, alpha: 16, dropout: 0.1, target_modules: [q_proj, k_proj, v_proj, o_proj]}}
-          quantization: {{use_4bit: true, bnb_4bit_compute_dtype: bfloat16}}
-          training:
-            per_device_train_batch_size: 2
-            gradient_accumulation_steps: 2
-            learning_rate: 0.001
-            lr_scheduler_type: cosine
-            warmup_ratio: 0.1
-            max_seq_length: 512
-            optim: paged_adamw_32bit
-            group_by_length: true
-            seed: 11
-            max_steps: {STEPS}
-            save_steps: {SAVE}
-            logging_steps: {LOG_EVERY}
-        """))
-    return cfg
+    return write_run_config(
+        work, model, data_format="instruction", qlora=True,
+        lora={"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+        training={"gradient_accumulation_steps": 2, "learning_rate": 0.001, "lr_scheduler_type": "cosine",
+                  "warmup_ratio": 0.1, "max_seq_length": 512, "group_by_length": True, "seed": 11,
+                  "max_steps": STEPS, "save_steps": SAVE, "logging_steps": LOG_EVERY})
+
 
 
 def rows_of(run_dir: Path) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from runconfig import write_run_config, yaml_block
 from tui_support import scaled
 
 from fmllm_tui.config import load_config, load_config_text
@@ -359,23 +360,8 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run_config(tmp_path: Path, model: Path | str, fmllm: str, training: str = "") -> Path:
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(textwrap.dedent(f"""\
-        paths:
-          output_dir: {tmp_path / 'out'}
-          ft_combined_data_file: {SAMPLE}
-        fine_tuning:
-          base_model_name: {model}
-          lora: {{r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}}
-          training:
-            per_device_train_batch_size: 2
-            learning_rate: 0.01
-            lr_scheduler_type: constant
-            warmup_ratio: 0.0
-            max_seq_length: 96
-            logging_steps: 1
-        """) + textwrap.indent(textwrap.dedent(training), "    ") + "fmllm:\n" + textwrap.indent(textwrap.dedent(fmllm), "  "))
-    return cfg
+    """A 2-process run's config; `fmllm` and `training` are YAML snippets added to those sections."""
+    return write_run_config(tmp_path, model, training=yaml_block(training), fmllm=yaml_block(fmllm))
 
 
 def wait_rows(run_dir: Path, step: int, timeout: float = 120) -> list[dict[str, Any]]:
@@ -789,8 +775,9 @@ def test_check_host_ram_for_fsdp_loading(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_memory_fit_fixer_writes_the_distributed_keys(tmp_path: Path) -> None:
-    from fmllm_tui.findings import Change
     from fmllm_tui.fixes import plan_fix, render_changes
+
+    from fmllm_tui.findings import Change
 
     path = tmp_path / "config.yaml"
     path.write_text("# my run\n" + cfg_text())

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from runconfig import write_run_config, yaml_block
 from tui_support import scaled
 
 from fmllm_tui.config import load_config
@@ -112,30 +112,13 @@ def cpu_fsdp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
 
 
 def write_config(folder: Path, model: Path, distributed: str, ga: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = folder / "config.yaml"
-    cfg.write_text(textwrap.dedent(f"""\
-        paths:
-          output_dir: {folder / 'out'}
-          ft_combined_data_file: {SAMPLE}
-        fine_tuning:
-          base_model_name: {model}
-          lora: {{r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}}
-          training:
-            per_device_train_batch_size: 1
-            gradient_accumulation_steps: {ga}
-            learning_rate: 0.01
-            lr_scheduler_type: constant
-            warmup_ratio: 0.0
-            max_seq_length: 64
-            logging_steps: 1
-            max_steps: {STEPS}
-            save_steps: 2
-            seed: 3
-        fmllm:
-          distributed: {distributed}
-        """))
-    return cfg
+    """Batch 1 x `ga` accumulation at length 64, a checkpoint every 2 steps, the given `distributed`."""
+    return write_run_config(
+        folder, model,
+        training={"per_device_train_batch_size": 1, "gradient_accumulation_steps": ga, "max_seq_length": 64,
+                  "max_steps": STEPS, "save_steps": 2, "seed": 3},
+        fmllm=yaml_block(f"distributed: {distributed}\n"))
+
 
 
 def finished(run_dir: Path, timeout: float = 150) -> dict[str, Any]:

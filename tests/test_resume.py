@@ -12,10 +12,10 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
+from runconfig import write_run_config
 from tui_support import scaled
 
 from fmllm_tui.config import load_config
@@ -35,33 +35,13 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 def _config(tmp_path: Path, model: Path, *, max_steps: int, save_steps: int, logging_steps: int) -> Path:
     """Dropout on (the RNG matters), accumulation, a cosine schedule with warmup (the scheduler's
     state matters), length-grouped batches (the sampler's order matters), a log row every few steps."""
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(textwrap.dedent(f"""\
-        paths:
-          output_dir: {tmp_path / 'out'}
-          ft_combined_data_file: {REPO / 'data' / 'sample_instructions.jsonl'}
-        fine_tuning:
-          base_model_name: {model}
-          data_format: instruction
-          lora: {{r: 4, alpha: 8, dropout: 0.1, target_modules: [q_proj, v_proj]}}
-          quantization: {{use_4bit: true, bnb_4bit_compute_dtype: bfloat16}}
-          training:
-            per_device_train_batch_size: 2
-            gradient_accumulation_steps: 2
-            learning_rate: 0.01
-            lr_scheduler_type: cosine
-            warmup_ratio: 0.1
-            max_seq_length: 96
-            optim: paged_adamw_32bit
-            group_by_length: true
-            seed: 11
-            max_steps: {max_steps}
-            save_steps: {save_steps}
-            logging_steps: {logging_steps}
-        fmllm:
-          minimal_test_steps: 4
-        """))
-    return cfg
+    return write_run_config(
+        tmp_path, model, data_format="instruction", qlora=True, lora={"dropout": 0.1},
+        training={"gradient_accumulation_steps": 2, "lr_scheduler_type": "cosine", "warmup_ratio": 0.1,
+                  "group_by_length": True, "seed": 11, "max_steps": max_steps, "save_steps": save_steps,
+                  "logging_steps": logging_steps},
+        fmllm={"minimal_test_steps": 4})
+
 
 
 def _finish(run_dir: Path) -> dict:

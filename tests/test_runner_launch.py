@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from runconfig import write_run_config, yaml_block
 from tui_support import scaled
 
 from fmllm_tui.config import load_config
@@ -44,32 +45,12 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def write_config(tmp_path: Path, model: Path | str, *, data: Path | None = SAMPLE, fmt: str = "instruction",
                  training: str = "", fmllm: str = "", output: str | None = None) -> Path:
-    cfg = tmp_path / "config.yaml"
-    text = f"""\
-    paths:
-      output_dir: {output or tmp_path / 'out'}
-      {'ft_combined_data_file: ' + str(data) if data else ''}
-    fine_tuning:
-      base_model_name: {model}
-      data_format: {fmt}
-      lora: {{r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}}
-      quantization: {{use_4bit: true, bnb_4bit_compute_dtype: bfloat16}}
-      training:
-        per_device_train_batch_size: 2
-        gradient_accumulation_steps: 1
-        learning_rate: 0.01
-        lr_scheduler_type: constant
-        warmup_ratio: 0.0
-        max_seq_length: 96
-        optim: paged_adamw_32bit
-        logging_steps: 1
-    """
-    text = textwrap.dedent(text)
-    if training:
-        text += textwrap.indent(textwrap.dedent(training), "    ")
-    text += "fmllm:\n  minimal_test_steps: 8\n" + textwrap.indent(textwrap.dedent(fmllm), "  ")
-    cfg.write_text(text)
-    return cfg
+    """A QLoRA run's config (batch 2, no accumulation, a row per step, an 8-step minimal test);
+    `training` and `fmllm` are YAML snippets added to those sections."""
+    return write_run_config(tmp_path, model, data=data, output=output, data_format=fmt, qlora=True,
+                            training={"gradient_accumulation_steps": 1, **yaml_block(training)},
+                            fmllm={"minimal_test_steps": 8, **yaml_block(fmllm)})
+
 
 
 def wait_for_step(run_dir: Path, step: int, timeout: float = 120) -> int:
