@@ -478,10 +478,12 @@ def resume(run_dir: str | os.PathLike[str]) -> Path:
         raise RunError(f"{rdir} is not an fmllm run folder (no run.json)")
     st = status(rdir)
     if st["exit"] is not None:
-        # The supervisor writes the exit record as its last act: give the process a moment to go
-        # before a new one takes over the folder.
-        deadline = time.monotonic() + 15
-        while procs.is_alive(st.get("pid"), must_mention=str(rdir)) and time.monotonic() < deadline:
+        # The supervisor writes the exit record as its last act: give it (and any process of the
+        # run still tearing down) a moment to go before a new one takes over the folder. On a
+        # loaded machine 15 s was once not enough (a resume refused as "still running").
+        deadline = time.monotonic() + 45
+        while ((procs.is_alive(st.get("pid"), must_mention=str(rdir)) or procs.live(rdir))
+               and time.monotonic() < deadline):
             time.sleep(0.1)
     holders = procs.live(rdir)
     if st["state"] == "running" or holders:
