@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -153,9 +152,6 @@ def save_adapter_atomic(model: Any, tokenizer: Any, dest: Path, meta: dict[str, 
         raise
 
 
-_CKPT = re.compile(r"^checkpoint-(\d+)$")
-
-
 def last_complete_checkpoint(folder: Path, *, rename: bool = True) -> Path | None:
     """The newest checkpoint whose save finished: trainer state and the adapter present (an FSDP
     checkpoint holds the sharded model, ``pytorch_model_fsdp_*``, and optimizer instead).
@@ -165,22 +161,14 @@ def last_complete_checkpoint(folder: Path, *, rename: bool = True) -> Path | Non
     One with a file cut short (rundir.checkpoint_problem names it) is renamed ``*.damaged`` and
     the one before it is used, saying so.
     """
-    if not folder.is_dir():
-        return None
     found = []
-    for p in folder.iterdir():
-        m = _CKPT.match(p.name)
-        if not m or not p.is_dir():
-            continue
-        # FSDP checkpoints: the Trainer's sharded model and optimizer, and fmllm's adapter (written
-        # after them, so its presence means the rest is there).
-        model_saved = any(p.glob("adapter_model.*")) and (not any(p.glob("pytorch_model_fsdp*")) or any(p.glob("optimizer*")))
-        if (p / "trainer_state.json").is_file() and model_saved:
-            found.append((int(m.group(1)), p))
+    for step, p in rd.checkpoint_dirs(folder):
+        if rd.checkpoint_saved(p):
+            found.append((step, p))
         elif rename:
             p.rename(p.with_name(p.name + ".incomplete"))
     damaged: list[str] = []
-    for _, p in sorted(found, reverse=True):
+    for _, p in found:  # newest first
         problem = rd.checkpoint_problem(p)
         if problem is None:
             if damaged:

@@ -454,14 +454,9 @@ def _finished_checkpoint(rdir: Path) -> str | None:
     """The name of the run's newest sound checkpoint when it is at the run's last step (its
     trainer state's global_step reached max_steps), else None. Torch-free: the training process
     makes the real choice (and sets damaged checkpoints aside); this only spots a finished run."""
-    ckpts = []
-    for p in (rdir / rd.CHECKPOINTS).glob("checkpoint-*"):
-        tail = p.name.rsplit("-", 1)[-1]
-        if p.is_dir() and tail.isdigit() and (p / "trainer_state.json").is_file():
-            ckpts.append((int(tail), p))
-    for _, p in sorted(ckpts, reverse=True):
-        if rd.checkpoint_problem(p) is not None:
-            continue  # the training process falls back past it, so it says nothing about the end
+    for _, p in rd.checkpoint_dirs(rdir / rd.CHECKPOINTS):
+        if not rd.checkpoint_saved(p) or rd.checkpoint_problem(p) is not None:
+            continue  # the training process skips it too, so it says nothing about the end
         state = rd.read_json(p / "trainer_state.json") or {}
         step, last = state.get("global_step"), state.get("max_steps")
         if isinstance(step, int) and isinstance(last, int) and last > 0 and step >= last:

@@ -142,6 +142,26 @@ def _safetensors_problem(path: Path) -> str | None:
     return None
 
 
+def checkpoint_dirs(folder: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """The Trainer's ``checkpoint-<step>`` folders in ``folder``, newest first (set-aside
+    ``*.incomplete`` / ``*.damaged`` ones are not listed)."""
+    base = Path(folder)
+    if not base.is_dir():
+        return []
+    found = [(int(p.name[len("checkpoint-"):]), p) for p in base.iterdir()
+             if p.name.startswith("checkpoint-") and p.name[len("checkpoint-"):].isdigit() and p.is_dir()]
+    return sorted(found, reverse=True)
+
+
+def checkpoint_saved(ckpt: Path) -> bool:
+    """Whether the checkpoint's save finished: the trainer state and the adapter are there (an
+    FSDP checkpoint's sharded model and optimizer are written before fmllm's adapter, so its
+    presence means the rest is there)."""
+    model_saved = any(ckpt.glob("adapter_model.*")) and (
+        not any(ckpt.glob("pytorch_model_fsdp*")) or any(ckpt.glob("optimizer*")))
+    return (ckpt / "trainer_state.json").is_file() and model_saved
+
+
 def checkpoint_problem(folder: str | os.PathLike[str]) -> str | None:
     """Why a Trainer checkpoint folder cannot be resumed from, naming the file, or None. Cheap
     (headers and zip directories only): a truncated adapter, optimizer, scheduler or RNG state
