@@ -917,7 +917,10 @@ class _Engine:
                     matches = [*matches, (p, m2)]
                     done.add(p.id)
         nxt = ctx.after[0] if ctx.after else ""
-        if len(text) >= WRAP_MIN and nxt[:1].strip() and not any(p.severity == "error" for p, _m in matches):
+        # the next line continues a wrapped one when it starts flush, or with the one space the cut fell
+        # before (two or more: an indented frame or source line, not a continuation)
+        wrapped = bool(nxt[:1].strip()) or (nxt[:1] == " " and bool(nxt[1:2].strip()))
+        if len(text) >= WRAP_MIN and wrapped and not any(p.severity == "error" for p, _m in matches):
             for sep in ("", " "):  # cut at the column, or at a word boundary
                 joined = text + sep + nxt
                 for p, m in self._matches_of(joined):

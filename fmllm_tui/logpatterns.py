@@ -282,14 +282,17 @@ def _x_gated(m: re.Match[str], ctx: Any) -> dict[str, Any]:
 
 def _x_missing_module(m: re.Match[str], ctx: Any) -> dict[str, Any]:
     mod = next(g for g in m.groups() if g)
-    if m.group(2):
+    if not m.group(1) and not m.group(3):  # a library's display name ('DeepSpeed'), not an import path
         mod = mod.lower()
     pkg = pip_name(mod)
     f = fix(None, f"install the missing package '{pkg}'", shell=f"pip install {pkg}")
+    cause = f"Python module '{mod}' is not installed in this environment (pip package '{pkg}')"
+    if m.lastindex == 5:  # a version gate: the package may be there, only older than required
+        f = fix(None, f"install or upgrade '{pkg}' to the version the message names", shell=f"pip install -U {pkg}")
+        cause = f"the code needs '{pkg}' at the version the message names: it is not installed here, or it is older"
     if mod.split(".")[0] in ("flash_attn", "flash_attn_2_cuda"):
         f = FIX_SDPA
-    return {"values": {"module": mod, "package": pkg}, "key": mod, "fix": f,
-            "cause": f"Python module '{mod}' is not installed in this environment (pip package '{pkg}')"}
+    return {"values": {"module": mod, "package": pkg}, "key": mod, "fix": f, "cause": cause}
 
 
 def _x_nccl(m: re.Match[str], ctx: Any) -> dict[str, Any]:
@@ -626,9 +629,12 @@ def _x_hub_404(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
     text = " ".join([ctx.line, *ctx.after[:3]])
     if re.search(r"Repository Not Found|Revision Not Found|RepositoryNotFoundError|RevisionNotFoundError", ctx.line):
         return None  # hub_not_found / hub_revision_not_found own them
-    url = re.search(r"https://huggingface\.co/(\S+?)['\"]?(?:[\s.]|$)", text)
-    v: dict[str, Any] = {"url": f"https://huggingface.co/{url.group(1)}"} if url else {}
-    path = url.group(1) if url else ""
+    # huggingface.co or a mirror serving the same paths (hf-mirror.com, HF_ENDPOINT)
+    url = re.search(r"(https?://[\w.:-]+)/(\S+?)['\"]?\.?(?:\s|$)", text)  # a sentence's last '.' is not the file's
+    v: dict[str, Any] = {"url": f"{url.group(1)}/{url.group(2)}"} if url else {}
+    path = url.group(2) if url else ""
+    if url and "huggingface.co" not in url.group(1):
+        v["endpoint"] = url.group(1)
     api = re.match(r"api/models/([\w.-]+(?:/[\w.-]+)?)(?:/(revision|tree)/([^/?\s]+)/?([^?\s]*))?", path)
     res = re.match(r"(?:datasets/)?([\w.-]+/[\w.-]+)/resolve/([^/\s]+)/(\S+)", path)
     if api and api.group(2) == "tree" and api.group(4):
@@ -650,6 +656,64 @@ def _x_hub_404(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
         return {"values": v, "key": path, "cause": f"the Hub has no model '{api.group(1)}' (404): the id is wrong (a typo, "
                 "a lost '/'), or the repo is private and no token was sent", "fix": FIX_MODEL_ID}
     return {"values": v, "key": path}
+
+
+def _x_labels_masked(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
+    if "train_loss" in m.group(0):
+        return {}  # a final metrics block: the pattern's own words
+    return {"severity": "error", "default_phase": "first_step",
+            "cause": ("every label of the dataset is -100 (masked), so the loss would be 0 and nothing is learnt: the "
+                      "instruction/response markers given to the response-only masking (train_on_responses_only, a "
+                      "completion-only collator) do not occur in the formatted text"),
+            "fix": fix(None, "print one formatted example and pass the markers exactly as the chat template writes them "
+                             "(or train on the whole text)")}
+
+
+def _x_no_cuda(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
+    if "False" in m.group(0) or "is_available()" not in m.group(0):
+        return {}
+    # a REPL's check: its answer is the next line ('False', IPython's 'Out[3]: False')
+    nxt = next((a.strip() for a in ctx.after[:2] if a.strip()), "")
+    if not re.fullmatch(r"(?:Out\[\d*\]:\s*)?False", nxt):
+        return None
+    return {"values": {"cuda_available": False},
+            "cause": "torch.cuda.is_available() is False: this torch sees no GPU (a CPU-only torch wheel, "
+                     "or no working NVIDIA driver)",
+            "fix": fix(None, "install a CUDA build of torch (pip's default on Windows is CPU-only) from the PyTorch "
+                             "index for your CUDA, and check the driver with nvidia-smi",
+                       shell="pip install --force-reinstall torch --index-url https://download.pytorch.org/whl/cu121")}
+
+
+def _x_nccl_error(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    if "P2P or IB" not in m.group(0):
+        return {}
+    return {"values": {"p2p": False},
+            "cause": ("these consumer GPUs (RTX 40xx) have no peer-to-peer or InfiniBand transport, so accelerate "
+                      "refuses to start NCCL with them on"),
+            "fix": fix(None, "turn both off in the environment of the training process itself (or start it with "
+                             "accelerate launch, which sets them); with one GPU, hide the others",
+                       shell="export NCCL_P2P_DISABLE=1 NCCL_IB_DISABLE=1")}
+
+
+def _x_deprecation(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
+    if re.match(r"\s*(?:[\w.]+\.)?\w*(?:Error|Exception)\b", ctx.line):
+        return None  # an exception that says a name is deprecated stopped the run: not a note
+    return {}
+
+
+_TIED_HEADS = re.compile(r"^(?:lm_head|cls\.predictions\.decoder|output_projection|embed_out)\.weight$")
+
+
+def _x_new_weights(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    names = re.findall(r"'([\w.]+)'", " ".join([ctx.line, *ctx.after[:2]]).split(m.group(0), 1)[-1])
+    if names and all(_TIED_HEADS.match(n) for n in names):
+        # the output head shares the input embeddings' weight (tie_word_embeddings): tied after loading
+        return {"severity": "info", "values": {"weights": names},
+                "cause": (f"only the output head ({', '.join(names)}) is reported: in models that tie it to the input "
+                          "embeddings (GPT-2 and most small LMs) it is set from them after loading: harmless"),
+                "fix": fix(None, "nothing to change when the model ties its embeddings (config.tie_word_embeddings); "
+                                 "if it does not, the checkpoint lacks its head: check base_model_name")}
+    return {"values": {"weights": names[:8]}} if names else {}
 
 
 def _x_zero_overflow(m: re.Match[str], ctx: Any) -> dict[str, Any]:
@@ -825,8 +889,12 @@ PATTERNS: list[Pattern] = [
     _p("hub_http_404", ERR, "the Hub answered 404",
        "a request to the Hugging Face Hub got 404 Not Found: the model id, the file name or the revision does not exist there",
        FIX_MODEL_ID,
-       r"404 Client Error[:.]? (?:\(Request ID: [^)]*\) )?(?:Not Found|Entry Not Found) for url: https://huggingface\.co"
-       r"|Client error '404 Not Found' for url '?https://huggingface\.co|(?:Remote)?EntryNotFoundError\b|Entry Not Found for url: https://huggingface\.co",
+       # huggingface.co, or any host serving the Hub's URL shapes (a mirror such as hf-mirror.com, HF_ENDPOINT):
+       # /<owner>/<name>/resolve/<rev>/<file> and /api/models|datasets/...
+       r"404 Client Error[:.]? (?:\(Request ID: [^)]*\) )?(?:Not Found|Entry Not Found) for url: https?://(?:huggingface\.co"
+       r"|[\w.:-]+/(?:api/(?:models|datasets|spaces)/|(?:datasets/)?[\w.-]+/[\w.-]+/resolve/))"
+       r"|Client error '404 Not Found' for url '?https?://(?:huggingface\.co|[\w.:-]+/(?:api/(?:models|datasets|spaces)/|(?:datasets/)?[\w.-]+/[\w.-]+/resolve/))"
+       r"|(?:Remote)?EntryNotFoundError\b|Entry Not Found for url: https?://",
        extract=_x_hub_404),
     _p("hub_unreachable", ERR, "Hugging Face Hub unreachable",
        "the Hub could not be reached (no network, proxy, or offline mode) and the files are not in the local cache",
@@ -867,8 +935,8 @@ PATTERNS: list[Pattern] = [
     _p("weights_not_initialized", WARN, "some weights were newly initialized",
        "some weights were not in the checkpoint and start random: fine for a new head, wrong for a causal LM's layers",
        FIX_MODEL_ID,
-       r"were not initialized from the model checkpoint at",
-       ("were not initialized",)),
+       r"were not initialized from the model checkpoint at|Weights of \w+ not initialized from pretrained model",
+       ("were not initialized", "not initialized from pretrained"), _x_new_weights),
     # ---- attention ---------------------------------------------------------------------------
     _p("flash_attn_missing", ERR, "flash-attn not installed",
        "flash_attention_2 was requested but the flash-attn package is not installed or not usable here",
@@ -1024,7 +1092,10 @@ PATTERNS: list[Pattern] = [
        "the logged loss is exactly 0: every label is masked (the response template is not found), or fp16 broke the loss",
        fix("dtype.compute", "check the labels are not all -100 (fmllm-check data); if training in fp16 switch to bf16",
            [("training.fp16", False), ("training.bf16", True)]),
-       r"^\s*train_loss\s*=\s*0\.0+\s*$|['\"]train_loss['\"]: 0\.0+\b"),
+       r"^\s*train_loss\s*=\s*0\.0+\s*$|['\"]train_loss['\"]: 0\.0+\b"
+       # a library's guard that raises before the zero loss is ever logged (Unsloth's train_on_responses_only)
+       r"|All labels in your dataset are -100|[Tt]raining loss(?:es)? will be (?:all )?0\b",
+       extract=_x_labels_masked),
     _p("zero_stage_numeric", WARN, "DeepSpeed skipping steps on fp16 overflow",
        "DeepSpeed (ZeRO) with fp16 keeps overflowing: the loss scale halves and steps are skipped",
        fix("dtype.compute", "train in bf16 (no loss scaling) on Ampere or newer; on older GPUs raise the ZeRO config's "
@@ -1046,8 +1117,10 @@ PATTERNS: list[Pattern] = [
     _p("nccl_error", ERR, "NCCL error",
        "NCCL failed (driver, P2P/shared-memory or network problem between GPUs)", FIX_NCCL,
        r"NCCL error in:|ncclUnhandledCudaError|ncclSystemError|ncclInternalError|ncclInvalidUsage|ncclRemoteError|NCCL Error \d"
-       r"|DistBackendError: NCCL error|retrieving ncclUniqueId from",
-       ("NCCL", "nccl")),
+       r"|DistBackendError: NCCL error|retrieving ncclUniqueId from"
+       # accelerate refuses to start NCCL on consumer cards without P2P/InfiniBand (RTX 40xx)
+       r"|(?:does ?n[o']?t|does not|do not) support faster communication (?:broadband )?via P2P or IB",
+       ("NCCL", "nccl", "P2P or IB"), _x_nccl_error),
     _p("fsdp_4bit", ERR, "FSDP with 4-bit weights",
        "FSDP tried to flatten the uint8 4-bit weights together with float ones",
        FIX_FSDP,
@@ -1109,8 +1182,13 @@ PATTERNS: list[Pattern] = [
        "the training data file is not valid JSON/JSONL/CSV (a bad line, mixed types in a column, or the wrong format)",
        fix(None, "fix the bad line of the data file (fmllm-check data points at it)", [("data_format", "match the data")]),
        r"ArrowInvalid: JSON parse error|JSONDecodeError|DatasetGenerationError|An error occurred while generating the dataset"
-       r"|Couldn't cast array of type|ArrowInvalid: .*(?:Column|straddling|parse)",
-       ("ArrowInvalid", "JSONDecodeError", "DatasetGenerationError", "generating the dataset", "Couldn't cast"), _x_data),
+       r"|Couldn't cast array of type|ArrowInvalid: .*(?:Column|straddling|parse)"
+       # datasets' json/csv builders quote pyarrow's error as a class: "Failed to read file 'x' with error <class
+       # 'pyarrow.lib.ArrowInvalid'>: JSON parse error: ..."
+       r"|Failed to read file '[^']*' with error <class '[\w.]*(?:ArrowInvalid|JSONDecodeError|ParserError|UnicodeDecodeError)'>"
+       r"|JSON parse error: (?:Column\(|Invalid value|Missing a|The document is empty)|straddling object straddles two block boundaries",
+       ("ArrowInvalid", "JSONDecodeError", "DatasetGenerationError", "generating the dataset", "Couldn't cast",
+        "Failed to read file", "JSON parse error", "straddl"), _x_data),
     _p("sft_text_field", ERR, "SFTTrainer gets no text field",
        "TRL's SFTTrainer was given neither a text field nor a formatting function for this data",
        fix(None, "set data_format to match the data file's fields", [("data_format", "match the data")]),
@@ -1131,8 +1209,11 @@ PATTERNS: list[Pattern] = [
        fix(None, "check the driver and that torch is a CUDA build", shell="nvidia-smi && python -c 'import torch; print(torch.version.cuda, torch.cuda.is_available())'"),
        r"Torch not compiled with CUDA enabled|Found no NVIDIA driver on your system|No CUDA GPUs are available|No GPU found\. A GPU is needed for quantization"
        r"|CUDA driver initialization failed|torch\.cuda\.is_available\(\) is False|NVIDIA driver on your system is too old|CUDA driver version is insufficient for CUDA runtime version"
-       r"|fp16 mixed precision requires a GPU|can only be used on CUDA(?: or MLU or NPU)?(?: devices)?",
-       ("CUDA", "NVIDIA", "GPU", "cuda")),
+       r"|fp16 mixed precision requires a GPU|can only be used on CUDA(?: or MLU or NPU)?(?: devices)?"
+       # the check people paste: 'torch.cuda.is_available()' answered False, on its line or the REPL's next
+       r"|torch\.cuda\.is_available\(\)\)?\s*(?:(?:is|=+|:|->|#|returns?|gives?|prints?)\s*)?False\b"
+       r"|^\s*(?:>>>|In \[\d*\]:)\s*(?:print\()?torch\.cuda\.is_available\(\)\)?\s*$",
+       ("CUDA", "NVIDIA", "GPU", "cuda"), _x_no_cuda),
     _p("cuda_error", ERR, "CUDA error",
        "a CUDA call failed; CUDA reports errors asynchronously, so the frame shown may not be the real culprit",
        FIX_CUDA_DEBUG,
@@ -1144,12 +1225,18 @@ PATTERNS: list[Pattern] = [
     _p("module_missing", ERR, "Python module missing",
        "a required Python package is not installed", None,
        r"No module named '([\w.]+)'|requires the (\w+) library but it was not found"
-       r"|requires the following packages that were not found in your environment: ([\w.-]+)",
-       ("No module named", "library but it was not found", "packages that were not found"), _x_missing_module),
+       r"|requires the following packages that were not found in your environment: ([\w.-]+)"
+       # accelerate's availability checks ('DeepSpeed is not available => install it using `pip3 install deepspeed`')
+       # and transformers' version gates ('requires `accelerate>=0.21.0`: Please run `pip install ...`')
+       r"|\b([A-Za-z][\w-]*) is not (?:available|installed)\W{0,4}(?:=>|[,.;:-])\s*(?:[Pp]lease )?install it"
+       r"|requires `([\w-]+)(?:[<>=!]=?[\w.]+)?`: Please run `pip install",
+       ("No module named", "library but it was not found", "packages that were not found", "install it",
+        "Please run `pip install"), _x_missing_module),
     _p("deprecation_info", INFO, "deprecation notice",
        "a library says a name or argument is deprecated: harmless for this run, worth updating the code some day", None,
        r"(?:FutureWarning|DeprecationWarning|PendingDeprecationWarning): |is deprecated and will be removed"
-       r"|(?:is|are) deprecated(?:,| and| in favou?r of|;)|has been deprecated"),
+       r"|(?:is|are) (?:now )?deprecated(?:\.|,| and| in favou?r of|;)|has been deprecated|will be deprecated",
+       extract=_x_deprecation),
     _p("log_cut_in_traceback", INFO, "the log ends inside a traceback",
        "the text ends inside a traceback, before its exception line: the error that stopped the run is not in it",
        fix(None, "scan the whole log: the lines after this traceback name the error (fmllm-check --log FILE)"), None),

@@ -974,3 +974,110 @@ def test_a_toolkit_failure_while_building_an_optimizer_op_is_the_first_steps() -
     # a build that is not an optimizer's (or names none) stays where the pattern puts it
     assert scan_lines(["RuntimeError: Error building extension 'transformer_inference'"])[0].phase == "load"
     assert scan_lines(["OSError: CUDA_HOME environment variable is not set. Please set it"])[0].phase == "load"
+
+
+# ---- session 4: families the fit corpus's misses belong to, in several wordings ------------------
+
+
+@pytest.mark.parametrize(("line", "pid"), [
+    # the Hub's 404 through requests/httpx on a mirror or HF_ENDPOINT host: the URL has the Hub's shape
+    ("requests.exceptions.HTTPError: 404 Client Error: Not Found for url: https://hf-mirror.com/org/some-model/resolve/"
+     "main/model_index.json", "hub_http_404"),
+    ("httpx.HTTPStatusError: Client error '404 Not Found' for url 'https://hub.internal.example:8080/api/models/org/name/"
+     "revision/main'", "hub_http_404"),
+    # an availability check that names the package to install
+    ("ImportError: DeepSpeed is not available => install it using `pip3 install deepspeed` or build it from source",
+     "module_missing"),
+    ("ImportError: Using the `Trainer` with `PyTorch` requires `accelerate>=0.20.1`: Please run `pip install "
+     "transformers[torch]` or `pip install accelerate -U`", "module_missing"),
+    # every label masked, raised before a zero loss is logged
+    ("ZeroDivisionError: Unsloth: All labels in your dataset are -100. Training losses will be all 0.", "loss_zero"),
+    # the check people paste instead of an error
+    ("torch.cuda.is_available() returns False", "no_cuda"),
+    # accelerate on consumer cards without P2P/IB
+    ("NotImplementedError: Using RTX 4000 series doesn't support faster communication broadband via P2P or IB. Please "
+     "set `NCCL_P2P_DISABLE=\"1\"` and `NCCL_IB_DISABLE=\"1\" or use `accelerate launch` which will do this "
+     "automatically", "nccl_error"),
+    # deprecation notices worded 'is now deprecated. You should use' / 'is deprecated. Please use'
+    ("Trainer.tokenizer is now deprecated. You should use Trainer.processing_class instead.", "deprecation_info"),
+    ("`torch.cuda.amp.autocast(args...)` is deprecated. Please use `torch.amp.autocast('cuda', args...)` instead.",
+     "deprecation_info"),
+    # datasets quoting pyarrow's error as a class, and pyarrow's own wordings without the class
+    ("Failed to read file '/data/train.jsonl' with error <class 'pyarrow.lib.ArrowInvalid'>: JSON parse error: Column() "
+     "changed from object to array in row 0", "data_invalid"),
+    ("straddling object straddles two block boundaries (try to increase block size?)", "data_invalid"),
+    # transformers 2.x's wording of newly initialized weights
+    ("Weights of BertForSequenceClassification not initialized from pretrained model: ['classifier.weight', "
+     "'classifier.bias']", "weights_not_initialized"),
+])
+def test_session4_family_wordings(line: str, pid: str) -> None:
+    noise = ["{'loss': '1.234', 'grad_norm': '0.5', 'learning_rate': '0.0002', 'epoch': '0.1'}"]
+    got = scan_lines([*noise, line, *noise])
+    assert got and got[0].pattern == pid, [h.pattern for h in got]
+
+
+def test_a_hub_404_on_a_mirror_names_the_file_and_the_endpoint() -> None:
+    h = scan_lines(["requests.exceptions.HTTPError: 404 Client Error: Not Found for url: "
+                    "https://hf-mirror.com/org/some-model/resolve/main/model_index.json"])[0]
+    assert h.values["file"] == "model_index.json" and h.values["repo_id"] == "org/some-model"
+    assert h.values["endpoint"] == "https://hf-mirror.com"
+    # the sentence's last '.' is not part of the file name on huggingface.co either
+    h2 = scan_lines(["huggingface_hub.errors.EntryNotFoundError: 404 Client Error. Entry Not Found for url: "
+                     "https://huggingface.co/Qwen/Qwen2.5-7B/resolve/main/adapter_config.json."])[0]
+    assert h2.values["file"] == "adapter_config.json" and "endpoint" not in h2.values
+    # a 404 from a host that is not serving Hub paths is not the Hub's
+    assert not scan_lines(["requests.exceptions.HTTPError: 404 Client Error: Not Found for url: "
+                           "https://example.com/files/data.zip"])
+
+
+def test_a_version_gate_advises_an_upgrade_not_only_an_install() -> None:
+    h = scan_lines(["ImportError: Using the `Trainer` with `PyTorch` requires `accelerate>=0.20.1`: Please run "
+                    "`pip install transformers[torch]` or `pip install accelerate -U`"])[0]
+    assert h.values["package"] == "accelerate" and fixof(h)["shell"] == "pip install -U accelerate"
+    h = scan_lines(["ImportError: DeepSpeed is not available => install it using `pip3 install deepspeed`"])[0]
+    assert h.values["package"] == "deepspeed" and fixof(h)["shell"] == "pip install deepspeed"
+
+
+def test_all_labels_masked_is_an_error_about_the_markers_not_fp16() -> None:
+    h = scan_lines(["ZeroDivisionError: Unsloth: All labels in your dataset are -100. Training losses will be all 0."])[0]
+    assert h.pattern == "loss_zero" and h.severity == "error" and "markers" in h.cause
+    assert not fixof(h)["changes"]  # not the fp16 -> bf16 switch the logged zero loss gets
+    final = scan_lines(["{'train_runtime': 5.1, 'train_loss': 0.0, 'epoch': 3.0}"])[0]
+    assert final.severity == "warning" and fixof(final)["changes"]
+
+
+def test_a_repl_cuda_check_is_no_cuda_only_when_it_answers_false() -> None:
+    got = scan_lines([">>> import torch", ">>> torch.cuda.is_available()", "False"])
+    assert [h.pattern for h in got] == ["no_cuda"] and "CUDA build of torch" in fixof(got[0])["summary"]
+    assert scan_lines(["In [3]: torch.cuda.is_available()", "Out[3]: False"])[0].pattern == "no_cuda"
+    assert not scan_lines([">>> torch.cuda.is_available()", "True"])
+
+
+def test_the_p2p_ib_refusal_names_the_two_variables() -> None:
+    h = scan_lines(["NotImplementedError: Using RTX 4000 series doesn't support faster communication broadband via "
+                    "P2P or IB. Please set `NCCL_P2P_DISABLE=\"1\"` and `NCCL_IB_DISABLE=\"1\"`"])[0]
+    assert fixof(h)["shell"] == "export NCCL_P2P_DISABLE=1 NCCL_IB_DISABLE=1"
+
+
+def test_an_exception_saying_deprecated_is_not_a_note() -> None:
+    lines = ["Traceback (most recent call last):", '  File "train.py", line 3, in <module>',
+             "ValueError: `evaluation_strategy` is deprecated. Use `eval_strategy` instead."]
+    got = scan_lines(lines)
+    assert got[0].pattern == "exception" and "deprecation_info" not in ids(got)
+
+
+def test_a_tied_output_head_reported_as_new_is_harmless() -> None:
+    h = scan_lines(["Weights of GPT2LMHeadModel not initialized from pretrained model: ['lm_head.weight']"])[0]
+    assert h.pattern == "weights_not_initialized" and h.severity == "info" and "tie" in h.cause
+    other = scan_lines(["Some weights of LlamaForCausalLM were not initialized from the model checkpoint at x/y and are "
+                        "newly initialized: ['model.layers.0.mlp.up_proj.weight']"])[0]
+    assert other.severity == "warning" and other.values["weights"] == ["model.layers.0.mlp.up_proj.weight"]
+
+
+def test_a_message_wrapped_just_before_a_space_is_found() -> None:
+    # the terminal cut falls before a space: the continuation starts with that one space
+    lines = ["NotImplementedError: Using RTX 4000 series doesn't support faster communication broadband via P2P or",
+             " IB. Please set `NCCL_P2P_DISABLE=\"1\"` and `NCCL_IB_DISABLE=\"1\"`"]
+    assert scan_lines(lines)[0].pattern == "nccl_error"
+    # a frame's indented source line under a long line is not a continuation
+    assert not scan_lines(["x" * 70 + " is available via P2P or", "    IB = 1"])
