@@ -15,7 +15,11 @@ Per part it prints:
 - misleading first: the first-ranked finding exists and is not one of those.
 A finding that names no cause (``log_cut_in_traceback``: the excerpt ends before its error line; a
 launcher's report of failed ranks whose ``root_error_in_log`` is False: the excerpt starts after the
-rank's own error) counts as neither.
+rank's own error) counts as neither, except in a log whose manifest expects exactly that: an excerpt
+that holds no error line at all (cut before it, or only a launcher's tail) expects
+``log_cut_in_traceback`` / ``ranks_failed`` (the thread's own cause stays acceptable, and is kept as
+``thread_cause``), and there the first finding, whatever it is, is judged. The count of such logs is
+printed beside the scores.
 Targets (issue 21): >= 95% recognised, >= 90% right fix, >= 90% first hit right, 0 misleading.
 
 ``--robust`` pastes each fit log the ways people paste logs (without the traceback header, without
@@ -89,6 +93,8 @@ class Score:
     misleading_first: int = 0
     phase_right: int = 0  # the first finding's phase is the manifest's (install/launch count as load)
     phase_right_any: int = 0  # the same, the first finding being any finding (one naming no cause names a phase too)
+    not_in_text: int = 0  # logs whose excerpt holds no error line (the manifest expects fmllm to say so)
+    not_in_text_right: int = 0  # of those, the logs whose first finding says so (or names the thread's cause)
     misses: list[dict[str, Any]] = field(default_factory=list)
     phase_misses: list[dict[str, Any]] = field(default_factory=list)
 
@@ -98,7 +104,8 @@ class Score:
     def to_json(self) -> dict[str, Any]:
         return {"logs": self.n, "recognised": self.recognised, "right_fix": self.right_fix,
                 "first_hit_right": self.first_right, "misleading_first": self.misleading_first,
-                "phase_right": self.phase_right, "phase_right_any_finding": self.phase_right_any}
+                "phase_right": self.phase_right, "phase_right_any_finding": self.phase_right_any,
+                "error_not_in_text": self.not_in_text, "error_not_in_text_said": self.not_in_text_right}
 
 
 # manifests name the phase as their threads do; fmllm's phases (logadvice.PHASES) fold these in
@@ -116,10 +123,15 @@ def names_cause(h: Any) -> bool:
     return h.pattern not in NO_CAUSE and h.values.get("root_error_in_log") is not False
 
 
+#: What a manifest expects when its excerpt holds no error line: fmllm saying the error is not in the text.
+NOT_IN_TEXT = {"log_cut_in_traceback", "ranks_failed"}
+
+
 def judge(path: Path, man: dict[str, Any]) -> dict[str, Any]:
     """Scan one log and judge its findings against its manifest."""
     every = scan_file(path)
-    hits = [h for h in every if names_cause(h)]
+    # an excerpt without its error: the honest first finding says so, and it is the one judged
+    hits = every if man["expected_cause"] in NOT_IN_TEXT else [h for h in every if names_cause(h)]
     ok = {man["expected_cause"], *man.get("acceptable_causes", [])}
     got = [h.pattern for h in hits]
     want = _PHASE_ALIASES.get(man.get("phase", ""), man.get("phase"))
@@ -144,6 +156,9 @@ def score(corpus: list[tuple[Path, dict[str, Any]]], split: str) -> Score:
         sc.misleading_first += r["misleading_first"]
         sc.phase_right += r["phase_right"]
         sc.phase_right_any += r["phase_right_any"]
+        if man["expected_cause"] in NOT_IN_TEXT:
+            sc.not_in_text += 1
+            sc.not_in_text_right += r["first_right"]
         if not r["first_right"]:
             sc.misses.append(r)
         if not r["phase_right"]:
@@ -182,7 +197,9 @@ PERTURBATIONS = {
 def robustness(corpus: list[tuple[Path, dict[str, Any]]]) -> dict[str, tuple[int, int, list[str]]]:
     """Per perturbation: (fit logs that keep a right first hit, fit logs right unperturbed, ids lost)."""
     out: dict[str, tuple[int, int, list[str]]] = {}
-    right = [(p, m) for p, m in corpus if m.get("split") == "fit" and judge(p, m)["first_right"]]
+    # an excerpt without its error line has no cause to keep: only logs that name one are pasted
+    right = [(p, m) for p, m in corpus if m.get("split") == "fit" and m["expected_cause"] not in NOT_IN_TEXT
+             and judge(p, m)["first_right"]]
     for name, paste in PERTURBATIONS.items():
         lost = []
         for path, man in right:
@@ -222,7 +239,8 @@ def main() -> int:
               f"right fix {sc.right_fix}/{sc.n} ({sc.pct(sc.right_fix):.0f}%), "
               f"first hit right {sc.first_right}/{sc.n} ({sc.pct(sc.first_right):.0f}%), "
               f"misleading first {sc.misleading_first}; phase of the first finding right {sc.phase_right}/{sc.n} "
-              f"({sc.phase_right_any} counting findings that name no cause)")
+              f"({sc.phase_right_any} counting findings that name no cause); {sc.not_in_text} of the logs hold no "
+              f"error line (the manifest expects fmllm to say so): said so in {sc.not_in_text_right}")
     print(f"({secs:.1f}s for {sum(sc.n for sc in scores.values())} logs; targets: >= 95% recognised, >= 90% right fix, "
           ">= 90% first hit right, 0 misleading)")
     if args.misses and args.misses in scores:

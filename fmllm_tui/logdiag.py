@@ -405,7 +405,9 @@ _CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _RANK = re.compile(r"^\s*\[(?:rank|default)(\d+)\]:\s?")
 _FRAME = re.compile(
     r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+)(?:, in (?P<func>\S+))?'
-    r"|^\s*[│|]\s*(?P<rfile>\S+\.py):(?P<rline>\d+) in (?P<rfunc>[\w<>.]+)"
+    # rich's boxed frame 'path.py:12 in f'; a long path wraps inside the box, cutting the line number
+    # or the function off: the next box line then holds the rest ('0 in save_model')
+    r"|^\s*[│|]\s*(?P<rfile>\S+\.py):(?P<rline>\d+)(?: in (?P<rfunc>[\w<>.]+)|\s*[│|]?\s*$)"
     # IPython's "File path.py:12, in f"; VS Code's notebooks print the path as a link "[path.py:12](url)"
     r"|^\s*File \[?(?P<ifile>[^\s\[\]]+\.py):(?P<iline>\d+)(?:\]\([^)\s]*\))?, in (?P<ifunc>[\w<>.]+)"
 )
@@ -414,6 +416,7 @@ _EXC = re.compile(
 )
 _LAUNCHER_REPORTS = {"ranks_failed", "launcher_failed"}  # a launcher saying its process failed, not why
 _FUNC_REST = re.compile(r"^ ?[\w<>.]+$")  # the rest of a frame's function name after a wrap
+_RICH_REST = re.compile(r"^\s*[│|]\s*(\d*) in ([\w<>.]+)\s*[│|]?\s*$")  # the same inside rich's box
 _SPAN_PATTERNS = [p for p in PATTERNS if p.span]
 _CHAIN = ("During handling of the above exception", "The above exception was the direct cause")
 _BAR_ANY = re.compile(r"(?P<desc>[A-Za-z][\w ()=.,-]*?)?:?\s*(?P<pct>\d{1,3})%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)")
@@ -835,9 +838,16 @@ class _Engine:
         """A frame line a terminal wrapped inside its function name ('..., in _configur' then
         'e_optimizer'): the rest joins the frame's function, so the phase it names is read."""
         if tb is None or not tb.open or not tb.frames or self.prev_frame_line.get(rank) != line_no - 1 \
-                or self.prev_frame_len.get(rank, 0) < WRAP_MIN or not _FUNC_REST.match(body):
+                or self.prev_frame_len.get(rank, 0) < WRAP_MIN:
             return False
         fr = tb.frames[-1]
+        rich = _RICH_REST.match(body) if fr.func == "?" else None
+        if rich:  # rich's box cut the frame after its path: the line number's rest and the function
+            fr.line = int(f"{fr.line}{rich.group(1)}")
+            fr.func = rich.group(2)
+            return True
+        if not _FUNC_REST.match(body):
+            return False
         if fr.func == "?":  # cut right after ', in': the whole name is on this line
             fr.func = body.strip()
         elif not body[:1].isspace():

@@ -1140,7 +1140,9 @@ PATTERNS: list[Pattern] = [
     _p("ranks_failed", ERR, "distributed ranks died",
        "ranks of the distributed run died", None,
        r"torch\.distributed\.elastic\.multiprocessing\.errors\.ChildFailedError|^ChildFailedError\b"
-       r"|multiprocessing\.api:Sending process \d+ closing signal SIGTERM", ("ChildFailedError",),
+       r"|multiprocessing\.api:Sending process \d+ closing signal SIGTERM"
+       # DeepSpeed's launcher killing the other ranks after one exited non-zero
+       r"|sigkill_handler\] Killing subprocess \d+", ("ChildFailedError",),
        _x_child_failed),
     _p("port_in_use", ERR, "rendezvous port already in use",
        "the distributed launcher's port is taken (another run is still alive, or another service uses it)",

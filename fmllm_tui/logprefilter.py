@@ -42,6 +42,8 @@ STRUCTURAL: tuple[tuple[str, str], ...] = (
     ("traceback", r"Traceback \(most recent call last\)"),
     # a frame: a traceback pasted without its header is still walked (its phase, where it was cut)
     ("frame", r"File \"[^\"]+\", line \d+"),
+    # rich's boxed frame ('│ path.py:12 in f'), or its path line when the box wrapped it
+    ("rich_frame", r"\.py:\d+(?: in [\w<>]|\s*│)"),
     ("exception", r"rror|Exception\b"),
     ("nan_loss", r"['\"](?:loss|grad_norm|train_loss)['\"]\s*:\s*'?(?:nan|NaN|-?inf|-?Infinity)"),
 )

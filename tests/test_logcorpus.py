@@ -22,9 +22,10 @@ _spec.loader.exec_module(bench)
 
 # Floors reached on the fit part when the corpus was complete (bench/RESULTS.md, issue 21 section):
 # a change to the patterns or the engine that lowers a score below them is a regression.
-FLOOR = {"recognised": 0.93, "right_fix": 0.92, "first_right": 0.92,  # reached: 213, 210, 210 of 228
-         "phase_right": 0.82, "phase_right_any": 0.87}  # reached: 187 and 199 of 228
-MAX_MISLEADING_SHARE = 0.014  # reached: 3 of 228
+# 15 fit excerpts hold no error line (cut before it, or a launcher's tail): their manifests expect fmllm to say so.
+FLOOR = {"recognised": 0.99, "right_fix": 0.99, "first_right": 0.99,  # reached: 227, 227, 227 of 228
+         "phase_right": 0.87, "phase_right_any": 0.87}  # reached: 200 and 200 of 228
+MAX_MISLEADING_SHARE = 0.0  # reached: 0 of 228
 
 MANIFESTS = sorted(CORPUS.glob("*.json"))
 
@@ -68,8 +69,8 @@ def test_fit_scores_do_not_regress() -> None:
 # Share of the fit logs with a right first hit that keep it when pasted each way (bench --robust):
 # what the scan reached when excerpt-robust matching went in (issue 21). A pattern that only fits
 # one log's exact shape, or an engine change that starves a pasted excerpt, lowers one of them.
-ROBUST_FLOOR = {"no traceback header": 210 / 210, "no exception class": 207 / 210, "wrapped at 100 columns": 197 / 210,
-                "CRLF line ends": 210 / 210, "cut inside the traceback": 206 / 210}
+ROBUST_FLOOR = {"no traceback header": 212 / 212, "no exception class": 209 / 212, "wrapped at 100 columns": 199 / 212,
+                "CRLF line ends": 212 / 212, "cut inside the traceback": 208 / 212}
 
 
 def test_fit_logs_keep_their_first_hit_when_pasted_differently() -> None:
@@ -77,3 +78,18 @@ def test_fit_logs_keep_their_first_hit_when_pasted_differently() -> None:
     assert set(got) == set(ROBUST_FLOOR)
     low = {name: (kept, n, lost) for name, (kept, n, lost) in got.items() if kept < ROBUST_FLOOR[name] * n - 1e-9}
     assert not low, low
+
+
+def test_an_excerpt_without_its_error_is_judged_on_saying_so(tmp_path: Path) -> None:
+    # a manifest that expects 'the error is not in this text' is right only when the first finding says so
+    log = tmp_path / "x.log"
+    log.write_text('Traceback (most recent call last):\n  File "train.py", line 3, in <module>\n    trainer.train()\n')
+    man = {"id": "x", "expected_cause": "log_cut_in_traceback", "acceptable_causes": ["fp16_unscale"], "phase": "load"}
+    r = bench.judge(log, man)
+    assert r["recognised"] and r["first_right"] and not r["misleading_first"]
+    # a thread's cause expected from the same text: the note names no cause, so it is neither right nor misleading
+    r = bench.judge(log, {**man, "expected_cause": "fp16_unscale", "acceptable_causes": []})
+    assert not r["recognised"] and not r["first_right"] and not r["misleading_first"]
+    # the excerpt does hold an error: naming it is judged as ever, saying 'cut' instead is not right
+    log.write_text("ValueError: Attempting to unscale FP16 gradients.\n")
+    assert bench.judge(log, man)["first_right"]  # the thread's cause stays acceptable

@@ -1081,3 +1081,32 @@ def test_a_message_wrapped_just_before_a_space_is_found() -> None:
     assert scan_lines(lines)[0].pattern == "nccl_error"
     # a frame's indented source line under a long line is not a continuation
     assert not scan_lines(["x" * 70 + " is available via P2P or", "    IB = 1"])
+
+
+def test_a_rich_traceback_cut_before_its_error_says_so_with_its_frames() -> None:
+    # rich's box wraps a long path: the line number's rest and the function are on the next box line
+    lines = ["│ /home/u/envs/llm/lib/python3.9/site-packages/transformers/trainer.py:283                            │",
+             "│ 0 in save_model                                                                                  │",
+             "│                                                                                                  │",
+             "│ ❱ 2830 │   │   │   self._save(output_dir)                                                        │"]
+    h = scan_lines(lines)[0]
+    assert h.pattern == "log_cut_in_traceback" and h.phase == "save"
+    assert h.values["last_frame"].endswith("trainer.py:2830 in save_model")
+    # a box line whose path itself wrapped still reads as a frame
+    lines = ["│ /home/u/anaconda3/envs/some_long_environment_name/lib/py                                        │",
+             "│ thon3.9/site-packages/torch/nn/functional.py:2238 in embedding                                  │",
+             "│ ❱ 2238 │   return torch.embedding(weight, input, padding_idx, scale_grad_by_                        │"]
+    assert scan_lines(lines)[0].pattern == "log_cut_in_traceback"
+
+
+def test_deepspeeds_launcher_killing_its_ranks_is_a_report_not_a_cause() -> None:
+    lines = ["10.0.0.2: /x/site-packages/transformers/optimization.py:411: FutureWarning: This implementation of AdamW "
+             "is deprecated and will be removed in a future version.",
+             "10.0.0.2: [2023-08-31 11:58:27,249] [INFO] [launch.py:315:sigkill_handler] Killing subprocess 1612505",
+             "10.0.0.2: [2023-08-31 11:58:27,565] [INFO] [launch.py:315:sigkill_handler] Killing subprocess 1612506"]
+    got = scan_lines(lines)
+    assert got[0].pattern == "ranks_failed" and got[0].values["root_error_in_log"] is False
+    assert [h.pattern for h in got[1:]] == ["deprecation_info"]  # the note ranks after the report
+    # with a rank's error above it, that error is the finding
+    oom = "10.0.0.2: torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.00 GiB (GPU 3; 39.4 GiB total)"
+    assert scan_lines([oom, *lines])[0].pattern != "ranks_failed"
