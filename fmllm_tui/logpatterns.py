@@ -548,7 +548,8 @@ def _frames_packages(ctx: Any) -> set[str]:
     return out
 
 
-_CACHE_PATH = re.compile(r"\.cache[/\\]huggingface|huggingface[/\\](?:datasets|hub)|hf_datasets|HF_DATASETS_CACHE|[/\\]datasets[/\\]")
+_CACHE_PATH = re.compile(r"\.cache[/\\]huggingface|huggingface[/\\](?:datasets|hub)|hf_datasets|HF_DATASETS_CACHE|[/\\]datasets[/\\]"
+                         r"|CAS service error|hf_xet")  # hf_xet downloads into the Hub cache
 
 
 def _x_cache_disk(ctx: Any, text: str) -> bool:
@@ -582,8 +583,17 @@ def _x_shared_lib(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
     if re.search(r"NCCL INFO|Searching in backup paths|No plugin found", text):
         return None  # NCCL looks for optional plugins and says so at INFO level: harmless
     lib = next((g for g in m.groups() if g), "")
+    if not lib:  # WinError 126 alone: the DLL's name may follow on the line
+        dll = re.search(r"([^\s\"'\\/]+\.dll)", " ".join([ctx.line, *ctx.after[:2]]))
+        lib = dll.group(1) if dll else "a DLL"
     name = lib.replace("\\", "/").rsplit("/", 1)[-1]
     v: dict[str, Any] = {"library": name, "path": lib}
+    if name.endswith(".dll") or name == "a DLL":
+        return {"values": v, "key": name,
+                "cause": (f"Windows cannot load {name} or a DLL it depends on: most often the Microsoft Visual C++ "
+                          "Redistributable is missing, or the wheel was built for another CUDA"),
+                "fix": fix(None, "install the latest Microsoft Visual C++ Redistributable (x64), then reinstall the package "
+                                 "that ships the DLL (torch's from the PyTorch index for your CUDA)")}
     if "torch_extensions" in lib:
         op = name.split(".")[0]
         v["extension"] = op
@@ -606,13 +616,24 @@ def _x_shared_lib(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
     return {"values": v, "key": name, "cause": cause, "fix": fx}
 
 
+def _flash_attn_own(text: str) -> bool:
+    """Whether an ABI failure is the flash-attn package's own (xformers bundles flash_attn builds of its own)."""
+    return "flash_attn" in text and not re.search(r"xformers[/\\]", text)
+
+
+def _x_flash_abi(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
+    return {} if "undefined symbol" not in ctx.line or _flash_attn_own(ctx.line) else None
+
+
 def _x_extension_abi(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
     text = " ".join([ctx.line, *ctx.after[:3]])
-    if "flash_attn" in text:
+    if _flash_attn_own(text):
         return None  # flash_attn_abi owns it
     mm = re.search(r"([\w.-]+?)(?:\.cpython[^/\s:]*)?\.(?:so|pyd)\b", ctx.line) or re.search(r"(xformers|xFormers)", ctx.line)
     ext = (mm.group(1) if mm else "a compiled extension").lower()
-    pkg = "deepspeed" if "torch_extensions" in ctx.line else pip_name(ext.split(".")[0]) if mm else None
+    site = re.search(r"(?:site|dist)-packages[/\\]([A-Za-z]\w*)[/\\]", ctx.line)  # the package the binary ships in
+    pkg = "deepspeed" if "torch_extensions" in ctx.line else pip_name(site.group(1)) if site else \
+        pip_name(ext.split(".")[0]) if mm else None
     cause = (f"{ext} was compiled against another torch/CUDA/Python than this one (its C++ symbols do not match): "
              "the binary and torch must come from matching builds")
     v: dict[str, Any] = {"extension": ext}
@@ -659,8 +680,8 @@ def _x_hub_404(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
 
 
 def _x_labels_masked(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
-    if "train_loss" in m.group(0):
-        return {}  # a final metrics block: the pattern's own words
+    if "-100" not in m.group(0) and "will be" not in m.group(0):
+        return {}  # a final metrics block (the Trainer's, TrainOutput, wandb's summary): the pattern's own words
     return {"severity": "error", "default_phase": "first_step",
             "cause": ("every label of the dataset is -100 (masked), so the loss would be 0 and nothing is learnt: the "
                       "instruction/response markers given to the response-only masking (train_on_responses_only, a "
@@ -953,7 +974,7 @@ PATTERNS: list[Pattern] = [
        fix(None, "install a flash-attn wheel built for this torch and CUDA (or build it against them); "
            "fmllm.attn_implementation: sdpa runs without it", shell="pip install --force-reinstall --no-build-isolation flash-attn"),
        r"flash_attn\w*.*undefined symbol|undefined symbol.*flash_attn|Flash Attention 2 installation seems to be broken",
-       ("undefined symbol",)),
+       ("undefined symbol",), _x_flash_abi),
     _p("extension_abi", ERR, "compiled extension does not match torch",
        "a compiled extension (xformers, a DeepSpeed op, bitsandbytes, apex …) was built for another torch/CUDA/Python",
        fix(None, "install a wheel of that package built for this torch (or rebuild it against it)"),
@@ -964,7 +985,9 @@ PATTERNS: list[Pattern] = [
        "a native library that a package loads (a CUDA runtime, NCCL, a compiled extension) cannot be opened",
        fix(None, "install the package that provides the library, or put its folder on LD_LIBRARY_PATH"),
        r"(\S+\.so(?:\.[\d.]+)?): cannot open shared object file|(?:Could not load library|Could not load dynamic library|"
-       r"Unable to load) '?(lib[\w.-]+\.so[\w.]*)'?|(lib[\w-]+\.so[\d.]*)(?:: cannot open| not found|: No such file)",
+       r"Unable to load) '?(lib[\w.-]+\.so[\w.]*)'?|(lib[\w-]+\.so[\d.]*)(?:: cannot open| not found|: No such file)"
+       # Windows: a DLL (or one it needs) cannot be loaded
+       r"|Error loading \"([^\"]+\.dll)\" or one of its dependencies|\[WinError 126\] The specified module could not be found",
        extract=_x_shared_lib),
     _p("cuda_toolkit_env", ERR, "CUDA toolkit or compiler missing for a build",
        "a CUDA extension (DeepSpeed op, flash-attn, bitsandbytes from source …) is being compiled here and the CUDA "
@@ -975,8 +998,11 @@ PATTERNS: list[Pattern] = [
        r"|No such file or directory: '[^']*nvcc'|fatal error: (?:cuda/\w+|cuda\w*\.h|cu(?:blas|sparse|rand|fft)\w*\.h|nccl\.h|"
        r"thrust/\S+|cub/\S+): No such file or directory|Error building extension '[\w.-]+'|The detected CUDA version \([\d.]+\) "
        r"mismatches the version that was used to compile|Installed CUDA version [\d.]+ does not match the version torch was compiled"
-       r"|unsupported GNU version|Command '\['which', '(?:c\+\+|g\+\+|gcc|nvcc)'\]' returned non-zero|error: command '[^']*"
-       r"(?:nvcc|gcc|g\+\+|c\+\+|cl\.exe)' failed|Ninja is required to load C\+\+ extensions|nvcc fatal\s*:"
+       r"|unsupported GNU version|Command '\['which', '(?:c\+\+|g\+\+|gcc|nvcc)'\]' returned non-zero|error:? command (?:'|\"|“)[^'\"]*?"
+       r"(?:nvcc|gcc|g\+\+|c\+\+|cl)(?:\.exe)?(?:'|\"|”) failed|Ninja is required to load C\+\+ extensions|nvcc fatal\s*:"
+       # setuptools could not start the compiler; ninja's build of a JIT op failed; torch's compiler-version check
+       r"|unable to execute '[^']*(?:nvcc|gcc|g\+\+|c\+\+|cl\.exe)'|Command '\['ninja', '-v'[^\]]*\]' returned non-zero exit status"
+       r"|The current installed version of (?:g\+\+|gcc|clang\+\+|cl) \([^)]*\) is (?:less|greater) than the (?:minimum|maximum) required"
        r"|fatal error: Python\.h: No such file or directory",
        extract=_x_toolkit, phase="load"),
     _p("flash_attn_dtype", WARN, "flash-attn with fp32 weights",
@@ -1092,7 +1118,8 @@ PATTERNS: list[Pattern] = [
        "the logged loss is exactly 0: every label is masked (the response template is not found), or fp16 broke the loss",
        fix("dtype.compute", "check the labels are not all -100 (fmllm-check data); if training in fp16 switch to bf16",
            [("training.fp16", False), ("training.bf16", True)]),
-       r"^\s*train_loss\s*=\s*0\.0+\s*$|['\"]train_loss['\"]: 0\.0+\b"
+       r"^\s*train_loss\s*=\s*0\.0+\s*$|['\"]train_loss['\"]: 0\.0+\b|\btraining_loss=0\.0+\b"
+       r"|^\s*(?:wandb:\s+)?train/(?:train_)?loss\s+0(?:\.0+)?\s*$"
        # a library's guard that raises before the zero loss is ever logged (Unsloth's train_on_responses_only)
        r"|All labels in your dataset are -100|[Tt]raining loss(?:es)? will be (?:all )?0\b",
        extract=_x_labels_masked),
@@ -1237,7 +1264,7 @@ PATTERNS: list[Pattern] = [
     _p("deprecation_info", INFO, "deprecation notice",
        "a library says a name or argument is deprecated: harmless for this run, worth updating the code some day", None,
        r"(?:FutureWarning|DeprecationWarning|PendingDeprecationWarning): |is deprecated and will be removed"
-       r"|(?:is|are) (?:now )?deprecated(?:\.|,| and| in favou?r of|;)|has been deprecated|will be deprecated",
+       r"|(?:is|are) (?:now )?deprecated(?:[.,;!]| and| in favou?r of)|has been deprecated|will be deprecated",
        extract=_x_deprecation),
     _p("log_cut_in_traceback", INFO, "the log ends inside a traceback",
        "the text ends inside a traceback, before its exception line: the error that stopped the run is not in it",

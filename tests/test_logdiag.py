@@ -1110,3 +1110,43 @@ def test_deepspeeds_launcher_killing_its_ranks_is_a_report_not_a_cause() -> None
     # with a rank's error above it, that error is the finding
     oom = "10.0.0.2: torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.00 GiB (GPU 3; 39.4 GiB total)"
     assert scan_lines([oom, *lines])[0].pattern != "ranks_failed"
+
+
+# Issue 21's families in the wordings of other threads and versions (quoted lines from public issue
+# threads outside tests/data/reallogs, paths shortened): each must be the first finding.
+@pytest.mark.parametrize(("line", "pid"), [
+    # compiler / toolkit: Windows' nvcc.exe, setuptools unable to start nvcc, ninja's JIT build, torch's g++ check
+    (r"error: command 'C:\Program Files\NVIDIA GPU Computing Toolkit\CUDA\v10.0\bin\nvcc.exe' failed with exit status 2",
+     "cuda_toolkit_env"),
+    ("error command “/usr/bin/nvcc” failed with exit status1", "cuda_toolkit_env"),
+    ("unable to execute ':/usr/local/cuda-9.0:/usr/local/cuda-9.0/bin/nvcc': No such file or directory", "cuda_toolkit_env"),
+    ("subprocess.CalledProcessError: Command '['ninja', '-v']' returned non-zero exit status 1.", "cuda_toolkit_env"),
+    ("RuntimeError: The current installed version of g++ (4.8.5) is less than the minimum required version by CUDA 11.8 "
+     "(6.0.0). Please make sure to use an adequate version of g++ (>=6.0.0, <12.0).", "cuda_toolkit_env"),
+    # ABI: xformers' own bundled flash-attn build is xformers' to reinstall
+    ("ImportError: /x/site-packages/xformers/flash_attn_3/_C.so: undefined symbol: _ZN3c105ErrorC2ENS_14SourceLocationE",
+     "extension_abi"),
+    # Windows DLLs
+    ('OSError: [WinError 126] The specified module could not be found. Error loading "C:\\venv\\lib\\site-packages\\torch'
+     '\\lib\\c10.dll" or one of its dependencies.', "shared_lib_missing"),
+    # hf_xet's download into the Hub cache
+    ("RuntimeError: Data processing error: CAS service error : IO Error: No space left on device (os error 28)",
+     "cache_disk_full"),
+    ("[WARNING|logging.py:328] 2024-06-01 >> `torch_dtype` is deprecated! Use `dtype` instead!", "deprecation_info"),
+    # the final loss as the Trainer's return value and as wandb's run summary
+    ("TrainOutput(global_step=100, training_loss=0.0, metrics={'train_runtime': 10.0})", "loss_zero"),
+    ("wandb:         train/loss 0.0", "loss_zero"),
+])
+def test_issue21_families_in_other_threads_wordings(line: str, pid: str) -> None:
+    got = scan_lines([line])
+    assert got and got[0].pattern == pid, [h.pattern for h in got]
+
+
+def test_family_fixes_fit_the_wording() -> None:
+    xf = scan_lines(["ImportError: /x/site-packages/xformers/flash_attn_3/_C.so: undefined symbol: _ZN3c105ErrorC2E"])[0]
+    assert "xformers" in fixof(xf)["shell"]  # not flash-attn's wheel
+    dll = scan_lines(['OSError: [WinError 126] The specified module could not be found. Error loading "C:\\v\\torch'
+                      '\\lib\\c10.dll" or one of its dependencies.'])[0]
+    assert dll.values["library"] == "c10.dll" and "Visual C++ Redistributable" in fixof(dll)["summary"]
+    assert fixof(dll)["shell"] is None  # no Linux ldconfig advice for a Windows DLL
+    assert not scan_lines(["wandb:         train/loss 0.0123"])  # a small loss is not zero
