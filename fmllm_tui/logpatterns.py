@@ -656,7 +656,7 @@ def _x_hub_404(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
     path = url.group(2) if url else ""
     if url and "huggingface.co" not in url.group(1):
         v["endpoint"] = url.group(1)
-    api = re.match(r"api/models/([\w.-]+(?:/[\w.-]+)?)(?:/(revision|tree)/([^/?\s]+)/?([^?\s]*))?", path)
+    api = re.match(r"api/models/([\w.-]+(?:/(?!(?:revision|tree)/)[\w.-]+)?)(?:/(revision|tree)/([^/?\s]+)/?([^?\s]*))?", path)
     res = re.match(r"(?:datasets/)?([\w.-]+/[\w.-]+)/resolve/([^/\s]+)/(\S+)", path)
     if api and api.group(2) == "tree" and api.group(4):
         v.update(repo_id=api.group(1), file=api.group(4))
@@ -672,6 +672,17 @@ def _x_hub_404(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
                           "for a file name (or revision) this repo does not have"),
                 "fix": fix(None, f"check which files {res.group(1)} has (its Files tab) and use the library version or "
                                  "revision that matches them", shell=f"hf download {res.group(1)} --dry-run")}
+    # no owner and no config.json (which every model has, old owner-less ids like gpt2 too): a local
+    # path that does not exist, looked up on the Hub instead
+    one = re.match(r"([\w.-]+)/resolve/[^/\s]+/(config\.json)$", path)
+    if one and not res:
+        v.update(repo_id=one.group(1), file=one.group(2))
+        return {"values": v, "key": path,
+                "cause": (f"'{one.group(1)}' is not a folder here, so it was looked up as a Hub id, and the Hub has no "
+                          "such model (404 for its config.json): the local path is wrong, relative to another directory, "
+                          "or the model was never saved there"),
+                "fix": fix("model.id", "point base_model_name at the folder that holds config.json (an absolute path), "
+                                       "or at a Hub id owner/name", [("base_model_name", "an existing model id or local path")])}
     if api:
         v["repo_id"] = api.group(1)
         return {"values": v, "key": path, "cause": f"the Hub has no model '{api.group(1)}' (404): the id is wrong (a typo, "

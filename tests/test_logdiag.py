@@ -1150,3 +1150,17 @@ def test_family_fixes_fit_the_wording() -> None:
     assert dll.values["library"] == "c10.dll" and "Visual C++ Redistributable" in fixof(dll)["summary"]
     assert fixof(dll)["shell"] is None  # no Linux ldconfig advice for a Windows DLL
     assert not scan_lines(["wandb:         train/loss 0.0123"])  # a small loss is not zero
+
+
+def test_hub_404_urls_name_what_is_missing() -> None:
+    url = "requests.exceptions.HTTPError: 404 Client Error: Not Found for url: https://huggingface.co/"
+    # a model id with a lost '/': the API path's 'revision' is not part of the id
+    h = scan_lines([url + "api/models/facebookav2vec2-base/revision/main"])[0]
+    assert h.values["repo_id"] == "facebookav2vec2-base" and "id is wrong" in h.cause
+    # a local folder that does not exist goes to the Hub as an owner-less id: its config.json 404s
+    h = scan_lines([url + "model_epoch40_50w/resolve/main/config.json"])[0]
+    assert h.values["repo_id"] == "model_epoch40_50w" and "not a folder here" in h.cause
+    assert fixof(h)["changes"] == [{"key": "base_model_name", "to": "an existing model id or local path"}]
+    # an owner-less legacy id missing an optional file is not called a wrong path
+    h = scan_lines([url + "gpt2/resolve/main/adapter_config.json"])[0]
+    assert "not a folder here" not in h.cause
