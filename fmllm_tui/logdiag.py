@@ -410,6 +410,8 @@ _FRAME = re.compile(
     r"|^\s*[│|]\s*(?P<rfile>\S+\.py):(?P<rline>\d+)(?: in (?P<rfunc>[\w<>.]+)|\s*[│|]?\s*$)"
     # IPython's "File path.py:12, in f"; VS Code's notebooks print the path as a link "[path.py:12](url)"
     r"|^\s*File \[?(?P<ifile>[^\s\[\]]+\.py):(?P<iline>\d+)(?:\]\([^)\s]*\))?, in (?P<ifunc>[\w<>.]+)"
+    # older IPython and Colab: "path.py in f(args)", the path maybe a link "[path.py](url)", no line number
+    r"|^\s*\[?(?P<cfile>[^\s\[\]]+\.py)\]?(?:\([^)\s]*\))? in (?P<cfunc>[\w<>.]+)\("
 )
 _EXC = re.compile(
     r"^(?:[A-Za-z_]\w*\.)*(?P<type>(?:[A-Z]\w*)?(?:Error|Exception|Exit|Interrupt|Failure|Invalid|Iteration)|KeyboardInterrupt)(?::\s?(?P<msg>.*))?$"
@@ -580,10 +582,20 @@ class _Ctx:
         return _culprit(self.frames)
 
     def phase(self, default: str | None = None) -> str:
+        return self.shown_phase() or default or "load"
+
+    def shown_phase(self) -> str | None:
+        """The phase the log shows for this hit (None: nothing tells). IPython prints the exception type
+        first: its frames and the cell's call ('----> 1 trainer.train()') come after it."""
         frames = self.frames
-        if not frames and "Traceback (most recent call last)" in self.line:
-            frames = self.frames_after()  # IPython prints the exception type first, the frames after it
-        return self.engine.phase(frames, default)
+        if frames or "Traceback (most recent call last)" not in self.line:
+            return self.engine.shown_phase(frames)
+        frames = self.frames_after()
+        shown = self.engine.shown_phase(frames)
+        if any(_PHASE_FUNCS[ph] & {fr.func.rsplit(".", 1)[-1] for fr in frames} for ph in _PHASE_ORDER):
+            return shown
+        later = next((ph for text in self.after[:40] if (ph := marker_phase(text))), None)
+        return self.engine._first_step(later) if later else shown
 
     def frames_after(self) -> list[_Frame]:
         """Frames printed after this line (an IPython traceback headed by its exception type)."""
@@ -600,9 +612,9 @@ class _Ctx:
 
 def _frame_of(fm: re.Match[str]) -> _Frame:
     """The frame a _FRAME match names, whichever of its printed forms (Python, rich, IPython)."""
-    return _Frame(fm.group("file") or fm.group("rfile") or fm.group("ifile") or "",
+    return _Frame(fm.group("file") or fm.group("rfile") or fm.group("ifile") or fm.group("cfile") or "",
                   int(fm.group("line") or fm.group("rline") or fm.group("iline") or 0),
-                  fm.group("func") or fm.group("rfunc") or fm.group("ifunc") or "?")
+                  fm.group("func") or fm.group("rfunc") or fm.group("ifunc") or fm.group("cfunc") or "?")
 
 
 def _culprit(frames: list[_Frame]) -> dict[str, Any]:
@@ -1253,7 +1265,7 @@ def _oom_kind(ctx: _Ctx, v: dict[str, Any]) -> tuple[str, str, int | None]:
         phase = "save"  # FSDP gathering the full state dict to save it
     step = ctx.engine.step()
     logs_before = ctx.engine.loss_count
-    if ctx.engine.shown_phase(ctx.frames or ctx.frames_after()) is None and phase == "training":
+    if ctx.shown_phase() is None and phase == "training":
         v["phase_shown"] = False  # one OOM line and nothing around it: a step is only the likelier guess
     late = phase == "training" and ((step is not None and step >= 20) or (step is None and logs_before >= 10))
     pid = _OOM_BY_PHASE.get(phase, "cuda_oom")

@@ -1164,3 +1164,17 @@ def test_hub_404_urls_name_what_is_missing() -> None:
     # an owner-less legacy id missing an optional file is not called a wrong path
     h = scan_lines([url + "gpt2/resolve/main/adapter_config.json"])[0]
     assert "not a folder here" not in h.cause
+
+
+def test_an_ipython_oom_header_reads_the_cell_and_frames_after_it() -> None:
+    # IPython prints 'OutOfMemoryError  Traceback' first: the cell's trainer.train() and Colab's frames
+    # ('path.py in f(args)', no line number) follow, and no step had finished
+    lines = ["OutOfMemoryError                          Traceback (most recent call last)",
+             "/tmp/ipykernel_36/773422404.py in <cell line: 0>()",
+             "----> 1 trainer_stats = trainer.train()", "",
+             "[/usr/local/lib/python3.10/dist-packages/accelerate/utils/operations.py](https://localhost:8080/#) in "
+             "_convert_to_fp32(tensor)",
+             "OutOfMemoryError: CUDA out of memory. Tried to allocate 9.47 GiB. GPU 0 has a total capacity of 14.75 GiB"]
+    h = scan_lines(lines)[0]
+    assert h.pattern == "cuda_oom" and h.phase == "first_step" and "phase_shown" not in h.values
+    assert h.values["raised_in"].endswith("in _convert_to_fp32")
