@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -41,7 +42,13 @@ def test_manifest_is_well_formed(path: Path) -> None:
     from fmllm_tui.logpatterns import BY_ID
 
     unknown = [c for c in [man["expected_cause"], *man["acceptable_causes"]] if c not in BY_ID]
-    assert not unknown, f"{path.name}: causes fmllm has no pattern id for: {unknown}"
+    if man["split"] == "heldout":
+        # A held-out log may name a family fmllm has no pattern for (its collector names it and
+        # says why in notes): it then scores as a miss, which is what the held-out part measures.
+        assert all(re.fullmatch(r"[a-z][a-z0-9_]*", c) for c in unknown), f"{path.name}: cause ids {unknown}"
+        assert not unknown or man.get("notes"), f"{path.name}: a new cause id needs its reason in notes"
+    else:
+        assert not unknown, f"{path.name}: causes fmllm has no pattern id for: {unknown}"
 
 
 def test_both_parts_exist_and_shared_logs_are_not_scored_as_heldout() -> None:
