@@ -749,6 +749,8 @@ class _Engine:
 
     def shown_phase(self, frames: list[_Frame]) -> str | None:
         """The phase the log shows for a failure with these frames (None: nothing in it tells)."""
+        if frames and all(fr.file == "<stdin>" for fr in frames):
+            return "load"  # typed at Python's prompt: a check of the set-up, not a step of a run
         funcs = {fr.func.rsplit(".", 1)[-1] for fr in frames}  # IPython writes Trainer.training_step
         for ph in _PHASE_ORDER:
             if funcs & _PHASE_FUNCS[ph]:

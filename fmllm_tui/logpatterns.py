@@ -336,7 +336,11 @@ def _x_no_kernel(m: re.Match[str], ctx: Any) -> dict[str, Any]:
     cause = "this PyTorch build has no CUDA kernels for the GPU"
     if v.get("arch"):
         cause += f" ({v.get('gpu', 'GPU')} is {v['arch']})"
-    return {"values": v, "cause": cause}
+    out: dict[str, Any] = {"values": v, "cause": cause}
+    if re.search(r"CUDA capability", " ".join([ctx.line, text])):
+        # torch says so when it first uses the GPU (moving the model there): the install is wrong before any step
+        out["default_phase"] = "load"
+    return out
 
 
 def _x_flat_param(m: re.Match[str], ctx: Any) -> dict[str, Any]:

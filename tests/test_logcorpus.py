@@ -25,7 +25,7 @@ _spec.loader.exec_module(bench)
 # a change to the patterns or the engine that lowers a score below them is a regression.
 # 15 fit excerpts hold no error line (cut before it, or a launcher's tail): their manifests expect fmllm to say so.
 FLOOR = {"recognised": 0.99, "right_fix": 0.99, "first_right": 0.99,  # reached: 227, 227, 227 of 228
-         "phase_right": 0.88, "phase_right_any": 0.88}  # reached: 202 and 202 of 228
+         "phase_right": 0.89, "phase_right_any": 0.89}  # reached: 204 and 204 of 228
 MAX_MISLEADING_SHARE = 0.0  # reached: 0 of 228
 
 MANIFESTS = sorted(CORPUS.glob("*.json"))

@@ -1178,3 +1178,14 @@ def test_an_ipython_oom_header_reads_the_cell_and_frames_after_it() -> None:
     h = scan_lines(lines)[0]
     assert h.pattern == "cuda_oom" and h.phase == "first_step" and "phase_shown" not in h.values
     assert h.values["raised_in"].endswith("in _convert_to_fp32")
+
+
+def test_a_failure_at_pythons_prompt_or_with_the_capability_message_is_a_setup_phase() -> None:
+    repl = [">>> x != 0", "Traceback (most recent call last):", '  File "<stdin>", line 1, in <module>',
+            "RuntimeError: CUDA error: no kernel image is available for execution on the device"]
+    assert [(h.pattern, h.phase) for h in scan_lines(repl)][0] == ("no_kernel_image", "load")
+    cap = ["RuntimeError: CUDA error: no kernel image is available for execution on the device", "",
+           "NVIDIA GeForce RTX 5090 with CUDA capability sm_120 is not compatible with the current PyTorch installation."]
+    assert scan_lines(cap)[0].phase == "load"
+    # without either, a failing kernel is still the first step's
+    assert scan_lines(cap[:1])[0].phase == "first_step"
