@@ -106,6 +106,9 @@ LOSS_SAMPLES = 64  # loss dicts kept from each end of a block
 BACK_WINDOW = 64 << 10  # how far back to look for the progress bar / loss before an error
 MAX_LINE = 8192  # bytes of one line decoded at most
 WRAP_MIN = 60  # a line this long may be a message a terminal wrapped: matched joined with the next one too
+WRAP_SAMPLE = 256 << 10  # bytes of a block whose line lengths tell whether it is a paste hard-wrapped at one width
+WRAP_PAIRS_MAX = 200_000  # lines of that width looked at per block (a hard-wrapped paste is far shorter)
+WRAP_SMALL = 64 << 10  # a text this short (a pasted excerpt) has every long line looked at joined with the next
 LOSS_TAIL = 512  # loss samples kept (the most recent) for the loss analyses
 PARALLEL_MIN = 64 << 20  # files at least this big are split over worker processes
 MAX_WORKERS = 4  # worker processes for big files (bounded: each holds ~2 blocks in flight)
@@ -186,9 +189,44 @@ class _ChunkScan:
         """(newlines in [s, e), records): see :func:`_scan_chunk`."""
         for pos in self.pf.line_ends(self.data, self.s, self.e):
             self.add(*_segment(self.data, pos, self.s, self.end_all), HIT)
+        self._wrapped_pairs()
         self._windows()
         self._block_samples()
         return self._records()
+
+    def _wrapped_pairs(self) -> None:
+        """A paste hard-wrapped at a terminal's width has many lines of exactly that width, and a message
+        cut there is in neither half whole: the pre-filter runs over each such line joined with the next,
+        and a line whose pair can match is kept (the engine matches it joined with the next one)."""
+        data, s, e = self.data, self.s, self.e
+        width = 0  # 0: every line of WRAP_MIN or more (a short excerpt may hold one wrapped message only)
+        if e - s > WRAP_SMALL:
+            sample = [ln for ln in data[s : min(e, s + WRAP_SAMPLE)].split(b"\n") if len(ln) >= WRAP_MIN]
+            lens = Counter(map(len, sample))
+            width, n = lens.most_common(1)[0] if lens else (0, 0)
+            # wrapped at one width: many lines exactly that long and none longer (but for multi-byte characters)
+            if n < 3 or 3 * n < lens.total() or any(len(ln) > width and ln.isascii() for ln in sample):
+                return
+        lines = data[s:e].split(b"\n")
+        starts, cand, pos = [], [], s
+        for i, ln in enumerate(lines[:-1]):
+            if (len(ln) == width or (not width and len(ln) >= WRAP_MIN)) and len(cand) < WRAP_PAIRS_MAX:
+                cand.append(i)
+                starts.append(pos)
+            pos += len(ln) + 1
+        if not cand:
+            return
+        buf = b"\n".join(lines[i] + lines[i + 1] for i in cand)
+        offs, o = [], 0
+        for i in cand:
+            offs.append(o)
+            o += len(lines[i]) + len(lines[i + 1]) + 1
+        import bisect
+
+        for end in self.pf.line_ends(buf, 0, len(buf)):
+            k = bisect.bisect_right(offs, end) - 1
+            a = starts[k]
+            self.add(a, a + len(lines[cand[k]]), HIT)
 
     def _windows(self) -> None:
         """Windows after hits (the whole traceback after a header), and the progress bar / loss dict
@@ -1341,6 +1379,9 @@ def _oom(m: re.Match[str], ctx: _Ctx) -> list[tuple[str, dict[str, Any]]]:
     """The OOM hit (id by phase) plus fragmentation / other-process findings from its numbers."""
     joined = re.sub(r"\s+", " ", " ".join([ctx.line, *[a.strip() for a in ctx.after[:6]]]))
     v = _oom_numbers(joined)
+    if "total_bytes" not in v and len(ctx.line) >= WRAP_MIN:
+        # a message a terminal wrapped at its width, mid-word ('GPU 3 has a tota' / 'l capacity'): rejoin as cut
+        v = _oom_numbers(re.sub(r"\s+", " ", "".join([ctx.line, *ctx.after[:6]]))) or v
     pid, phase, step = _oom_kind(ctx, v)
     v["phase"] = phase
     if step is not None:

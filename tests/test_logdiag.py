@@ -1189,3 +1189,24 @@ def test_a_failure_at_pythons_prompt_or_with_the_capability_message_is_a_setup_p
     assert scan_lines(cap)[0].phase == "load"
     # without either, a failing kernel is still the first step's
     assert scan_lines(cap[:1])[0].phase == "first_step"
+
+
+def test_a_message_hard_wrapped_mid_word_is_found_in_short_and_long_pastes() -> None:
+    msg = ("[2021-07-15 17:02:39,984] [INFO] [stage3.py:2725:_overflow_clean_up] [deepscale] OVERFLOW! Rank 0 Skipping "
+           "step. Attempted loss scale: 64.0, reducing to 32.0")
+    cut = [msg[i : i + 100] for i in range(0, len(msg), 100)]  # neither half holds the pattern whole
+    assert not scan_lines(cut[:1]) and not scan_lines(cut[1:])
+    assert scan_lines(cut)[0].pattern == "zero_stage_numeric"
+    # a long paste wrapped at one width: found past the short-excerpt size too
+    filler = [("x" * 40 + f" step {i} " + "y" * 60)[:100] for i in range(1200)]
+    assert logdiag.WRAP_SMALL < sum(len(x) + 1 for x in filler)
+    assert scan_lines([*filler, *cut, *filler])[0].pattern == "zero_stage_numeric"
+
+
+def test_oom_numbers_of_a_message_wrapped_mid_word() -> None:
+    msg = ("torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 982.00 MiB. GPU 3 has a total capacity "
+           "of 44.47 GiB of which 260.38 MiB is free. Process 100842 has 44.05 GiB memory in use. Including non-PyTorch "
+           "memory, this process has 164.00 MiB memory in use. Of the allocated memory 4.50 KiB is allocated by "
+           "PyTorch, and 1.50 MiB is reserved by PyTorch but unallocated.")
+    got = {h.pattern: h for h in scan_lines([msg[i : i + 100] for i in range(0, len(msg), 100)])}
+    assert got["cuda_oom"].values["gpu"] == 3 and "gpu_other_process" in got
