@@ -19,6 +19,7 @@ No torch, transformers or textual imports: this runs in the headless doctor.
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import re
@@ -106,9 +107,7 @@ LOSS_SAMPLES = 64  # loss dicts kept from each end of a block
 BACK_WINDOW = 64 << 10  # how far back to look for the progress bar / loss before an error
 MAX_LINE = 8192  # bytes of one line decoded at most
 WRAP_MIN = 60  # a line this long may be a message a terminal wrapped: matched joined with the next one too
-WRAP_SAMPLE = 256 << 10  # bytes of a block whose line lengths tell whether it is a paste hard-wrapped at one width
-WRAP_PAIRS_MAX = 200_000  # lines of that width looked at per block (a hard-wrapped paste is far shorter)
-WRAP_SMALL = 64 << 10  # a text this short (a pasted excerpt) has every long line looked at joined with the next
+WRAP_HEAD = 64 << 10  # the long lines starting this close to the input's start are also pre-filtered joined with the next
 LOSS_TAIL = 512  # loss samples kept (the most recent) for the loss analyses
 PARALLEL_MIN = 64 << 20  # files at least this big are split over worker processes
 MAX_WORKERS = 4  # worker processes for big files (bounded: each holds ~2 blocks in flight)
@@ -163,8 +162,9 @@ class _ChunkScan:
     (progress bars, loss dicts) the multi-line analyses read. ``data`` may extend past ``e``
     (lookahead for windows); ``eof`` says whether it ends the input."""
 
-    def __init__(self, data: bytes, s: int, e: int, eof: bool):
+    def __init__(self, data: bytes, s: int, e: int, eof: bool, base: int = 0):
         self.data, self.s, self.e, self.eof = data, s, e, eof
+        self.base = base  # the input's offset of data[0]
         self.end_all = len(data)
         self.pf = prefilter()
         self.hits: dict[int, tuple[int, bytes, int]] = {}  # seg_start -> (seg_end, text, kind)
@@ -195,38 +195,41 @@ class _ChunkScan:
         return self._records()
 
     def _wrapped_pairs(self) -> None:
-        """A paste hard-wrapped at a terminal's width has many lines of exactly that width, and a message
-        cut there is in neither half whole: the pre-filter runs over each such line joined with the next,
-        and a line whose pair can match is kept (the engine matches it joined with the next one)."""
+        """A message a terminal or a paste hard-wrapped mid-word is in neither half whole, so the pre-filter
+        passes neither line. A pasted excerpt is short: each long line near the input's start (WRAP_HEAD) is
+        pre-filtered joined with the next line too, and kept when the pair can match (the engine matches it
+        joined across the cut). Which lines those are depends on their offsets only, never on the blocks."""
         data, s, e = self.data, self.s, self.e
-        width = 0  # 0: every line of WRAP_MIN or more (a short excerpt may hold one wrapped message only)
-        if e - s > WRAP_SMALL:
-            sample = [ln for ln in data[s : min(e, s + WRAP_SAMPLE)].split(b"\n") if len(ln) >= WRAP_MIN]
-            lens = Counter(map(len, sample))
-            width, n = lens.most_common(1)[0] if lens else (0, 0)
-            # wrapped at one width: many lines exactly that long and none longer (but for multi-byte characters)
-            if n < 3 or 3 * n < lens.total() or any(len(ln) > width and ln.isascii() for ln in sample):
-                return
-        lines = data[s:e].split(b"\n")
+        stop = min(e, WRAP_HEAD - self.base)
+        if stop <= s:
+            return
+        lim = stop
+        for _ in range(2):  # through the line after the last candidate
+            q = data.find(b"\n", lim, self.end_all)
+            lim = self.end_all if q == -1 else q + 1
+            if q == -1:
+                break
+        lines = data[s:lim].split(b"\n")
+        if lim == self.end_all and not self.eof and not data.endswith(b"\n", 0, lim):
+            lines[-1] = b""  # a partial last line is not a line yet: the next block pairs it
         starts, cand, pos = [], [], s
         for i, ln in enumerate(lines[:-1]):
-            if (len(ln) == width or (not width and len(ln) >= WRAP_MIN)) and len(cand) < WRAP_PAIRS_MAX:
+            if pos >= stop:
+                break
+            if len(ln) >= WRAP_MIN:
                 cand.append(i)
                 starts.append(pos)
             pos += len(ln) + 1
         if not cand:
             return
-        buf = b"\n".join(lines[i] + lines[i + 1] for i in cand)
         offs, o = [], 0
         for i in cand:
             offs.append(o)
             o += len(lines[i]) + len(lines[i + 1]) + 1
-        import bisect
-
+        buf = b"\n".join(lines[i] + lines[i + 1] for i in cand)
         for end in self.pf.line_ends(buf, 0, len(buf)):
             k = bisect.bisect_right(offs, end) - 1
-            a = starts[k]
-            self.add(a, a + len(lines[cand[k]]), HIT)
+            self.add(starts[k], starts[k] + len(lines[cand[k]]), HIT)
 
     def _windows(self) -> None:
         """Windows after hits (the whole traceback after a header), and the progress bar / loss dict
@@ -333,14 +336,14 @@ class _ChunkScan:
         return nl, records
 
 
-def _scan_chunk(data: bytes, s: int, e: int, eof: bool) -> tuple[int, list[tuple[int, int, bytes, int]]]:
+def _scan_chunk(data: bytes, s: int, e: int, eof: bool, base: int = 0) -> tuple[int, list[tuple[int, int, bytes, int]]]:
     """Find the interesting lines whose start lies in data[s:e].
 
     Returns (newlines in [s, e), records) where a record is (offset, rel_line, text, kind) and
     rel_line counts newlines between s and the record. ``data`` may extend past ``e`` (lookahead
     for windows); ``eof`` says whether it ends the input.
     """
-    return _ChunkScan(data, s, e, eof).run()
+    return _ChunkScan(data, s, e, eof, base).run()
 
 
 def _walk_traceback(data: bytes, p: int, end_all: int, add: Callable[[int, int, int], None], eof: bool) -> None:
@@ -430,7 +433,7 @@ def _scan_range(path: str, s: int, e: int, size: int, lookahead: int) -> tuple[i
         re_ = k + 1 if k != -1 else (len(data) if eof else rel_e)
     if rs > re_:
         rs = re_
-    nl, recs = _scan_chunk(data, rs, re_, eof)
+    nl, recs = _scan_chunk(data, rs, re_, eof, lo)
     return lo + rs, lo + re_, nl, [(lo + a, rel, t, k) for a, rel, t, k in recs]
 
 
@@ -1459,12 +1462,12 @@ def _stream_blocks(chunks: Iterable[bytes]) -> Iterator[_Result]:
             cut = buf.rfind(b"\n", 0, len(buf) - LOOKAHEAD) + 1
             if cut <= 0:
                 cut = len(buf) - LOOKAHEAD  # one giant line: split it
-            nl, recs = _scan_chunk(buf, 0, cut, False)
+            nl, recs = _scan_chunk(buf, 0, cut, False, base)
             yield nl, [(base + a, rel, t, k) for a, rel, t, k in recs]
             buf = buf[cut:]
             base += cut
     if buf:
-        nl, recs = _scan_chunk(buf, 0, len(buf), True)
+        nl, recs = _scan_chunk(buf, 0, len(buf), True, base)
         yield nl, [(base + a, rel, t, k) for a, rel, t, k in recs]
 
 

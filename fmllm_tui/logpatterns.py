@@ -349,6 +349,9 @@ def _x_flat_param(m: re.Match[str], ctx: Any) -> dict[str, Any]:
 
 
 def _x_target_modules(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    if "is not supported" in m.group(0):
+        return {"cause": ("a name in lora.target_modules matches a module LoRA cannot wrap (a whole block or model, or "
+                          "a custom layer), not the Linear layers inside it")}
     mods = re.findall(r"'([\w.]+)'", m.group(0) + ctx.line)
     return {"values": {"modules": sorted(set(mods))} if mods else {}}
 
@@ -752,6 +755,35 @@ def _x_new_weights(m: re.Match[str], ctx: Any) -> dict[str, Any]:
     return {"values": {"weights": names[:8]}} if names else {}
 
 
+def _x_quantized_moved(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    if any(fr.func.rsplit(".", 1)[-1] == "dispatch_model" for fr in getattr(ctx, "frames", []) or []):
+        # from_pretrained's own dispatch moved it: the user's code did not call .to()
+        return {"cause": ("from_pretrained's dispatch (accelerate's dispatch_model) called .to() on the 4/8-bit model: "
+                          "accelerate and transformers at versions that do not match, or a device_map with one device"),
+                "fix": fix(None, "upgrade transformers and accelerate together (or pass device_map='auto')",
+                           shell="pip install -U transformers accelerate")}
+    return {}
+
+
+def _x_shape_mismatch(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    text = " ".join([ctx.line, *ctx.after[:2]])
+    shapes = re.findall(r"torch\.Size\(\[([\d, ]+)\]\)", text)
+    v: dict[str, Any] = {"shapes": shapes[:2]} if shapes else {}
+    rows = [sh.split(",")[0].strip() for sh in shapes[:2]]
+    if re.search(r"embed|lm_head|wte|word_embeddings|shared\.weight|output\.weight", text) and len(set(rows)) == 2:
+        v["vocab_sizes"] = rows
+        return {"values": v, "cause": (f"the vocabulary sizes differ ({rows[0]} vs {rows[1]} rows in the embeddings): "
+                                       "tokens were added on one side and the embeddings resized there only")}
+    return {"values": v}
+
+
+def _x_shared_tensors(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    if m.group(0).startswith("Removed"):  # transformers dropped the tied copy itself: a note
+        return {"severity": "info", "cause": "transformers removed a tied copy of a shared tensor while saving: "
+                "expected for tied embeddings, harmless when the model ties them again on load"}
+    return {}
+
+
 def _x_zero_overflow(m: re.Match[str], ctx: Any) -> dict[str, Any]:
     scale = _float(m.group(1)) if m.lastindex else None
     v: dict[str, Any] = {"loss_scale": scale} if scale is not None else {}
@@ -850,6 +882,13 @@ PATTERNS: list[Pattern] = [
        fix("memory.fit", "even batch size 1 does not fit: shorten max_seq_length, use 4-bit and gradient checkpointing",
            [("training.max_seq_length", "halve"), ("training.gradient_checkpointing", True), ("quantization.use_4bit", True)]),
        r"No executable batch size found, reached zero", ("No executable batch size",)),
+    _p("quantized_moved", ERR, "a 4/8-bit model moved by hand",
+       "the code calls .to()/.cuda() on a bitsandbytes 4-bit or 8-bit model, which is already on its devices and "
+       "cannot be moved or cast",
+       fix(None, "drop the .to(device)/.cuda()/.half() call on the quantized model: load it with device_map "
+                 "(device_map={'': local_rank} with one process per GPU)"),
+       r"`\.(?:to|cuda|half|float)` is not supported for `(?:4-bit|8-bit)|Calling `(?:cuda|to)\(\)` is not supported for "
+       r"`(?:4-bit|8-bit)`", extract=_x_quantized_moved, phase="load"),
     _p("modules_offloaded", ERR, "model modules dispatched to CPU or disk",
        "the quantized model does not fit on the GPU, so device_map put some modules on the CPU or disk",
        FIX_MEMORY_LOAD,
@@ -892,7 +931,8 @@ PATTERNS: list[Pattern] = [
        ("binary not found", "libbitsandbytes_cuda", "VERSION MISMATCH")),
     _p("bnb_native_missing", ERR, "bitsandbytes native functions missing",
        "bitsandbytes loaded without its native library, so 4-bit quantization functions are missing",
-       FIX_BNB, r"'NoneType' object has no attribute 'c(?:quantize|dequantize|get_managed_ptr|prefetch|gemm)\w*'"
+       FIX_BNB, r"'NoneType' object has no attribute 'c(?:quantize|dequantize|get_managed_ptr|prefetch|gemm|get_col_row_stats"
+       r"|igemmlt|double_row_col_quant|transform|extract_outliers|adam|lion|sgd|momentum|rmsprop|adagrad|ademamix)\w*'"
        r"|object has no attribute 'cquantize_blockwise", ("NoneType", "cquantize")),
     _p("bnb_not_installed", ERR, "bitsandbytes missing or too old",
        "4-bit/8-bit loading needs bitsandbytes, which is missing or too old",
@@ -1051,7 +1091,7 @@ PATTERNS: list[Pattern] = [
        "two tensors of one operation have different dtypes (compute dtype vs mixed precision setting)",
        FIX_DTYPE_MATCH,
        r"expected (?:mat1 and mat2|m1 and m2) to have the same dtype|expected scalar type (?:Half|Float|BFloat16) but found (?:Half|Float|BFloat16)"
-       r"|Input type \(\S+\) and weight type \(\S+\) should be the same|self and mat2 must have the same dtype",
+       r"|Input type \(\S+\) and weight type \(\S+\) should be the same|(?:self|mat1) and mat2 must have the same dtype",
        ("same dtype", "expected scalar type", "should be the same")),
     _p("bnb_compute_dtype_slow", WARN, "4-bit compute dtype float32",
        "bnb_4bit_compute_dtype is float32 while inputs are 16-bit: slow and memory-hungry",
@@ -1099,6 +1139,11 @@ PATTERNS: list[Pattern] = [
        r"[Tt]oken indices sequence length is longer than the specified maximum sequence length for this model \((\d+) > (\d+)\)"
        r"|This instance will be ignored in loss calculation|Could not find response key",
        ("Token indices",), _x_seq_len),
+    _p("padding_side_right", WARN, "right padding while generating",
+       "a decoder-only model generates from right-padded batches: the pad tokens sit between the prompt and the "
+       "answer, so batched generations (evaluation, GRPO/PPO sampling) come out wrong",
+       fix(None, "pad on the left for generation: tokenizer.padding_side = 'left' (training may keep right padding)"),
+       r"right-padding was detected! For correct generation results, please set `padding_side='left'`", phase="generation"),
     _p("chat_template_missing", ERR, "no chat template",
        "the data is chat-formatted but the tokenizer has no chat template",
        fix(None, "use data_format: instruction, or a model/tokenizer that has a chat template", [("data_format", "instruction")]),
@@ -1115,13 +1160,21 @@ PATTERNS: list[Pattern] = [
     _p("lora_target_modules", ERR, "LoRA target modules not found",
        "lora.target_modules names modules that this architecture does not have",
        fix(None, "use 'all-linear' or this model's module names", [("lora.target_modules", "all-linear")]),
-       r"Target modules? .* not found in the base model|Please specify `target_modules` in `peft_config`",
+       r"Target modules? .* not found in the base model|Please specify `target_modules` in `peft_config`"
+       r"|Target module .* is not supported\. Currently, only the following modules are supported",
        ("not found in the base model", "target_modules"), _x_target_modules),
     _p("quantized_no_adapter", ERR, "quantized model without adapter",
        "a purely quantized (4/8-bit) model cannot be trained without adapters",
        FIX_ADAPTER,
        r"You cannot perform fine-tuning on purely quantized models|The model you want to train is loaded in 8-bit precision",
        ("purely quantized", "loaded in 8-bit precision")),
+    _p("weights_shape_mismatch", ERR, "checkpoint shapes do not match the model",
+       "a checkpoint or adapter holds tensors of another shape than the model being loaded: saved from another "
+       "config or architecture, or with a resized vocabulary",
+       fix(None, "load it into the model (and tokenizer) it was saved from; after adding tokens, resize the "
+                 "embeddings (model.resize_token_embeddings(len(tokenizer))) before loading the adapter"),
+       r"size mismatch for [\w.]+: copying a param with shape|Trying to set a tensor of shape torch\.Size\(\[[\d, ]+\]\) in "
+       r"\"?\w+\"? \(which has shape", extract=_x_shape_mismatch, phase="load"),
     _p("resume_checkpoint_missing", ERR, "resume checkpoint not found",
        "resume_from_checkpoint points at a folder with no valid checkpoint",
        fix(None, "resume from an existing checkpoint-N folder, or start fresh"),
@@ -1147,6 +1200,18 @@ PATTERNS: list[Pattern] = [
     _p("loss_flat", ERR, "loss flat at ln(vocab)",
        "the loss stays at ln(vocab size): the model predicts every token as equally likely, so it is not learning",
        fix(None, "check the weights loaded (no 'newly initialized' warnings for the LM) and learning_rate > 0"), None),
+    _p("generation_nan", ERR, "NaN or inf logits while sampling",
+       "sampling met NaN/inf probabilities: the model's logits overflowed (fp16 on a model trained in bf16) or its "
+       "weights are already NaN (a training run that diverged, a broken merge)",
+       fix("dtype.compute", "generate in bf16 (or fp32) rather than fp16; if the loss went NaN in training, fix that "
+           "run first", [("training.fp16", False), ("training.bf16", True)]),
+       r"probability tensor contains either `?inf`?, `?nan`? or element < 0", phase="generation"),
+    _p("shared_tensors_save", ERR, "tensors that share memory cannot be saved",
+       "safetensors refuses to save tensors that share memory (tied input/output embeddings, or weights shared after "
+       "resizing or merging) unless told which copy to keep",
+       fix(None, "save through save_pretrained / Trainer.save_model (they drop the tied copy), or save_safetensors=False"),
+       r"Some tensors share memory, this will lead to duplicate memory on disk|Removed shared tensor \{[^}]*\} while saving",
+       extract=_x_shared_tensors, phase="save"),
     _p("fp16_overflow", ERR, "fp16 loss scale collapsing",
        "fp16 gradients keep overflowing and the loss scale keeps dropping", FIX_DTYPE_FP16_OFF,
        r"Current loss scale already at minimum", ("loss scale",)),
@@ -1214,8 +1279,9 @@ PATTERNS: list[Pattern] = [
        fix(None, "check the paths in the config (paths.*, base_model_name) against what is on disk"),
        r"(?:(?:FileNotFoundError|OSError): |^)\[Errno 2\] No such file or directory: '([^']+)'|FileNotFoundError: Unable to find '([^']+)'"
        r"|FileNotFoundError: Couldn't find (?:a dataset script|any data file) at ([^\s,]+)"
-       r"|Error no file named [\w., ]+? found in directory ([^\s]+?)\.?$",
-       ("No such file", "Unable to find", "Couldn't find"), _x_path),
+       r"|Error no file named [\w., ]+? found in directory ([^\s]+?)\.?$"
+       r"|Can't find '[\w.-]+' at '([^']+)'",
+       ("No such file", "Unable to find", "Couldn't find", "Can't find"), _x_path),
     _p("permission_denied", ERR, "permission denied",
        "the run may not write (or read) a path: wrong owner, read-only mount, or another user's cache",
        fix(None, "write to a folder you own (output_dir, HF_HOME) or fix its permissions"),

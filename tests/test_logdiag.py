@@ -1197,9 +1197,9 @@ def test_a_message_hard_wrapped_mid_word_is_found_in_short_and_long_pastes() -> 
     cut = [msg[i : i + 100] for i in range(0, len(msg), 100)]  # neither half holds the pattern whole
     assert not scan_lines(cut[:1]) and not scan_lines(cut[1:])
     assert scan_lines(cut)[0].pattern == "zero_stage_numeric"
-    # a long paste wrapped at one width: found past the short-excerpt size too
-    filler = [("x" * 40 + f" step {i} " + "y" * 60)[:100] for i in range(1200)]
-    assert logdiag.WRAP_SMALL < sum(len(x) + 1 for x in filler)
+    # anywhere in a pasted excerpt's length, with long lines around it
+    filler = [("x" * 40 + f" step {i} " + "y" * 60)[:100] for i in range(300)]
+    assert sum(len(x) + 1 for x in filler) < logdiag.WRAP_HEAD
     assert scan_lines([*filler, *cut, *filler])[0].pattern == "zero_stage_numeric"
 
 
@@ -1210,3 +1210,38 @@ def test_oom_numbers_of_a_message_wrapped_mid_word() -> None:
            "PyTorch, and 1.50 MiB is reserved by PyTorch but unallocated.")
     got = {h.pattern: h for h in scan_lines([msg[i : i + 100] for i in range(0, len(msg), 100)])}
     assert got["cuda_oom"].values["gpu"] == 3 and "gpu_other_process" in got
+
+
+@pytest.mark.parametrize(("line", "pid"), [
+    # bitsandbytes' C functions are all c-prefixed; any of them missing is the native library missing
+    ("AttributeError: 'NoneType' object has no attribute 'cget_col_row_stats'", "bnb_native_missing"),
+    ("AttributeError: 'NoneType' object has no attribute 'cadam32bit_grad_fp32'", "bnb_native_missing"),
+    ("RuntimeError: mat1 and mat2 must have the same dtype, but got Float and BFloat16", "dtype_mismatch"),
+    ("ValueError: Target module Qwen2ForCausalLM() is not supported. Currently, only the following modules are "
+     "supported: `torch.nn.Linear`, `torch.nn.Embedding`.", "lora_target_modules"),
+    ("ValueError: Can't find 'adapter_config.json' at 'out/checkpoint-100'", "file_not_found"),
+    ("Removed shared tensor {'lm_head.weight'} while saving. This should be OK, but check by verifying that you don't "
+     "receive any warning while reloading", "shared_tensors_save"),
+    ("ValueError: `.to` is not supported for `8-bit` models. Please use the model as it is", "quantized_moved"),
+    ("RuntimeError: probability tensor contains either inf, nan or element < 0", "generation_nan"),
+    ("ValueError: Trying to set a tensor of shape torch.Size([32000, 4096]) in \"weight\" (which has shape "
+     "torch.Size([32001, 4096])), this look incorrect.", "weights_shape_mismatch"),
+])
+def test_common_fine_tune_failures_in_their_wordings(line: str, pid: str) -> None:
+    got = scan_lines([line])
+    assert got and got[0].pattern == pid, [h.pattern for h in got]
+
+
+def test_new_families_say_what_fits_their_case() -> None:
+    assert not scan_lines(["AttributeError: 'NoneType' object has no attribute 'config'"])  # not bitsandbytes'
+    note = scan_lines(["Removed shared tensor {'lm_head.weight'} while saving. This should be OK"])[0]
+    assert note.severity == "info" and note.phase == "save"
+    own = scan_lines(["model.to('cuda')", "ValueError: `.to` is not supported for `4-bit` or `8-bit` bitsandbytes models."])[0]
+    assert "drop the .to" in fixof(own)["summary"]
+    disp = scan_file(LOGS / "quantized_moved__dispatch_model.log")[0]
+    assert fixof(disp)["shell"] == "pip install -U transformers accelerate"  # from_pretrained moved it, not the user
+    vocab = scan_file(LOGS / "weights_shape_mismatch__t5_vocab.log")[0]
+    assert vocab.values["vocab_sizes"] == ["32101", "32128"] and "vocabulary" in vocab.cause
+    other = scan_file(LOGS / "weights_shape_mismatch__adapter_other_base.log")[0]
+    assert "vocab_sizes" not in other.values
+    assert scan_lines(["RuntimeError: probability tensor contains either `inf`, `nan` or element < 0"])[0].phase == "generation"
