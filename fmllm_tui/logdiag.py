@@ -444,6 +444,16 @@ def _scan_range(path: str, s: int, e: int, size: int, lookahead: int) -> tuple[i
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")
 _CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _RANK = re.compile(r"^\s*\[(?:rank|default)(\d+)\]:\s?")
+# what tools put before each line of a log (removed before the line is read, so frames, exception lines
+# and anchored patterns read the same): an ISO timestamp (docker logs -t, CI runners, Python logging's
+# 'time - LEVEL - '), syslog/journald's 'Mon DD hh:mm:ss host prog[pid]: ', pdsh's 'IP: ' (DeepSpeed on
+# several nodes), mpirun's '[1,0]<stderr>:' and a markdown quote '> '
+_LINE_PREFIX = re.compile(
+    r"^(?:\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?"
+    r"(?: - (?:[\w.]+ - )?(?:DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL) - | \| | )"
+    r"|[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d [\w.-]+ [\w./-]+(?:\[\d+\])?: "
+    r"|(?:\d{1,3}\.){3}\d{1,3}: |\[\d+,\d+\]<std(?:out|err)>:\s?|> ?(?!>))"
+)
 _FRAME = re.compile(
     r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+)(?:, in (?P<func>\S+))?'
     # rich's boxed frame 'path.py:12 in f'; a long path wraps inside the box, cutting the line number
@@ -521,6 +531,11 @@ def _clean(raw: bytes) -> str:
 
 
 def _split_rank(text: str) -> tuple[str, str]:
+    for _ in range(2):  # a host before a timestamp
+        p = _LINE_PREFIX.match(text)
+        if not p:
+            break
+        text = text[p.end():]
     m = _RANK.match(text)
     if m:
         return m.group(1), text[m.end():]
@@ -611,6 +626,11 @@ class _Ctx:
                 want += 1
             self._after = out
         return self._after
+
+    @property
+    def raw(self) -> str:
+        """The cleaned line as printed, with any rank, timestamp or host prefix."""
+        return self._recs[self._idx][1] if self._idx < len(self._recs) else self.line
 
     @property
     def frames(self) -> list[_Frame]:
@@ -985,7 +1005,9 @@ class _Engine:
         # the next line continues a wrapped one when it starts flush, or with the one space the cut fell
         # before (two or more: an indented frame or source line, not a continuation)
         wrapped = bool(nxt[:1].strip()) or (nxt[:1] == " " and bool(nxt[1:2].strip()))
-        if len(text) >= WRAP_MIN and wrapped and not any(p.severity == "error" for p, _m in matches):
+        # the terminal's width counts the prefix a tool put before the line (a timestamp, a host) too
+        long = max(len(text), len(ctx.raw)) >= WRAP_MIN
+        if long and wrapped and not any(p.severity == "error" for p, _m in matches):
             for sep in ("", " "):  # cut at the column, or at a word boundary
                 joined = text + sep + nxt
                 for p, m in self._matches_of(joined):

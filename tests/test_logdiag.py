@@ -1245,3 +1245,23 @@ def test_new_families_say_what_fits_their_case() -> None:
     other = scan_file(LOGS / "weights_shape_mismatch__adapter_other_base.log")[0]
     assert "vocab_sizes" not in other.values
     assert scan_lines(["RuntimeError: probability tensor contains either `inf`, `nan` or element < 0"])[0].phase == "generation"
+
+
+@pytest.mark.parametrize("prefix", ["2024-05-01 12:00:07,123 - INFO - ", "2024-05-01T12:00:07.123456Z ",
+                                    "Aug 12 10:38:34 gpu-node-1 python[4073658]: ", "10.0.0.2: ", "[1,0]<stderr>:", "> "])
+def test_lines_prefixed_by_a_tool_read_as_the_lines_themselves(prefix: str) -> None:
+    tb = ["Traceback (most recent call last):",
+          '  File "/x/site-packages/transformers/models/auto/configuration_auto.py", line 1034, in from_pretrained',
+          "    config_class = CONFIG_MAPPING[config_dict[\"model_type\"]]",
+          "KeyError: 'qwen2'"]
+    got = scan_lines([prefix + ln for ln in tb])
+    assert got and got[0].pattern == "transformers_too_old", [h.pattern for h in got]  # read from the frames
+    repl = scan_lines([prefix + ">>> torch.cuda.is_available()", prefix + "False"])
+    assert repl and repl[0].pattern == "no_cuda"
+    assert scan_lines([prefix + "  train_loss               =        0.0"])[0].pattern == "loss_zero"
+
+
+def test_a_prompt_or_an_exception_is_not_taken_for_a_prefix() -> None:
+    assert logdiag._split_rank(">>> x = 1") == ("", ">>> x = 1")
+    assert logdiag._split_rank("ValueError: 10.0.0.2: bad") == ("", "ValueError: 10.0.0.2: bad")
+    assert logdiag._split_rank("2024-05-01 12:00:07 [rank3]: OSError: x") == ("3", "OSError: x")
