@@ -24,7 +24,7 @@ Targets (issue 21): >= 95% recognised, >= 90% right fix, >= 90% first hit right,
 
 ``--robust`` pastes each fit log the ways people paste logs (without the traceback header, without
 the exception class before the message, hard-wrapped at 100 columns, with CRLF line ends, cut in
-the middle of its traceback) and counts how many keep their right first hit: a pattern written
+the middle of its traceback, each line behind a logging timestamp or a pdsh host) and counts how many keep their right first hit: a pattern written
 from one log's exact shape shows up here. Only the fit part is ever perturbed.
 """
 
@@ -191,6 +191,9 @@ PERTURBATIONS = {
     "wrapped at 100 columns": _wrapped,
     "CRLF line ends": lambda ls: [ln + "\r\n" for ln in ls],
     "cut inside the traceback": _mid_traceback,
+    # what tools put before each line: Python logging's timestamp and level, pdsh's host (DeepSpeed on nodes)
+    "timestamp prefix": lambda ls: [f"2024-05-01 12:00:{i % 60:02d},123 - INFO - {ln}" for i, ln in enumerate(ls)],
+    "host prefix": lambda ls: [f"10.0.0.2: {ln}" for ln in ls],
 }
 
 

@@ -77,7 +77,8 @@ def test_fit_scores_do_not_regress() -> None:
 # what the scan reached when excerpt-robust matching went in (issue 21). A pattern that only fits
 # one log's exact shape, or an engine change that starves a pasted excerpt, lowers one of them.
 ROBUST_FLOOR = {"no traceback header": 212 / 212, "no exception class": 209 / 212, "wrapped at 100 columns": 208 / 212,
-                "CRLF line ends": 212 / 212, "cut inside the traceback": 208 / 212}
+                "CRLF line ends": 212 / 212, "cut inside the traceback": 208 / 212,
+                "timestamp prefix": 212 / 212, "host prefix": 212 / 212}
 
 
 def test_fit_logs_keep_their_first_hit_when_pasted_differently() -> None:
