@@ -527,6 +527,8 @@ def _clean(raw: bytes) -> str:
     if "\r" in text:
         parts = [p for p in text.split("\r") if p.strip()]
         text = parts[-1] if parts else ""
+    if "\xa0" in text:  # no-break spaces, as a web page or a chat gives a copied log: indentation counts
+        text = text.replace("\xa0", " ")
     return _CTRL.sub("", text).rstrip()
 
 

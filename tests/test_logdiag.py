@@ -1265,3 +1265,14 @@ def test_a_prompt_or_an_exception_is_not_taken_for_a_prefix() -> None:
     assert logdiag._split_rank(">>> x = 1") == ("", ">>> x = 1")
     assert logdiag._split_rank("ValueError: 10.0.0.2: bad") == ("", "ValueError: 10.0.0.2: bad")
     assert logdiag._split_rank("2024-05-01 12:00:07 [rank3]: OSError: x") == ("3", "OSError: x")
+
+
+def test_a_log_copied_with_no_break_spaces_keeps_its_traceback() -> None:
+    # a web page or a chat turns runs of spaces into no-break spaces: IPython's header still names the OOM
+    nb = "\u00a0 "
+    lines = ["OutOfMemoryError" + nb * 13 + "Traceback (most recent call last)", "Cell In[9], line 22",
+             "---> 22 trainer.train()", "",
+             "File ~/x/site-packages/transformers/trainer.py:1633, in Trainer.train(self)"]
+    got = scan_lines(lines)
+    assert got and got[0].pattern == "cuda_oom", [h.pattern for h in got]
+    assert logdiag._clean("\u00a0\u00a0File x".encode()) == "  File x"
