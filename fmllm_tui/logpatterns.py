@@ -636,6 +636,11 @@ def _x_extension_abi(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
     text = " ".join([ctx.line, *ctx.after[:3]])
     if _flash_attn_own(text):
         return None  # flash_attn_abi owns it
+    if re.search(r"NumPy 1\.x|version of numpy is", m.group(0)):
+        return {"values": {"extension": "numpy"}, "key": "numpy",
+                "cause": "a compiled module was built against NumPy 1.x and this environment has NumPy 2 (their C ABI differs)",
+                "fix": fix(None, "install NumPy 1.x for now, or upgrade the module that was built against it "
+                                 "(the traceback above names it)", shell="pip install 'numpy<2'")}
     mm = re.search(r"([\w.-]+?)(?:\.cpython[^/\s:]*)?\.(?:so|pyd)\b", ctx.line) or re.search(r"(xformers|xFormers)", ctx.line)
     ext = (mm.group(1) if mm else "a compiled extension").lower()
     site = re.search(r"(?:site|dist)-packages[/\\]([A-Za-z]\w*)[/\\]", ctx.line)  # the package the binary ships in
@@ -803,8 +808,17 @@ def _x_toolkit(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
     # the op being JIT-built (named on this line or the next few) places the failure: an optimizer's
     # op is built when the optimizer is
     op = _JIT_OP.search(" ".join([line, *ctx.after[:4]]))
-    return {"values": {"message": m.group(0)[:200]}, "key": "",
-            "default_phase": _op_phase(next(g for g in op.groups() if g)) if op else None}
+    out: dict[str, Any] = {"values": {"message": m.group(0)[:200]}, "key": "",
+                           "default_phase": _op_phase(next(g for g in op.groups() if g)) if op else None}
+    if "Visual C++" in m.group(0):
+        out["fix"] = fix(None, "install the Microsoft C++ Build Tools (the 'Desktop development with C++' workload), or "
+                               "install a prebuilt wheel of the package instead of building it")
+    wheel = re.search(r"Failed building wheel for ([\w-]+)", m.group(0))
+    if wheel:
+        out["values"]["package"] = wheel.group(1)
+        out["fix"] = fix(None, f"install a prebuilt {wheel.group(1)} wheel made for this torch, CUDA and Python instead of "
+                               "building it; to build, the compiler error above this line names what is missing")
+    return out
 
 
 def _x_bnb_setup(m: re.Match[str], ctx: Any) -> dict[str, Any]:
@@ -1035,14 +1049,18 @@ PATTERNS: list[Pattern] = [
        fix(None, "install a wheel of that package built for this torch (or rebuild it against it)"),
        r"undefined symbol: \S+|xFormers can't load C\+\+/CUDA extensions|was compiled against (?:a different|an? (?:older|newer)) version of"
        r"|DLL load failed while importing \w+|built for:?\s+PyTorch [\d.]+\S* with CUDA"
-       r"|PyTorch and torchvision were compiled with different CUDA (?:major )?versions", extract=_x_extension_abi),
+       r"|PyTorch and torchvision were compiled with different CUDA (?:major )?versions"
+       # NumPy's ABI: a module built against NumPy 1.x imported under NumPy 2
+       r"|A module that was compiled using NumPy 1\.x cannot be run in|module compiled against API version \w+ but this "
+       r"version of numpy is", extract=_x_extension_abi),
     _p("shared_lib_missing", ERR, "shared library not found",
        "a native library that a package loads (a CUDA runtime, NCCL, a compiled extension) cannot be opened",
        fix(None, "install the package that provides the library, or put its folder on LD_LIBRARY_PATH"),
        r"(\S+\.so(?:\.[\d.]+)?): cannot open shared object file|(?:Could not load library|Could not load dynamic library|"
        r"Unable to load) '?(lib[\w.-]+\.so[\w.]*)'?|(lib[\w-]+\.so[\d.]*)(?:: cannot open| not found|: No such file)"
        # Windows: a DLL (or one it needs) cannot be loaded
-       r"|Error loading \"([^\"]+\.dll)\" or one of its dependencies|\[WinError 126\] The specified module could not be found",
+       r"|Error loading \"([^\"]+\.dll)\" or one of its dependencies|\[WinError 126\] The specified module could not be found"
+       r"|Could not load library ([\w.-]+\.dll)",
        extract=_x_shared_lib),
     _p("cuda_toolkit_env", ERR, "CUDA toolkit or compiler missing for a build",
        "a CUDA extension (DeepSpeed op, flash-attn, bitsandbytes from source …) is being compiled here and the CUDA "
@@ -1058,7 +1076,12 @@ PATTERNS: list[Pattern] = [
        # setuptools could not start the compiler; ninja's build of a JIT op failed; torch's compiler-version check
        r"|unable to execute '[^']*(?:nvcc|gcc|g\+\+|c\+\+|cl\.exe)'|Command '\['ninja', '-v'[^\]]*\]' returned non-zero exit status"
        r"|The current installed version of (?:g\+\+|gcc|clang\+\+|cl) \([^)]*\) is (?:less|greater) than the (?:minimum|maximum) required"
-       r"|fatal error: Python\.h: No such file or directory",
+       r"|fatal error: Python\.h: No such file or directory"
+       # torch's build of an extension, flash-attn's nvcc check, Windows without MSVC, and pip's summary of
+       # a CUDA extension's failed build (its compiler error is above it)
+       r"|Error compiling objects for extension|is only supported on CUDA [\d.]+ and above|Microsoft Visual C\+\+ [\d.]+ or "
+       r"greater is required|Failed building wheel for (?:flash[-_]attn|deepspeed|xformers|apex|bitsandbytes|auto[-_]gptq|"
+       r"mamba[-_]ssm|causal[-_]conv1d|flashinfer|vllm|unsloth)\b",
        extract=_x_toolkit, phase="load"),
     _p("flash_attn_dtype", WARN, "flash-attn with fp32 weights",
        "flash attention only runs in fp16/bf16 but the model is in float32",

@@ -1276,3 +1276,29 @@ def test_a_log_copied_with_no_break_spaces_keeps_its_traceback() -> None:
     got = scan_lines(lines)
     assert got and got[0].pattern == "cuda_oom", [h.pattern for h in got]
     assert logdiag._clean("\u00a0\u00a0File x".encode()) == "  File x"
+
+
+@pytest.mark.parametrize(("line", "pid"), [
+    ("RuntimeError: Error compiling objects for extension", "cuda_toolkit_env"),
+    ("RuntimeError: FlashAttention is only supported on CUDA 11.6 and above.  Note: make sure nvcc has a supported "
+     "version by running nvcc -V.", "cuda_toolkit_env"),
+    ('error: Microsoft Visual C++ 14.0 or greater is required. Get it with "Microsoft C++ Build Tools"', "cuda_toolkit_env"),
+    ("ERROR: Failed building wheel for flash-attn", "cuda_toolkit_env"),
+    ("Could not load library cudnn_cnn_infer64_8.dll. Error code 126", "shared_lib_missing"),
+    ("A module that was compiled using NumPy 1.x cannot be run in NumPy 2.0.0 as it may crash.", "extension_abi"),
+    ("RuntimeError: module compiled against API version 0x10 but this version of numpy is 0xf", "extension_abi"),
+])
+def test_build_and_abi_failures_in_more_wordings(line: str, pid: str) -> None:
+    got = scan_lines([line])
+    assert got and got[0].pattern == pid, [h.pattern for h in got]
+
+
+def test_build_failures_get_the_fix_of_their_kind() -> None:
+    msvc = scan_lines(['error: Microsoft Visual C++ 14.0 or greater is required. Get it with "Microsoft C++ Build Tools"'])[0]
+    assert "Build Tools" in fixof(msvc)["summary"] and fixof(msvc)["shell"] is None  # no CUDA_HOME on this one
+    wheel = scan_lines(["ERROR: Failed building wheel for flash-attn"])[0]
+    assert wheel.values["package"] == "flash-attn" and "prebuilt flash-attn wheel" in fixof(wheel)["summary"]
+    numpy = scan_lines(["A module that was compiled using NumPy 1.x cannot be run in NumPy 2.0.0 as it may crash."])[0]
+    assert fixof(numpy)["shell"] == "pip install 'numpy<2'"
+    # a wheel that is not a compiled CUDA extension's is not a toolkit problem
+    assert not scan_lines(["ERROR: Failed building wheel for pyyaml"])
