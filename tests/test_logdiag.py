@@ -1302,3 +1302,16 @@ def test_build_failures_get_the_fix_of_their_kind() -> None:
     assert fixof(numpy)["shell"] == "pip install 'numpy<2'"
     # a wheel that is not a compiled CUDA extension's is not a toolkit problem
     assert not scan_lines(["ERROR: Failed building wheel for pyyaml"])
+
+
+def test_an_argument_a_library_class_no_longer_takes_names_the_library_and_the_new_name() -> None:
+    tb = ["Traceback (most recent call last):", '  File "/home/u/train.py", line 40, in <module>', "    trainer = SFTTrainer(",
+          "TypeError: SFTTrainer.__init__() got an unexpected keyword argument 'tokenizer'"]
+    h = scan_lines(tb)[0]
+    assert h.pattern == "exception" and "(trl)" in h.cause
+    assert "processing_class" in fixof(h)["summary"] and fixof(h)["shell"] is None  # not 'upgrade': it may be too new
+    args = [*tb[:3], "TypeError: TrainingArguments.__init__() got an unexpected keyword argument 'evaluation_strategy'"]
+    assert "eval_strategy" in fixof(scan_lines(args)[0])["summary"]
+    # a class fmllm does not know keeps the generic advice
+    other = [*tb[:3], "TypeError: Foo.__init__() got an unexpected keyword argument 'bar'"]
+    assert "that is where it failed" in fixof(scan_lines(other)[0])["summary"]
