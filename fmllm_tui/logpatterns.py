@@ -855,7 +855,7 @@ PATTERNS: list[Pattern] = [
        r"(?:CUDA|HIP|XPU) out of memory\. Tried to allocate|OutOfMemoryError: (?:CUDA|HIP) out of memory"
        r"|CUDA (?:driver )?error: out of memory|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_NOT_ENOUGH_MEMORY|cudaErrorMemoryAllocation"
        r"|(?:torch\.(?:cuda\.)?)?OutOfMemoryError(?::|\s+Traceback \(most recent call last\))",
-       ("out of memory", "ALLOC_FAILED", "NOT_ENOUGH_MEMORY", "cudaErrorMemoryAllocation")),
+       ("out of memory", "ALLOC_FAILED", "NOT_ENOUGH_MEMORY", "cudaErrorMemoryAllocation", "OutOfMemoryError")),
     _p("cuda_oom_eval", ERR, "CUDA out of memory during evaluation",
        "the GPU ran out of memory while evaluating (the eval batch or its logits), not while training",
        FIX_EVAL_BATCH, None),
@@ -937,7 +937,8 @@ PATTERNS: list[Pattern] = [
        r"|bitsandbytes library load error|Could not load bitsandbytes native library|native library functionality but it's not available"
        r"|CUDA SETUP: (?:Problem|Required library version not found|Something unexpected happened)|argument of type 'WindowsPath' is not iterable"
        r"|CUDA_?SETUP: WARNING! libcudart\.so not found|Manual override via BNB_CUDA_VERSION env variable detected",
-       ("CUDA Setup", "libbitsandbytes_cpu", "without GPU support", "bitsandbytes", "CUDA SETUP", "native library", "WindowsPath"),
+       ("CUDA Setup", "libbitsandbytes_cpu", "without GPU support", "bitsandbytes", "CUDA SETUP", "native library", "WindowsPath",
+        "CUDA_SETUP", "BNB_CUDA_VERSION"),
        _x_bnb_setup),
     _p("bnb_cuda_binary_missing", ERR, "no bitsandbytes binary for this CUDA",
        "bitsandbytes has no binary for the CUDA version this torch uses (torch's CUDA is newer than the bnb wheel)",
@@ -994,7 +995,7 @@ PATTERNS: list[Pattern] = [
        r"|Cannot find the requested files in the (?:local|disk) cache|HTTPSConnectionPool\(host='(?:huggingface\.co|cdn-lfs[\w.-]*|cas-bridge[\w.-]*)'"
        r"|(?:ConnectError|ConnectTimeout|ReadTimeout|ConnectionError|SSLError|ProxyError)\b.*(?:huggingface\.co|host='hugg)|HTTPSConnectionPool\(host='hugg|Max retries exceeded with url: /api/models"
        r"|Temporary failure in name resolution.*huggingface|Failed to resolve 'huggingface\.co'|50[0234] Server Error.*huggingface\.co",
-       ("huggingface", "LocalEntryNotFoundError", "outgoing traffic", "requested files in the")),
+       ("huggingface", "LocalEntryNotFoundError", "outgoing traffic", "requested files in the", "host='hugg")),
     _p("hub_auth_invalid", ERR, "invalid Hugging Face token",
        "the Hugging Face token is invalid or expired",
        fix(None, "log in again with a valid token (or fix HF_TOKEN)", shell="hf auth login"),
@@ -1043,7 +1044,7 @@ PATTERNS: list[Pattern] = [
        fix(None, "install a flash-attn wheel built for this torch and CUDA (or build it against them); "
            "fmllm.attn_implementation: sdpa runs without it", shell="pip install --force-reinstall --no-build-isolation flash-attn"),
        r"flash_attn\w*.*undefined symbol|undefined symbol.*flash_attn|Flash Attention 2 installation seems to be broken",
-       ("undefined symbol",), _x_flash_abi),
+       ("undefined symbol", "installation seems to be broken"), _x_flash_abi),
     _p("extension_abi", ERR, "compiled extension does not match torch",
        "a compiled extension (xformers, a DeepSpeed op, bitsandbytes, apex …) was built for another torch/CUDA/Python",
        fix(None, "install a wheel of that package built for this torch (or rebuild it against it)"),
@@ -1144,7 +1145,7 @@ PATTERNS: list[Pattern] = [
        "batches must be padded but the tokenizer has no pad token",
        FIX_PAD, r"Asking to pad but the tokenizer does not have a padding token|tokenizer does not have a padding token"
        r"|pad_sequence\(\): argument 'padding_value'",
-       ("padding token",)),
+       ("padding token", "padding_value")),
     _p("token_id_out_of_range", ERR, "token id outside the vocabulary",
        "a token or label id is outside the embedding/vocabulary (a new pad token without resized embeddings, or bad labels)",
        FIX_PAD,
@@ -1161,7 +1162,7 @@ PATTERNS: list[Pattern] = [
            [("training.max_seq_length", "model context length")]),
        r"[Tt]oken indices sequence length is longer than the specified maximum sequence length for this model \((\d+) > (\d+)\)"
        r"|This instance will be ignored in loss calculation|Could not find response key",
-       ("Token indices",), _x_seq_len),
+       ("Token indices", "oken indices", "ignored in loss", "response key"), _x_seq_len),
     _p("padding_side_right", WARN, "right padding while generating",
        "a decoder-only model generates from right-padded batches: the pad tokens sit between the prompt and the "
        "answer, so batched generations (evaluation, GRPO/PPO sampling) come out wrong",
@@ -1185,7 +1186,7 @@ PATTERNS: list[Pattern] = [
        fix(None, "use 'all-linear' or this model's module names", [("lora.target_modules", "all-linear")]),
        r"Target modules? .* not found in the base model|Please specify `target_modules` in `peft_config`"
        r"|Target module .* is not supported\. Currently, only the following modules are supported",
-       ("not found in the base model", "target_modules"), _x_target_modules),
+       ("not found in the base model", "target_modules", "modules are supported"), _x_target_modules),
     _p("quantized_no_adapter", ERR, "quantized model without adapter",
        "a purely quantized (4/8-bit) model cannot be trained without adapters",
        FIX_ADAPTER,
@@ -1266,13 +1267,13 @@ PATTERNS: list[Pattern] = [
                  "if part of the model was offloaded, make it fit on the GPU"),
        r"Expected all tensors to be on the same device|You can't train a model that has been loaded in 8-bit precision on (?:a different|multiple) devices?"
        r"|You can't train a model that has been loaded with `device_map='auto'` in any distributed mode",
-       ("same device", "different device", "distributed mode"), _x_device_mismatch),
+       ("same device", "different device", "distributed mode", "precision on"), _x_device_mismatch),
     _p("ranks_failed", ERR, "distributed ranks died",
        "ranks of the distributed run died", None,
        r"torch\.distributed\.elastic\.multiprocessing\.errors\.ChildFailedError|^ChildFailedError\b"
        r"|multiprocessing\.api:Sending process \d+ closing signal SIGTERM"
        # DeepSpeed's launcher killing the other ranks after one exited non-zero
-       r"|sigkill_handler\] Killing subprocess \d+", ("ChildFailedError",),
+       r"|sigkill_handler\] Killing subprocess \d+", ("ChildFailedError", "closing signal", "Killing subprocess"),
        _x_child_failed),
     _p("port_in_use", ERR, "rendezvous port already in use",
        "the distributed launcher's port is taken (another run is still alive, or another service uses it)",
@@ -1304,7 +1305,7 @@ PATTERNS: list[Pattern] = [
        r"|FileNotFoundError: Couldn't find (?:a dataset script|any data file) at ([^\s,]+)"
        r"|Error no file named [\w., ]+? found in directory ([^\s]+?)\.?$"
        r"|Can't find '[\w.-]+' at '([^']+)'",
-       ("No such file", "Unable to find", "Couldn't find", "Can't find"), _x_path),
+       ("No such file", "Unable to find", "Couldn't find", "Can't find", "Error no file named"), _x_path),
     _p("permission_denied", ERR, "permission denied",
        "the run may not write (or read) a path: wrong owner, read-only mount, or another user's cache",
        fix(None, "write to a folder you own (output_dir, HF_HOME) or fix its permissions"),

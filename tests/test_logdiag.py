@@ -1315,3 +1315,19 @@ def test_an_argument_a_library_class_no_longer_takes_names_the_library_and_the_n
     # a class fmllm does not know keeps the generic advice
     other = [*tb[:3], "TypeError: Foo.__init__() got an unexpected keyword argument 'bar'"]
     assert "that is where it failed" in fixof(scan_lines(other)[0])["summary"]
+
+
+def test_every_line_a_pattern_matches_holds_one_of_its_needles() -> None:
+    # lognoise folds a TUI log's lines with the patterns' needles as a cheap test before the regex: a
+    # wording added to a regex without its needle would be shown as plain output there
+    real = Path(__file__).parent / "data" / "reallogs"
+    fit = [p.with_suffix(".log") for p in sorted(real.glob("c[123]_*.json"))  # the held-out batch is never read
+           if json.loads(p.read_text(encoding="utf-8")).get("split") == "fit"]
+    stale = set()
+    for path in [*ALL_LOGS, *fit]:
+        for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            line = logdiag._split_rank(logdiag._clean(raw.encode()))[1]
+            for p in PATTERNS:
+                if p.rx is not None and p.needles and p.rx.search(line) and not any(n in line for n in p.needles):
+                    stale.add((p.id, line[:80]))
+    assert not stale, sorted(stale)[:10]
