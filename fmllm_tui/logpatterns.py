@@ -287,7 +287,7 @@ def _x_missing_module(m: re.Match[str], ctx: Any) -> dict[str, Any]:
     pkg = pip_name(mod)
     f = fix(None, f"install the missing package '{pkg}'", shell=f"pip install {pkg}")
     cause = f"Python module '{mod}' is not installed in this environment (pip package '{pkg}')"
-    if m.lastindex == 5:  # a version gate: the package may be there, only older than required
+    if m.lastindex in (5, 6):  # a version gate: the package may be there, only older than required
         f = fix(None, f"install or upgrade '{pkg}' to the version the message names", shell=f"pip install -U {pkg}")
         cause = f"the code needs '{pkg}' at the version the message names: it is not installed here, or it is older"
     if mod.split(".")[0] in ("flash_attn", "flash_attn_2_cuda"):
@@ -770,6 +770,11 @@ def _x_quantized_moved(m: re.Match[str], ctx: Any) -> dict[str, Any]:
     return {}
 
 
+def _x_padding_side(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    # the refusal is an error; the notice a warning
+    return {"severity": "error"} if "attempting to perform" in m.group(0) else {}
+
+
 def _x_shape_mismatch(m: re.Match[str], ctx: Any) -> dict[str, Any]:
     text = " ".join([ctx.line, *ctx.after[:2]])
     shapes = re.findall(r"torch\.Size\(\[([\d, ]+)\]\)", text)
@@ -1167,7 +1172,10 @@ PATTERNS: list[Pattern] = [
        "a decoder-only model generates from right-padded batches: the pad tokens sit between the prompt and the "
        "answer, so batched generations (evaluation, GRPO/PPO sampling) come out wrong",
        fix(None, "pad on the left for generation: tokenizer.padding_side = 'left' (training may keep right padding)"),
-       r"right-padding was detected! For correct generation results, please set `padding_side='left'`", phase="generation"),
+       r"right-padding was detected! For correct generation results, please set `padding_side='left'`"
+       # flash-attention models refuse it outright (Qwen2, Mistral …)
+       r"|You are attempting to perform batched generation with padding_side='right'",
+       ("right-padding was detected", "padding_side='right'"), _x_padding_side, phase="generation"),
     _p("chat_template_missing", ERR, "no chat template",
        "the data is chat-formatted but the tokenizer has no chat template",
        fix(None, "use data_format: instruction, or a model/tokenizer that has a chat template", [("data_format", "instruction")]),
@@ -1363,9 +1371,12 @@ PATTERNS: list[Pattern] = [
        # accelerate's availability checks ('DeepSpeed is not available => install it using `pip3 install deepspeed`')
        # and transformers' version gates ('requires `accelerate>=0.21.0`: Please run `pip install ...`')
        r"|\b([A-Za-z][\w-]*) is not (?:available|installed)\W{0,4}(?:=>|[,.;:-])\s*(?:[Pp]lease )?install it"
-       r"|requires `([\w-]+)(?:[<>=!]=?[\w.]+)?`: Please run `pip install",
+       r"|requires `([\w-]+)(?:[<>=!]=?[\w.]+)?`: Please run `pip install"
+       # transformers' 'requires Accelerate: `pip install ...`' and the slow tokenizer that needs sentencepiece
+       r"|requires (Accelerate|accelerate|bitsandbytes|sentencepiece|protobuf): `pip install"
+       r"|Cannot instantiate this tokenizer from a slow version\. If it's based on (sentencepiece)",
        ("No module named", "library but it was not found", "packages that were not found", "install it",
-        "Please run `pip install"), _x_missing_module),
+        "Please run `pip install", ": `pip install", "slow version"), _x_missing_module),
     _p("deprecation_info", INFO, "deprecation notice",
        "a library says a name or argument is deprecated: harmless for this run, worth updating the code some day", None,
        r"(?:FutureWarning|DeprecationWarning|PendingDeprecationWarning): |is deprecated and will be removed"

@@ -1331,3 +1331,15 @@ def test_every_line_a_pattern_matches_holds_one_of_its_needles() -> None:
                 if p.rx is not None and p.needles and p.rx.search(line) and not any(n in line for n in p.needles):
                     stale.add((p.id, line[:80]))
     assert not stale, sorted(stale)[:10]
+
+
+def test_more_install_gates_and_the_flash_attention_padding_refusal() -> None:
+    sp = scan_lines(["ValueError: Cannot instantiate this tokenizer from a slow version. If it's based on sentencepiece, "
+                     "make sure you have sentencepiece installed."])[0]
+    assert sp.pattern == "module_missing" and fixof(sp)["shell"] == "pip install sentencepiece"
+    acc = scan_lines(["ImportError: Using `low_cpu_mem_usage=True` or a `device_map` requires Accelerate: "
+                      "`pip install 'accelerate>=0.26.0'`"])[0]
+    assert acc.pattern == "module_missing" and fixof(acc)["shell"] == "pip install -U accelerate"
+    pad = scan_lines(["ValueError: You are attempting to perform batched generation with padding_side='right' this may "
+                      "lead to unexpected behaviour for Flash Attention version of Qwen2."])[0]
+    assert (pad.pattern, pad.severity, pad.phase) == ("padding_side_right", "error", "generation")
