@@ -38,6 +38,12 @@ def ids(hits: list[Hit]) -> set[str]:
     return {h.pattern for h in hits}
 
 
+def first_is(lines: list[str], pid: str) -> None:
+    """The scan of these lines ranks ``pid`` first."""
+    got = scan_lines(lines)
+    assert got and got[0].pattern == pid, [h.pattern for h in got]
+
+
 def hit(hits: list[Hit], pid: str) -> Hit:
     found = [h for h in hits if h.pattern == pid]
     assert found, f"{pid} not in {[h.pattern for h in hits]}"
@@ -1012,8 +1018,7 @@ def test_a_toolkit_failure_while_building_an_optimizer_op_is_the_first_steps() -
 ])
 def test_session4_family_wordings(line: str, pid: str) -> None:
     noise = ["{'loss': '1.234', 'grad_norm': '0.5', 'learning_rate': '0.0002', 'epoch': '0.1'}"]
-    got = scan_lines([*noise, line, *noise])
-    assert got and got[0].pattern == pid, [h.pattern for h in got]
+    first_is([*noise, line, *noise], pid)
 
 
 def test_a_hub_404_on_a_mirror_names_the_file_and_the_endpoint() -> None:
@@ -1138,8 +1143,7 @@ def test_deepspeeds_launcher_killing_its_ranks_is_a_report_not_a_cause() -> None
     ("wandb:         train/loss 0.0", "loss_zero"),
 ])
 def test_issue21_families_in_other_threads_wordings(line: str, pid: str) -> None:
-    got = scan_lines([line])
-    assert got and got[0].pattern == pid, [h.pattern for h in got]
+    first_is([line], pid)
 
 
 def test_family_fixes_fit_the_wording() -> None:
@@ -1228,8 +1232,7 @@ def test_oom_numbers_of_a_message_wrapped_mid_word() -> None:
      "torch.Size([32001, 4096])), this look incorrect.", "weights_shape_mismatch"),
 ])
 def test_common_fine_tune_failures_in_their_wordings(line: str, pid: str) -> None:
-    got = scan_lines([line])
-    assert got and got[0].pattern == pid, [h.pattern for h in got]
+    first_is([line], pid)
 
 
 def test_new_families_say_what_fits_their_case() -> None:
@@ -1289,8 +1292,7 @@ def test_a_log_copied_with_no_break_spaces_keeps_its_traceback() -> None:
     ("RuntimeError: module compiled against API version 0x10 but this version of numpy is 0xf", "extension_abi"),
 ])
 def test_build_and_abi_failures_in_more_wordings(line: str, pid: str) -> None:
-    got = scan_lines([line])
-    assert got and got[0].pattern == pid, [h.pattern for h in got]
+    first_is([line], pid)
 
 
 def test_build_failures_get_the_fix_of_their_kind() -> None:
