@@ -225,13 +225,15 @@ def main() -> int:
     ap.add_argument("--robust", action="store_true", help="also paste each fit log the ways people paste logs")
     args = ap.parse_args()
     corpus = load_corpus(args.dir)
-    problems = [p for path, man in corpus for p in manifest_problems(man, path.with_suffix(".json"))]
+    problems = [p for path, man in corpus if args.part in (None, man.get("split"))
+                for p in manifest_problems(man, path.with_suffix(".json"))]
     t0 = time.perf_counter()
     scores = {split: score(corpus, split) for split in SPLITS if args.part in (None, split)}
     secs = time.perf_counter() - t0
     if args.json:
-        print(json.dumps({s: sc.to_json() for s, sc in scores.items()}
-                         | {"manifest_problems": problems, "heldout_not_scored": sorted(leaked(corpus))}, indent=1))
+        # the held-out part's ids are named only when it is scored (a worker scoring the fit part never sees them)
+        held = {"heldout_not_scored": sorted(leaked(corpus))} if "heldout" in scores else {}
+        print(json.dumps({s: sc.to_json() for s, sc in scores.items()} | {"manifest_problems": problems} | held, indent=1))
         return 0
     for p in problems:
         print("manifest:", p)
