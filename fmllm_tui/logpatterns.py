@@ -280,7 +280,9 @@ def _x_gated(m: re.Match[str], ctx: Any) -> dict[str, Any]:
     return out
 
 
-def _x_missing_module(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+def _x_missing_module(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
+    if re.search(r"Using `(?:bitsandbytes` \d-bit quantization|load_in_\dbit=True`) requires", ctx.line):
+        return None  # quantization's gate names accelerate and bitsandbytes together: bnb_not_installed owns it
     mod = next(g for g in m.groups() if g)
     if not m.group(1) and not m.group(3):  # a library's display name ('DeepSpeed'), not an import path
         mod = mod.lower()

@@ -1345,3 +1345,8 @@ def test_more_install_gates_and_the_flash_attention_padding_refusal() -> None:
     pad = scan_lines(["ValueError: You are attempting to perform batched generation with padding_side='right' this may "
                       "lead to unexpected behaviour for Flash Attention version of Qwen2."])[0]
     assert (pad.pattern, pad.severity, pad.phase) == ("padding_side_right", "error", "generation")
+
+
+def test_the_quantization_gate_naming_accelerate_is_reported_once() -> None:
+    got = scan_file(LOGS / "bnb_not_installed__accelerate_8bit.log")
+    assert [h.pattern for h in got] == ["bnb_not_installed"]  # not also module_missing for the same line
