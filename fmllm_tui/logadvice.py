@@ -177,6 +177,8 @@ SUPERSEDED_BY = {
     "hub_not_found": {"hub_gated", "hub_auth_invalid", "hub_http_404", "hub_revision_not_found"},
     "cuda_error": {"token_id_out_of_range", "cuda_oom", "no_kernel_image"},
     "dtype_mismatch": {"fsdp_4bit"},
+    # a missing bitsandbytes name or a transformers without the architecture say more than 'the API changed'
+    "library_api_changed": {"bnb_not_installed", "bnb_native_missing", "transformers_too_old", "module_missing"},
 }
 
 

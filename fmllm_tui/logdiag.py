@@ -447,12 +447,12 @@ _RANK = re.compile(r"^\s*\[(?:rank|default)(\d+)\]:\s?")
 # what tools put before each line of a log (removed before the line is read, so frames, exception lines
 # and anchored patterns read the same): an ISO timestamp (docker logs -t, CI runners, Python logging's
 # 'time - LEVEL - '), syslog/journald's 'Mon DD hh:mm:ss host prog[pid]: ', pdsh's 'IP: ' (DeepSpeed on
-# several nodes), mpirun's '[1,0]<stderr>:' and a markdown quote '> '
+# several nodes), mpirun's '[1,0]<stderr>:', a markdown quote '> ' and pytest's error mark 'E       '
 _LINE_PREFIX = re.compile(
     r"^(?:\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?"
     r"(?: - (?:[\w.]+ - )?(?:DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL) - | \| | )"
     r"|[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d [\w.-]+ [\w./-]+(?:\[\d+\])?: "
-    r"|(?:\d{1,3}\.){3}\d{1,3}: |\[\d+,\d+\]<std(?:out|err)>:\s?|> ?(?!>))"
+    r"|(?:\d{1,3}\.){3}\d{1,3}: |\[\d+,\d+\]<std(?:out|err)>:\s?|> ?(?!>)|E {3,}(?=\S))"
 )
 _FRAME = re.compile(
     r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+)(?:, in (?P<func>\S+))?'
@@ -671,32 +671,6 @@ class _Ctx:
 
     def rank_exception(self, rank: int) -> str | None:
         return self.engine.rank_exc.get(str(rank))
-
-
-# the libraries whose classes a training script builds, by class name: an unexpected keyword argument
-# raised at the user's call has no library frame to name the package
-_API_OWNERS = (
-    (re.compile(r"^(?:SFT|DPO|GRPO|PPO|ORPO|KTO|CPO|Reward|RLOO|Online\w*|Iterative\w*)(?:Trainer|Config)$"), "trl"),
-    (re.compile(r"^(?:Lora|Prefix|Prompt|IA3|Loha|Lokr|Adalora)\w*Config$|^Peft\w*$"), "peft"),
-    (re.compile(r"^(?:Trainer|Seq2SeqTrainer|TrainingArguments|Seq2SeqTrainingArguments|BitsAndBytesConfig|Auto\w+|"
-                r"\w+For(?:CausalLM|ConditionalGeneration|SequenceClassification)|\w+Tokenizer(?:Fast)?)$"), "transformers"),
-)
-#: arguments renamed across versions of those libraries: the old name -> what the newer versions take
-_RENAMED_ARGS = {"tokenizer": "processing_class", "evaluation_strategy": "eval_strategy", "use_auth_token": "token",
-                 "max_seq_length": "max_length (in SFTConfig)", "dataset_text_field": "SFTConfig(dataset_text_field=...)",
-                 "packing": "SFTConfig(packing=...)", "load_in_4bit": "quantization_config=BitsAndBytesConfig(load_in_4bit=True)",
-                 "load_in_8bit": "quantization_config=BitsAndBytesConfig(load_in_8bit=True)"}
-
-
-def _api_owner(cls: str) -> str | None:
-    return next((pkg for rx, pkg in _API_OWNERS if rx.match(cls)), None)
-
-
-def _renamed_argument_fix(pkg: str, cls: str, arg: str) -> Fix:
-    new = _RENAMED_ARGS.get(arg)
-    hint = f": newer {pkg} takes {new} instead" if new else ""
-    return fix(None, f"{cls} of the installed {pkg} has no argument '{arg}'{hint}; write the call for the installed "
-                     f"version (pip show {pip_name(pkg)}), or install the {pkg} version the script was written for")
 
 
 def _frame_of(fm: re.Match[str]) -> _Frame:
@@ -1110,13 +1084,8 @@ class _Engine:
         im = re.search(r"cannot import name '[\w.]+' from '([\w.]+)'", msg)
         if im:
             pkg = im.group(1).split(".")[0]
-        kw = re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'", msg)
-        owner = _api_owner(kw.group(1)) if kw else None
-        if kw and owner and not pkg:  # the script's own call: the installed library's class no longer takes it
-            # (raised inside another library, that library is the one behind: the upgrade below)
-            fx = _renamed_argument_fix(owner, kw.group(1), kw.group(2))
-            cause += f" — {kw.group(1)} ({owner}) at the installed version has no argument '{kw.group(2)}'"
-        elif version_skew and pkg:
+        # (an argument, attribute or import a known library lacks is library_api_changed's, matched on the line)
+        if version_skew and pkg:
             fx = fix(None, f"{pkg} and the libraries calling it are at versions that don't match; upgrade them together",
                      shell=f"pip install -U {pip_name(pkg)}")
             cause += " — typically libraries at mismatched versions"

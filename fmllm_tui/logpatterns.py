@@ -431,6 +431,130 @@ def _x_data(m: re.Match[str], ctx: Any) -> dict[str, Any]:
     return out
 
 
+def _x_data_fields(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    """The data's records lack the fields (columns) the loader maps: a format mismatch, not a bad line."""
+    if not m.group("fields"):
+        return _x_data(m, ctx)
+    return {"cause": "the data's records do not have the fields (columns) the loader expects: the file is in another "
+                     "format than the one configured (the message names the expected and the present fields)",
+            "fix": fix(None, "convert the records to the fields the loader names, or set data_format (or the column "
+                             "mapping) to the data's own fields", [("data_format", "match the data")])}
+
+
+#: the libraries whose classes a training script builds, by class name: an unexpected keyword argument
+#: raised at the user's call has no library frame to name the package
+API_OWNERS = (
+    (re.compile(r"^PeftAdapterMixin$"), "transformers"),  # transformers' PEFT integration, not peft itself
+    (re.compile(r"^(?:SFT|DPO|GRPO|PPO|ORPO|KTO|CPO|Reward|RLOO|Online\w*|Iterative\w*)(?:Trainer|Config)$"), "trl"),
+    (re.compile(r"^(?:Lora|Prefix|Prompt|IA3|Loha|Lokr|Adalora)\w*Config$|^Peft\w*$"), "peft"),
+    (re.compile(r"^SetFit\w*$"), "setfit"),
+    (re.compile(r"^SentenceTransformer\w*$"), "sentence_transformers"),
+    (re.compile(r"^(?:Trainer|Seq2SeqTrainer|TrainingArguments|Seq2SeqTrainingArguments|BitsAndBytesConfig|Auto\w+|"
+                r"\w+For(?:CausalLM|ConditionalGeneration|SequenceClassification)|\w+Tokenizer(?:Fast)?)$"), "transformers"),
+)
+#: arguments renamed across versions of those libraries: the old name -> what the newer versions take
+RENAMED_ARGS = {"tokenizer": "processing_class", "evaluation_strategy": "eval_strategy", "use_auth_token": "token",
+                "max_seq_length": "max_length (in SFTConfig)", "dataset_text_field": "SFTConfig(dataset_text_field=...)",
+                "packing": "SFTConfig(packing=...)", "load_in_4bit": "quantization_config=BitsAndBytesConfig(load_in_4bit=True)",
+                "load_in_8bit": "quantization_config=BitsAndBytesConfig(load_in_8bit=True)"}
+#: top-level modules whose missing names are an API change between versions (bitsandbytes' own are bnb_not_installed)
+_API_MODULES = {"transformers", "trl", "peft", "accelerate", "datasets", "setfit", "sentence_transformers", "deepspeed",
+                "huggingface_hub", "torch", "diffusers", "tokenizers", "unsloth", "safetensors", "optimum", "vllm"}
+
+
+def api_owner(cls: str) -> str | None:
+    """The library whose public class this is (None: not one fmllm knows)."""
+    return next((pkg for rx, pkg in API_OWNERS if rx.match(cls)), None)
+
+
+def _x_api_changed(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
+    """An argument, attribute or name one library version has and the installed one lacks. Only where the
+    message or the frames name a library: 'NoneType' object has no attribute ... is a bug, not an API change."""
+    lib = ctx.culprit().get("package")  # the innermost library frame: that library called the changed API
+    if m.group("arg"):
+        cls, func, arg = m.group("cls"), m.group("func"), m.group("arg")
+        owner = api_owner(cls) if cls else None
+        what = f"{cls}.{func}" if cls else func
+        if owner and not lib:  # the script's own call: the installed library's class no longer (or not yet) takes it
+            new = RENAMED_ARGS.get(arg)
+            hint = f": newer {owner} takes {new} instead" if new else ""
+            return {"values": {"library": owner, "argument": arg, "callee": what}, "key": f"{what}:{arg}",
+                    "cause": f"{what} of the installed {owner} takes no argument '{arg}': the script was written for "
+                             f"another {owner} version (the argument was renamed, removed, or is newer)",
+                    "fix": fix(None, f"{what} of the installed {owner} has no argument '{arg}'{hint}; write the call for the "
+                                     f"installed version (pip show {pip_name(owner)}), or install the {owner} version the "
+                                     "script was written for")}
+        if lib:  # raised inside a library calling another one: the caller is behind (or ahead of) the callee
+            return _api_skew(lib, f"{what}() got an unexpected keyword argument '{arg}'")
+        if arg in RENAMED_ARGS:  # Python < 3.10 prints no class ('__init__() got ...'): the argument names the rename
+            return {"values": {"argument": arg}, "key": f"{func}:{arg}",
+                    "cause": f"the call passes '{arg}', an argument the installed library version does not take "
+                             f"(newer versions take {RENAMED_ARGS[arg]}; older ones may not have it yet)",
+                    "fix": fix(None, f"write the call for the installed version ({RENAMED_ARGS[arg]} in newer ones), or "
+                                     "install the version the script was written for")}
+        return None
+    if m.group("attr"):
+        obj, attr = m.group("obj"), m.group("attr")
+        owner = api_owner(obj)
+        if not owner:
+            return None
+        renamed = next((old for old, new in RENAMED_ARGS.items() if new == attr), None)
+        hint = f" ('{attr}' is the newer name of '{renamed}')" if renamed else ""
+        return {"values": {"library": owner, "attribute": attr, "object": obj}, "key": f"{obj}:{attr}",
+                "cause": f"{obj} of the installed {owner} has no attribute '{attr}'{hint} that the code reading it "
+                         f"expects: the two sides were written for different versions of {owner}",
+                "fix": fix(None, f"install the {owner} version the calling code was written for (pip show "
+                                 f"{pip_name(owner)}: older if '{attr}' came with a rename it predates, newer if it was "
+                                 "added since), or upgrade the calling library to one that follows the change")}
+    mod = m.group("mod") or m.group("frm")
+    name = m.group("mattr") or m.group("name")
+    top = mod.split(".")[0]
+    if top not in _API_MODULES or "circular import" in ctx.line:
+        return None
+    return _api_skew(top, f"'{name}' missing from {mod}")
+
+
+def _api_skew(pkg: str, what: str) -> dict[str, Any]:
+    return {"values": {"library": pkg}, "key": f"{pkg}:{what}",
+            "cause": f"{what}: {pkg} and the code calling it are at versions that do not match (an API renamed, "
+                     "removed or added between them)",
+            "fix": fix(None, f"{pkg} and the libraries calling it are at versions that don't match; upgrade them "
+                             "together (or pin the versions the calling code names)", shell=f"pip install -U {pip_name(pkg)}")}
+
+
+def _x_hub_auth(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    """No token, or a token that may not write: pushing needs a write token for that namespace."""
+    text = " ".join([ctx.line, *ctx.after[:6]])
+    if re.search(r"Token must be specified|Token is required|LocalTokenNotFoundError|no token found", text):
+        return {"cause": "the Hub needs a token here (pushing, or a private repo) and none was given or found",
+                "fix": fix(None, "log in with a write token, or pass it to the command (--token / HF_TOKEN)",
+                           shell="hf auth login")}
+    if re.search(r"403|don't have the rights", text):
+        return {"cause": "the Hub refused to create or write the repo (403): the token is read-only, fine-grained "
+                         "without write access there, or the namespace is another user's or an organisation's",
+                "fix": fix(None, "use a token with write access to that namespace (or push under your own)",
+                           shell="hf auth login")}
+    return {}
+
+
+def _x_precision(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    if "tf32" not in m.group(0):
+        return {}
+    return {"cause": "TF32 was requested but this GPU is older than Ampere (or CUDA/torch too old): it has no TF32",
+            "fix": fix(None, "turn tf32 off (and bf16 with it on a pre-Ampere GPU: fp16 instead)",
+                       [("training.tf32", False)]), "values": {"flag": "tf32"}}
+
+
+def _x_pad(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    if "not set yet" not in m.group(0):
+        return {}
+    # transformers logs this when code reads tokenizer.pad_token while it is None: harmless when the script sets
+    # one right after, the cause when batching fails next; a warning, so an error the run ended on ranks first
+    return {"severity": "warning",
+            "cause": "the tokenizer had no pad token when the code asked for one: batches that need padding fail "
+                     "unless the script sets one (harmless if it does right after)"}
+
+
 def _x_cuda_error(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
     msg = m.group(1).strip()
     low = msg.lower()
@@ -1007,8 +1131,14 @@ PATTERNS: list[Pattern] = [
        "the Hugging Face token is invalid or expired",
        fix(None, "log in again with a valid token (or fix HF_TOKEN)", shell="hf auth login"),
        r"Invalid (?:user token|credentials in Authorization header)|Invalid token passed"
-       r"|401 Client Error: Unauthorized for url: https://huggingface\.co/api/whoami",
-       ("Invalid", "api/whoami"), span=6),
+       r"|401 Client Error: Unauthorized for url: https://huggingface\.co/api/whoami"
+       # pushing: no token at all (autotrain's check, huggingface_hub's LocalTokenNotFoundError), or one that may not
+       # create the repo (403 on /api/repos/create, 'You don't have the rights to create a model under the namespace')
+       r"|Token must be specified for push|Token is required \(`?token=True`?\), but no token found|LocalTokenNotFoundError"
+       r"|40[13] Client Error: (?:Forbidden|Unauthorized) for url: https?://[\w.-]+/api/repos/create"
+       r"|You don't have the rights to create a (?:model|dataset|space) under (?:the|this) namespace",
+       ("Invalid", "api/whoami", "Token must be specified", "no token found", "LocalTokenNotFoundError", "api/repos/create",
+        "have the rights to create"), _x_hub_auth, span=6),
     _p("hub_rate_limited", ERR, "Hub rate limit",
        "the Hub refused requests for going over its rate limit (429)",
        fix(None, "log in (authenticated requests have a higher limit) and retry later", shell="hf auth login"),
@@ -1101,8 +1231,9 @@ PATTERNS: list[Pattern] = [
        FIX_DTYPE_BF16_OFF,
        r"Your setup doesn't support bf16/(?:gpu|cpu)|bf16 requested, but AMP is not supported|bf16 precision was requested but not available"
        r"|bf16 mixed precision requires PyTorch >= 1\.10|does not support bfloat16 compilation natively"
-       r"|Bfloat16 is only supported on GPUs with compute capability of at least 8\.0",
-       ("bf16", "bfloat16", "Bfloat16")),
+       r"|Bfloat16 is only supported on GPUs with compute capability of at least 8\.0"
+       r"|--tf32 requires Ampere or a newer GPU arch|(?:TF32|tf32) (?:is )?(?:requires|only supported on) Ampere",
+       ("bf16", "bfloat16", "Bfloat16", "tf32", "TF32"), _x_precision),
     _p("bf16_matmul_unsupported", ERR, "bf16 matmul unsupported",
        "cuBLAS on this GPU cannot multiply bf16 matrices",
        FIX_DTYPE_BF16_OFF, r"CUBLAS_STATUS_NOT_SUPPORTED when calling .*CUDA_R_16BF|CUBLAS_STATUS_NOT_SUPPORTED.*bf16",
@@ -1151,8 +1282,8 @@ PATTERNS: list[Pattern] = [
     _p("pad_token_missing", ERR, "tokenizer has no pad token",
        "batches must be padded but the tokenizer has no pad token",
        FIX_PAD, r"Asking to pad but the tokenizer does not have a padding token|tokenizer does not have a padding token"
-       r"|pad_sequence\(\): argument 'padding_value'",
-       ("padding token", "padding_value")),
+       r"|pad_sequence\(\): argument 'padding_value'|Using pad_token, but it is not set yet",
+       ("padding token", "padding_value", "pad_token, but it is not set"), _x_pad),
     _p("token_id_out_of_range", ERR, "token id outside the vocabulary",
        "a token or label id is outside the embedding/vocabulary (a new pad token without resized embeddings, or bad labels)",
        FIX_PAD,
@@ -1330,9 +1461,13 @@ PATTERNS: list[Pattern] = [
        # datasets' json/csv builders quote pyarrow's error as a class: "Failed to read file 'x' with error <class
        # 'pyarrow.lib.ArrowInvalid'>: JSON parse error: ..."
        r"|Failed to read file '[^']*' with error <class '[\w.]*(?:ArrowInvalid|JSONDecodeError|ParserError|UnicodeDecodeError)'>"
-       r"|JSON parse error: (?:Column\(|Invalid value|Missing a|The document is empty)|straddling object straddles two block boundaries",
+       r"|JSON parse error: (?:Column\(|Invalid value|Missing a|The document is empty)|straddling object straddles two block boundaries"
+       # records without the fields the loader maps: datasets' rename/remove ('Original column name instruction not in
+       # the dataset. Current columns in the dataset: [...]'), a loader naming the keys it needs
+       r"|(?P<fields>(?:Original column names?|Column names?|Column to remove) [^\n]{1,120}? not in the dataset"
+       r"|(?:jsonl?|json|csv|data(?:set)?) file should (?:have|contain) (?:the )?(?:keys|columns|fields))",
        ("ArrowInvalid", "JSONDecodeError", "DatasetGenerationError", "generating the dataset", "Couldn't cast",
-        "Failed to read file", "JSON parse error", "straddl"), _x_data),
+        "Failed to read file", "JSON parse error", "straddl", "not in the dataset", "file should"), _x_data_fields),
     _p("sft_text_field", ERR, "SFTTrainer gets no text field",
        "TRL's SFTTrainer was given neither a text field nor a formatting function for this data",
        fix(None, "set data_format to match the data file's fields", [("data_format", "match the data")]),
@@ -1379,6 +1514,14 @@ PATTERNS: list[Pattern] = [
        r"|Cannot instantiate this tokenizer from a slow version\. If it's based on (sentencepiece)",
        ("No module named", "library but it was not found", "packages that were not found", "install it",
         "Please run `pip install", ": `pip install", "slow version"), _x_missing_module),
+    _p("library_api_changed", ERR, "a library's API changed between versions",
+       "code written for one version of a library calls an argument, attribute or name the installed version does "
+       "not have (renamed, removed, or newer)", None,
+       r"(?:\b(?P<cls>[A-Z]\w*)\.)?(?P<func>\w+)\(\) got an unexpected keyword argument '(?P<arg>\w+)'"
+       r"|'(?P<obj>\w+)' object has no attribute '(?P<attr>\w+)'"
+       r"|\bmodule '(?P<mod>[\w.]+)' has no attribute '(?P<mattr>\w+)'"
+       r"|cannot import name '(?P<name>\w+)' from '(?P<frm>[\w.]+)'",
+       ("unexpected keyword argument", "has no attribute", "cannot import name"), _x_api_changed),
     _p("deprecation_info", INFO, "deprecation notice",
        "a library says a name or argument is deprecated: harmless for this run, worth updating the code some day", None,
        r"(?:FutureWarning|DeprecationWarning|PendingDeprecationWarning): |is deprecated and will be removed"

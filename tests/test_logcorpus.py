@@ -24,9 +24,9 @@ _spec.loader.exec_module(bench)
 # Floors reached on the fit part when the corpus was complete (bench/RESULTS.md, issue 21 section):
 # a change to the patterns or the engine that lowers a score below them is a regression.
 # 15 fit excerpts hold no error line (cut before it, or a launcher's tail): their manifests expect fmllm to say so.
-FLOOR = {"recognised": 0.99, "right_fix": 0.99, "first_right": 0.99,  # reached: 227, 227, 227 of 228
-         "phase_right": 0.89, "phase_right_any": 0.89}  # reached: 204 and 204 of 228
-MAX_MISLEADING_SHARE = 0.0  # reached: 0 of 228
+FLOOR = {"recognised": 0.98, "right_fix": 0.98, "first_right": 0.98,  # reached: 296, 296, 296 of 299 (c4 moved in)
+         "phase_right": 0.84, "phase_right_any": 0.84}  # reached: 254 and 254 of 299 (251 before c4's families)
+MAX_MISLEADING_SHARE = 0.0  # reached: 0 of 299
 
 MANIFESTS = sorted(CORPUS.glob("*.json"))
 
@@ -48,7 +48,9 @@ def test_manifest_is_well_formed(path: Path) -> None:
         assert all(re.fullmatch(r"[a-z][a-z0-9_]*", c) for c in unknown), f"{path.name}: cause ids {unknown}"
         assert not unknown or man.get("notes"), f"{path.name}: a new cause id needs its reason in notes"
     else:
-        assert not unknown, f"{path.name}: causes fmllm has no pattern id for: {unknown}"
+        # a fit log may keep a family fmllm has judged no rule can find from the text (a hang has no error line):
+        # its notes say so ('Invented id'), and it scores as a miss
+        assert not unknown or "Invented id" in man.get("notes", ""), f"{path.name}: causes fmllm has no pattern id for: {unknown}"
 
 
 def test_both_parts_exist_and_shared_logs_are_not_scored_as_heldout() -> None:
@@ -76,9 +78,11 @@ def test_fit_scores_do_not_regress() -> None:
 # Share of the fit logs with a right first hit that keep it when pasted each way (bench --robust):
 # what the scan reached when excerpt-robust matching went in (issue 21). A pattern that only fits
 # one log's exact shape, or an engine change that starves a pasted excerpt, lowers one of them.
-ROBUST_FLOOR = {"no traceback header": 212 / 212, "no exception class": 209 / 212, "wrapped at 100 columns": 208 / 212,
-                "CRLF line ends": 212 / 212, "cut inside the traceback": 208 / 212,
-                "timestamp prefix": 212 / 212, "host prefix": 212 / 212}
+# Reached with c4 in the fit part: 269 of 269, 264, 265, 269, 263, 269, 269 (library_api_changed read from the message
+# alone kept 'no exception class' 254/262 -> 264/269).
+ROBUST_FLOOR = {"no traceback header": 269 / 269, "no exception class": 264 / 269, "wrapped at 100 columns": 265 / 269,
+                "CRLF line ends": 269 / 269, "cut inside the traceback": 263 / 269,
+                "timestamp prefix": 269 / 269, "host prefix": 269 / 269}
 
 
 def test_fit_logs_keep_their_first_hit_when_pasted_differently() -> None:

@@ -237,8 +237,9 @@ def test_traceback_last_frame_names_the_culprit() -> None:
     assert h.values["file"] == "/home/u/prep.py" and h.values["line"] == 21
     assert h.values["function"] == "format_example"
     assert "format_example" in h.cause
-    skew = hit(scan_file(LOGS / "exception__typeerror_version_skew.log"), "exception")
-    assert skew.values["package"] == "trl"
+    # raised inside trl calling transformers: trl is the side to move (library_api_changed, not a bare exception)
+    skew = hit(scan_file(LOGS / "library_api_changed__trl_passes_a_renamed_argument.log"), "library_api_changed")
+    assert skew.values["library"] == "trl"
     assert fixof(skew)["shell"] == "pip install -U trl"
     # a generic CUDA error whose last frames are in bitsandbytes names bitsandbytes
     cu = hit(scan_file(LOGS / "cuda_error__illegal_access_bnb.log"), "cuda_error")
@@ -1310,7 +1311,7 @@ def test_an_argument_a_library_class_no_longer_takes_names_the_library_and_the_n
     tb = ["Traceback (most recent call last):", '  File "/home/u/train.py", line 40, in <module>', "    trainer = SFTTrainer(",
           "TypeError: SFTTrainer.__init__() got an unexpected keyword argument 'tokenizer'"]
     h = scan_lines(tb)[0]
-    assert h.pattern == "exception" and "(trl)" in h.cause
+    assert h.pattern == "library_api_changed" and "installed trl" in h.cause
     assert "processing_class" in fixof(h)["summary"] and fixof(h)["shell"] is None  # not 'upgrade': it may be too new
     args = [*tb[:3], "TypeError: TrainingArguments.__init__() got an unexpected keyword argument 'evaluation_strategy'"]
     assert "eval_strategy" in fixof(scan_lines(args)[0])["summary"]
@@ -1350,3 +1351,74 @@ def test_more_install_gates_and_the_flash_attention_padding_refusal() -> None:
 def test_the_quantization_gate_naming_accelerate_is_reported_once() -> None:
     got = scan_file(LOGS / "bnb_not_installed__accelerate_8bit.log")
     assert [h.pattern for h in got] == ["bnb_not_installed"]  # not also module_missing for the same line
+
+
+def test_an_api_changed_between_versions_is_its_own_cause_in_other_threads_wordings() -> None:
+    # library_api_changed: wordings of other threads (transformers#7974 on Python < 3.10, Whisper-Finetune#112,
+    # trl#2291, transformers#19011, setfit's pytest output) and an import a version lacks
+    old_py = scan_lines(["TypeError: __init__() got an unexpected keyword argument 'evaluation_strategy'"])[0]
+    assert old_py.pattern == "library_api_changed" and "eval_strategy" in fixof(old_py)["summary"]
+    s2s = scan_lines(["TypeError: Seq2SeqTrainingArguments.__init__() got an unexpected keyword argument 'evaluation_strategy'"])[0]
+    assert s2s.pattern == "library_api_changed" and s2s.values["library"] == "transformers"
+    for line in ["AttributeError: 'TrainingArguments' object has no attribute 'model_init_kwargs'",
+                 "AttributeError: 'TrainingArguments' object has no attribute 'main_process_first'"]:
+        assert scan_lines([line])[0].pattern == "library_api_changed", line
+    pytest_e = scan_lines(["E       AttributeError: 'TrainingArguments' object has no attribute 'eval_strategy'"])[0]
+    assert pytest_e.pattern == "library_api_changed" and "newer name of 'evaluation_strategy'" in pytest_e.cause
+    imp = scan_lines(["ImportError: cannot import name 'SFTConfig' from 'trl' (/usr/local/lib/python3.10/dist-packages/trl/__init__.py)"])[0]
+    assert imp.pattern == "library_api_changed" and fixof(imp)["shell"] == "pip install -U trl"
+    # a method of transformers' PEFT integration, no traceback around it (TamilLLaMA#7's paste)
+    mixin = scan_lines(["TypeError: PeftAdapterMixin.load_adapter() got an unexpected keyword argument 'is_trainable'"])[0]
+    assert mixin.pattern == "library_api_changed" and mixin.values["library"] == "transformers"
+    # not an API change: a None where an object was expected, an unknown class, a circular import
+    assert not scan_lines(["AttributeError: 'NoneType' object has no attribute 'config'"])
+    assert not scan_lines(["TypeError: Foo.__init__() got an unexpected keyword argument 'bar'"])
+    assert not scan_lines(["ImportError: cannot import name 'x' from partially initialized module 'trl' (most likely due to a circular import)"])
+    # bitsandbytes' missing class stays its own, more telling cause
+    assert first_of(["AttributeError: module 'bitsandbytes.nn' has no attribute 'Linear4bit'"]) == "bnb_not_installed"
+
+
+def first_of(lines: list[str]) -> str:
+    return scan_lines(lines)[0].pattern
+
+
+def test_pushing_without_a_write_token_in_other_threads_wordings() -> None:
+    # autotrain's CLI check, huggingface_hub's missing token, a 403 on repo creation (deep-rl-class#508, OpenCodeInterpreter#13)
+    no_token = scan_lines(["ValueError: Token must be specified for push to hub"])[0]
+    assert no_token.pattern == "hub_auth_invalid" and "none was given" in no_token.cause
+    hfh = scan_lines(["huggingface_hub.errors.LocalTokenNotFoundError: Token is required (`token=True`), but no token found. "
+                      "You need to provide a token or be logged in to Hugging Face with `huggingface-cli login` or "
+                      "`huggingface_hub.login`. See https://huggingface.co/settings/tokens."])[0]
+    assert hfh.pattern == "hub_auth_invalid" and fixof(hfh)["shell"] == "hf auth login"
+    ns = scan_lines(["HfHubHTTPError: 403 Client Error: Forbidden for url: https://huggingface.co/api/repos/create (Request ID: x)",
+                     "", 'You don\'t have the rights to create a model under the namespace "DaveBostain"'])[0]
+    assert ns.pattern == "hub_auth_invalid" and "write access" in fixof(ns)["summary"]
+
+
+def test_tf32_on_a_pre_ampere_gpu_turns_tf32_off() -> None:
+    # percent4/embedding_model_exp#3 (a T4): TrainingArguments' check, raised through sentence-transformers
+    h = scan_lines(['  File "/root/miniconda3/envs/e/lib/python3.9/site-packages/transformers/training_args.py", line 1771, '
+                    'in __post_init__', '    raise ValueError("--tf32 requires Ampere or a newer GPU arch, cuda>=11 and torch>=1.7")',
+                    "ValueError: --tf32 requires Ampere or a newer GPU arch, cuda>=11 and torch>=1.7"])[0]
+    assert h.pattern == "bf16_unsupported" and ("training.tf32", False) in [(c.key, c.to) for c in h.fix.changes]
+
+
+def test_a_pad_token_read_before_it_is_set_is_a_warning_below_the_error_the_run_ended_on() -> None:
+    # transformers logs it whenever code reads a missing pad token (qlora#63: harmless when the script sets one next)
+    alone = scan_lines(["Using pad_token, but it is not set yet."])[0]
+    assert (alone.pattern, alone.severity) == ("pad_token_missing", "warning")
+    got = scan_lines(["Using pad_token, but it is not set yet.",
+                      "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
+                      "of 23.65 GiB of which 1.02 GiB is free."])
+    assert got[0].pattern == "cuda_oom"
+
+
+def test_records_without_the_fields_the_loader_maps_are_a_data_format_mismatch() -> None:
+    # datasets' rename/remove in LlamaFactory#1312, AnnotatedTransformer#3, prompt2model#291; xTuring's loader
+    for line in ["ValueError: Original column name instruction not in the dataset. Current columns in the dataset: ['text', 'meta']",
+                 "ValueError: Original column names {'1', '0'} not in the dataset. Current columns in the dataset: ['text']",
+                 "ValueError: Column name input_col not in the dataset. Current columns in the dataset: []",
+                 "ValueError: The jsonl file should have keys text, instruction and target"]:
+        h = scan_lines([line])[0]
+        assert h.pattern == "data_invalid" and "fields" in h.cause, line
+        assert ("data_format", "match the data") in [(c.key, c.to) for c in h.fix.changes]
