@@ -182,8 +182,13 @@ SUPERSEDED_BY = {
 }
 
 
-def rank_key(pattern: str, severity: str, line: int, present: frozenset[str] = frozenset()) -> tuple[int, ...]:
+def rank_key(pattern: str, severity: str, line: int, present: frozenset[str] = frozenset(),
+             weaker_than_exception: bool = False) -> tuple[int, ...]:
     """Sort key: errors before warnings before info; root causes before consequences and before
-    findings a more specific one explains; then the earlier line (the failure that started it) first."""
+    findings a more specific one explains; then the earlier line (the failure that started it) first.
+    ``weaker_than_exception``: a specific error read only on a line printed before the exception that ended the
+    run, never on an error line: ranked after that exception (its evidence is weaker)."""
     demoted = 1 if SUPERSEDED_BY.get(pattern, set()) & present else 0
+    if weaker_than_exception:
+        demoted = CONSEQUENCES["exception"] + 1
     return (_SEVERITY.get(severity, 1), CONSEQUENCES.get(pattern, 0) + demoted, line, CAUSE_FIRST.get(pattern, 0))

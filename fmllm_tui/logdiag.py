@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fmllm_tui.findings import Fix
-from fmllm_tui.logadvice import RunSettings, oom_fix, rank_key
+from fmllm_tui.logadvice import CONSEQUENCES, RunSettings, oom_fix, rank_key
 from fmllm_tui.logpatterns import (
     BY_ID,
     FIX_ALLOC_CONF,
@@ -467,6 +467,9 @@ _FRAME = re.compile(
 _EXC = re.compile(
     r"^(?:[A-Za-z_]\w*\.)*(?P<type>(?:[A-Z]\w*)?(?:Error|Exception|Exit|Interrupt|Failure|Invalid|Iteration)|KeyboardInterrupt)(?::\s?(?P<msg>.*))?$"
 )
+# a line that reports an error itself, not a warning or a note: a native library's 'Error ... at line N in file x.cu',
+# a logger's 'ERROR', a C++ 'terminate called' (Python's 'XError: msg' is _EXC)
+_ERROR_MARK = re.compile(r"^\W{0,3}(?:error\b|fatal\b|critical\b|terminate called)", re.I)
 _LAUNCHER_REPORTS = {"ranks_failed", "launcher_failed"}  # a launcher saying its process failed, not why
 _FUNC_REST = re.compile(r"^ ?[\w<>.]+$")  # the rest of a frame's function name after a wrap
 _RICH_REST = re.compile(r"^\s*[│|]\s*(\d*) in ([\w<>.]+)\s*[│|]?\s*$")  # the same inside rich's box
@@ -714,6 +717,9 @@ class _Engine:
         self.explained_chains: set[int] = set()
         # unexplained exceptions, merged by (type, last frame) as they come: flat memory
         self.provisional: dict[tuple[str, str], tuple[set[int], Hit]] = {}
+        # findings read at least once on an exception line or inside a traceback (the run's own error), not only
+        # on a log line printed before it: only those outrank the exception that ended the run
+        self.on_error_line: set[tuple[str, str]] = set()
         self.rank_exc: dict[str, str] = {}
         self.last_bar: _Bar | None = None
         self.marker: tuple[int, str] | None = None  # (line, phase) of the latest phase banner
@@ -1048,6 +1054,8 @@ class _Engine:
                 self.add(pid, str(r.get("key", "")), line_no, r.get("excerpt", text), cause, sev,
                          r.get("fix", pat.fix), values,
                          r.get("phase") or values.get("phase") or ctx.phase(r.get("default_phase") or pat.phase or None))
+                if closes or chain is not None or _EXC.match(text) or _ERROR_MARK.match(text):
+                    self.on_error_line.add((pid, str(r.get("key", ""))))
                 if sev == "error" or closes:
                     explained = True  # a specific pattern on the exception line itself explains it
         if explained and chain is not None:
@@ -1115,8 +1123,20 @@ class _Engine:
         self._root_not_shown()
         out = list(self.hits.values())
         present = frozenset(h.pattern for h in out)
-        out.sort(key=lambda h: (*rank_key(h.pattern, h.severity, h.line, present), h.pattern))
+        weak = self._weaker_than_the_exception(out)
+        out.sort(key=lambda h: (*rank_key(h.pattern, h.severity, h.line, present, id(h) in weak), h.pattern))
         return out
+
+    def _weaker_than_the_exception(self, hits: list[Hit]) -> set[int]:
+        """Specific errors read only on log lines printed before the exception that ended the run (a warning, a
+        noisy line), never on an exception line or in a traceback: their evidence is weaker than that exception,
+        which then ranks first (id() of each such hit)."""
+        ended = [h for h in hits if h.pattern == "exception"]
+        if not ended:
+            return set()
+        last = max(h.line for h in ended)
+        return {id(h) for k, h in self.hits.items() if h.severity == "error" and h.pattern not in CONSEQUENCES
+                and k not in self.on_error_line and h.line < last}
 
     def _cut_in_traceback(self) -> None:
         """A log that ends inside a traceback (an excerpt cut before the exception line) names no

@@ -1146,8 +1146,10 @@ PATTERNS: list[Pattern] = [
     _p("trust_remote_code", ERR, "model needs trust_remote_code",
        "the model ships its own Python code, which runs only if you allow it",
        fix(None, "read the model's code on the Hub, then allow it (it runs on your machine)", [("fmllm.trust_remote_code", True)]),
-       r"contains custom code which must be executed|set the option `trust_remote_code=True`|Please pass the argument `trust_remote_code=True`",
-       ("trust_remote_code", "custom code")),
+       r"contains custom code which must be executed|set the option `trust_remote_code=True`|Please pass the argument `trust_remote_code=True`"
+       # the exception line itself, when a paste cuts it before 'trust_remote_code' (older: 'the configuration file')
+       r"|requires you to execute (?:the )?(?:custom code|configuration file|modeling file)",
+       ("trust_remote_code", "custom code", "requires you to execute")),
     _p("transformers_too_old", ERR, "transformers does not know this architecture",
        "the model's architecture is newer than the installed transformers",
        fix(None, "upgrade transformers", shell="pip install -U transformers"),

@@ -1422,3 +1422,24 @@ def test_records_without_the_fields_the_loader_maps_are_a_data_format_mismatch()
         h = scan_lines([line])[0]
         assert h.pattern == "data_invalid" and "fields" in h.cause, line
         assert ("data_format", "match the data") in [(c.key, c.to) for c in h.fix.changes]
+
+
+def test_a_cause_read_only_on_a_line_before_the_exception_ranks_after_that_exception() -> None:
+    # bitsandbytes' import-time warning (its cextension.py wording) is printed in many runs that then fail on
+    # something else: read on no error line, it is weaker evidence than the exception that ended the run
+    tb = ["Traceback (most recent call last):", '  File "/home/u/prep.py", line 21, in format_example',
+          '    return ex["response"]', "KeyError: 'response'"]
+    warn = ("/usr/local/lib/python3.10/dist-packages/bitsandbytes/cextension.py:34: UserWarning: The installed version of "
+            "bitsandbytes was compiled without GPU support. 8-bit optimizers, 8-bit multiplication, and GPU quantization "
+            "are unavailable.")
+    got = [h.pattern for h in scan_lines([warn, *tb])]
+    assert got[:2] == ["exception", "bnb_setup"], got
+    # the same cause read on the exception line, or on a native error line, keeps its place
+    native = ["Error no kernel image is available for execution on the device at line 167 in file /src/csrc/ops.cu", *tb]
+    assert first_of(native) == "no_kernel_image"
+    assert first_of([warn, "AttributeError: 'NoneType' object has no attribute 'cget_col_row_stats'"]) in ("bnb_setup", "bnb_native_missing")
+    # transformers' refusal cut before 'trust_remote_code' by a paste (Phi3-Vision-Finetune#22's shape, older wording)
+    cut = ["ValueError: Loading this model requires you to execute custom code contained in the model repository on your local m"]
+    assert first_of(cut) == "trust_remote_code"
+    old = ["ValueError: Loading THUDM/chatglm-6b requires you to execute the configuration file in that repo on your local machine."]
+    assert first_of(old) == "trust_remote_code"
