@@ -482,6 +482,8 @@ _DICT_VAL = {
     for k in ("loss", "grad_norm", "epoch", "learning_rate", "step", "global_step", "current_steps")
 }
 _SITE = re.compile(r"(?:site|dist)-packages[/\\]([A-Za-z_]\w*)")
+# decorators that forward a call's arguments unchanged (transformers' deprecate_kwarg, huggingface_hub's _deprecate_*)
+_WRAPPER_FILE = re.compile(r"[/\\]_?deprecation\.py$")
 _STDLIB_HINT = re.compile(r"[/\\]lib[/\\]python\d\.\d+[/\\](?!site-packages|dist-packages)")
 
 # frame function names that say which phase a traceback happened in; the first phase of
@@ -646,6 +648,17 @@ class _Ctx:
 
     def culprit(self) -> dict[str, Any]:
         return _culprit(self.frames)
+
+    def calling_library(self) -> str | None:
+        """The package of the innermost library frame that is not a pass-through wrapper (a deprecation
+        decorator forwards the script's own arguments: the script made the call, not that library)."""
+        for fr in reversed(self.frames):
+            if _WRAPPER_FILE.search(fr.file):
+                continue
+            pkg = _package_of(fr.file)
+            if pkg and pkg not in ("torch", "torchvision", "typing_extensions", "_pytest", "pluggy"):
+                return pkg
+        return None
 
     def phase(self, default: str | None = None) -> str:
         return self.shown_phase() or default or "load"

@@ -455,7 +455,8 @@ API_OWNERS = (
 #: arguments renamed across versions of those libraries: the old name -> what the newer versions take
 RENAMED_ARGS = {"tokenizer": "processing_class", "evaluation_strategy": "eval_strategy", "use_auth_token": "token",
                 "max_seq_length": "max_length (in SFTConfig)", "dataset_text_field": "SFTConfig(dataset_text_field=...)",
-                "packing": "SFTConfig(packing=...)", "load_in_4bit": "quantization_config=BitsAndBytesConfig(load_in_4bit=True)",
+                "packing": "SFTConfig(packing=...)", "dataset_num_proc": "SFTConfig(dataset_num_proc=...)",
+                "dataset_kwargs": "SFTConfig(dataset_kwargs=...)", "load_in_4bit": "quantization_config=BitsAndBytesConfig(load_in_4bit=True)",
                 "load_in_8bit": "quantization_config=BitsAndBytesConfig(load_in_8bit=True)"}
 #: top-level modules whose missing names are an API change between versions (bitsandbytes' own are bnb_not_installed)
 _API_MODULES = {"transformers", "trl", "peft", "accelerate", "datasets", "setfit", "sentence_transformers", "deepspeed",
@@ -470,7 +471,7 @@ def api_owner(cls: str) -> str | None:
 def _x_api_changed(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
     """An argument, attribute or name one library version has and the installed one lacks. Only where the
     message or the frames name a library: 'NoneType' object has no attribute ... is a bug, not an API change."""
-    lib = ctx.culprit().get("package")  # the innermost library frame: that library called the changed API
+    lib = ctx.calling_library()  # the innermost library frame (past deprecation wrappers) called the changed API
     if m.group("arg"):
         cls, func, arg = m.group("cls"), m.group("func"), m.group("arg")
         owner = api_owner(cls) if cls else None
@@ -485,7 +486,8 @@ def _x_api_changed(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
                                      f"installed version (pip show {pip_name(owner)}), or install the {owner} version the "
                                      "script was written for")}
         if lib:  # raised inside a library calling another one: the caller is behind (or ahead of) the callee
-            return _api_skew(lib, f"{what}() got an unexpected keyword argument '{arg}'")
+            hint = f" (newer versions take {RENAMED_ARGS[arg]})" if arg in RENAMED_ARGS else ""
+            return _api_skew(lib, f"{what}() got an unexpected keyword argument '{arg}'{hint}")
         if arg in RENAMED_ARGS:  # Python < 3.10 prints no class ('__init__() got ...'): the argument names the rename
             return {"values": {"argument": arg}, "key": f"{func}:{arg}",
                     "cause": f"the call passes '{arg}', an argument the installed library version does not take "

@@ -1443,3 +1443,19 @@ def test_a_cause_read_only_on_a_line_before_the_exception_ranks_after_that_excep
     assert first_of(cut) == "trust_remote_code"
     old = ["ValueError: Loading THUDM/chatglm-6b requires you to execute the configuration file in that repo on your local machine."]
     assert first_of(old) == "trust_remote_code"
+
+
+def test_a_deprecation_wrapper_between_the_script_and_the_class_is_not_the_caller() -> None:
+    # huggingface_hub's / transformers' deprecation decorators forward the script's own keyword arguments
+    # (DistillKit#10's frames): the script passed the argument the installed trl moved into SFTConfig
+    tb = ["Traceback (most recent call last):", '  File "/home/jupyter/DistillKit/distil_logits.py", line 171, in <module>',
+          "    trainer = LogitsTrainer(",
+          '  File "/opt/conda/lib/python3.10/site-packages/huggingface_hub/utils/_deprecation.py", line 101, in inner_f',
+          "    return f(*args, **kwargs)",
+          "TypeError: SFTTrainer.__init__() got an unexpected keyword argument 'dataset_text_field'"]
+    h = scan_lines(tb)[0]
+    assert h.pattern == "library_api_changed" and "SFTConfig(dataset_text_field" in fixof(h)["summary"]
+    assert fixof(h)["shell"] is None  # not 'upgrade huggingface_hub'
+    # dspy#8762's wording: SFTConfig itself no longer takes max_seq_length
+    cfg = scan_lines(["TypeError: SFTConfig.__init__() got an unexpected keyword argument 'max_seq_length'"])[0]
+    assert cfg.values["library"] == "trl" and "max_length" in fixof(cfg)["summary"]
