@@ -468,33 +468,16 @@ def api_owner(cls: str) -> str | None:
     return next((pkg for rx, pkg in API_OWNERS if rx.match(cls)), None)
 
 
+def _api_finding(values: dict[str, Any], key: str, cause: str, summary: str, shell: str | None = None) -> dict[str, Any]:
+    return {"values": values, "key": key, "cause": cause, "fix": fix(None, summary, shell=shell)}
+
+
 def _x_api_changed(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
     """An argument, attribute or name one library version has and the installed one lacks. Only where the
     message or the frames name a library: 'NoneType' object has no attribute ... is a bug, not an API change."""
     lib = ctx.calling_library()  # the innermost library frame (past deprecation wrappers) called the changed API
     if m.group("arg"):
-        cls, func, arg = m.group("cls"), m.group("func"), m.group("arg")
-        owner = api_owner(cls) if cls else None
-        what = f"{cls}.{func}" if cls else func
-        if owner and not lib:  # the script's own call: the installed library's class no longer (or not yet) takes it
-            new = RENAMED_ARGS.get(arg)
-            hint = f": newer {owner} takes {new} instead" if new else ""
-            return {"values": {"library": owner, "argument": arg, "callee": what}, "key": f"{what}:{arg}",
-                    "cause": f"{what} of the installed {owner} takes no argument '{arg}': the script was written for "
-                             f"another {owner} version (the argument was renamed, removed, or is newer)",
-                    "fix": fix(None, f"{what} of the installed {owner} has no argument '{arg}'{hint}; write the call for the "
-                                     f"installed version (pip show {pip_name(owner)}), or install the {owner} version the "
-                                     "script was written for")}
-        if lib:  # raised inside a library calling another one: the caller is behind (or ahead of) the callee
-            hint = f" (newer versions take {RENAMED_ARGS[arg]})" if arg in RENAMED_ARGS else ""
-            return _api_skew(lib, f"{what}() got an unexpected keyword argument '{arg}'{hint}")
-        if arg in RENAMED_ARGS:  # Python < 3.10 prints no class ('__init__() got ...'): the argument names the rename
-            return {"values": {"argument": arg}, "key": f"{func}:{arg}",
-                    "cause": f"the call passes '{arg}', an argument the installed library version does not take "
-                             f"(newer versions take {RENAMED_ARGS[arg]}; older ones may not have it yet)",
-                    "fix": fix(None, f"write the call for the installed version ({RENAMED_ARGS[arg]} in newer ones), or "
-                                     "install the version the script was written for")}
-        return None
+        return _api_argument(m.group("cls"), m.group("func"), m.group("arg"), lib)
     if m.group("attr"):
         obj, attr = m.group("obj"), m.group("attr")
         owner = api_owner(obj)
@@ -502,12 +485,12 @@ def _x_api_changed(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
             return None
         renamed = next((old for old, new in RENAMED_ARGS.items() if new == attr), None)
         hint = f" ('{attr}' is the newer name of '{renamed}')" if renamed else ""
-        return {"values": {"library": owner, "attribute": attr, "object": obj}, "key": f"{obj}:{attr}",
-                "cause": f"{obj} of the installed {owner} has no attribute '{attr}'{hint} that the code reading it "
-                         f"expects: the two sides were written for different versions of {owner}",
-                "fix": fix(None, f"install the {owner} version the calling code was written for (pip show "
-                                 f"{pip_name(owner)}: older if '{attr}' came with a rename it predates, newer if it was "
-                                 "added since), or upgrade the calling library to one that follows the change")}
+        cause = (f"{obj} of the installed {owner} has no attribute '{attr}'{hint} that the code reading it expects: "
+                 f"the two sides were written for different versions of {owner}")
+        summary = (f"install the {owner} version the calling code was written for (pip show {pip_name(owner)}: older if "
+                   f"'{attr}' came with a rename it predates, newer if it was added since), or upgrade the calling "
+                   "library to one that follows the change")
+        return _api_finding({"library": owner, "attribute": attr, "object": obj}, f"{obj}:{attr}", cause, summary)
     mod = m.group("mod") or m.group("frm")
     name = m.group("mattr") or m.group("name")
     top = mod.split(".")[0]
@@ -516,12 +499,37 @@ def _x_api_changed(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
     return _api_skew(top, f"'{name}' missing from {mod}")
 
 
+def _api_argument(cls: str | None, func: str, arg: str, lib: str | None) -> dict[str, Any] | None:
+    """'X.f() got an unexpected keyword argument': whose call it was decides which side to move."""
+    owner = api_owner(cls) if cls else None
+    what = f"{cls}.{func}" if cls else func
+    new = RENAMED_ARGS.get(arg)
+    if owner and not lib:  # the script's own call: the installed library's class no longer (or not yet) takes it
+        hint = f": newer {owner} takes {new} instead" if new else ""
+        return _api_finding({"library": owner, "argument": arg, "callee": what}, f"{what}:{arg}",
+                            f"{what} of the installed {owner} takes no argument '{arg}': the script was written for "
+                            f"another {owner} version (the argument was renamed, removed, or is newer)",
+                            f"{what} of the installed {owner} has no argument '{arg}'{hint}; write the call for the "
+                            f"installed version (pip show {pip_name(owner)}), or install the {owner} version the script "
+                            "was written for")
+    if lib:  # raised inside a library calling another one: the caller is behind (or ahead of) the callee
+        return _api_skew(lib, f"{what}() got an unexpected keyword argument '{arg}'" +
+                         (f" (newer versions take {new})" if new else ""))
+    if new:  # Python < 3.10 prints no class ('__init__() got ...'): the argument names the rename
+        return _api_finding({"argument": arg}, f"{func}:{arg}",
+                            f"the call passes '{arg}', an argument the installed library version does not take "
+                            f"(newer versions take {new}; older ones may not have it yet)",
+                            f"write the call for the installed version ({new} in newer ones), or install the version "
+                            "the script was written for")
+    return None
+
+
 def _api_skew(pkg: str, what: str) -> dict[str, Any]:
-    return {"values": {"library": pkg}, "key": f"{pkg}:{what}",
-            "cause": f"{what}: {pkg} and the code calling it are at versions that do not match (an API renamed, "
-                     "removed or added between them)",
-            "fix": fix(None, f"{pkg} and the libraries calling it are at versions that don't match; upgrade them "
-                             "together (or pin the versions the calling code names)", shell=f"pip install -U {pip_name(pkg)}")}
+    return _api_finding({"library": pkg}, f"{pkg}:{what}",
+                        f"{what}: {pkg} and the code calling it are at versions that do not match (an API renamed, "
+                        "removed or added between them)",
+                        f"{pkg} and the libraries calling it are at versions that don't match; upgrade them together "
+                        "(or pin the versions the calling code names)", shell=f"pip install -U {pip_name(pkg)}")
 
 
 def _x_hub_auth(m: re.Match[str], ctx: Any) -> dict[str, Any]:
