@@ -995,7 +995,9 @@ PATTERNS: list[Pattern] = [
        FIX_MEMORY,
        r"(?:CUDA|HIP|XPU) out of memory\. Tried to allocate|OutOfMemoryError: (?:CUDA|HIP) out of memory"
        r"|CUDA (?:driver )?error: out of memory|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_NOT_ENOUGH_MEMORY|cudaErrorMemoryAllocation"
-       r"|(?:torch\.(?:cuda\.)?)?OutOfMemoryError(?::|\s+Traceback \(most recent call last\))",
+       # the bare class (torch >= 2.5 raises torch.OutOfMemoryError for every backend): not CUDA's when the message
+       # names Apple's MPS (mps_oom owns it)
+       r"|(?:torch\.(?:cuda\.)?)?OutOfMemoryError(?::(?!\s*MPS backend)|\s+Traceback \(most recent call last\))",
        ("out of memory", "ALLOC_FAILED", "NOT_ENOUGH_MEMORY", "cudaErrorMemoryAllocation", "OutOfMemoryError")),
     _p("cuda_oom_eval", ERR, "CUDA out of memory during evaluation",
        "the GPU ran out of memory while evaluating (the eval batch or its logits), not while training",
@@ -1126,7 +1128,8 @@ PATTERNS: list[Pattern] = [
        r"404 Client Error[:.]? (?:\(Request ID: [^)]*\) )?(?:Not Found|Entry Not Found) for url: https?://(?:huggingface\.co"
        r"|[\w.:-]+/(?:api/(?:models|datasets|spaces)/|(?:datasets/)?[\w.-]+/[\w.-]+/resolve/))"
        r"|Client error '404 Not Found' for url '?https?://(?:huggingface\.co|[\w.:-]+/(?:api/(?:models|datasets|spaces)/|(?:datasets/)?[\w.-]+/[\w.-]+/resolve/))"
-       r"|(?:Remote)?EntryNotFoundError\b|Entry Not Found for url: https?://",
+       # the class on its own word: LocalEntryNotFoundError (offline, or a cache miss with no connection) is hub_unreachable's
+       r"|\b(?:Remote)?EntryNotFoundError\b|Entry Not Found for url: https?://",
        extract=_x_hub_404),
     _p("hub_unreachable", ERR, "Hugging Face Hub unreachable",
        "the Hub could not be reached (no network, proxy, or offline mode) and the files are not in the local cache",

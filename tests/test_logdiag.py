@@ -1459,3 +1459,19 @@ def test_a_deprecation_wrapper_between_the_script_and_the_class_is_not_the_calle
     # dspy#8762's wording: SFTConfig itself no longer takes max_seq_length
     cfg = scan_lines(["TypeError: SFTConfig.__init__() got an unexpected keyword argument 'max_seq_length'"])[0]
     assert cfg.values["library"] == "trl" and "max_length" in fixof(cfg)["summary"]
+
+
+def test_a_class_name_inside_another_familys_message_does_not_name_that_family() -> None:
+    # huggingface_hub's LocalEntryNotFoundError (offline mode, or a cache miss with no connection) is not a 404:
+    # 'EntryNotFoundError' inside its name matched hub_http_404 and ranked it first
+    for line in ["huggingface_hub.errors.LocalEntryNotFoundError: Cannot find the requested files in the disk cache and "
+                 "outgoing traffic has been disabled. To enable hf.co look-ups and downloads online, set 'local_files_only' to False.",
+                 "huggingface_hub.utils._errors.LocalEntryNotFoundError: An error happened while trying to locate the file on "
+                 "the Hub and we cannot find the requested files in the local cache. Please check your connection and try again."]:
+        assert [h.pattern for h in scan_lines([line])] == ["hub_unreachable"], line
+    assert first_of(["huggingface_hub.utils._errors.EntryNotFoundError: 404 Client Error. (Request ID: x)"]) == "hub_http_404"
+    # torch >= 2.5 raises torch.OutOfMemoryError on Apple's MPS too: the class alone does not make it CUDA's
+    mps = ["torch.OutOfMemoryError: MPS backend out of memory (MPS allocated: 18.04 GB, other allocations: 384.00 KB, "
+           "max allowed: 18.13 GB). Tried to allocate 1.00 GB on private pool."]
+    assert [h.pattern for h in scan_lines(mps)] == ["mps_oom"]
+    assert first_of(["torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB."]) == "cuda_oom"
