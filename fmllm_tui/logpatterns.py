@@ -1471,18 +1471,21 @@ PATTERNS: list[Pattern] = [
     _p("data_invalid", ERR, "data file could not be parsed",
        "the training data file is not valid JSON/JSONL/CSV (a bad line, mixed types in a column, or the wrong format)",
        fix(None, "fix the bad line of the data file (fmllm-check data points at it)", [("data_format", "match the data")]),
-       r"ArrowInvalid: JSON parse error|JSONDecodeError|DatasetGenerationError|An error occurred while generating the dataset"
+       # the class, not a source line constructing it ('raise JSONDecodeError("Expecting value", s, ...)')
+       r"ArrowInvalid: JSON parse error|JSONDecodeError(?!\()|DatasetGenerationError|An error occurred while generating the dataset"
        r"|Couldn't cast array of type|ArrowInvalid: .*(?:Column|straddling|parse)"
        # datasets' json/csv builders quote pyarrow's error as a class: "Failed to read file 'x' with error <class
        # 'pyarrow.lib.ArrowInvalid'>: JSON parse error: ..."
        r"|Failed to read file '[^']*' with error <class '[\w.]*(?:ArrowInvalid|JSONDecodeError|ParserError|UnicodeDecodeError)'>"
        r"|JSON parse error: (?:Column\(|Invalid value|Missing a|The document is empty)|straddling object straddles two block boundaries"
+       # Python json's message pasted without its class (JSONDecodeError above has it)
+       r"|^Expecting (?:value|property name enclosed in double quotes|'[,:]' delimiter): line \d+ column \d+"
        # records without the fields the loader maps: datasets' rename/remove ('Original column name instruction not in
        # the dataset. Current columns in the dataset: [...]'), a loader naming the keys it needs
        r"|(?P<fields>(?:Original column names?|Column names?|Column to remove) [^\n]{1,120}? not in the dataset"
        r"|(?:jsonl?|json|csv|data(?:set)?) file should (?:have|contain) (?:the )?(?:keys|columns|fields))",
        ("ArrowInvalid", "JSONDecodeError", "DatasetGenerationError", "generating the dataset", "Couldn't cast",
-        "Failed to read file", "JSON parse error", "straddl", "not in the dataset", "file should"), _x_data_fields),
+        "Failed to read file", "JSON parse error", "straddl", "not in the dataset", "file should", "Expecting "), _x_data_fields),
     _p("sft_text_field", ERR, "SFTTrainer gets no text field",
        "TRL's SFTTrainer was given neither a text field nor a formatting function for this data",
        fix(None, "set data_format to match the data file's fields", [("data_format", "match the data")]),

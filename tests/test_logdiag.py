@@ -1475,3 +1475,14 @@ def test_a_class_name_inside_another_familys_message_does_not_name_that_family()
            "max allowed: 18.13 GB). Tried to allocate 1.00 GB on private pool."]
     assert [h.pattern for h in scan_lines(mps)] == ["mps_oom"]
     assert first_of(["torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB."]) == "cuda_oom"
+
+
+def test_a_json_error_pasted_without_its_class_is_still_the_data() -> None:
+    # Python json's messages with the class cut off by the paste; the parser's position is kept
+    for line in ["Expecting value: line 1 column 1 (char 0)",
+                 "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+                 "Expecting ',' delimiter: line 3 column 45 (char 120)"]:
+        h = scan_lines([line])[0]
+        assert h.pattern == "data_invalid" and h.values.get("line"), line
+    # the source line that raises it is not the message
+    assert not scan_lines(['    raise JSONDecodeError("Expecting value", s, err.value) from None'])
