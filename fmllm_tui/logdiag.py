@@ -1097,15 +1097,11 @@ class _Engine:
         if pkg:
             cause += f"; the innermost library frame is in {pkg} ({c['package_frame']})"
         fx: Fix | None
-        version_skew = (
-            (etype == "TypeError" and re.search(r"unexpected keyword argument|got multiple values|takes \d+ positional", msg))
-            or (etype == "AttributeError" and "has no attribute" in msg)
-            or (etype == "ImportError" and "cannot import name" in msg)
-        )
-        im = re.search(r"cannot import name '[\w.]+' from '([\w.]+)'", msg)
-        if im:
-            pkg = im.group(1).split(".")[0]
-        # (an argument, attribute or import a known library lacks is library_api_changed's, matched on the line)
+        # a call whose arguments a library's signature no longer fits, raised inside that library. An argument,
+        # attribute or import a known library lacks is library_api_changed's (matched on the line); any other
+        # missing attribute or import ('NoneType' object has no attribute, a name from the script's own module) says
+        # nothing about versions, so it is not advised as an upgrade of whichever library's frame is innermost
+        version_skew = etype == "TypeError" and re.search(r"unexpected keyword argument|got multiple values|takes \d+ positional", msg)
         if version_skew and pkg:
             fx = fix(None, f"{pkg} and the libraries calling it are at versions that don't match; upgrade them together",
                      shell=f"pip install -U {pip_name(pkg)}")

@@ -1486,3 +1486,24 @@ def test_a_json_error_pasted_without_its_class_is_still_the_data() -> None:
         assert h.pattern == "data_invalid" and h.values.get("line"), line
     # the source line that raises it is not the message
     assert not scan_lines(['    raise JSONDecodeError("Expecting value", s, err.value) from None'])
+
+
+def test_a_missing_name_in_the_scripts_own_module_is_not_advised_as_a_library_upgrade() -> None:
+    # Anima-Standalone-Trainer#2 and THUDM/grb#4: a name missing from the project's own package ('library',
+    # 'grb.utils'); the old fallback advised 'pip install -U library' from the module's name
+    anima = ["Traceback (most recent call last):",
+             '  File "D:\\\\Anima-Standalone-Trainer\\\\library\\\\train_util.py", line 63, in <module>',
+             "    from library import custom_train_functions, sd3_utils",
+             "ImportError: cannot import name 'sd3_utils' from 'library' (D:\\\\Anima-Standalone-Trainer\\\\library\\\\__init__.py)"]
+    grb = ["Traceback (most recent call last):",
+           '  File "/nfs/homedirs/geisler/code/grb/pipeline/train_pipeline.py", line 8, in <module>',
+           "    from grb.utils import Trainer, Logger",
+           "ImportError: cannot import name 'Trainer' from 'grb.utils' (/nfs/homedirs/geisler/code/grb/grb/utils/__init__.py)"]
+    for tb in (anima, grb):
+        h = scan_lines(tb)[0]
+        assert h.pattern == "exception" and fixof(h)["shell"] is None and "where it failed" in fixof(h)["summary"]
+    # a None where an object was expected, inside a library's frame, is not a version mismatch either
+    none = ["Traceback (most recent call last):", '  File "/home/u/train.py", line 9, in <module>', "    trainer.train()",
+            '  File "/usr/lib/python3.10/site-packages/transformers/trainer.py", line 1500, in train',
+            "AttributeError: 'NoneType' object has no attribute 'config'"]
+    assert fixof(scan_lines(none)[0])["shell"] is None
