@@ -42,8 +42,10 @@ from fmllm_tui.logpatterns import (
     Pattern,
     fix,
     human,
+    hub_401_is_gated,
     marker_phase,
     pip_name,
+    released_model_types,
     size_bytes,
 )
 from fmllm_tui.logprefilter import prefilter
@@ -717,6 +719,38 @@ def _culprit(frames: list[_Frame]) -> dict[str, Any]:
     return out
 
 
+def _cause_from_frames(etype: str, msg: str, frames: list[_Frame], after: list[str]) -> tuple[Pattern, str, dict[str, Any]] | None:
+    """The cause an exception's frames name, read from where it was raised (None: a plain exception). A 401 from
+    huggingface_hub's status check: the repo id does not exist (or is private).
+    transformers' CONFIG_MAPPING[model_type]: a released architecture is newer than this transformers, any other
+    type is a project's own; a row's column lookup inside datasets' formatting: the data lacks that column
+    (under TRL's SFTTrainer, the text field it was told to read)."""
+    if not frames:
+        return None
+    if etype.endswith("HTTPError") and msg.startswith("401 Client Error") and any(f.func == "hf_raise_for_status" for f in frames) \
+            and not hub_401_is_gated(after):
+        # the Hub answers 401 for a repo id that does not exist when no token is sent (a local path that is not
+        # there, read as an id), or a private one: the message may be cut before its URL
+        pat = BY_ID["hub_not_found"]
+        return pat, f"{pat.cause} (the Hub answered 401 Unauthorized)", {}
+    if etype != "KeyError":
+        return None
+    key = msg.strip().strip("'\"")
+    if any(f.file.endswith("configuration_auto.py") for f in frames):
+        if key.lower().replace("-", "_") in released_model_types():
+            pat = BY_ID["transformers_too_old"]
+        else:
+            pat = BY_ID["custom_model_type_unregistered"]
+        return pat, f"{pat.cause} (model type {msg})", {"model_type": key}
+    if re.search(r"datasets[/\\]formatting[/\\]", frames[-1].file) and frames[-1].func == "__getitem__":
+        if any(re.search(r"trl[/\\]trainer[/\\]sft_trainer\.py", f.file) for f in frames):
+            pat = BY_ID["sft_text_field"]
+            return pat, f"the dataset has no column '{key}', the text field SFTTrainer was told to read", {"column": key}
+        pat = BY_ID["data_invalid"]
+        return pat, f"the dataset has no column '{key}' that the code reads from each row", {"column": key}
+    return None
+
+
 class _Engine:
     """Consumes records in file order and builds the hits."""
 
@@ -1082,11 +1116,10 @@ class _Engine:
             return
         etype, msg = em.group("type"), (em.group("msg") or "").strip()
         c = ctx.culprit()
-        if etype == "KeyError" and any(f.file.endswith("configuration_auto.py") for f in ctx.frames):
-            # CONFIG_MAPPING[model_type] failed: this transformers predates the architecture
-            pat = BY_ID["transformers_too_old"]
-            self.add(pat.id, "", line_no, text, f"{pat.cause} (model type {msg})", pat.severity, pat.fix,
-                     {"model_type": msg.strip("'\"")})
+        known = _cause_from_frames(etype, msg, ctx.frames, ctx.after)
+        if known is not None:
+            pat, cause, values = known
+            self.add(pat.id, "", line_no, text, cause, pat.severity, pat.fix, values, ctx.phase())
             self.explained_chains.add(chain)
             return
         values: dict[str, Any] = {"exception": etype, "message": mask_text(msg[:300])}

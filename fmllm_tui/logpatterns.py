@@ -14,9 +14,12 @@ No torch/transformers imports here: this module is plain data and regexes.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from fmllm_tui.findings import Change, Fix
@@ -122,6 +125,14 @@ FIX_LR = fix(
     "lower the learning rate (and keep warmup and max_grad_norm on)",
     [("training.learning_rate", "halve")],
 )
+FIX_CUSTOM_MODEL_TYPE = fix(
+    None, "load the checkpoint with the project's own code (its model class, or register its config and model "
+    "with AutoConfig.register / AutoModelForCausalLM.register before from_pretrained); a checkpoint that ships its "
+    "modeling code (auto_map in config.json) loads with trust_remote_code. Upgrading transformers does not help")
+FIX_DS_AUTO = fix(
+    None, "set the DeepSpeed config's values named in the message to \"auto\" (the Trainer fills them from its "
+    "arguments and the number of processes), or make them equal; a fixed train_batch_size must be "
+    "micro batch x gradient accumulation x number of GPUs")
 FIX_MODEL_ID = fix(
     "model.id",
     "check base_model_name: a Hub id is owner/name exactly as on huggingface.co, or a local folder with config.json",
@@ -266,6 +277,21 @@ def _x_repo(m: re.Match[str], ctx: Any) -> dict[str, Any]:
     if values.get("repo_id"):
         out["cause_suffix"] = f" (repo: {values['repo_id']})"
     return out
+
+
+_GATED_NEXT = re.compile(r"GatedRepoError|[Gg]ated repo|is restricted|awaiting a review")
+
+
+def hub_401_is_gated(after: list[str]) -> bool:
+    """Whether the exception a Hub 401 caused says the repo is gated (a 401 alone: missing or private)."""
+    return any(_GATED_NEXT.search(t) for t in after[:12])
+
+
+def _x_repo_or_401(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
+    """hub_not_found's values; a 401 whose chained exception says the repo is gated is hub_gated's."""
+    if m.group(0).startswith("401") and hub_401_is_gated(ctx.after):
+        return None
+    return _x_repo(m, ctx)
 
 
 def _x_gated(m: re.Match[str], ctx: Any) -> dict[str, Any]:
@@ -530,6 +556,83 @@ def _api_skew(pkg: str, what: str) -> dict[str, Any]:
                         "removed or added between them)",
                         f"{pkg} and the libraries calling it are at versions that don't match; upgrade them together "
                         "(or pin the versions the calling code names)", shell=f"pip install -U {pip_name(pkg)}")
+
+
+#: model_type names of architectures transformers has released: a floor for when transformers is not
+#: installed where the log is read (the installed package's model folders add the rest). A type in
+#: neither is a project's own (tinyllava, llava_pythia, openvla …), which no transformers upgrade loads.
+_RELEASED_MODEL_TYPES = frozenset("""
+    albert bart bert bloom chameleon cohere cohere2 dbrx deepseek_v2 deepseek_v3 ernie4_5 exaone4 falcon falcon_h1
+    gemma gemma2 gemma3 gemma3_text gemma3n glm glm4 glm4_moe gpt2 gpt_bigcode gpt_neo gpt_neox gpt_oss gptj granite
+    granitemoe hunyuan_v1_dense hunyuan_v1_moe idefics2 idefics3 jamba llama llama4 llava llava_next llava_onevision
+    mamba mamba2 mistral mistral3 mixtral mllama mpt mt5 olmo olmo2 olmoe opt paligemma persimmon phi phi3 phimoe
+    qwen2 qwen2_5_vl qwen2_moe qwen2_vl qwen3 qwen3_moe qwen3_next qwen3_vl roberta smollm3 stablelm starcoder2 t5
+    zamba zamba2""".split())
+
+#: transformers' refusal naming the checkpoint's model type (AutoConfig; its start alone, as a terminal may
+#: wrap the rest), and the shorter wordings of
+#: other loaders ("model type 'x' not recognized", "Unrecognized model type: x")
+_MODEL_TYPE_RX = (r"The checkpoint you are trying to load has model type `(?P<mtype>[\w.-]+)`"
+                  r"|[Mm]odel type [`'\"](?P<mtype2>[\w.-]+)[`'\"] (?:is )?not recognized|Unrecognized model type:? [`'\"]?(?P<mtype3>[\w.-]+)")
+
+
+@functools.lru_cache(maxsize=1)
+def released_model_types() -> frozenset[str]:
+    """model_type names transformers releases know: the fixed floor plus the installed transformers'
+    model folders (found with importlib's finder and a directory listing: transformers, and torch with
+    it, is never imported by a log scan)."""
+    names = set(_RELEASED_MODEL_TYPES)
+    try:
+        spec = importlib.util.find_spec("transformers")
+        if spec is not None and spec.origin:
+            models = Path(spec.origin).parent / "models"
+            names |= {d.name for d in models.iterdir() if d.is_dir() and not d.name.startswith("_")}
+    except (ImportError, OSError, ValueError):
+        pass  # no transformers here: the floor alone
+    return frozenset(names)
+
+
+def _named_model_type(m: re.Match[str]) -> str:
+    """The model type a refusal names ('' when the paste cut it), spelt as transformers' folders are."""
+    t = m.groupdict().get("mtype") or m.groupdict().get("mtype2") or m.groupdict().get("mtype3") or ""
+    return t.lower().replace("-", "_")
+
+
+def _x_custom_model_type(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
+    """A model type no release knows is the project's own; a released one is transformers_too_old's."""
+    mtype = _named_model_type(m)
+    if not mtype or mtype in released_model_types():
+        return None
+    return {"values": {"model_type": mtype}, "key": mtype,
+            "cause_suffix": f" (model_type '{mtype}' is not a transformers architecture)"}
+
+
+def _x_too_old(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
+    """Upgrading helps only for a released architecture: a type no release knows is a project's own."""
+    found = re.search(_MODEL_TYPE_RX, ctx.line)
+    mtype = _named_model_type(found) if found else ""
+    if mtype and mtype not in released_model_types():
+        return None  # custom_model_type_unregistered owns it
+    return {"values": {"model_type": mtype}, "key": mtype} if mtype else {}
+
+
+_DS_MISMATCH_LINE = re.compile(r"^\s*-\s*ds\s+([\w.]+)=(\S+)\s+vs\s+hf\s+(.+?)=(\S+)\s*$")
+
+
+def _x_ds_mismatch(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    """The DeepSpeed keys transformers lists under its refusal ('- ds X=a vs hf Y=b'): the ones to set to auto."""
+    keys = [d.group(1) for d in (_DS_MISMATCH_LINE.match(a) for a in ctx.after[:12]) if d]
+    if not keys:
+        return {}
+    return {"values": {"ds_keys": keys}, "key": ",".join(keys), "cause_suffix": f" ({', '.join(keys)})",
+            "fix": fix(None, f"set {', '.join(keys)} to \"auto\" in the DeepSpeed config (the Trainer fills them "
+                             "from its arguments and the number of processes), or make them equal to the Trainer's")}
+
+
+def _x_fsdp_layer(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    """The layer class FSDP looked for, when the message names it (accelerate and newer transformers do)."""
+    layer = m.groupdict().get("layer")
+    return {"values": {"layer_class": layer}, "key": layer, "cause_suffix": f" (looked for {layer})"} if layer else {}
 
 
 def _x_hub_auth(m: re.Match[str], ctx: Any) -> dict[str, Any]:
@@ -1112,9 +1215,11 @@ PATTERNS: list[Pattern] = [
        r"RepositoryNotFoundError|Repository Not Found for url|is not a local folder and is not a valid model identifier"
        r"|does not appear to have a file named (?:config\.json|pytorch_model\.bin|model\.safetensors)"
        r"|Can't load (?:tokenizer|the configuration of|the model) for '|Incorrect path_or_model_id: '"
-       r"|Repo id must (?:be in the form|use alphanumeric chars)",
+       r"|Repo id must (?:be in the form|use alphanumeric chars)"
+       # the Hub answers 401, not 404, for a repo that does not exist when no token is sent (or a private one)
+       r"|401 Client Error: Unauthorized for url: https?://[\w.:-]+/(?:datasets/)?(?:[\w.-]+/)?[\w.-]+/resolve/",
        ("Not Found", "NotFound", "not a valid model identifier", "does not appear to have a file named", "Can't load",
-        "Incorrect path_or_model_id", "Repo id must"), _x_repo),
+        "Incorrect path_or_model_id", "Repo id must", "401 Client Error"), _x_repo_or_401),
     _p("hub_revision_not_found", ERR, "revision not found",
        "the requested revision (branch, tag or commit) does not exist for this model",
        fix(None, "set fmllm.revision to a branch, tag or commit that exists (or remove it)", [("fmllm.revision", None)]),
@@ -1163,13 +1268,19 @@ PATTERNS: list[Pattern] = [
        # the exception line itself, when a paste cuts it before 'trust_remote_code' (older: 'the configuration file')
        r"|requires you to execute (?:the )?(?:custom code|configuration file|modeling file)",
        ("trust_remote_code", "custom code", "requires you to execute")),
+    # before transformers_too_old: the same message, told apart by the model type it names
+    _p("custom_model_type_unregistered", ERR, "a model type no transformers release knows",
+       "the checkpoint's model_type is a project's own architecture, not one transformers ships, so no "
+       "transformers version can load it through the Auto classes",
+       FIX_CUSTOM_MODEL_TYPE, _MODEL_TYPE_RX, ("odel type",), _x_custom_model_type),
     _p("transformers_too_old", ERR, "transformers does not know this architecture",
        "the model's architecture is newer than the installed transformers",
        fix(None, "upgrade transformers", shell="pip install -U transformers"),
        r"Transformers does not recognize this architecture|does not recognize this architecture"
        r"|The checkpoint you are trying to load has model type `[\w-]+`|Tokenizer class \w+ does not exist or is not currently imported"
        r"|`rope_scaling` must be a dictionary with (?:with )?two fields",
-       ("recognize this architecture", "has model type", "does not exist or is not currently imported", "rope_scaling")),
+       ("recognize this architecture", "has model type", "does not exist or is not currently imported", "rope_scaling"),
+       _x_too_old),
     _p("weights_corrupt", ERR, "weights file unreadable",
        "a weights file is truncated or is a Git LFS pointer instead of the real file (interrupted download)",
        fix(None, "delete the broken file from the cache and download it again", shell="hf download <model-id> --force-download"),
@@ -1417,6 +1528,14 @@ PATTERNS: list[Pattern] = [
        "DeepSpeed ZeRO-3 cannot load a model with a device_map / low_cpu_mem_usage",
        fix(None, "drop device_map/low_cpu_mem_usage when launching with ZeRO-3 (or use FSDP)"),
        r"DeepSpeed Zero-3 is not compatible with .*device_map", ("Zero-3",)),
+    _p("fsdp_wrap_class_not_found", ERR, "FSDP's layer class to wrap is not in the model",
+       "FSDP's transformer-based auto-wrap names a layer class (fsdp_transformer_layer_cls_to_wrap) that the loaded "
+       "model does not have: another model's block, or an older spelling of the class",
+       fix(None, "set fsdp_transformer_layer_cls_to_wrap (accelerate's fsdp_config, or the Trainer's fsdp_config) to "
+                 "the loaded model's decoder layer class as transformers spells it (print(model) shows it: "
+                 "LlamaDecoderLayer, Qwen2DecoderLayer, GPT2Block …), or leave it unset to use the model's _no_split_modules"),
+       r"Could not find the transformer layer class (?:to wrap |(?P<layer>[\w.]+) )in the model",
+       ("transformer layer class",), _x_fsdp_layer),
     _p("device_mismatch", ERR, "tensors on different devices",
        "tensors of one operation sit on different devices",
        fix(None, "with one process per GPU load each copy on its own GPU (device_map={'': local_rank}); "
@@ -1434,8 +1553,18 @@ PATTERNS: list[Pattern] = [
     _p("port_in_use", ERR, "rendezvous port already in use",
        "the distributed launcher's port is taken (another run is still alive, or another service uses it)",
        fix(None, "stop the old run or pick another port", [("fmllm.distributed.main_process_port", "a free port, e.g. 29501")]),
-       r"Address already in use|The server socket has failed to listen on any local network address|EADDRINUSE",
-       ("already in use", "failed to listen", "EADDRINUSE")),
+       r"Address already in use|The server socket has failed to listen on any local network address|EADDRINUSE"
+       # accelerate's own check before it launches (accelerate >= 0.21)
+       r"|Tried to launch distributed communication on port `?\d+`?, but another process is utilizing it",
+       ("already in use", "failed to listen", "EADDRINUSE", "another process is utilizing")),
+    _p("ds_config_mismatch", ERR, "DeepSpeed config disagrees with the Trainer's arguments",
+       "the DeepSpeed config fixes values (batch sizes, accumulation, learning rate, fp16/bf16, scheduler steps) that "
+       "differ from the training arguments or the number of processes the run has",
+       FIX_DS_AUTO,
+       r"Please correct the following DeepSpeed config values that mismatch TrainingArguments values"
+       # DeepSpeed's own check of the batch triple against the processes actually launched
+       r"|Check batch related parameters\. train_batch_size is not",  # rich's box may wrap the rest
+       ("DeepSpeed config values that mismatch", "Check batch related parameters"), _x_ds_mismatch),
     _p("shm_exhausted", ERR, "shared memory (/dev/shm) exhausted",
        "DataLoader workers pass batches through /dev/shm, which is too small here (Docker's default is 64 MB)",
        fix(None, "give the container more shared memory (docker run --shm-size=16g / --ipc=host) or use fewer dataloader workers"),

@@ -1507,3 +1507,125 @@ def test_a_missing_name_in_the_scripts_own_module_is_not_advised_as_a_library_up
             '  File "/usr/lib/python3.10/site-packages/transformers/trainer.py", line 1500, in train',
             "AttributeError: 'NoneType' object has no attribute 'config'"]
     assert fixof(scan_lines(none)[0])["shell"] is None
+
+
+# ---- issue 21 round 3: c5's misleading first hits, as rules for their families -----------------------------------
+_MODEL_TYPE_MSG = ("ValueError: The checkpoint you are trying to load has model type `{}` but Transformers does not "
+                   "recognize this architecture. This could be because of an issue with the checkpoint, or because your "
+                   "version of Transformers is out of date.")
+
+
+def test_a_model_type_no_transformers_release_knows_is_the_projects_own_not_an_old_transformers() -> None:
+    # TinyLLaVA_Factory#174 (tinyllava), Emma-X#1 (openvla), GOT-OCR2.0#161 (GOT): a project's own model_type;
+    # upgrading transformers (the old first finding) cannot load it
+    for mtype in ("tinyllava", "openvla", "GOT"):
+        h = scan_lines([_MODEL_TYPE_MSG.format(mtype)])[0]
+        assert h.pattern == "custom_model_type_unregistered", mtype
+        assert h.values["model_type"] == mtype.lower() and "register" in fixof(h)["summary"]
+    # transformers#32107 (chameleon on 4.42), ComfyUI-QwenVL#23 (qwen3_vl), ComfyUI_ExtraModels#114 (gemma2):
+    # released architectures stay 'upgrade transformers'
+    for mtype in ("chameleon", "qwen3_vl", "gemma2"):
+        assert first_of([_MODEL_TYPE_MSG.format(mtype)]) == "transformers_too_old", mtype
+    # wrapped at a terminal's width after the type, the start of the message still decides
+    assert first_of(_MODEL_TYPE_MSG.format("tinyllava")[:100].splitlines() + [_MODEL_TYPE_MSG.format("x")[100:]]) \
+        == "custom_model_type_unregistered"
+
+
+def test_a_keyerror_in_config_mapping_reads_the_model_type_the_same_way() -> None:
+    # Hunyuan-7B#3: CONFIG_MAPPING[model_type] raising KeyError (older transformers print only that)
+    def tb(mtype: str) -> list[str]:
+        return ["Traceback (most recent call last):",
+                '  File "/usr/local/lib/python3.11/dist-packages/transformers/models/auto/configuration_auto.py", line 1265, in from_pretrained',
+                '    config_class = CONFIG_MAPPING[config_dict["model_type"]]',
+                f"KeyError: '{mtype}'"]
+    assert first_of(tb("hunyuan_v1_dense")) == "transformers_too_old"
+    h = scan_lines(tb("llava_pythia_custom"))[0]
+    assert h.pattern == "custom_model_type_unregistered" and h.values["model_type"] == "llava_pythia_custom"
+
+
+def test_released_model_types_are_read_without_importing_transformers() -> None:
+    import subprocess
+    code = ("import sys; from fmllm_tui import logpatterns as lp; t = lp.released_model_types(); "
+            "assert 'llama' in t and 'qwen2' in t; assert 'transformers' not in sys.modules and 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_deepspeed_config_values_that_disagree_with_the_trainer_are_their_own_cause() -> None:
+    # MedicalGPT#191 (fp16), hendrycks/apps#9 (batch, lr, scheduler): transformers names the keys to set to auto
+    medical = ["  File \"/home/u/lib/python3.10/site-packages/transformers/deepspeed.py\", line 220, in trainer_config_finalize",
+               "    raise ValueError(",
+               "ValueError: Please correct the following DeepSpeed config values that mismatch TrainingArguments values:",
+               "- ds fp16.enabled=True vs hf fp16|fp16_full_eval+fp16_backend(amp)=False",
+               "The easiest method is to set these DeepSpeed config values to 'auto'."]
+    h = scan_lines(medical)[0]
+    assert h.pattern == "ds_config_mismatch" and h.values["ds_keys"] == ["fp16.enabled"]
+    assert "fp16.enabled" in fixof(h)["summary"] and "auto" in fixof(h)["summary"]
+    # DeepSpeed's own assertion (LlamaFactory#2574 under mpirun; starcoder#77 in a rich box that wrapped it)
+    first_is(["AssertionError: Check batch related parameters. train_batch_size is not equal to micro_batch_per_gpu * "
+              "gradient_acc_step * world_size 16 != 1 * 1 * 1"], "ds_config_mismatch")
+    first_is(["AssertionError: Check batch related parameters. train_batch_size is not",
+              "equal to micro_batch_per_gpu * gradient_acc_step * world_size 64 != 4 *", "8 * 1"], "ds_config_mismatch")
+
+
+def test_accelerates_own_port_check_is_port_in_use() -> None:
+    # accelerate#2955, thinking-in-space#22: accelerate refuses before torch's socket error
+    first_is(["ConnectionError: Tried to launch distributed communication on port `29144`, but another process is "
+              "utilizing it. Please specify a different port (such as using the `--main_process_port` flag or specifying "
+              "a different `main_process_port` in your config file) and rerun your script."], "port_in_use")
+
+
+def test_a_hub_401_on_a_file_is_a_repo_that_does_not_exist_unless_it_says_gated() -> None:
+    hf_frames = ["Traceback (most recent call last):",
+                 '  File "/opt/lib/python3.11/site-packages/huggingface_hub/utils/_http.py", line 409, in hf_raise_for_status',
+                 "    response.raise_for_status()",
+                 '  File "/opt/lib/python3.11/site-packages/requests/models.py", line 1024, in raise_for_status',
+                 "    raise HTTPError(http_error_msg, response=self)"]
+    # open-webui#4773 ('sentence-transformers/ollama'), MA-LMM#9 ('llm/vicuna-7b', IPython): no such repo
+    first_is(hf_frames + ["requests.exceptions.HTTPError: 401 Client Error: Unauthorized for url: "
+                          "https://huggingface.co/sentence-transformers/ollama/resolve/main/config.json"], "hub_not_found")
+    first_is(["HTTPError: 401 Client Error: Unauthorized for url: https://huggingface.co/llm/vicuna-7b/resolve/main/"
+              "tokenizer_config.json"], "hub_not_found")
+    # the paste cut the URL: huggingface_hub's status check in the frames says it was the Hub
+    first_is(hf_frames + ["requests.exceptions.HTTPError: 401 Client Error: Unauthorized"], "hub_not_found")
+    # the same 401 from another service is not the Hub's
+    other = ["Traceback (most recent call last):", '  File "/app/client.py", line 40, in call',
+             "    r.raise_for_status()", "requests.exceptions.HTTPError: 401 Client Error: Unauthorized"]
+    assert "hub_not_found" not in ids(scan_lines(other))
+    # a 401 whose chained exception says the repo is gated is hub_gated's alone
+    gated = hf_frames + ["requests.exceptions.HTTPError: 401 Client Error: Unauthorized for url: "
+                         "https://huggingface.co/meta-llama/Llama-2-7b-hf/resolve/main/config.json", "",
+                         "The above exception was the direct cause of the following exception:", "",
+                         "Traceback (most recent call last):",
+                         '  File "/opt/lib/python3.11/site-packages/huggingface_hub/file_download.py", line 1374, in hf_hub_download',
+                         "huggingface_hub.utils._errors.GatedRepoError: 401 Client Error. (Request ID: Root=1-65a1)",
+                         "Cannot access gated repo for url https://huggingface.co/meta-llama/Llama-2-7b-hf/resolve/main/config.json."]
+    got = scan_lines(gated)
+    assert got[0].pattern == "hub_gated" and "hub_not_found" not in ids(got)
+
+
+def test_a_keyerror_on_a_dataset_row_is_a_missing_column() -> None:
+    # a row's column lookup in datasets' formatting: the data has no such column. Under TRL's SFTTrainer
+    # (LLaMA-Factory/trl threads: KeyError 'text' with a dataset of prompt/response fields) it is the text field
+    row = ['  File "/env/lib/python3.11/site-packages/datasets/formatting/formatting.py", line 277, in __getitem__',
+           "    value = self.data[key]", "KeyError: 'text'"]
+    sft = ["Traceback (most recent call last):",
+           '  File "/env/lib/python3.11/site-packages/trl/trainer/sft_trainer.py", line 513, in tokenize',
+           "    element[dataset_text_field] if formatting_func is None else formatting_func(element),"]
+    h = scan_lines(sft + row)[0]
+    assert h.pattern == "sft_text_field" and h.values["column"] == "text"
+    mapped = ["Traceback (most recent call last):", '  File "/home/u/prep.py", line 30, in to_features',
+              '    return tok(example["instruction"])']
+    h = scan_lines(mapped + row[:2] + ["KeyError: 'instruction'"])[0]
+    assert h.pattern == "data_invalid" and "'instruction'" in h.cause
+    # a KeyError anywhere else stays the exception at its frame
+    plain = ["Traceback (most recent call last):", '  File "/home/u/train.py", line 12, in <module>',
+             '    cfg = CONFIGS[name]', "KeyError: 'qwen2'"]
+    assert first_of(plain) == "exception"
+
+
+def test_fsdp_layer_class_to_wrap_missing_from_the_model() -> None:
+    # BCEmbedding#66 (BertLayer for an XLM-R model), transformers#37672 (a class named by accelerate)
+    first_is(["Exception: Could not find the transformer layer class to wrap in the model."], "fsdp_wrap_class_not_found")
+    h = scan_lines(["[rank0]: ValueError: Could not find the transformer layer class Llama4VisionEncoderLayer in the model."])[0]
+    assert h.pattern == "fsdp_wrap_class_not_found" and h.values["layer_class"] == "Llama4VisionEncoderLayer"
+    assert "fsdp_transformer_layer_cls_to_wrap" in fixof(h)["summary"]
