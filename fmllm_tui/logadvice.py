@@ -179,6 +179,8 @@ SUPERSEDED_BY = {
     "dtype_mismatch": {"fsdp_4bit"},
     # a missing bitsandbytes name or a transformers without the architecture say more than 'the API changed'
     "library_api_changed": {"bnb_not_installed", "bnb_native_missing", "transformers_too_old", "module_missing"},
+    # a harmless notice printed before a traceback the excerpt cuts: 'the error is below, not in this text' says more
+    "deprecation_info": {"log_cut_in_traceback"},
 }
 
 

@@ -1256,12 +1256,15 @@ class _Engine:
         h.last_line = self.nan_last
 
     def _loss_zero(self, finite: list[_Loss]) -> bool:
-        """Three zero logs in a row, or a jump to exactly 0 from a real loss (a loss does not fall from
-        2.0 to below the log's 4 decimals in one logging interval). Whether it found one."""
+        """Three zero logs in a row, two when every log is 0, or a jump to exactly 0 from a real loss (a loss does
+        not fall from 2.0 to below the log's 4 decimals in one logging interval). Whether it found one."""
         zeros = 0
         while zeros < len(finite) and finite[-1 - zeros].value == 0.0:
             zeros += 1
-        if not (zeros >= 3 or (zeros >= 1 and len(finite) > zeros and finite[-1 - zeros].value > 0.1)):
+        # a loss is never exactly 0 from its very first log (two logs suffice then: fp16 skipping every step, all
+        # labels masked), nor does it fall from a real value to below the log's 4 decimals in one interval
+        from_start = zeros >= 2 and zeros == len(finite)
+        if not (zeros >= 3 or from_start or (zeros >= 1 and len(finite) > zeros and finite[-1 - zeros].value > 0.1)):
             return False
         k = len(finite) - zeros
         first = finite[k]

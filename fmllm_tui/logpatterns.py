@@ -941,6 +941,20 @@ def _x_hub_404(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
     return {"values": v, "key": path}
 
 
+def _x_loss_nan_printed(m: re.Match[str], ctx: Any) -> dict[str, Any]:
+    """A NaN loss in a bar's postfix or a final metrics block: nothing says when it started, so both usual
+    causes are named (fp16 overflow first: a bar or a metrics block rarely comes with the steps before it)."""
+    phase = "eval" if "eval" in m.group(0) else ""
+    out: dict[str, Any] = {
+        "cause": ("the printed loss is NaN: fp16 overflowed (models pretrained in bf16 often do) or training diverged "
+                  "(learning rate too high)"),
+        "fix": fix("dtype.compute", "train in bf16 (or fp32) instead of fp16; if it already is, lower the learning rate",
+                   [("training.fp16", False), ("training.bf16", True)])}
+    if phase:
+        out["phase"] = phase
+    return out
+
+
 def _x_labels_masked(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
     if "-100" not in m.group(0) and "will be" not in m.group(0):
         return {}  # a final metrics block (the Trainer's, TrainOutput, wandb's summary): the pattern's own words
@@ -1471,8 +1485,16 @@ PATTERNS: list[Pattern] = [
        fix(None, "resume from an existing checkpoint-N folder, or start fresh"),
        r"Can't find a valid checkpoint at|No valid checkpoint found in output directory", ("valid checkpoint",)),
     # ---- loss ----------------------------------------------------------------------------
+    # the loss dicts' NaN is read by logdiag's loss analysis (with the steps before it); this regex reads the loss
+    # other tools print: a progress bar's postfix (kohya/musubi 'avr_loss=nan', accelerate scripts' 'loss=nan'), the
+    # Trainer's final metrics block ('eval_loss = nan') and its eval dicts, wandb's run summary
     _p("loss_nan", ERR, "loss is NaN", "the loss (or gradient norm) became NaN: the run diverged",
-       FIX_LR, None),
+       FIX_LR,
+       r"\b(?:avr_|avg_|step_|train_|lm_)?loss=(?:nan|NaN|-?inf)\b|^\s*(?:eval|train)_loss\s*=\s*(?:nan|NaN|-?inf)\s*$"
+       r"|^\s*(?:wandb:\s+)?(?:train|eval)/loss\s+(?:nan|NaN)\s*$"
+       # an eval dict: the loss analysis reads training dicts only
+       r"|['\"]eval_loss['\"]:\s*(?:nan|NaN)\b",
+       ("nan", "NaN", "inf"), _x_loss_nan_printed, phase="training"),
     _p("loss_zero", WARN, "loss is exactly 0",
        "the logged loss is exactly 0: every label is masked (the response template is not found), or fp16 broke the loss",
        fix("dtype.compute", "check the labels are not all -100 (fmllm-check data); if training in fp16 switch to bf16",
@@ -1672,7 +1694,10 @@ PATTERNS: list[Pattern] = [
     _p("deprecation_info", INFO, "deprecation notice",
        "a library says a name or argument is deprecated: harmless for this run, worth updating the code some day", None,
        r"(?:FutureWarning|DeprecationWarning|PendingDeprecationWarning): |is deprecated and will be removed"
-       r"|(?:is|are) (?:now )?deprecated(?:[.,;!]| and| in favou?r of)|has been deprecated|will be deprecated",
+       r"|(?:is|are) (?:now )?deprecated(?:[.,;!]| and| in favou?r of)|has been deprecated|will be deprecated"
+       # torch's checkpoint default about to change (a UserWarning): a notice, the run goes on. (transformers turning
+       # the KV cache off while checkpointing is not even that: a successful run prints it, tests/data/logs/neg__*)
+       r"|please pass in use_reentrant=True or use_reentrant=False explicitly|use_reentrant parameter should be passed explicitly",
        extract=_x_deprecation),
     _p("log_cut_in_traceback", INFO, "the log ends inside a traceback",
        "the text ends inside a traceback, before its exception line: the error that stopped the run is not in it",
