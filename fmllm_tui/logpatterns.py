@@ -995,7 +995,10 @@ def _x_nccl_error(m: re.Match[str], ctx: Any) -> dict[str, Any]:
 def _x_deprecation(m: re.Match[str], ctx: Any) -> dict[str, Any] | None:
     if re.match(r"\s*(?:[\w.]+\.)?\w*(?:Error|Exception)\b", ctx.line):
         return None  # an exception that says a name is deprecated stopped the run: not a note
-    return {}
+    # one note per notice (torch's checkpoint default and a trainer's renamed argument are two things to read), the
+    # same notice repeated counted on the first: keyed by its words, without the printing file's path and numbers
+    words = re.sub(r"\d+", "#", ctx.line.split("Warning: ", 1)[-1].strip())[:80]
+    return {"key": words}
 
 
 _TIED_HEADS = re.compile(r"^(?:lm_head|cls\.predictions\.decoder|output_projection|embed_out)\.weight$")

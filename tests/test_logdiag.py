@@ -1671,3 +1671,15 @@ def test_a_loss_that_is_zero_from_its_first_log_needs_two_logs_not_three() -> No
     first_is([zero, zero.replace("0.01", "0.02")], "loss_zero")
     # one log of 0.0 alone says too little
     assert "loss_zero" not in ids(scan_lines([zero]))
+
+
+def test_two_different_deprecation_notices_are_two_notes_and_a_repeated_one_is_counted() -> None:
+    # a healthy run repeats torch's use_reentrant notice; a trainer's renamed argument (trl's `tokenizer` ->
+    # `processing_class`, trl#2227) printed later is another thing to read, not a repeat of the first
+    torch_note = ("/env/torch/utils/checkpoint.py:87: UserWarning: torch.utils.checkpoint: the use_reentrant parameter "
+                  "should be passed explicitly.")
+    trl_note = ("/env/trl/trainer/sft_trainer.py:401: FutureWarning: `tokenizer` is deprecated and will be removed in "
+                "version 5.0.0 for `SFTTrainer.__init__`. Use `processing_class` instead.")
+    hits = [h for h in scan_lines([torch_note, "step", torch_note.replace(":87:", ":91:"), trl_note])
+            if h.pattern == "deprecation_info"]
+    assert [(h.line, h.count) for h in hits] == [(1, 2), (4, 1)]
