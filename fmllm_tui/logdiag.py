@@ -637,6 +637,19 @@ class _Ctx:
         return self._after
 
     @property
+    def next_line(self) -> str:
+        """The cleaned next line ('' when the next record is not the next line): ``after[0]`` without reading
+        up to CTX_LINES_LONG lines (every matched line asks whether a terminal wrapped it)."""
+        if self._after is not None:
+            return self._after[0] if self._after else ""
+        j = self._idx + 1
+        while j < len(self._recs) and self._recs[j][0] <= self.line_no:
+            j += 1
+        if j < len(self._recs) and self._recs[j][0] == self.line_no + 1:
+            return _split_rank(self._recs[j][1])[1]
+        return ""
+
+    @property
     def raw(self) -> str:
         """The cleaned line as printed, with any rank, timestamp or host prefix."""
         return self._recs[self._idx][1] if self._idx < len(self._recs) else self.line
@@ -1056,7 +1069,7 @@ class _Engine:
                 if m2:
                     matches = [*matches, (p, m2)]
                     done.add(p.id)
-        nxt = ctx.after[0] if ctx.after else ""
+        nxt = ctx.next_line
         # the next line continues a wrapped one when it starts flush, or with the one space the cut fell
         # before (two or more: an indented frame or source line, not a continuation)
         wrapped = bool(nxt[:1].strip()) or (nxt[:1] == " " and bool(nxt[1:2].strip()))
