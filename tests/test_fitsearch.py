@@ -199,9 +199,10 @@ def test_fit_result_serialises() -> None:
 def test_changes_are_findings_changes_the_fixer_plans_from_as_they_are() -> None:
     """One shape: the search lists findings.Change (canonical key, why, saving), written to JSON as
     fmllm-check always wrote them, and the memory.fit fixer maps them to the file's keys directly."""
+    from fmllm_tui.fixes import plan_fix
+
     from fmllm_tui.config import load_config
     from fmllm_tui.findings import Change
-    from fmllm_tui.fixes import plan_fix
 
     loaded = load_config(Path(__file__).parent / "data" / "configs" / "shipped_nested.yaml")
     res = fitsearch.fit(loaded.view, QWEN7, 6 * GiB)

@@ -58,7 +58,10 @@ def test_the_no_sdpa_table_matches_transformers() -> None:
     """Every model type fmllm plans with eager attention has no SDPA in the installed
     transformers, and every catalogue model's family has it (else the table misses it)."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING,
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    )
 
     from fmllm_tui import catalogue
 

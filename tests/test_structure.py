@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = "fmllm_tui.runner"
 MAX_LINES = 80
