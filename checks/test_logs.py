@@ -74,6 +74,10 @@ def _fix_for(hit, loaded) -> Fix | None:
     return Fix(id=fid or "log.command", changes=changes, shell=fx.shell, summary=summary, safe=not cuts)
 
 
+#: Notes that say a run stopped on an error the text does not hold: the check warns (pass the whole log).
+STOPPED_WITHOUT_ERROR = frozenset({"log_cut_in_traceback"})
+
+
 @check("logs.scan", "Training logs show no known failure", "logs")
 def test_logs(report, options, loaded, architecture):
     from fmllm_tui.logdiag import scan_file
@@ -91,6 +95,11 @@ def test_logs(report, options, loaded, architecture):
     errors = [h for h in hits if h.severity == "error"]
     notes = [h for h in hits if h.severity == "info"]
     hits = [h for h in hits if h.severity != "info"]  # information (deprecations) is not a failure
+    cut = [h for h in notes if h.pattern in STOPPED_WITHOUT_ERROR]
+    if not hits and cut:
+        # a run stopped there, but the error is not in the text: not "no known failure"
+        h = cut[0]
+        report.warn(f"{h.file}:{h.line}: [{h.pattern}] {h.cause}", _fix_for(h, loaded))
     if not hits:
         extra = f"; {plural(len(notes), 'note')}: " + "; ".join(f"[{h.pattern}] {h.cause}" for h in notes[:3]) if notes else ""
         report.ok(f"no known failure in {plural(len(logs), 'log')}{extra}")

@@ -107,3 +107,20 @@ def test_log_check_info_is_a_note_not_a_failure(tmp_path, capsys, tiny_model_dir
     assert c["status"] == "pass" and code == 0
     assert c["values"]["hits"][0]["severity"] == "info"
     assert "deprecation_info" in c["finding"]
+
+
+def test_log_check_warns_when_the_log_ends_inside_a_traceback(tmp_path, capsys, tiny_model_dir):
+    """A pasted log cut inside its traceback shows a run that stopped, without the error: not a pass."""
+    cfg = write_config(tmp_path, str(tiny_model_dir))
+    log = tmp_path / "cut.log"
+    log.write_text("{'loss': 2.1, 'grad_norm': 0.5, 'learning_rate': 0.0002, 'epoch': 0.1}\n"
+                   "Traceback (most recent call last):\n"
+                   '  File "/w/train.py", line 88, in <module>\n'
+                   "    trainer.train()\n"
+                   '  File "/py/site-packages/transformers/trainer.py", line 2240, in train\n'
+                   "    return inner_training_loop(\n")
+    code, checks = run_json(capsys, "--config", str(cfg), "--only", "logs.scan", "--log", str(log))
+    c = checks["logs.scan"]
+    assert c["status"] == "warn" and code == 0, c
+    assert "log_cut_in_traceback" in c["finding"] and f"{log}:5:" in c["finding"]  # the last frame it holds
+    assert "whole log" in c["fix"]["summary"]
