@@ -104,7 +104,9 @@ def test_logs(report, options, loaded, architecture):
         extra = f"; {plural(len(notes), 'note')}: " + "; ".join(f"[{h.pattern}] {h.cause}" for h in notes[:3]) if notes else ""
         report.ok(f"no known failure in {plural(len(logs), 'log')}{extra}")
     top = (errors or hits)[0]
-    lines = [f"{h.file}:{h.line}: [{h.pattern}] {h.cause}" + (f" (x{h.count})" if h.count > 1 else "") for h in hits[:5]]
+    # each line names the phase the failure happened in (load, first step, training, eval, ...): the fix depends on it
+    lines = [f"{h.file}:{h.line}: [{h.pattern}] {h.phase.replace('_', ' ')}: {h.cause}" + (f" (x{h.count})" if h.count > 1 else "")
+             for h in hits[:5]]
     text = f"{plural(len(hits), 'known problem')} in the logs:\n" + "\n".join(lines)
     fix = _fix_for(top, loaded)
     if errors:

@@ -90,6 +90,7 @@ def test_log_check_reads_the_config_before_advising(tmp_path, capsys, tiny_model
     hit = c["values"]["hits"][0]
     keys = {ch["key"] for ch in hit["fix"]["changes"]}
     assert hit["phase"] == "training"
+    assert f"[{hit['pattern']}] training: " in c["finding"]  # the human line names the phase too
     assert "training.max_seq_length" in keys
     assert not keys & {"training.per_device_train_batch_size", "training.gradient_checkpointing"}
     assert "already" in hit["fix"]["summary"]
