@@ -101,6 +101,13 @@ class Score:
     def pct(self, k: int) -> float:
         return 100.0 * k / self.n if self.n else 0.0
 
+    def headline(self) -> str:
+        """The four scores the targets name, as one line's text."""
+        return (f"recognised {self.recognised}/{self.n} ({self.pct(self.recognised):.0f}%), "
+                f"right fix {self.right_fix}/{self.n} ({self.pct(self.right_fix):.0f}%), "
+                f"first hit right {self.first_right}/{self.n} ({self.pct(self.first_right):.0f}%), "
+                f"misleading first {self.misleading_first}")
+
     def to_json(self) -> dict[str, Any]:
         return {"logs": self.n, "recognised": self.recognised, "right_fix": self.right_fix,
                 "first_hit_right": self.first_right, "misleading_first": self.misleading_first,
@@ -240,10 +247,7 @@ def main() -> int:
     for lid in sorted(leaked(corpus)) if "heldout" in scores else []:
         print(f"not scored: heldout log {lid} has the same text as a fit log")
     for split, sc in scores.items():
-        print(f"{split:8s} {sc.n:4d} logs: recognised {sc.recognised}/{sc.n} ({sc.pct(sc.recognised):.0f}%), "
-              f"right fix {sc.right_fix}/{sc.n} ({sc.pct(sc.right_fix):.0f}%), "
-              f"first hit right {sc.first_right}/{sc.n} ({sc.pct(sc.first_right):.0f}%), "
-              f"misleading first {sc.misleading_first}; phase of the first finding right {sc.phase_right}/{sc.n} "
+        print(f"{split:8s} {sc.n:4d} logs: {sc.headline()}; phase of the first finding right {sc.phase_right}/{sc.n} "
               f"({sc.phase_right_any} counting findings that name no cause); {sc.not_in_text} of the logs hold no "
               f"error line (the manifest expects fmllm to say so): said so in {sc.not_in_text_right}")
     print(f"({secs:.1f}s for {sum(sc.n for sc in scores.values())} logs; targets: >= 95% recognised, >= 90% right fix, "

@@ -41,9 +41,7 @@ def thread_causes(corpus: Corpus, batch: str) -> Corpus:
 
 def line(tag: str, corpus: Corpus) -> str:
     sc = corpus_bench.score(corpus, "heldout")
-    return (f"{tag:30s} {sc.n:3d} logs: recognised {sc.recognised} ({sc.pct(sc.recognised):.0f}%), right fix "
-            f"{sc.right_fix} ({sc.pct(sc.right_fix):.0f}%), first hit right {sc.first_right} "
-            f"({sc.pct(sc.first_right):.0f}%), misleading first {sc.misleading_first}")
+    return f"{tag:38s} {sc.n:3d} logs: {sc.headline()}"
 
 
 def main() -> int:
