@@ -81,7 +81,7 @@ def _terms(points: list[dict], archs: dict, misc: int) -> list[tuple]:
 def fit(points: list[dict], archs: dict) -> dict[str, float]:
     """Constants from the recorded points, each fitted on the points it governs (minimax error of
     the process peak around TARGET_CENTER); held-out points (``"heldout": true``) are never used."""
-    points = [p for p in points if not p.get("heldout") and not p.get("other_stack")]
+    points = [p for p in points if not p.get("heldout") and not p.get("other_stack") and not p.get("outside_band")]
     misc_res = []
     for p in points:
         with _with(RUNTIME_MISC_BYTES=0):
@@ -125,7 +125,8 @@ def _fit_compiled_layer(points: list[dict], archs: dict, consts: dict[str, float
 
 
 def _set_of(p: dict) -> str:
-    return "other stack" if p.get("other_stack") else "held out" if p.get("heldout") else "fit"
+    return ("other stack" if p.get("other_stack") else "outside band" if p.get("outside_band") else
+            "held out" if p.get("heldout") else "fit")
 
 
 def table(points: list[dict], archs: dict, markdown: bool = False) -> float:
@@ -137,7 +138,7 @@ def table(points: list[dict], archs: dict, markdown: bool = False) -> float:
         print("|" + "---|" * len(head))
     else:
         print(f"{head[0]:44} {head[1]:7} {'set':11} {'alloc m/p GiB':>15} {'err':>6} {'process m/p GiB':>17} {'err':>6}")
-    errs: dict[str, list[float]] = {"fit": [], "held out": [], "other stack": []}
+    errs: dict[str, list[float]] = {"fit": [], "held out": [], "outside band": [], "other stack": []}
     covered = True
     for p in points:
         pr = m.predict_inputs(m.point_inputs(p), archs[p["model"]])
@@ -152,7 +153,7 @@ def table(points: list[dict], archs: dict, markdown: bool = False) -> float:
             print(f"| {p['id']} | {p['recipe']} | {_set_of(p)} | {am / GiB:.2f} | {ap / GiB:.2f} | {ea:+.1f}% | "
                   f"{pm / GiB:.2f} | {pp / GiB:.2f} | {ep:+.1f}% | {'in' if inr else 'OUT'} |")
         else:
-            print(f"{p['id'][:44]:44} {p['recipe']:7} {_set_of(p):11} {am / GiB:7.2f}/{ap / GiB:6.2f} {ea:+5.1f}% "
+            print(f"{p['id'][:44]:44} {p['recipe']:7} {_set_of(p):12} {am / GiB:7.2f}/{ap / GiB:6.2f} {ea:+5.1f}% "
                   f"{pm / GiB:8.2f}/{pp / GiB:7.2f} {ep:+5.1f}%{'' if inr else '  out of range'}")
     for name, e in errs.items():
         if e:

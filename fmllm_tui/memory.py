@@ -1048,8 +1048,10 @@ def _loss(r: _Run, notes: list[str]) -> _Loss:
         logits_block = 2 * T * vocab
         loss_b = PLAIN_LOSS_BYTES_PER_LOGIT * T * vocab
         if r.a.logit_softcap:
-            loss_b += 4 * T * vocab  # tanh soft-capping keeps two more bf16 logit copies
-            notes.append("final logit soft-capping adds two bf16 copies of the logits")
+            # logits / cap -> tanh -> x cap: tanh saves its bf16 output for backward; the division's
+            # output is freed once tanh has run and the product is the logits counted above.
+            loss_b += 2 * T * vocab
+            notes.append("final logit soft-capping keeps one more bf16 copy of the logits (tanh's output)")
     elif r.loss_kind == "chunked":
         chunk = min(T, max(1, CHUNKED_LOSS_ELEMENTS // vocab))
         logits_block = 2 * chunk * vocab

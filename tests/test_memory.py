@@ -19,6 +19,7 @@ QWEN7 = ARCHS["Qwen/Qwen2.5-7B-Instruct"]
 QWEN14 = ARCHS["Qwen/Qwen2.5-14B-Instruct"]
 LLAMA8 = ARCHS["meta-llama/Llama-3.1-8B-Instruct"]
 QWEN05 = ARCHS["Qwen/Qwen2.5-0.5B-Instruct"]
+GEMMA2_2B = ARCHS["google/gemma-2-2b-it"]
 
 #: The guarantee of issue 19 on the process peak: at most 1% under, at most 5% over. The points the
 #: constants were fitted on meet it to within 0.5 point (worst -1.3%, +5.3%: bench/RESULTS.md);
@@ -27,7 +28,8 @@ QWEN05 = ARCHS["Qwen/Qwen2.5-0.5B-Instruct"]
 TARGET_LOW, TARGET_HIGH = -0.015, 0.055
 #: Held-out points (never fitted on): the worst is -3.2% (Llama-3.1-8B plain with expandable segments).
 HELDOUT_LOW = -0.035
-#: Points of another library stack or harness (``other_stack``): never under-predicted.
+#: Points of another library stack or harness (``other_stack``), and points recorded as outside the
+#: band (``outside_band``, over-predicted, with the reason): never under-predicted.
 OTHER_STACK_LOW, OTHER_STACK_HIGH = -0.01, 0.15
 
 
@@ -46,7 +48,7 @@ def test_process_peak_error_on_recorded_point(point: dict) -> None:
     pred = memory.predict_inputs(memory.point_inputs(point), ARCHS[point["model"]])
     measured = point["measured"]["process_peak_bytes"]
     err = (pred.peak_process_bytes - measured) / measured
-    low, high = ((OTHER_STACK_LOW, OTHER_STACK_HIGH) if point.get("other_stack") else
+    low, high = ((OTHER_STACK_LOW, OTHER_STACK_HIGH) if point.get("other_stack") or point.get("outside_band") else
                  (HELDOUT_LOW, TARGET_HIGH) if point.get("heldout") else (TARGET_LOW, TARGET_HIGH))
     assert low <= err <= high, (
         f"{point['id']}: predicted {pred.peak_process_bytes / GiB:.2f} GiB, measured {measured / GiB:.2f} GiB "
@@ -56,6 +58,15 @@ def test_process_peak_error_on_recorded_point(point: dict) -> None:
     # stack's over-prediction aside).
     assert measured <= pred.high_bytes
     assert point.get("other_stack") or pred.low_bytes <= measured
+
+
+def test_points_outside_the_band_are_few_and_explained() -> None:
+    """A point may be kept outside [-1%, +5%] only over-predicted and with its reason; the fitted
+    set is not allowed to drift there quietly."""
+    outside = [p for p in POINTS if p.get("outside_band")]
+    assert len(outside) <= 2
+    for p in outside:
+        assert len(p["outside_band"]) > 40 and not p.get("heldout")
 
 
 @pytest.mark.parametrize("point", POINTS, ids=[p["id"] for p in POINTS])
@@ -132,6 +143,19 @@ def test_plain_loss_is_twelve_bytes_per_logit() -> None:
     p = memory.predict_inputs(PlanInputs(recipe="noprep", seq_len=2048), QWEN7)
     assert p.peak_phase == "loss"
     assert p.breakdown["loss"] == 12 * 2048 * 152064
+
+
+def test_final_logit_softcapping_keeps_one_more_bf16_copy() -> None:
+    """Gemma-2's logits / cap -> tanh -> x cap: tanh saves its bf16 output, the rest is freed or is
+    the logits themselves: 2 bytes per logit over the plain loss's 12 (measured on two Gemma-2-2B
+    runs: torch's peak within 0.5%; the old 4 bytes over-predicted it by 1-2 GiB)."""
+    capped = dict(GEMMA2_2B)
+    uncapped = {k: v for k, v in GEMMA2_2B.items() if k != "final_logit_softcapping"}
+    inp = PlanInputs(seq_len=1024, micro_batch=2, recipe="plain", attn="eager")
+    t, v = inp.tokens, GEMMA2_2B["vocab_size"]
+    diff = (memory.predict_inputs(inp, capped).peak_allocated_bytes
+            - memory.predict_inputs(inp, uncapped).peak_allocated_bytes)
+    assert diff == 2 * t * v
 
 
 def test_chunked_loss_follows_the_runner_chunk() -> None:
@@ -264,7 +288,8 @@ def test_time_before_launch() -> None:
 
 
 _SPEED_POINTS = [p for p in POINTS if p.get("harness") == "runner" and p["measured"].get("tokens_per_second")
-                 and not p.get("speed_excluded") and not p.get("heldout")]
+                 and not p.get("speed_excluded") and not p.get("heldout")
+                 and not p.get("speed_heldout")]
 
 
 @pytest.mark.parametrize("point", _SPEED_POINTS, ids=[p["id"] for p in _SPEED_POINTS])
