@@ -348,9 +348,33 @@ def run_config(case: dict[str, Any], model_path: Path, data: Path, runs: Path, t
     prof = rdir / "profile.txt"
     if prof.is_file():
         out["profile_head"] = prof.read_text()[:6000]
+    out.update(snapshot_summary(rdir / "memory_snapshot.pickle", name))
     if out["status"] != "ok":
         out["log_tail"] = (rdir / "train.log").read_text(errors="replace")[-3000:]
     return out
+
+
+#: Largest allocator history copied back whole (the device returns what lies in $OUT).
+SNAPSHOT_COPY_MAX_BYTES = 48 << 20
+
+
+def snapshot_summary(snap: Path, name: str) -> dict[str, Any]:
+    """When a case asked for ``memory_snapshot``: the allocator history's summary
+    (bench/memory_trace_summary.py: the large allocations, where the reserve grew and what held it
+    at its peak), and the pickle itself in $OUT when small enough to bring back."""
+    if not snap.is_file():
+        return {}
+    tool = Path(__file__).resolve().parent / "memory_trace_summary.py"
+    try:
+        proc = subprocess.run([sys.executable, str(tool), str(snap), "--min-gib", "0.25"],
+                              capture_output=True, text=True, timeout=180)
+        text = proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired:
+        text = "memory_trace_summary.py: timed out after 180 s"
+    (out_dir() / f"{name}.snapshot.txt").write_text(text)
+    if snap.stat().st_size <= SNAPSHOT_COPY_MAX_BYTES:
+        shutil.copy(snap, out_dir() / f"{name}.snapshot.pickle")
+    return {"snapshot_summary": text[-8000:]}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -431,6 +455,8 @@ def measured_point(case: dict[str, Any], res: dict[str, Any], env: dict[str, Any
     }
     pt["precision_bytes"] = 1
     pt["source"] = "bench/bench_runner_gpu.py --matrix (issue 19): fmllm's runner, random weights of the exact config"
+    if (case.get("overrides") or {}).get("memory_snapshot"):
+        pt["speed_excluded"] = "the allocator history was recorded (memory_snapshot): its steps are slower"
     return pt
 
 
