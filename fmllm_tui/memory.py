@@ -769,9 +769,9 @@ def _resolve(inp: PlanInputs, a: ArchSpec, notes: list[str]) -> _Run:
     prep = inp.recipe == "plain" and quant
     liger_layers = resolve_liger_layers(inp)
     loss_kind = resolve_loss(inp.recipe, inp.loss)
-    if loss_kind != "plain" and a.logit_softcap:
-        loss_kind = "plain"  # the runner's lean loss cannot cap logits: it uses the model's own
-        notes.append("the model caps its logits (final_logit_softcapping): the runner uses the model's own loss")
+    loss_kind, why = rules.lean_loss(loss_kind, softcap=a.logit_softcap)
+    if why:
+        notes.append(why)
     full_ft = not inp.use_adapter
     attn, attn_why = rules.attention(inp.attn, a.model_type)  # the implementation that really runs
     if attn_why:
@@ -1056,6 +1056,8 @@ def _loss(r: _Run, notes: list[str]) -> _Loss:
         chunk = min(T, max(1, CHUNKED_LOSS_ELEMENTS // vocab))
         logits_block = 2 * chunk * vocab
         loss_b = CHUNKED_LOSS_BYTES_PER_LOGIT * chunk * vocab + 2 * r.c * h * T  # + target rows, their grad
+        if r.a.logit_softcap:
+            loss_b += 4 * chunk * vocab  # the chunk's fp32 tanh output, saved for its backward
     elif r.loss_kind == "liger":
         chunk = 1 << max(0, math.ceil(math.log2(max(1, -(-T // -(-vocab // h))))))
         logits_block = 2 * chunk * vocab

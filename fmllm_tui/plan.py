@@ -358,13 +358,16 @@ def lora_trainable_params(view: Any, arch: dict[str, Any]) -> int | None:
     return sum(r * (d_in + d_out) for d_in, d_out in map(spec.shape, roles)) * spec.layers
 
 
+def _text_config(arch: dict[str, Any]) -> dict[str, Any]:
+    """The language model's part of a config.json (``text_config`` of multimodal configs)."""
+    text = arch.get("text_config")
+    return text if "hidden_size" not in arch and isinstance(text, dict) else arch
+
+
 def lean_loss_unsupported(arch: dict[str, Any]) -> str | None:
     """Why fmllm's loss without full-vocabulary logits cannot serve this architecture (its
     config.json), or None: the model transforms its logits before the loss."""
-    text = arch.get("text_config")
-    cfg: dict[str, Any] = text if "hidden_size" not in arch and isinstance(text, dict) else arch
-    if cfg.get("final_logit_softcapping"):
-        return "the model caps its logits (final_logit_softcapping)"
+    cfg = _text_config(arch)
     if cfg.get("logit_scale") not in (None, 1, 1.0):
         return "the model scales its logits (logit_scale)"
     return None
@@ -405,6 +408,10 @@ def run_plan(view: Any, target: Target, *, mode: str = "single", num_processes: 
         if why:
             rec.loss = "plain"
             rec.notes.append(f"{why}: the run uses the model's own loss")
+        else:
+            rec.loss, why = rules.lean_loss(rec.loss, softcap=bool(_text_config(arch).get("final_logit_softcapping")))
+            if why:
+                rec.notes.append(why)
     if arch:
         try:
             model_type = memory.ArchSpec.from_config(arch).model_type

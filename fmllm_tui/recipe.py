@@ -43,6 +43,16 @@ def loss_kind(requested: str, *, cuda: bool, has_liger: bool) -> tuple[str, str 
     return ("liger", None) if (cuda and has_liger) else ("chunked", None)
 
 
+def lean_loss(kind: str, *, softcap: bool) -> tuple[str, str | None]:
+    """The lean loss for a model and, when it differs from ``kind``, why: soft-capped logits
+    (Gemma-2's ``final_logit_softcapping``) take the chunked loss, which caps each chunk as the
+    model's own forward does; liger's fused loss is not used on them (not verified here)."""
+    if kind == "liger" and softcap:
+        return "chunked", ("the model caps its logits (final_logit_softcapping): the chunked loss, "
+                           "which caps each chunk as the model does")
+    return kind, None
+
+
 def liger_layers(*, recipe: str, cuda: bool, compiled: bool, want: str, has_liger: bool) -> bool:
     """Whether liger's RMSNorm/SwiGLU/RoPE kernels patch the model: the fmllm recipe on CUDA,
     uncompiled (compiled layers fuse those operations themselves), liger installed, not off."""

@@ -200,7 +200,10 @@ def test_a_model_without_sdpa_is_planned_and_predicted_with_eager_attention() ->
             "final_logit_softcapping": 30.0, "tie_word_embeddings": True}
     view = view_of({"training": {"max_seq_length": 2048}})
     plan = run_plan(view, Target.planned(gpudb.lookup("RTX 3090")), arch=arch)
-    assert plan.recipe.attn_implementation == "eager" and plan.recipe.loss == "plain"
+    # soft-capped logits: the chunked loss caps each chunk (liger's fused loss is not used on them)
+    assert plan.recipe.attn_implementation == "eager" and plan.recipe.loss == "chunked"
+    assert any("final_logit_softcapping" in n for n in plan.recipe.notes)
+    assert memory.predict(view, arch).loss == "chunked"  # the prediction plans the same loss
     sdpa = memory.predict(view, {**arch, "model_type": "llama"})
     eager = memory.predict(view, arch)
     assert any("eager attention" in n for n in eager.notes) and eager.peak_process_bytes > sdpa.peak_process_bytes

@@ -107,7 +107,9 @@ def test_minimal_test_end_to_end_on_the_cpu(tmp_path: Path, tiny_model_dir: Path
 @pytest.mark.slow
 def test_kill_resume_stop_resume(tmp_path: Path, tiny_model_dir: Path) -> None:
     """SIGKILL mid-run, resume (step count and loss continue), stop gracefully, resume to the end."""
-    cfg = write_config(tmp_path, tiny_model_dir, training="max_steps: 16\nsave_steps: 3\nseed: 7\n")
+    # 40 steps: the stop below must land before the last step, or the stopped run is finished and
+    # resume rightly refuses (seen once when the tiny model's steps outran the stop's signal).
+    cfg = write_config(tmp_path, tiny_model_dir, training="max_steps: 40\nsave_steps: 3\nseed: 7\n")
     loaded = load_config(cfg)
     run_dir = start(loaded, "train")
     wait_for_step(run_dir, 7, timeout=scaled(120))
@@ -141,13 +143,14 @@ def test_kill_resume_stop_resume(tmp_path: Path, tiny_model_dir: Path) -> None:
     rec = wait(run_dir, timeout=scaled(120))
     assert rec and rec["status"] == "stopped", rec
     stopped_at = max(r["step"] for r in read_jsonl(run_dir / rd.METRICS))
+    assert stopped_at < 40, "the run reached its last step before the stop: nothing left to resume"
     assert (run_dir / rd.CHECKPOINTS / f"checkpoint-{stopped_at}" / "trainer_state.json").is_file()
 
     resume(run_dir)
     rec = wait(run_dir, timeout=scaled(240))
     assert rec and rec["status"] == "ok", (run_dir / rd.LOG).read_text()[-3000:]
     summary = json.loads((run_dir / rd.SUMMARY).read_text())
-    assert summary["steps"] == 16 and summary["resumed_from"].endswith(f"checkpoint-{stopped_at}")
+    assert summary["steps"] == 40 and summary["resumed_from"].endswith(f"checkpoint-{stopped_at}")
     assert len(summary["samples"]) == 3 and rd.adapter_complete(run_dir / rd.ADAPTER)
     assert sorted(p.name for p in run_dir.glob("exit.*.json")) == ["exit.1.json", "exit.2.json"]
 

@@ -105,11 +105,45 @@ def test_packed_sequences_do_not_attend_across_examples(tiny_model_dir: Path) ->
     assert torch.allclose(packed, expected, atol=1e-5)
 
 
-def test_models_that_reshape_logits_keep_their_own_loss(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["chunked", "selected-plain", "liger"])
+def test_soft_capped_logits_get_the_models_own_loss_without_full_logits(kind: str) -> None:
+    """Gemma-2 caps its logits (cap * tanh(logits / cap)) before the loss: the lean loss caps each
+    chunk the same way, so loss and gradients equal the model's own (before, such models fell back
+    to the full-vocabulary loss: +14 bytes per logit, 7 GiB at 2048 tokens of Gemma-2's vocabulary).
+    The liger kind takes the chunked loss on such models (recipe.lean_loss)."""
     from tinymodel import build_tiny_model
 
-    model = _tiny(build_tiny_model("gemma2"))
-    assert "softcapping" in (lean_forward_unsupported(model) or "")
+    path = build_tiny_model("gemma2")
+    ref_model, lean_model = _tiny(path), _tiny(path)
+    assert ref_model.config.final_logit_softcapping
+    # A cap this tiny model's small logits reach (Gemma-2's 30 would leave them almost unchanged).
+    ref_model.config.final_logit_softcapping = lean_model.config.final_logit_softcapping = 0.5
+    assert lean_forward_unsupported(lean_model) is None
+    ids, labels = _batch(ref_model.config.vocab_size)
+    ref = ref_model(input_ids=ids, labels=labels).loss
+    if kind == "liger":
+        from fmllm_tui.recipe import lean_loss
+
+        kind, why = lean_loss("liger", softcap=True)
+        assert kind == "chunked" and "final_logit_softcapping" in (why or "")
+    install_lean_forward(lean_model, loss_fn_for(kind))
+    out = lean_model(input_ids=ids, labels=labels)
+    assert out.logits is None
+    assert torch.allclose(out.loss, ref, atol=1e-5)
+    uncapped = _tiny(path)
+    uncapped.config.final_logit_softcapping = None
+    install_lean_forward(uncapped, loss_fn_for(kind))
+    assert not torch.allclose(uncapped(input_ids=ids, labels=labels).loss, ref, atol=1e-3)  # the cap matters here
+    ref.backward()
+    out.loss.backward()
+    for (n, a), (_, b) in zip(ref_model.named_parameters(), lean_model.named_parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5), n
+
+
+def test_models_that_scale_logits_keep_their_own_loss(tiny_llama_dir: Path) -> None:
+    model = _tiny(tiny_llama_dir)
+    model.config.logit_scale = 0.0625
+    assert "logit_scale" in (lean_forward_unsupported(model) or "")
 
 
 def test_cpu_embedding_keeps_the_table_out_of_parameters() -> None:

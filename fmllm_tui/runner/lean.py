@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from fmllm_tui.config import FineTuneConfig
 from fmllm_tui.memory import OFFLOAD_AUTO_MIN_BYTES
 from fmllm_tui.plan import Recipe, RunPlan
+from fmllm_tui.recipe import lean_loss
 
 from .loss import install_lean_forward, lean_forward_unsupported, loss_fn_for
 
@@ -380,6 +381,10 @@ def prepare_for_training(model: Any, cfg: Config, recipe: Recipe) -> Any:
                 recipe.notes.append(f"{why}: used the model's own loss")
                 recipe.loss = "plain"
             else:
+                softcap = bool(getattr(model.config, "final_logit_softcapping", None))
+                recipe.loss, why = lean_loss(recipe.loss, softcap=softcap)
+                if why and why not in recipe.notes:
+                    recipe.notes.append(why)
                 install_lean_forward(model, loss_fn_for(recipe.loss))
     try:
         peft_model = get_peft_model(model, lora_config(cfg))

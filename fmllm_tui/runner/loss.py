@@ -7,7 +7,8 @@ given) by one that
 
 1. runs the decoder to the last hidden state,
 2. keeps only the positions that have a target (the response tokens), and
-3. computes the cross-entropy sum with one of
+3. computes the cross-entropy sum (of the soft-capped logits, ``cap * tanh(logits / cap)``, for
+   models that cap them: Gemma-2) with one of
 
    * ``liger``: liger-kernel's fused linear cross-entropy (CUDA; logits never materialised),
    * ``chunked``: pure torch; logits per chunk of tokens, recomputed in backward through
@@ -33,7 +34,7 @@ IGNORE_INDEX = -100
 # Elements of one chunk's logits: 2**25 fp32 = 128 MiB, so a 152k vocabulary gives ~220 tokens.
 CHUNK_ELEMENTS = 2**25
 
-LossFn = Callable[[torch.Tensor, torch.nn.Module, torch.Tensor], torch.Tensor]
+LossFn = Callable[..., torch.Tensor]  # (hidden [N, H], head, target [N], *, softcap=None) -> summed loss
 
 
 def liger_available() -> bool:
@@ -53,14 +54,18 @@ def resolve_loss_kind(requested: str, *, cuda: bool, has_liger: bool | None = No
     return loss_kind(requested, cuda=cuda, has_liger=liger_available() if has_liger is None else has_liger)
 
 
-def _ce_sum_of_chunk(hidden: torch.Tensor, head: torch.nn.Module, target: torch.Tensor) -> torch.Tensor:
+def _ce_sum_of_chunk(hidden: torch.Tensor, head: torch.nn.Module, target: torch.Tensor,
+                     softcap: float | None = None) -> torch.Tensor:
     logits = head(hidden).float()
+    if softcap:  # the model's final_logit_softcapping, applied as its own forward does (here in fp32)
+        logits = torch.tanh(logits / softcap) * softcap
     return F.cross_entropy(logits, target, reduction="sum", ignore_index=IGNORE_INDEX)
 
 
 def chunked_ce_sum(hidden: torch.Tensor, head: torch.nn.Module, target: torch.Tensor,
-                   chunk_tokens: int | None = None) -> torch.Tensor:
-    """Sum of token cross-entropies of ``head(hidden)`` against ``target``, one chunk at a time.
+                   chunk_tokens: int | None = None, *, softcap: float | None = None) -> torch.Tensor:
+    """Sum of token cross-entropies of ``head(hidden)`` (soft-capped at ``softcap`` when given)
+    against ``target``, one chunk at a time.
 
     ``hidden`` is ``[N, H]``, ``target`` ``[N]``. Each chunk runs under non-reentrant
     checkpointing, so its logits are freed after the forward and recomputed in the backward.
@@ -74,15 +79,16 @@ def chunked_ce_sum(hidden: torch.Tensor, head: torch.nn.Module, target: torch.Te
     total: torch.Tensor | None = None
     for start in range(0, n, step):
         part = checkpoint(_ce_sum_of_chunk, hidden[start:start + step], head, target[start:start + step],
-                          use_reentrant=False)
+                          softcap, use_reentrant=False)
         total = part if total is None else total + part
     assert total is not None
     return total
 
 
-def plain_ce_sum(hidden: torch.Tensor, head: torch.nn.Module, target: torch.Tensor) -> torch.Tensor:
+def plain_ce_sum(hidden: torch.Tensor, head: torch.nn.Module, target: torch.Tensor, *,
+                 softcap: float | None = None) -> torch.Tensor:
     """All selected positions' logits at once, upcast to fp32 (the unfused reference)."""
-    return _ce_sum_of_chunk(hidden, head, target)
+    return _ce_sum_of_chunk(hidden, head, target, softcap)
 
 
 def _liger_ce_sum() -> LossFn:
@@ -90,10 +96,12 @@ def _liger_ce_sum() -> LossFn:
 
     fused = LigerFusedLinearCrossEntropyLoss(reduction="sum", ignore_index=IGNORE_INDEX)
 
-    def run(hidden: torch.Tensor, head: torch.nn.Module, target: torch.Tensor) -> torch.Tensor:
-        if type(head) is not torch.nn.Linear:
-            # An adapted or quantized head has no single weight to fuse with.
-            return chunked_ce_sum(hidden, head, target)
+    def run(hidden: torch.Tensor, head: torch.nn.Module, target: torch.Tensor, *,
+            softcap: float | None = None) -> torch.Tensor:
+        if type(head) is not torch.nn.Linear or softcap:
+            # An adapted or quantized head has no single weight to fuse with; soft-capped logits
+            # take the chunked loss (fmllm.recipe.lean_loss_kind: one rule for plan and runner).
+            return chunked_ce_sum(hidden, head, target, softcap=softcap)
         weight = head.weight
         if hidden.dtype != weight.dtype:
             hidden = hidden.to(weight.dtype)
@@ -116,8 +124,6 @@ def loss_fn_for(kind: str) -> LossFn:
 def lean_forward_unsupported(model: Any) -> str | None:
     """Why the lean forward cannot serve this model (None when it can)."""
     cfg = getattr(model, "config", None)
-    if getattr(cfg, "final_logit_softcapping", None):
-        return "the model caps its logits (final_logit_softcapping)"
     if getattr(cfg, "logit_scale", None) not in (None, 1, 1.0):
         return "the model scales its logits (logit_scale)"
     if not hasattr(model, "get_decoder") or not hasattr(model, "get_output_embeddings"):
@@ -135,6 +141,7 @@ def install_lean_forward(model: Any, loss: LossFn) -> None:
     """Replace ``model.forward`` (this instance only) so a forward with labels never builds
     full-vocabulary logits. Without labels (generation) the original forward runs."""
     original = model.forward
+    softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None) or None
 
     def forward(self: Any, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
@@ -156,7 +163,7 @@ def install_lean_forward(model: Any, loss: LossFn) -> None:
         flat = shift_labels.reshape(-1).to(hidden.device)
         keep = flat != IGNORE_INDEX
         selected = hidden.reshape(-1, hidden.shape[-1])[keep]
-        total = loss(selected, self.get_output_embeddings(), flat[keep])
+        total = loss(selected, self.get_output_embeddings(), flat[keep], softcap=softcap)
         if num_items_in_batch is None:
             denom: Any = keep.sum().clamp(min=1)
         else:
