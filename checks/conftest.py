@@ -175,26 +175,6 @@ def seq_plan(loaded, data_report) -> tuple[int, str | None]:
     return planning_seq_len(loaded.view.training.max_seq_length, lengths)
 
 
-def _mode(view, inventory, arch=None, budget=None, planned_seq_len=None) -> tuple[str, int]:
-    """The mode the runner will use (fmllm_tui.multigpu.plan_mode), for the prediction."""
-    from fmllm_tui.multigpu import DistributedError, plan_mode
-
-    n_visible = len(inventory.devices) if inventory.ok and inventory.devices else 1
-    fits = None
-    if arch is not None and budget is not None:
-        from fmllm_tui import memory
-
-        try:
-            fits = memory.predict(view, arch, seq_len=planned_seq_len).peak_process_bytes <= budget
-        except (ValueError, memory.ArchitectureError):
-            fits = None
-    try:
-        mode, n, _why = plan_mode(view, n_visible, fits)
-    except DistributedError:
-        return "single", 1  # config.multi_gpu_fit / gpu.count report the problem
-    return (mode if mode in ("ddp", "fsdp") else "single"), max(1, n)
-
-
 @dataclass
 class FitPlan:
     """config.fit's plan, shared so every check that judges the fit reads the same one."""
@@ -216,7 +196,11 @@ def fit_plan(loaded, target, architecture, data_report, inventory, seq_plan) -> 
     if arch is None:
         pytest.skip("the model's architecture is unknown (see model.available), so its memory cannot be predicted")
     v = loaded.view
-    mode, n = _mode(v, inventory, arch, target.budget_bytes, seq_plan[0])
+    from fmllm_tui.multigpu import planned_mode
+
+    n_local = len(inventory.devices) if inventory.ok and inventory.devices else 0
+    mode, n = planned_mode(v, arch, target.budget_bytes, planned=target.planning, n_local=n_local,
+                           seq_len=seq_plan[0])
     if mode == "fsdp":
         from fmllm_tui.multigpu import fsdp_view
 

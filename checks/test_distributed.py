@@ -120,7 +120,7 @@ def test_multi_gpu_fit(report, loaded, inventory, planning, architecture, reques
         report.skip("the model's architecture is unknown (see model.available), so its memory cannot be predicted")
     view = loaded.view
     d = view.fmllm.distributed
-    budget, where, available, planned = _fit_target(report, request, d, _local_devices(inventory), planning)
+    budget, where, available, planned = _fit_target(report, request, view, _local_devices(inventory), planning)
     margin = fitsearch.default_margin(budget)
     # The same sequence length config.fit plans for (the data's longest example when known).
     planned_seq_len, seq_why = seq_plan
@@ -143,10 +143,13 @@ def test_multi_gpu_fit(report, loaded, inventory, planning, architecture, reques
     _fits_with_fsdp(report, loaded, arch, plan, one=one, budget=budget, available=available, planned=planned)
 
 
-def _fit_target(report: Any, request: pytest.FixtureRequest, d: Any, devices: list[Any],
+def _fit_target(report: Any, request: pytest.FixtureRequest, view: Any, devices: list[Any],
                 planning: Any) -> tuple[int, str, int, bool]:
     """What config.multi_gpu_fit plans for: (the budget of one GPU, its name, the GPUs available
     over every machine, whether it is a planned target rather than this machine's GPUs)."""
+    from fmllm_tui.multigpu import gpus_per_machine
+
+    d = view.fmllm.distributed
     planned = any(planning) or not devices
     if planned:
         try:
@@ -154,11 +157,10 @@ def _fit_target(report: Any, request: pytest.FixtureRequest, d: Any, devices: li
         except pytest.skip.Exception as e:
             report.skip(str(e.msg) if hasattr(e, "msg") else str(e))
         budget, where = target.budget_bytes, target.name
-        per_machine = max(1, (d.num_processes or 1) // max(1, d.num_machines))
     else:
         budget = min(dv.free_bytes for dv in devices)
         where = devices[0].name if len(devices) == 1 else f"the smallest free of {len(devices)} GPUs"
-        per_machine = len(devices)
+    per_machine = gpus_per_machine(view, planned=planned, n_local=len(devices))
     return budget, where, per_machine * d.num_machines, planned
 
 

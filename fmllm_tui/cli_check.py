@@ -495,15 +495,24 @@ def _recommend(args: argparse.Namespace, config_path: Path) -> int:
     from fmllm_tui import fitsearch, gpu, gpudb
 
     card = None
-    if args.gpu:
-        card = gpudb.lookup(args.gpu)
-        budget, name = card.usable_bytes, card.name
-    elif args.vram:
-        budget, name = parse_size(args.vram), args.vram
-    else:
+    # The checks' planning target (checks/conftest.py): the flags, then the config's target.
+    gpu_name = args.gpu or loaded.view.fmllm.target_gpu
+    vram = args.vram or loaded.view.fmllm.vram
+    try:
+        if gpu_name:
+            card = gpudb.lookup(gpu_name)
+            budget, name = (parse_size(vram) if vram else card.usable_bytes), card.name
+        elif vram:
+            budget, name = parse_size(vram), vram
+    except (LookupError, ValueError) as e:
+        src = "--gpu/--vram" if (args.gpu or args.vram) else "fmllm.target_gpu/fmllm.vram"
+        print(f"fmllm-check: error: {src}: {e}", file=sys.stderr)
+        return ExitCode.USAGE
+    if not (gpu_name or vram):
         inv = gpu.probe()
         if not inv.ok or not inv.devices:
-            print("fmllm-check: error: --recommend needs a GPU here, or --gpu NAME / --vram SIZE", file=sys.stderr)
+            print("fmllm-check: error: --recommend needs a GPU here, or --gpu NAME / --vram SIZE (or fmllm.target_gpu / "
+                  "fmllm.vram in the config)", file=sys.stderr)
             return ExitCode.USAGE
         budget, name = inv.devices[0].free_bytes, inv.devices[0].name
         card = gpudb.match_nvml(inv.devices[0].name, inv.devices[0].total_bytes)
@@ -517,6 +526,8 @@ def _recommend(args: argparse.Namespace, config_path: Path) -> int:
     print(f"Models of fmllm's catalogue on {name} ({budget / 2**30:.1f} GiB):")
     for r in recs:
         print(r.describe())
+    if not recs:
+        print("  none fits: no catalogue model's predicted range fits this budget with any settings fmllm tries")
     return ExitCode.OK
 
 

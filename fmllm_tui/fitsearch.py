@@ -167,8 +167,9 @@ class Recommendation:
 
 
 def default_margin(budget_bytes: int) -> int:
-    """The margin kept free by default: 5% of the budget, at least 256 MiB."""
-    return max(MIN_MARGIN_BYTES, int(MARGIN_SHARE * budget_bytes))
+    """The margin kept free by default: 5% of the budget, at least 256 MiB, at most half of it
+    (a budget of a few hundred MiB then plans as "nothing fits", not as an error)."""
+    return min(max(MIN_MARGIN_BYTES, int(MARGIN_SHARE * budget_bytes)), max(0, budget_bytes) // 2)
 
 
 def _divisors(n: int) -> list[int]:

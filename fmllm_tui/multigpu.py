@@ -92,6 +92,36 @@ def plan_mode(view: Any, n_gpus_visible: int, fits_one_card: bool | None, *, kin
     return "fsdp", n, f"auto: the model does not fit one GPU: FSDP shards it over {n}"
 
 
+def gpus_per_machine(view: Any, *, planned: bool, n_local: int) -> int:
+    """GPUs on each machine the plan counts: for a planned card (``--gpu``/``--vram``,
+    ``fmllm.target_gpu``/``vram``) one, unless ``fmllm.distributed.num_processes`` says how many
+    (spread over ``num_machines``); else the GPUs visible here."""
+    d = view.fmllm.distributed
+    if planned:
+        return max(1, int(d.num_processes or 1) // max(1, int(d.num_machines)))
+    return max(1, int(n_local))
+
+
+def planned_mode(view: Any, arch: dict[str, Any] | None, budget_bytes: int | None, *, planned: bool,
+                 n_local: int, seq_len: int | None = None) -> tuple[str, int]:
+    """(mode, processes) every face predicts with (config.fit, the TUI's Memory screen): plan_mode
+    over :func:`gpus_per_machine`; one GPU when the distributed settings are in error (gpu.count
+    and config.multi_gpu_fit report that)."""
+    from fmllm_tui import memory
+
+    fits = None
+    if arch is not None and budget_bytes is not None:
+        try:
+            fits = memory.predict(view, arch, seq_len=seq_len).peak_process_bytes <= budget_bytes
+        except (ValueError, memory.ArchitectureError):
+            fits = None
+    try:
+        mode, n, _why = plan_mode(view, gpus_per_machine(view, planned=planned, n_local=n_local), fits)
+    except DistributedError:
+        return "single", 1
+    return (mode if mode in ("ddp", "fsdp") else "single"), max(1, n)
+
+
 def _check_count(n: int, local: int, machines: int) -> None:
     """``n`` processes in all must split evenly over the machines, one per GPU here."""
     per_machine, rest = divmod(n, machines)

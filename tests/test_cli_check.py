@@ -353,3 +353,33 @@ def test_alloc_conf_judges_the_variable_torch_reads(tmp_path, monkeypatch, capsy
         assert res["fix"] is None or res["status"] == "pass"
     else:
         assert res["fix"]["shell"].startswith(shell)
+
+
+@pytest.mark.parametrize("vram", ["100MiB", "256MiB"])
+def test_a_budget_below_the_margin_does_not_fit_instead_of_crashing(tmp_path, vram):
+    """--vram of a few hundred MiB (below the 256 MiB default margin) crashed config.fit and
+    config.multi_gpu_fit (exit 3, "the margin must be between 0 and the budget"): it is a budget
+    nothing fits (exit 1), and --recommend says nothing fits."""
+    cfg = copy_config(tmp_path)
+    proc = run_cli("--config", str(cfg), "--offline", "--vram", vram, "--json")
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    checks = {c["id"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert checks["config.fit"]["status"] == "fail"
+    assert checks["config.multi_gpu_fit"]["status"] in ("fail", "skip", "pass")
+    assert not [c for c in checks.values() if c["status"] == "crash"]
+    rec = run_cli("--config", str(cfg), "--offline", "--vram", vram, "--recommend")
+    assert rec.returncode == 0 and "none fits" in rec.stdout
+
+
+def test_recommend_plans_for_the_configs_target_gpu(tmp_path):
+    """--recommend reads fmllm.target_gpu / fmllm.vram as the checks do (it asked for a GPU or
+    --gpu before, exit 2, while the check planned for the config's card)."""
+    text = (ROOT / "config.yaml").read_text().replace("\nfmllm:\n", "\nfmllm:\n  target_gpu: RTX 3080\n", 1)
+    cfg = copy_config(tmp_path, text)
+    proc = run_cli("--config", str(cfg), "--offline", "--recommend", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert "3080" in out["gpu"] and out["recommendations"]
+    bad = copy_config(tmp_path, text.replace("target_gpu: RTX 3080", "target_gpu: RTX 9999"))
+    proc = run_cli("--config", str(bad), "--offline", "--recommend")
+    assert proc.returncode == 2 and "fmllm.target_gpu" in proc.stderr

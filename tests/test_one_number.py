@@ -63,3 +63,35 @@ def test_every_face_shows_the_same_peak_for_the_shipped_config_on_an_rtx_3080(tm
     assert where == card.name and round(tps, 1) == values["predicted_tokens_per_s"]
     assert eta is not None and eta.endswith(f"for {values['planned_steps']} steps")
     assert round(rec.tokens_per_second, 1) == values["predicted_tokens_per_s_after"]
+
+
+def test_a_planned_card_with_num_processes_plans_that_many_gpus_on_every_face(tmp_path, monkeypatch, capsys):
+    """A named card counts as num_processes GPUs when the config says so (README, the plan table):
+    config.fit predicts the per-GPU peak of the mode the run will use, as config.multi_gpu_fit and
+    the Memory screen do (config.fit planned one GPU here before: a config that fits two 3090s with
+    FSDP failed config.fit at the whole model's peak)."""
+    from fmllm_tui import multigpu
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    shutil.copytree(ROOT / "data", tmp_path / "data")
+    cfg = tmp_path / "config.yaml"
+    text = (ROOT / "config.yaml").read_text().replace("\nfmllm:\n", "\nfmllm:\n  distributed:\n    mode: fsdp\n"
+                                                       "    num_processes: 2\n", 1)
+    cfg.write_text(text)
+    main(["--config", str(cfg), "--gpu", "RTX 3090", "--offline", "--json"])
+    checks = {c["id"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    values = checks["config.fit"]["values"]
+    assert (values["mode"], values["n_gpus"]) == ("fsdp", 2)
+    loaded = load_config(cfg)
+    arch = catalogue.get_architecture(MODEL)
+    seq = fitsearch.planning_seq_len(loaded.view.training.max_seq_length, example_lengths(loaded.view))[0]
+    per_gpu = memory.predict(multigpu.fsdp_view(loaded.view), arch, mode="fsdp", n_gpus=2, seq_len=seq)
+    assert values["predicted_peak_bytes"] == per_gpu.peak_process_bytes
+    card = gpudb.lookup("RTX 3090")
+    plan = memplan.MemoryPlan.build(loaded, arch, "catalogue", memplan.Budget(card.usable_bytes, card.name, "--gpu"),
+                                    planned=True)
+    assert plan.predict().peak_process_bytes == values["predicted_peak_bytes"]  # the Memory screen
+    # without num_processes a named card is one GPU: FSDP cannot run there, planned as one process
+    single = memplan.MemoryPlan.build(load_config(ROOT / "config.yaml"), arch, "catalogue", None, planned=True)
+    assert (single.base.mode, single.base.n_gpus) == ("single", 1)

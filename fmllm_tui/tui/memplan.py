@@ -189,6 +189,20 @@ def budget_from_checks(results: dict[str, CheckResult]) -> Budget | None:
     return found
 
 
+def planned_budget(view: Any, gpu: str | None, vram: str | None) -> bool:
+    """Whether the plan is for a named card or size (the flags, the config) rather than this
+    machine's GPUs: the checks' rule (checks/conftest.py ``planning``)."""
+    return bool(gpu or vram or view.fmllm.target_gpu or view.fmllm.vram)
+
+
+def local_gpu_count() -> int:
+    """The GPUs NVML sees here (0 without NVML or a GPU)."""
+    from fmllm_tui import gpu as gpumod
+
+    inv = gpumod.probe()
+    return len(inv.devices) if inv.ok and inv.devices else 0
+
+
 def budget_elsewhere(view: Any, gpu: str | None, vram: str | None) -> Budget:
     """The budget before the checks report: the flags, the config, then this machine's GPU."""
     from fmllm_tui import gpudb
@@ -230,12 +244,23 @@ class MemoryPlan:
     lengths: list[int] | None = None  # tokens per example of the training data, when readable
 
     @classmethod
-    def build(cls, loaded: Any, arch: dict[str, Any], arch_source: str) -> MemoryPlan:
+    def build(cls, loaded: Any, arch: dict[str, Any], arch_source: str, budget: Budget | None = None, *,
+              planned: bool = True, n_local: int = 0) -> MemoryPlan:
+        """The plan of ``loaded`` in the mode config.fit plans (multigpu.planned_mode on ``budget``:
+        ``planned`` when the budget is a named card or size, ``n_local`` this machine's GPUs)."""
+        from fmllm_tui import multigpu
         from fmllm_tui.datafile import example_lengths
+        from fmllm_tui.fitsearch import planning_seq_len
         from fmllm_tui.memory import inputs_from_view
 
-        base, notes = inputs_from_view(loaded.view)
-        return cls(loaded, arch, arch_source, base, base, notes, example_lengths(loaded.view))
+        view, lengths = loaded.view, example_lengths(loaded.view)
+        seq, _why = planning_seq_len(view.training.max_seq_length, lengths)
+        mode, n = multigpu.planned_mode(view, arch, budget.bytes if budget else None, planned=planned,
+                                        n_local=n_local, seq_len=seq)
+        base, notes = inputs_from_view(multigpu.fsdp_view(view) if mode == "fsdp" else view, mode=mode, n_gpus=n)
+        if n > 1:
+            notes.append(f"planned as the run will go: {mode} over {n} GPUs, per-GPU memory")
+        return cls(loaded, arch, arch_source, base, base, notes, lengths)
 
     def planned(self, inp: Any) -> Any:
         """``inp`` at the sequence length the checks plan for (fitsearch.planning_seq_len): the

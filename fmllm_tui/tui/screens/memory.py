@@ -86,13 +86,17 @@ class MemoryScreen(PlanningScreen):
             self._fail(f"No architecture for {loaded.view.base_model_name}: not a local folder, not on the "
                        "Hub or in its cache, and not in fmllm's catalogue (see the Checks screen).")
             return
+        budget = await self.find_budget(loaded)
+        spec = self.fapp.spec
+        planned = memplan.planned_budget(loaded.view, spec.gpu, spec.vram)
+        n_local = 0 if planned else await asyncio.to_thread(memplan.local_gpu_count)
         try:
-            plan = await asyncio.to_thread(memplan.MemoryPlan.build, loaded, arch, source)  # reads the data
+            plan = await asyncio.to_thread(memplan.MemoryPlan.build, loaded, arch, source, budget,
+                                           planned=planned, n_local=n_local)  # reads the data
             plan.predict()
         except ValueError as e:  # memory.ArchitectureError is a ValueError
             self._fail(f"The memory model cannot use {loaded.view.base_model_name}: {e}")
             return
-        budget = await self.find_budget(loaded)
         # plan and budget change together, with the screen: nothing sees the plan without its budget
         self.plan, self.error, self.budget = plan, None, budget
         self.redraw()
