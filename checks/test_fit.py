@@ -38,9 +38,13 @@ def test_config_fit(report, loaded, target, architecture, fit_plan):
         data_note = (f" (planned for this data's longest example, {max(lengths)} tokens, not max_seq_length "
                      f"{v.training.max_seq_length}: longer data needs more)")
     report.set(planned_tokens_per_example=pred.tokens_per_micro_batch // max(1, v.training.per_device_train_batch_size))
+    card_note = getattr(target.card, "note", None) if target.planning else None  # an ambiguous --gpu name
+    if card_note:
+        report.set(gpu_note=card_note)
     head = (f"predicted peak {_gib(pred.peak_process_bytes)} (range {pred.low_bytes / 2**30:.2f}–{_gib(pred.high_bytes)}) "
             + (f"within a {target.name}" if target.name.endswith(" budget")  # --vram: the name is the budget
-               else f"on {target.name} with {_gib(target.budget_bytes)} available") + data_note)
+               else f"on {target.name} with {_gib(target.budget_bytes)} available")
+            + (f" ({card_note})" if card_note else "") + data_note)
     timing = _time(report, v, fit, lengths, n, target)
     fix = None
     cut = next((c for c in fit.changes if c.key == "training.max_seq_length"), None)

@@ -467,6 +467,8 @@ def _report(args: argparse.Namespace, config_path: Path, state: dict[str, Any], 
         header = f"fmllm-check {__version__} · {config_path}"
         if args.gpu or args.vram:
             header += f" · planning for {args.gpu or args.vram}"
+            if args.gpu:
+                header += _card_words(args.gpu)
         if fix_report is not None and before is not None and not args.dry_run and fix_report["applied"]:
             sb, sa = summarize(before), summarize(results)
             after = "after (partial)" if interrupted else "after"
@@ -482,6 +484,17 @@ def _report(args: argparse.Namespace, config_path: Path, state: dict[str, Any], 
         print("fmllm-check: interrupted (Ctrl-C); the report is partial"
               + (" (a minimal test's training process was stopped)" if args.test else ""), file=sys.stderr)
     return int(code)
+
+
+def _card_words(name: str) -> str:
+    """" (which card, and why)" for the report's header when the name could mean several."""
+    from fmllm_tui import gpudb
+
+    try:
+        card = gpudb.lookup(name)
+    except LookupError:
+        return ""
+    return f" ({card.note})" if card.note else ""
 
 
 def _recommend(args: argparse.Namespace, config_path: Path) -> int:

@@ -490,7 +490,7 @@ def _message(res: FitResult, search: _Search, tier: int) -> str:
         return (f"fits: predicted peak {before / gib:.1f} GiB of {budget / gib:.1f} GiB "
                 f"({(search.limit - before) / gib:.1f} GiB to spare after the margin)")
     if res.fits_now:
-        return (f"{plural(len(res.changes), 'change')} use the room for a predicted {res.speedup:.2f}x the tokens/s "
+        return (f"{plural(len(res.changes), 'change')} {'uses' if len(res.changes) == 1 else 'use'} the room for a predicted {res.speedup:.2f}x the tokens/s "
                 f"(peak {before / gib:.1f} -> {after / gib:.1f} GiB of {budget / gib:.1f} GiB)")
     message = (f"{plural(len(res.changes), 'change')} bring the peak from {before / gib:.1f} to "
                f"{after / gib:.1f} GiB, within {budget / gib:.1f} GiB less a "

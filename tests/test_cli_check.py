@@ -383,3 +383,17 @@ def test_recommend_plans_for_the_configs_target_gpu(tmp_path):
     bad = copy_config(tmp_path, text.replace("target_gpu: RTX 3080", "target_gpu: RTX 9999"))
     proc = run_cli("--config", str(bad), "--offline", "--recommend")
     assert proc.returncode == 2 and "fmllm.target_gpu" in proc.stderr
+
+
+def test_an_ambiguous_gpu_name_says_which_card_it_plans_for(tmp_path):
+    """'RTX 3060' is an 8 GB and a 12 GB card: the plan is for the smaller and says so (README:
+    "an ambiguous name plans for the smallest variant and says so"); nothing said it before."""
+    cfg = copy_config(tmp_path)
+    human = run_cli("--config", str(cfg), "--offline", "--gpu", "RTX 3060", "--only", "config.fit")
+    assert "can also mean GeForce RTX 3060 12GB" in human.stdout.splitlines()[0]
+    js = run_cli("--config", str(cfg), "--offline", "--gpu", "RTX 3060", "--only", "config.fit", "--json")
+    (fit,) = [c for c in json.loads(js.stdout)["checks"] if c["id"] == "config.fit"]
+    assert "12GB" in fit["values"]["gpu_note"] and "12GB" in fit["finding"]
+    plain = run_cli("--config", str(cfg), "--offline", "--gpu", "RTX 3090", "--only", "config.fit", "--json")
+    (fit,) = [c for c in json.loads(plain.stdout)["checks"] if c["id"] == "config.fit"]
+    assert "gpu_note" not in fit["values"]
