@@ -594,6 +594,11 @@ def recommend(
         members.sort(key=lambda m: ("instruct" not in m.lower() and "-it" not in m.lower(), m.lower()))
         res = _fit_inputs(inp, spec, budget_bytes, margin, None, float(base_view.lora.alpha),
                           allow_seq_cut=False, allow_rank_cut=False)
+        renamed = memory.targets_as_named(base_view.lora.target_modules, spec)
+        if renamed is not None:
+            # The plan is for the layers this model has; peft needs them by its names.
+            res.changes.append(Change(key="lora.target_modules", to=renamed, from_=list(base_view.lora.target_modules),
+                                      comment=f"{spec.model_type} names these layers {', '.join(renamed)}"))
         out.append(_recommendation(members, spec, res, catalogue.catalogue_entry(members[0]) or {}))
     out.sort(key=lambda r: (-r.params, r.model_id.lower()))
     return out if include_unfit else [r for r in out if r.fits]

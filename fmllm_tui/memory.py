@@ -579,6 +579,31 @@ def resolve_targets(targets: tuple[str, ...] | list[str] | str, arch: ArchSpec) 
     return tuple(roles), notes
 
 
+_FUSED_NAMES = {"qkv": ("q", "k", "v"), "gate_up": ("gate", "up")}
+
+
+def targets_as_named(targets: tuple[str, ...] | list[str] | str, arch: ArchSpec) -> list[str] | None:
+    """The LoRA target names as this architecture names its layers, when the config's differ
+    (phi3 fuses q/k/v into qkv_proj and gate/up into gate_up_proj; a fused name on an unfused model
+    is its parts); None when they already match (or are "all-linear" or a pattern). The names
+    peft needs for the layers the prediction plans (resolve_targets)."""
+    if isinstance(targets, str):
+        return None
+    out: list[str] = []
+    for name in targets:
+        leaf = str(name).rsplit(".", 1)[-1]
+        role = _NAME_TO_ROLE.get(leaf)
+        fused = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "gate_up", "up": "gate_up"}.get(role or "")
+        if fused and (arch.fused_qkv if fused == "qkv" else arch.fused_gate_up):
+            names = [f"{fused}_proj"]
+        elif role in _FUSED_NAMES and not (arch.fused_qkv if role == "qkv" else arch.fused_gate_up):
+            names = [f"{part}_proj" for part in _FUSED_NAMES[role]]
+        else:
+            names = [str(name)]
+        out.extend(n for n in names if n not in out)
+    return out if out != [str(t) for t in targets] else None
+
+
 def _lora_tensors(arch: ArchSpec, roles: tuple[str, ...], r: int) -> list[int]:
     """Element counts of every LoRA tensor (A and B of each adapted layer), all layers."""
     one_layer: list[int] = []

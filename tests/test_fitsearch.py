@@ -287,3 +287,37 @@ def test_fsdp_search_never_offloads_the_embedding(offload: str) -> None:
         assert "offload_runtime" not in after.breakdown and after.fsdp_root_bytes > 0
         if res.fits:
             assert after.peak_process_bytes <= budget - res.margin_bytes
+
+
+def test_recommend_names_the_lora_targets_as_each_model_names_them() -> None:
+    """The shipped config's q/k/v/o targets on phi-3 (which fuses q/k/v into qkv_proj): the
+    recommendation planned LoRA on qkv_proj but left target_modules as q_proj..., so following it
+    failed model.architecture ("'q_proj' not found"). It now carries the rename, and the renamed
+    targets exist in the model."""
+    from fmllm_tui import archcheck
+
+    card = gpudb.lookup("rtx 4090")
+    view = _view()
+    assert list(view.lora.target_modules) == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    recs = fitsearch.recommend(card.usable_bytes, view, gpu=card, include_unfit=True,
+                               model_ids=["microsoft/Phi-3-mini-4k-instruct", "Qwen/Qwen2.5-7B-Instruct"])
+    by_id = {r.model_id: r for r in recs}
+    phi = by_id["microsoft/Phi-3-mini-4k-instruct"]
+    (rename,) = [c for c in phi.changes if c.key == "lora.target_modules"]
+    assert rename.to == ["qkv_proj", "o_proj"] and "target_modules=['qkv_proj', 'o_proj']" in phi.describe()
+    missing, _ = archcheck.check_target_modules(catalogue.get_architecture(phi.model_id), rename.to)
+    assert missing == []
+    assert not [c for c in by_id["Qwen/Qwen2.5-7B-Instruct"].changes if c.key == "lora.target_modules"]
+
+
+@pytest.mark.parametrize("targets, model_type, want", [
+    (["q_proj", "v_proj"], "phi3", ["qkv_proj"]),
+    (["gate_proj", "up_proj", "down_proj"], "phi3", ["gate_up_proj", "down_proj"]),
+    (["qkv_proj", "o_proj"], "llama", ["q_proj", "k_proj", "v_proj", "o_proj"]),
+    (["q_proj", "o_proj"], "llama", None),
+    ("all-linear", "phi3", None),
+])
+def test_targets_as_named(targets, model_type, want) -> None:
+    spec = memory.ArchSpec.from_config({"model_type": model_type, "hidden_size": 64, "intermediate_size": 128,
+                                        "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100})
+    assert memory.targets_as_named(targets, spec) == want
