@@ -264,6 +264,14 @@ class FmllmSettings(_Section):
             raise ValueError("must be a non-empty list of arguments, e.g. [python, train.py]")
         return v
 
+    @field_validator("vram", "target_gpu", mode="before")
+    @classmethod
+    def _number_as_text(cls, v: Any) -> Any:
+        """``target_gpu: 4090`` and ``vram: 24`` (YAML reads numbers) mean what --gpu 4090 and --vram 24 do."""
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return str(v)
+        return v
+
     @field_validator("vram")
     @classmethod
     def _vram(cls, v: str | None) -> str | None:

@@ -357,3 +357,16 @@ def test_a_merge_key_into_its_own_anchor_is_a_located_config_error(tmp_path):
     err = load_error(path)
     (first,) = err.problems
     assert "*lo refers to the section it is inside" in first.message and first.line == 17
+
+
+def test_a_gpu_or_size_written_as_a_number_reads_as_the_flags_do(tmp_path):
+    """YAML reads ``target_gpu: 4090`` and ``vram: 24`` as numbers; --gpu 4090 and --vram 24 work,
+    so these do too (they were refused: "found 4090, expected text")."""
+    p = tmp_path / "c.yaml"
+    p.write_text("fine_tuning:\n  base_model_name: m\nfmllm:\n  target_gpu: 4090\n  vram: 24\n")
+    view = load_config(p).view
+    assert (view.fmllm.target_gpu, view.fmllm.vram) == ("4090", "24")
+    assert parse_size(view.fmllm.vram) == 24 * 2**30
+    p.write_text("fine_tuning:\n  base_model_name: m\nfmllm:\n  target_gpu: 99999\n")
+    with pytest.raises(ConfigError, match="unknown GPU '99999'"):
+        load_config(p)
