@@ -312,7 +312,11 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
         return ExitCode.FAILED
     if cmd == "kill":
         if runner.kill(run_dir):
-            out.write(f"killed: {run_dir} (fmllm-run resume continues from its last checkpoint)\n")
+            from fmllm_tui.runner import rundir as rd
+            from fmllm_tui.runner.launch import after_kill
+
+            kind = (rd.read_json(run_dir / rd.RUN) or {}).get("kind")
+            out.write(f"killed: {run_dir} ({after_kill(kind)})\n")
             return ExitCode.OK
         out.write(f"not running: {run_dir} ({runner.status(run_dir)['state']})\n")
         return ExitCode.FAILED

@@ -601,3 +601,23 @@ def test_torch_reads_the_compile_cache_the_launch_sets(monkeypatch, tmp_path):
     mine = tmp_path / "fmllm" / "compile"
     assert folders({}) == [str(mine), str(mine / "triton" / "0")]
     assert folders({"TRITON_CACHE_DIR": str(tmp_path / "t")}) == [str(mine), str(tmp_path / "t")]
+
+
+def test_a_killed_minimal_test_is_not_offered_a_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """fmllm-run kill of a minimal test (and Ctrl-C of fmllm-check --test) said "fmllm-run resume
+    continues from the last checkpoint", and resume then refused: a test is run again instead."""
+    from fmllm_tui.cli_run import main
+
+    script = tmp_path / "slow.py"
+    script.write_text("import time\nprint('working', flush=True)\ntime.sleep(60)\n")
+    cfg = write_config(tmp_path, "Qwen/Qwen2.5-0.5B-Instruct",
+                       fmllm=f"train_command: {json.dumps([sys.executable, str(script)])}\n")
+    run_dir = start(load_config(cfg), "test")
+    end = time.monotonic() + scaled(30)
+    while status(run_dir)["state"] != "running" and time.monotonic() < end:
+        time.sleep(0.05)
+    assert main(["kill", "--run-dir", str(run_dir)]) == 0
+    said = capsys.readouterr().out
+    assert "not resumed" in said and "resume continues" not in said
+    st = status(run_dir)
+    assert st["state"] == "killed" and "run it again" in json.dumps(st) and "resume continues" not in json.dumps(st)

@@ -658,6 +658,13 @@ def stop(run_dir: str | os.PathLike[str]) -> bool:
     return True
 
 
+def after_kill(kind: str | None) -> str:
+    """What a person can do after a kill: resume a training run; a minimal test is run again."""
+    if kind == "test":
+        return "a minimal test is not resumed: run it again (fmllm-run test)"
+    return "fmllm-run resume continues from the last checkpoint"
+
+
 def kill(run_dir: str | os.PathLike[str], timeout: float = 10.0) -> bool:
     """SIGKILL every process of the run (supervisor, training process, every rank; also those left
     without their supervisor) and record it as "killed". False if not running."""
@@ -680,8 +687,8 @@ def kill(run_dir: str | os.PathLike[str], timeout: float = 10.0) -> bool:
         rd.write_json_atomic(rdir / rd.EXIT, {
             "status": "killed", "exit_code": None, "signal": "SIGKILL", "kind": run_rec.get("kind"),
             "started": started, "ended": now, "wall_s": now - started,
-            "message": "killed (SIGKILL to the run's process group); fmllm-run resume continues from the last "
-                       "checkpoint", "outcome": None, "diagnosis": None, "recorded_by": "kill"})
+            "message": f"killed (SIGKILL to the run's process group); {after_kill(run_rec.get('kind'))}",
+            "outcome": None, "diagnosis": None, "recorded_by": "kill"})
     try:
         rd.log_line(rdir, "killed (SIGKILL)")
     except OSError:
