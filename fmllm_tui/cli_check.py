@@ -281,8 +281,14 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
         except LookupError as e:
             return f"--gpu: {e}"
     for log in args.log:
+        if Path(log).is_dir():
+            return f"--log {log}: a folder; give the log file (e.g. {Path(log) / 'train.log'})"
         if not Path(log).is_file():
             return f"--log {log}: no such file"
+    if args.gpu is not None and not args.gpu.strip():
+        return "--gpu: empty; name a card, e.g. --gpu 'RTX 3090'"
+    if args.junitxml and Path(args.junitxml).is_dir():
+        return f"--junitxml {args.junitxml}: a folder; give a file name (e.g. {Path(args.junitxml) / 'fmllm.xml'})"
     return None
 
 

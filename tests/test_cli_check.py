@@ -78,6 +78,9 @@ def test_usage_errors_exit_2(tmp_path):
         (["--vram", "lots"], "--vram"),
         (["--gpu", "x", "--vram", "8GiB"], "not allowed with"),
         (["--log", str(tmp_path / "missing.log")], "no such file"),
+        (["--log", str(tmp_path)], "a folder; give the log file"),
+        (["--junitxml", str(tmp_path)], "a folder; give a file name"),
+        (["--gpu", ""], "--gpu: empty"),
     ]:
         proc = run_cli("--config", str(cfg), *args)
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
