@@ -236,3 +236,20 @@ def test_budget_from_checks_prefers_a_result_that_names_its_gpu() -> None:
     assert memory.planned_steps(10, 3.0, 66, 1, 4) == 10  # max_steps wins
     assert memory.planned_steps(-1, 2.0, 66, 2, 4) == 18  # ceil(66 / 8) = 9 per epoch
     assert memory.planned_steps(-1, 1.0, None, 1, 1) is None
+
+
+def test_memory_screen_shows_why_the_config_cannot_be_read(cfg: Path) -> None:
+    """An unreadable config: the reason (file and what is wrong) is on screen, not only the line
+    "cannot be read" (the title is one line high and clipped the reason before)."""
+    cfg.write_text("fine_tuning:\n  base_model_name: [unclosed\n")
+
+    async def go() -> None:
+        app = FmllmApp(cfg, vram="24GiB", start_checks=False, deterministic=True)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("2")
+            await wait_until(pilot, lambda: type(app.screen).__name__ == "MemoryScreen"
+                             and app.screen.error is not None, 20, "the memory screen's error")
+            await wait_until(pilot, lambda: "invalid YAML" in screen_text(app), 5, "the reason on screen")
+            assert "cannot be read" in screen_text(app)
+
+    asyncio.run(go())

@@ -75,7 +75,7 @@ class MemoryScreen(PlanningScreen):
         return self.plan is not None
 
     def config_unreadable(self, error: str) -> None:
-        self._fail(f"The config cannot be read, so there is nothing to plan:\n{error}")
+        self._fail(f"Nothing to plan: the config cannot be read.\n{error}")
 
     async def _load(self) -> None:
         loaded = await self.read_config()
@@ -102,11 +102,13 @@ class MemoryScreen(PlanningScreen):
         self.redraw()
 
     def _fail(self, why: str) -> None:
+        # The title is one line high: its first line there, the rest (where and why) below it.
         self.plan = None
         self.error = why
-        self.query_one("#mem-title", Static).update(Text(why, style="red"))
+        head, _, detail = why.partition("\n")
+        self.query_one("#mem-title", Static).update(Text(head, style="red"))
         self.query_one("#mem-bar", StackedBar).set_data([], None)
-        self.query_one("#mem-status", Static).update("")
+        self.query_one("#mem-status", Static).update(Text(detail, style="red") if detail else "")
 
     # ---- drawing -----------------------------------------------------------------------------
 
