@@ -184,14 +184,16 @@ def shard_search(view: Any, arch: dict[str, Any], budget_per_gpu: int, n_availab
     (at ``planned_seq_len`` tokens per example: fitsearch.planning_seq_len; default max_seq_length).
 
     Preference: without offload on the GPUs available, then with offload on them, then the
-    same beyond what is available (``within_available`` False: more GPUs are needed). Fewer
+    same beyond what is available (``within_available`` False: more GPUs are needed); a config
+    that sets ``fmllm.distributed.cpu_offload: true`` has chosen offload, so it comes first. Fewer
     GPUs first within each. None when nothing up to ``max_gpus`` fits.
     """
     from fmllm_tui import fitsearch, memory
 
     margin = fitsearch.default_margin(budget_per_gpu)
     limit = budget_per_gpu - margin
-    offloads = (False, True) if allow_offload else (False,)
+    offloads = (((True, False) if view.fmllm.distributed.cpu_offload else (False, True)) if allow_offload
+                else (False,))
     views = {o: fsdp_view(view, o) for o in offloads}
     avail = max(1, int(n_available))
     ranges = [(range(2, avail + 1), True), (range(max(2, avail + 1), max_gpus + 1), False)]

@@ -797,3 +797,17 @@ def test_parent_stays_torch_free() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
     assert out.strip() == "[]"
+
+
+def test_shard_search_keeps_a_configured_cpu_offload() -> None:
+    """A config with cpu_offload: true (the 70b-multi-gpu preset, written for 2 x 24 GiB) is
+    sized with offload first: 2 GPUs, not "needs FSDP over 4 GPUs" without it (newcomer pass)."""
+    from fmllm_tui import catalogue
+
+    arch = catalogue.get_architecture("Qwen/Qwen2.5-72B-Instruct")
+    view = view_of(cfg_text(fmllm="distributed: {mode: fsdp, cpu_offload: true}"))
+    plan = dist.shard_search(view, arch, 24 * GiB, 1)
+    assert plan is not None and plan.cpu_offload and plan.n_gpus == 2
+    without = view_of(cfg_text(fmllm="distributed: {mode: fsdp}"))
+    other = dist.shard_search(without, arch, 24 * GiB, 1)
+    assert other is not None and not other.cpu_offload and other.n_gpus > 2
