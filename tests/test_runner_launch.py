@@ -621,3 +621,12 @@ def test_a_killed_minimal_test_is_not_offered_a_resume(tmp_path: Path, capsys: p
     assert "not resumed" in said and "resume continues" not in said
     st = status(run_dir)
     assert st["state"] == "killed" and "run it again" in json.dumps(st) and "resume continues" not in json.dumps(st)
+
+
+def test_the_supervisor_starts_without_runpys_warning() -> None:
+    """``python -m fmllm_tui.runner.supervise`` printed runpy's "found in sys.modules after import of
+    package" RuntimeWarning at the top of every run's train.log (the package imported it first)."""
+    proc = subprocess.run([sys.executable, "-m", "fmllm_tui.runner.supervise"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "usage" in proc.stderr
+    assert "RuntimeWarning" not in proc.stderr and "sys.modules" not in proc.stderr

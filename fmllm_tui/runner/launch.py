@@ -29,7 +29,23 @@ from typing import Any
 from . import procs
 from . import rundir as rd
 from .monitor import JsonlFollower
-from .supervise import masked_launch, orphan_exit
+
+# supervise is imported where it is used: the supervisor runs as ``python -m
+# fmllm_tui.runner.supervise``, and an import here (through the package's __init__) made runpy warn
+# "found in sys.modules" at the top of every run's train.log.
+
+
+def masked_launch(*args: Any, **kwargs: Any) -> Any:
+    from .supervise import masked_launch as launch
+
+    return launch(*args, **kwargs)
+
+
+def orphan_exit(*args: Any, **kwargs: Any) -> Any:
+    from .supervise import orphan_exit as exit_of
+
+    return exit_of(*args, **kwargs)
+
 
 KINDS = ("train", "test")
 MIN_FREE_BYTES = 1 * 1024**3
