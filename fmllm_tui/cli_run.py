@@ -210,7 +210,8 @@ def _print_summary(run_dir: Path, out: TextIO) -> None:
 def _print_test_report(r: dict[str, Any], out: TextIO) -> None:
     from fmllm_tui.runner.speed import describe_record
 
-    verdict = "ok" if r.get("ok") else "FAILED"
+    # fmllm-check's verdict on the same report: a test that ran but found problems is a warning.
+    verdict = ("ok, with warnings (problems below)" if r.get("problems") else "ok") if r.get("ok") else "FAILED"
     out.write(f"minimal test: {verdict} (status {r.get('status')}, device {r.get('device_name') or r.get('device') or 'not chosen yet'}, "
               f"{r.get('steps')} steps)\n")
     if r.get("run_dir"):

@@ -79,3 +79,16 @@ def test_fmllm_run_test_prints_the_compile_apart_from_the_speed() -> None:
     _print_test_report({"ok": True, "status": "ok", "steps": 10, "tokens_per_s": sp["tokens_per_s"], "speed": sp,
                         "recipe": {"compile_layers": True}}, out)
     assert "  speed        compile 14 s, then 2,048 tokens/s\n" in out.getvalue()
+
+
+def test_fmllm_run_test_says_warnings_where_fmllm_check_warns() -> None:
+    """A test that ran but found problems (the loss did not fall): fmllm-check reports WARN, and
+    fmllm-run printed a bare "minimal test: ok" above the problem."""
+    from fmllm_tui.cli_run import _print_test_report
+
+    out = io.StringIO()
+    _print_test_report({"ok": True, "status": "ok", "steps": 2, "problems": ["the loss did not fall over 2 steps"]}, out)
+    assert out.getvalue().startswith("minimal test: ok, with warnings (problems below)")
+    out = io.StringIO()
+    _print_test_report({"ok": True, "status": "ok", "steps": 10, "problems": []}, out)
+    assert out.getvalue().startswith("minimal test: ok (")
