@@ -279,8 +279,8 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
             out.write(json.dumps(report, default=str) + "\n")
         else:
             _print_test_report(report, out)
-        if report.get("status") == "not-started":
-            return ExitCode.USAGE
+        if report.get("status") == "not-started" or report.get("problem") == "config":
+            return ExitCode.USAGE  # never started, or refused before training (a bad config or flag)
         return ExitCode.OK if report.get("ok") else ExitCode.FAILED
     if cmd in ("start", "test"):
         loaded = _load(args)

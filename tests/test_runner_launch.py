@@ -630,3 +630,18 @@ def test_the_supervisor_starts_without_runpys_warning() -> None:
                           timeout=60)
     assert proc.returncode == 2 and "usage" in proc.stderr
     assert "RuntimeWarning" not in proc.stderr and "sys.modules" not in proc.stderr
+
+
+def test_a_test_refused_before_training_is_a_usage_error(tmp_path: Path, tiny_model_dir: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """fmllm-run test --device cuda on a machine without CUDA: the training process refuses it
+    before training (a flag it cannot run), exit 2 as the README says; it was 1 (a failed run)."""
+    import torch
+
+    from fmllm_tui.cli_run import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: --device cuda runs")
+    cfg = write_config(tmp_path, tiny_model_dir)
+    assert main(["test", "--config", str(cfg), "--device", "cuda"]) == 2
+    assert "--device cuda was asked for" in capsys.readouterr().out

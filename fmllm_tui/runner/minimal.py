@@ -81,6 +81,9 @@ def _fill(report: dict[str, Any], rdir: Path, rec: dict[str, Any], predicted: in
     report["status"] = status
     if rec.get("diagnosis"):
         report["diagnosis"] = rec["diagnosis"]
+    outcome = rd.read_json(rdir / rd.OUTCOME)
+    if isinstance(outcome, dict) and outcome.get("problem") == "config":
+        report["problem"] = "config"  # the training process refused the config or a flag (RecipeError)
     if not isinstance(result, dict):
         msg = rec.get("message") or "the training process ended without a result"
         if status == "oom":
