@@ -305,8 +305,16 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
                 out.write(f"message: {mask_text(str(st['exit']['message']))}\n")
         return ExitCode.OK
     if cmd == "stop":
+        from fmllm_tui.runner import rundir as rd
+
+        phase = runner.status(run_dir).get("phase")
+        custom = (rd.read_json(run_dir / rd.RUN) or {}).get("custom_command")
         if runner.stop(run_dir):
-            out.write(f"stop requested: {run_dir} saves a checkpoint after this step and exits "
+            what = ("gets SIGTERM (your train_command decides what to save)" if custom else
+                    "saves a checkpoint after this step and exits" if phase == "training" else
+                    "ends before training (nothing to save yet)" if phase in (None, "loading") else
+                    "finishes saving and exits")
+            out.write(f"stop requested: {run_dir} {what} "
                       "(fmllm-run follow to watch, fmllm-run kill to end it at once)\n")
             return ExitCode.OK
         out.write(f"not running: {run_dir} ({runner.status(run_dir)['state']})\n")

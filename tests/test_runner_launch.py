@@ -421,7 +421,7 @@ def test_cli_detach_status_stop_kill(tmp_path: Path, tiny_model_dir: Path, capsy
     assert main(["status", "--config", str(cfg), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["state"] == "running"
     assert main(["stop", "--config", str(cfg)]) == 0
-    assert "stop requested" in capsys.readouterr().out
+    assert "stop requested" in (said := capsys.readouterr().out) and "gets SIGTERM" in said
     rec = wait(run_dir, timeout=30)
     assert rec["status"] == "stopped"
     assert main(["kill", "--config", str(cfg)]) == 1  # not running any more
@@ -645,3 +645,23 @@ def test_a_test_refused_before_training_is_a_usage_error(tmp_path: Path, tiny_mo
     cfg = write_config(tmp_path, tiny_model_dir)
     assert main(["test", "--config", str(cfg), "--device", "cuda"]) == 2
     assert "--device cuda was asked for" in capsys.readouterr().out
+
+
+
+@pytest.mark.parametrize("phase, words", [(None, "ends before training (nothing to save yet)"),
+                                          ("training", "saves a checkpoint after this step")])
+def test_stop_says_what_happens_in_the_runs_phase(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str], phase: str | None,
+                                                  words: str) -> None:
+    """fmllm-run stop while the model loads said "saves a checkpoint after this step" (nothing is
+    saved then: the run ends before training)."""
+    from fmllm_tui import runner
+    from fmllm_tui.cli_run import main
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rd.write_json_atomic(run_dir / rd.RUN, {"kind": "train", "custom_command": False})
+    monkeypatch.setattr(runner, "status", lambda d: {"phase": phase, "state": "running"})
+    monkeypatch.setattr(runner, "stop", lambda d: True)
+    assert main(["stop", "--run-dir", str(run_dir)]) == 0
+    assert words in capsys.readouterr().out
