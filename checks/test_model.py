@@ -3,6 +3,8 @@ and loading it runs no code nobody announced."""
 
 from __future__ import annotations
 
+import re
+
 from fmllm_tui.checks._plugin import check, planned_fix
 from fmllm_tui.checks.conftest import SOFT_KINDS
 
@@ -35,11 +37,18 @@ def test_model_available(report, loaded, model_status):
         if fix is not None:
             fix.safe = False
     elif st.remedy:
-        fix = Fix(id=f"model.{st.kind}", shell=st.remedy)
+        fix = _advice(st.kind, st.remedy)
     text = st.message
     if st.suggestions:
         text += " Did you mean: " + ", ".join(st.suggestions[:3]) + "?"
     report.fail(text, fix)
+
+
+def _advice(kind: str, remedy: str) -> Fix:
+    """A remedy in words as a fix: its summary, and ``shell`` only when it names a command to run
+    (in backquotes, e.g. `hf auth login`); "check the network or proxy ..." is advice, not a command."""
+    command = re.search(r"`([^`]+)`", remedy)
+    return Fix(id=f"model.{kind}", shell=command.group(1) if command else None, summary=remedy)
 
 
 @check("model.architecture", "LoRA target modules exist in the model", "model")

@@ -136,3 +136,14 @@ def test_offline_typo_offers_the_catalogue_id_but_never_applies_it(tmp_path, cap
     main(["--config", str(tmp_path / "config.yaml"), "--only", "model.available", "--fix"])
     capsys.readouterr()
     assert (tmp_path / "config.yaml").read_text() == before
+
+
+def test_an_unreachable_hub_gives_advice_not_a_command(tmp_path, capsys, monkeypatch):
+    """HF_ENDPOINT at a closed port: the fix's ``shell`` held prose ("check the network or proxy
+    ..."), printed as "run: check the network ..."; ``shell`` is a command or nothing."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    code, checks = run(tmp_path, capsys, "someone/not-in-the-catalogue-7b")
+    c = checks["model.available"]
+    assert c["values"]["kind"] == "unreachable", c
+    assert c["fix"]["shell"] is None and "network" in c["fix"]["summary"]
