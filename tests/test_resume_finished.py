@@ -41,3 +41,12 @@ def test_resume_of_a_finished_run_is_refused_and_changes_nothing(tmp_path: Path,
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
     assert "nothing to resume" in p.stderr
     assert json.loads((run_dir / rd.EXIT).read_text())["status"] == "ok"
+    assert "training.max_steps" in p.stderr  # the config set the length of this run
+
+    # A run whose length came from --steps is told to use a higher --steps (it was told to raise
+    # training.max_steps, which that run did not read).
+    spec = json.loads((run_dir / rd.CONFIG).read_text())
+    spec["runner"]["steps"] = 2
+    rd.write_json_atomic(run_dir / rd.CONFIG, spec)
+    with pytest.raises(RunError, match=r"with a higher --steps \(this run had --steps 2\)"):
+        resume(run_dir)

@@ -509,9 +509,11 @@ def resume(run_dir: str | os.PathLike[str]) -> Path:
         # Resuming from a checkpoint at the run's last step made the Trainer run one step past
         # max_steps (seen on the bench: 'finished 13 steps' of 12) and write the adapter again.
         # A train_command of the user's own decides for itself what FMLLM_RESUME=1 means.
+        steps_flag = ((rd.read_json(rdir / rd.CONFIG) or {}).get("runner") or {}).get("steps")
+        longer = (f"a higher --steps (this run had --steps {steps_flag})" if steps_flag else
+                  "a higher training.max_steps or num_train_epochs")
         raise RunError(f"the run in {rdir} finished: its newest checkpoint, {done}, is at its last step; there "
-                       "is nothing to resume: start a new run (fmllm-run start), with a higher "
-                       "training.max_steps or num_train_epochs to train longer")
+                       f"is nothing to resume: start a new run (fmllm-run start), with {longer} to train longer")
     handover = _resume_handover(record)
     old_exit = rdir / rd.EXIT
     if old_exit.exists():
