@@ -414,9 +414,12 @@ def read_text(path: Path) -> tuple[bytes, str]:
             ],
         )
     if path.is_dir():
+        inside = path / "config.yaml"
         raise ConfigError(
             path,
-            [Problem("this is a directory, not a config file", hint=f"did you mean {path / 'config.yaml'}?")],
+            [Problem("this is a directory, not a config file",
+                     hint=(f"did you mean {inside}?" if inside.is_file() else
+                           "pass the path of your config.yaml with --config PATH"))],
         )
     try:
         raw = path.read_bytes()

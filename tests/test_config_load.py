@@ -370,3 +370,17 @@ def test_a_gpu_or_size_written_as_a_number_reads_as_the_flags_do(tmp_path):
     p.write_text("fine_tuning:\n  base_model_name: m\nfmllm:\n  target_gpu: 99999\n")
     with pytest.raises(ConfigError, match="unknown GPU '99999'"):
         load_config(p)
+
+
+def test_a_folder_as_the_config_suggests_its_config_yaml_only_when_there_is_one(tmp_path):
+    """--config pointing at a folder: "did you mean FOLDER/config.yaml?" only when that file exists
+    (it was suggested for any folder, e.g. one named dir.yaml)."""
+    folder = tmp_path / "dir.yaml"
+    folder.mkdir()
+    with pytest.raises(ConfigError) as e:
+        load_config(folder)
+    assert "directory, not a config file" in e.value.render() and "did you mean" not in e.value.render()
+    (folder / "config.yaml").write_text("fine_tuning:\n  base_model_name: m\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(folder)
+    assert f"did you mean {folder / 'config.yaml'}?" in e.value.render()
