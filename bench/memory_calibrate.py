@@ -18,12 +18,19 @@ CUDA_CONTEXT_BYTES is read off directly: process peak - reserved peak on points 
 
     python bench/memory_calibrate.py --speed      # tokens/s and first-step error table (runner points)
     python bench/memory_calibrate.py --fit-speed  # fit the speed constants on the runner points not held out
+    python bench/memory_calibrate.py --speed --loo  # leave-one-out: refit without each point, predict it
 
-Speed constants (memory._throughput): MATMUL_EFFICIENCY, the compiled and eager host costs per
-decoder-layer pass and per adapter, the fixed cost per micro-batch; fitted by coordinate descent on
-the squared log error of tokens/s over the points of harness "runner" that carry tokens/s and are
-not held out (``"heldout": true``). STARTUP_COMPILED_S / STARTUP_EAGER_S: medians of the measured
-first-step extra.
+Speed constants (memory._throughput): MATMUL_EFFICIENCY, the element-wise and adapter traffic per
+unit, the compiled and eager host costs per decoder-layer pass, per adapter and per extra kernel
+(norms beyond two, Qwen3's q/k norms, eager attention's score ops, soft-capping), the cost per loss
+chunk, the fixed cost per micro-batch and the soft-max power; fitted by coordinate descent on the
+squared log error of tokens/s over the points of harness "runner" that carry tokens/s and are not
+held out (``"heldout": true``). Byte counts of eager attention's scores and of the loss per logit are
+derived from the operations (memory.py says which), not fitted. STARTUP_COMPILED_S / STARTUP_EAGER_S:
+medians of the measured first-step extra.
+
+--loo refits on every runner point but one (held out or not) and predicts that one: the honest error
+for a configuration never measured. A term joins the model only if it lowers the LOO error.
 """
 
 from __future__ import annotations
@@ -164,9 +171,9 @@ def table(points: list[dict], archs: dict, markdown: bool = False) -> float:
     return max((abs(x) for x in errs["fit"]), default=0.0)
 
 
-SPEED_CONSTS = ("MATMUL_EFFICIENCY", "ELEMENTWISE_BYTES_PER_UNIT", "LOSS_CHUNK_S", "COMPILED_LAYER_S", "COMPILED_LORA_S",
-                "OVERHEAD_MICRO_BATCH_S", "OVERHEAD_LAYER_S", "OVERHEAD_4BIT_LINEAR_S", "OVERHEAD_LORA_S",
-                "OVERLAP_P")
+SPEED_CONSTS = ("MATMUL_EFFICIENCY", "ELEMENTWISE_BYTES_PER_UNIT", "LORA_BYTES_PER_UNIT", "LOSS_CHUNK_S",
+                "COMPILED_LAYER_S", "COMPILED_LORA_S", "OVERHEAD_MICRO_BATCH_S", "OVERHEAD_LAYER_S",
+                "OVERHEAD_4BIT_LINEAR_S", "OVERHEAD_LORA_S", "OVERHEAD_KERNEL_S", "OVERLAP_P")
 
 
 def _speed_inputs(p: dict):
@@ -242,8 +249,10 @@ def fit_speed(points: list[dict], archs: dict, rows: list[tuple] | None = None) 
     return best
 
 
-def _descend(rows: list[tuple], names: tuple[str, ...] = SPEED_CONSTS) -> dict[str, float]:
-    """Coordinate descent over multiplicative steps of each constant, from memory.py's values."""
+def _descend(rows: list[tuple], names: tuple[str, ...] | None = None) -> dict[str, float]:
+    """Coordinate descent over multiplicative steps of each constant (default: SPEED_CONSTS), from
+    memory.py's values."""
+    names = SPEED_CONSTS if names is None else names
     def loss(consts: dict[str, float]) -> float:
         with _with(**consts):
             return sum(math.log(m.predict_inputs(inp, a).tokens_per_second / p["measured"]["tokens_per_second"]) ** 2
