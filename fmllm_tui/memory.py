@@ -193,7 +193,7 @@ FSDP_WRAP_RESERVE_BYTES = int(0.3 * GiB)
 # compiled layers, plus each kernel beyond a Llama layer's) + the loss chunks. Fitted constants are
 # marked "fitted"; byte and kernel counts are read off the operations. Fitted on fmllm's runner on
 # H100 hosts (bench/memory_calibrate.py --fit-speed; --speed --loo gives the leave-one-out error:
-# worst 46%, median 9.7% over 27 points, Qwen3-4B compiled all-linear the worst); other cards scale
+# worst 48%, median 8.8% over 27 points, Qwen3-4B compiled all-linear the worst); other cards scale
 # only the GPU time, from their specifications.
 #: Share of the card's dense 16-bit tensor throughput that training matmuls reach (fitted).
 MATMUL_EFFICIENCY = 0.4746
