@@ -18,17 +18,25 @@ CUDA_CONTEXT_BYTES is read off directly: process peak - reserved peak on points 
 
     python bench/memory_calibrate.py --speed      # tokens/s and first-step error table (runner points)
     python bench/memory_calibrate.py --fit-speed  # fit the speed constants on the runner points not held out
+    python bench/memory_calibrate.py --speed --loo  # leave-one-out: refit without each point, predict it
 
-Speed constants (memory._throughput): MATMUL_EFFICIENCY, the compiled and eager host costs per
-decoder-layer pass and per adapter, the fixed cost per micro-batch; fitted by coordinate descent on
-the squared log error of tokens/s over the points of harness "runner" that carry tokens/s and are
-not held out (``"heldout": true``). STARTUP_COMPILED_S / STARTUP_EAGER_S: medians of the measured
-first-step extra.
+Speed constants (memory._throughput): MATMUL_EFFICIENCY, the element-wise and adapter traffic per
+unit, the compiled and eager host costs per decoder-layer pass, per adapter and per extra kernel
+(norms beyond two, Qwen3's q/k norms, eager attention's score ops, soft-capping), the cost per loss
+chunk, the fixed cost per micro-batch and the soft-max power; fitted by coordinate descent on the
+squared log error of tokens/s over the points of harness "runner" that carry tokens/s and are not
+held out (``"heldout": true``). Byte counts of eager attention's scores and of the loss per logit are
+derived from the operations (memory.py says which), not fitted. STARTUP_COMPILED_S / STARTUP_EAGER_S:
+medians of the measured first-step extra.
+
+--loo refits on every runner point but one (held out or not) and predicts that one: the honest error
+for a configuration never measured. A term joins the model only if it lowers the LOO error.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -163,9 +171,9 @@ def table(points: list[dict], archs: dict, markdown: bool = False) -> float:
     return max((abs(x) for x in errs["fit"]), default=0.0)
 
 
-SPEED_CONSTS = ("MATMUL_EFFICIENCY", "ELEMENTWISE_BYTES_PER_UNIT", "LOSS_CHUNK_S", "COMPILED_LAYER_S", "COMPILED_LORA_S",
-                "OVERHEAD_MICRO_BATCH_S", "OVERHEAD_LAYER_S", "OVERHEAD_4BIT_LINEAR_S", "OVERHEAD_LORA_S",
-                "OVERLAP_P")
+SPEED_CONSTS = ("MATMUL_EFFICIENCY", "ELEMENTWISE_BYTES_PER_UNIT", "LORA_BYTES_PER_UNIT", "LOSS_CHUNK_S",
+                "COMPILED_LAYER_S", "COMPILED_LORA_S", "OVERHEAD_MICRO_BATCH_S", "OVERHEAD_LAYER_S",
+                "OVERHEAD_4BIT_LINEAR_S", "OVERHEAD_LORA_S", "OVERHEAD_KERNEL_S", "OVERLAP_P")
 
 
 def _speed_inputs(p: dict):
@@ -208,31 +216,27 @@ def speed_table(points: list[dict], archs: dict, markdown: bool = False) -> tupl
     return worst[False], worst[True]
 
 
-def fit_speed(points: list[dict], archs: dict) -> dict[str, float]:
-    """Speed constants minimising the squared log error of tokens/s on the fitting runner points."""
-    import math
+def _speed_rows(points: list[dict], archs: dict, heldout: bool = False) -> list[tuple]:
+    """(point, its inputs on its card, its architecture) per speed point; held-out points only when
+    ``heldout``."""
+    return [(p, _speed_inputs(p), archs[p["model"]]) for p in speed_points(points)
+            if heldout or not p.get("heldout")]
 
-    rows = [(p, _speed_inputs(p), archs[p["model"]]) for p in speed_points(points) if not p.get("heldout")]
 
-    def loss(consts: dict[str, float]) -> float:
-        with _with(**consts):
-            return sum(math.log(m.predict_inputs(inp, a).tokens_per_second / p["measured"]["tokens_per_second"]) ** 2
-                       for p, inp, a in rows)
+def _speed_error(consts: dict[str, float], row: tuple) -> float:
+    """Relative tokens/s error of one row's prediction under ``consts``."""
+    p, inp, a = row
+    with _with(**consts):
+        pred = m.predict_inputs(inp, a).tokens_per_second
+    meas = p["measured"]["tokens_per_second"]
+    return (pred - meas) / meas
 
-    best = {k: getattr(m, k) for k in SPEED_CONSTS}
-    cur = loss(best)
-    for _ in range(40):
-        improved = False
-        for k in SPEED_CONSTS:
-            for f in (0.5, 0.7, 0.85, 0.95, 1.05, 1.18, 1.4, 2.0):
-                trial = {**best, k: best[k] * f}
-                if (k == "MATMUL_EFFICIENCY" and trial[k] > 0.9) or (k == "OVERLAP_P" and trial[k] < 1.0):
-                    continue
-                v = loss(trial)
-                if v < cur - 1e-9:
-                    best, cur, improved = trial, v, True
-        if not improved:
-            break
+
+def fit_speed(points: list[dict], archs: dict, rows: list[tuple] | None = None) -> dict[str, float]:
+    """Speed constants minimising the squared log error of tokens/s on the fitting runner points
+    (``rows`` from _speed_rows; default: the points not held out), then the start-up medians."""
+    rows = _speed_rows(points, archs) if rows is None else rows
+    best = _descend(rows)
     firsts: dict[bool, list[float]] = {True: [], False: []}
     for p, inp, _a in rows:
         fs = p["measured"].get("first_step_extra_s")
@@ -245,6 +249,62 @@ def fit_speed(points: list[dict], archs: dict) -> dict[str, float]:
     return best
 
 
+def _descend(rows: list[tuple], names: tuple[str, ...] | None = None) -> dict[str, float]:
+    """Coordinate descent over multiplicative steps of each constant (default: SPEED_CONSTS), from
+    memory.py's values."""
+    names = SPEED_CONSTS if names is None else names
+    def loss(consts: dict[str, float]) -> float:
+        with _with(**consts):
+            return sum(math.log(m.predict_inputs(inp, a).tokens_per_second / p["measured"]["tokens_per_second"]) ** 2
+                       for p, inp, a in rows)
+
+    best = {k: getattr(m, k) for k in names}
+    cur = loss(best)
+    for _ in range(40):
+        improved = False
+        for k in names:
+            for f in (0.5, 0.7, 0.85, 0.95, 1.05, 1.18, 1.4, 2.0):
+                trial = {**best, k: best[k] * f}
+                if (k == "MATMUL_EFFICIENCY" and trial[k] > 0.9) or (k == "OVERLAP_P" and trial[k] < 1.0):
+                    continue
+                v = loss(trial)
+                if v < cur - 1e-9:
+                    best, cur, improved = trial, v, True
+        if not improved:
+            break
+    return best
+
+
+def leave_one_out(items: list, fit, error) -> list[float]:
+    """For each item: ``fit`` on all the others, then ``error(fitted, item)``: the error on a point the
+    fit never saw, the honest number for a configuration never measured."""
+    return [error(fit(items[:i] + items[i + 1:]), item) for i, item in enumerate(items)]
+
+
+def loo_speed(points: list[dict], archs: dict) -> list[tuple[dict, float]]:
+    """Leave-one-out tokens/s errors over every runner speed point, held out or not: (point, error)."""
+    rows = _speed_rows(points, archs, heldout=True)
+    errs = leave_one_out(rows, _descend, _speed_error)
+    return [(r[0], e) for r, e in zip(rows, errs)]
+
+
+def loo_table(points: list[dict], archs: dict) -> dict[str, tuple[float, float]]:
+    """Print the per-point leave-one-out error; return {set: (worst |err|, median |err|)} in %."""
+    res = loo_speed(points, archs)
+    for p, e in res:
+        print(f"{p['id']:56} {'H' if p.get('heldout') else ' '} {p['measured']['tokens_per_second']:8,.0f} LOO {e * 100:+5.0f}%")
+    out = {}
+    for name, sel in (("all", res), ("held out", [r for r in res if r[0].get("heldout")]),
+                      ("fit", [r for r in res if not r[0].get("heldout")])):
+        a = [abs(e) * 100 for _p, e in sel]
+        if a:
+            out[name] = (max(a), statistics.median(a))
+            within = sum(x <= 15 for x in a)
+            print(f"LOO {name}: {len(a)} points, worst {max(a):.0f}%, median {statistics.median(a):.1f}%, "
+                  f"{within} within 15%")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", default=None, help="path of memory_points.json (default: bench/)")
@@ -252,6 +312,7 @@ def main() -> int:
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--speed", action="store_true", help="tokens/s error table of the runner points")
     ap.add_argument("--fit-speed", action="store_true", help="fit the speed constants, then the table")
+    ap.add_argument("--loo", action="store_true", help="with --speed: leave-one-out error of every runner point")
     args = ap.parse_args()
     points, archs = m.load_points(args.points)
     if args.fit_speed:
@@ -260,6 +321,9 @@ def main() -> int:
             print(f"{k} = {v:.4g}")
         with _with(**consts):
             speed_table(points, archs, args.markdown)
+        return 0
+    if args.speed and args.loo:
+        loo_table(points, archs)
         return 0
     if args.speed:
         speed_table(points, archs, args.markdown)

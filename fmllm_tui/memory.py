@@ -187,26 +187,30 @@ FSDP_WRAP_RESERVE_BYTES = int(0.3 * GiB)
 
 # Throughput model (tokens/s and the time before launch) --------------------------------------
 # time per micro-batch = softmax_p(host time, GPU time) + the optimizer step / accumulation;
-# GPU time = FLOPs / (MATMUL_EFFICIENCY x the card's dense 16-bit TFLOP/s) + dequantization traffic
-# / bandwidth; host time = decoder-layer passes x per-pass launch cost (eager or compiled layers) +
-# a fixed cost per micro-batch. Host constants were fitted on fmllm's runner on H100/H200 hosts
-# (bench/memory_calibrate.py --speed); other cards scale only the GPU time, from their specifications.
-#: Share of the card's dense 16-bit tensor throughput that training matmuls reach.
-MATMUL_EFFICIENCY = 0.452
+# GPU time = FLOPs / (MATMUL_EFFICIENCY x the card's dense 16-bit TFLOP/s) + memory traffic
+# (dequantization, element-wise work, the adapters' own path, eager attention's scores, the loss over
+# the vocabulary) / bandwidth; host time = decoder-layer passes x per-pass launch cost (eager or
+# compiled layers, plus each kernel beyond a Llama layer's) + the loss chunks. Fitted constants are
+# marked "fitted"; byte and kernel counts are read off the operations. Fitted on fmllm's runner on
+# H100 hosts (bench/memory_calibrate.py --fit-speed; --speed --loo gives the leave-one-out error:
+# worst 48%, median 8.8% over 27 points, Qwen3-4B compiled all-linear the worst); other cards scale
+# only the GPU time, from their specifications.
+#: Share of the card's dense 16-bit tensor throughput that training matmuls reach (fitted).
+MATMUL_EFFICIENCY = 0.4746
 #: Bytes moved per 4-bit weight element per pass: read packed 4-bit, write and read back 16-bit.
 DEQUANT_BYTES_PER_PARAM = 4.5
 #: Memory traffic of the element-wise work (norms, activations, rotary, dropout, residual adds, the
-#: casts) per token per decoder layer per pass, in bytes per unit of (hidden + intermediate) size.
-ELEMENTWISE_BYTES_PER_UNIT = 20.5
+#: casts) per token per decoder layer per pass, in bytes per unit of (hidden + intermediate) size (fitted).
+ELEMENTWISE_BYTES_PER_UNIT = 21.09
 #: Host cost per chunk of the chunked or fused (liger) loss, forward and backward, seconds: a small
 #: model's chunks are short (liger sizes them by vocab / hidden), so it launches many.
-LOSS_CHUNK_S = 0.88e-3
+LOSS_CHUNK_S = 0.836e-3
 #: Eager layers: host cost per decoder layer per pass (forward, backward, recompute), seconds.
-OVERHEAD_LAYER_S = 2.77e-3
+OVERHEAD_LAYER_S = 2.763e-3
 #: Eager layers: extra host+dequantize cost per 4-bit linear per pass, seconds.
 OVERHEAD_4BIT_LINEAR_S = 0.260e-3
 #: Eager layers: extra cost per LoRA adapter per pass (dropout, A, B, scale, add), seconds.
-OVERHEAD_LORA_S = 0.173e-3
+OVERHEAD_LORA_S = 0.182e-3
 #: fmllm's compiled decoder layers: host cost per layer per pass, and per adapter per pass, seconds.
 COMPILED_LAYER_S = 1.76e-3
 COMPILED_LORA_S = 0.156e-3
@@ -216,13 +220,41 @@ OVERHEAD_MICRO_BATCH_S = 0.0  # fitted to zero: the loss chunks and layer passes
 OVERHEAD_OPTIM_TENSOR_S = 25e-6
 #: A fused optimizer's step (adamw_torch_fused: one launch over every tensor), seconds.
 FUSED_OPTIM_STEP_S = 5e-3
+#: Adapter element-wise traffic (dropout copy of the input, the rank-r path's read, scale and add
+#: into the base output) per token per pass, bytes per unit of (in + out) features of each adapter
+#: (fitted; it matters at micro-batch > 1 with all-linear adapters, where the GPU is the bound).
+LORA_BYTES_PER_UNIT = 4.40
+#: Eager attention's score tensors (heads x seq per token per layer) per forward pass, bytes per
+#: score: the QK^T write, mask add, the fp32 soft-max (upcast, softmax, downcast) and the PV read;
+#: compiled layers fuse the element-wise ops into one kernel; soft-capping (Gemma-2: divide, tanh,
+#: multiply) adds three bf16 read+writes in eager layers.
+EAGER_SCORE_BYTES = 24.0
+COMPILED_SCORE_BYTES = 8.0
+SOFTCAP_SCORE_BYTES = 12.0
+#: The loss's element-wise traffic per logit per micro-batch (forward + backward), bytes: the plain
+#: loss writes bf16 logits (2), upcasts them (2 + 4), log-softmax (4 + 4) and its gradient (4 + 4)
+#: in fp32, casts back (4 + 2), the matmul reads them (2); the chunked loss does the same per chunk;
+#: liger's fused kernel writes the logits, computes the gradient in place and the matmul reads it.
+#: Soft-capped logits (the model's own cap on bf16 logits: divide, tanh, multiply) add ~30.
+LOSS_TRAFFIC_BYTES: dict[str, float] = {"plain": 32.0, "chunked": 32.0, "liger": 8.0}
+SOFTCAP_LOGIT_BYTES = 30.0
+#: Eager layers: host cost per kernel launched per pass beyond a Llama layer with SDPA, seconds
+#: (fitted; with autograd's backward kernels and the recompute), and
+#: the kernel counts (an HF RMSNorm: cast, pow, mean, add, rsqrt, mul, mul weight, cast back).
+#: Compiled layers get no such cost: the same cost there (fitted 70 us per kernel) moved the LOO error
+#: of Qwen3-4B compiled from +46% to +35% only by moving Gemma-2-2B compiled from +5% to -27%.
+OVERHEAD_KERNEL_S = 72.9e-6
+EXTRA_NORM_KERNELS = 8
+EAGER_ATTN_KERNELS = 5
+SOFTCAP_KERNELS = 3
 #: Soft maximum of host overhead and GPU time (the GPU works while the host launches).
-OVERLAP_P = 5.0
+OVERLAP_P = 4.75  # fitted
 #: The first optimizer step's extra seconds over a steady one: compiling the decoder layer (compiled),
 #: or allocator growth and kernel selection (eager). Medians of the runner's fitted points on an H100
-#: (compiled 13.3-22.1 s over Llama-3.1-8B, Qwen2.5-3B, Mistral-7B; eager 0.5-1.3 s; bench/RESULTS.md).
-STARTUP_COMPILED_S = 15.7
-STARTUP_EAGER_S = 0.8
+#: (compiled 13.3-22.1 s over Llama-3.1-8B, Qwen2.5-3B, Mistral-7B, Gemma-2-2B; eager 0.5-1.3 s;
+#: bench/RESULTS.md).
+STARTUP_COMPILED_S = 17.6
+STARTUP_EAGER_S = 0.7
 #: Fallback GPU for speed estimates when none is named: dense 16-bit TFLOP/s and memory GB/s.
 DEFAULT_TFLOPS = 989.0
 DEFAULT_BANDWIDTH_GBS = 4800.0
@@ -1279,46 +1311,65 @@ def _speed(r: _Run, st: _Static, loss: _Loss) -> tuple[float, float]:
     """Tokens per second and the share of the compute-bound speed (see _throughput)."""
     fused_optim = not r.full_ft and st.optim == "adamw_torch_fused"
     loss_chunks = -(-r.T // loss.chunk) if r.loss_kind in ("liger", "chunked") else 0
-    return _throughput(r.inp, r.a, r.s, r.roles, r.quant, st.n_train, len(st.numels), r.compiled,
-                       fused_optim, loss_chunks)
+    return _throughput(r, st.n_train, len(st.numels), fused_optim, loss_chunks)
 
 
-def _throughput(
-    inp: PlanInputs, a: ArchSpec, s: _ArchSums, roles: tuple[str, ...], quant: bool, n_train: int, n_tensors: int,
-    compiled: bool = False, fused_optim: bool = False, loss_chunks: int = 0,
-) -> tuple[float, float]:
-    """Tokens per second (estimate) and the share of the compute-bound speed it reaches.
-
-    time per micro-batch = softmax_p(host overhead, GPU time) + optimizer step / accumulation, where
-    host overhead = layers x passes x (per-layer + per-4-bit-linear + per-adapter costs) + a fixed
-    cost per micro-batch, GPU time = matmul FLOPs / (efficiency x card TFLOP/s) + dequantization
-    traffic / bandwidth; passes = forward + backward (+ a recomputed forward with checkpointing).
-    The frozen (4-bit) weights get no weight gradient: their backward costs one forward.
-    """
-    T = inp.tokens
-    seq = inp.seq_len
-    tflops = (inp.tflops or DEFAULT_TFLOPS) * 1e12 * MATMUL_EFFICIENCY
-    bw = (inp.bandwidth_gbs or DEFAULT_BANDWIDTH_GBS) * 1e9
-    gc = inp.gradient_checkpointing
+def _flops_per_token(r: _Run, n_train: int) -> tuple[float, float, float]:
+    """Matmul FLOPs per token: (forward, backward, recomputed forward). Eager attention computes the
+    whole seq x seq square (the mask only zeroes half); SDPA/flash skip the masked half."""
+    a, s = r.a, r.s
     head = 2 * a.vocab * a.hidden  # lm_head FLOPs per token, forward
-    attn = a.layers * 2 * seq * a.q_dim  # causal attention ~ s/2 per token, forward
+    attn = a.layers * 2 * r.seq * a.q_dim * (2 if r.eager else 1)  # causal ~ s/2 per token, forward
     layers_fwd = 2 * s.matmul_params + attn
     lora_fwd = 2 * n_train
     fwd = layers_fwd + head + lora_fwd
     bwd = (2 * s.matmul_params + 2 * attn + head) + 2 * lora_fwd  # input grads; attention's backward ~2x
-    if not inp.use_adapter:
+    if not r.inp.use_adapter:
         bwd += 2 * (s.matmul_params + a.vocab * a.hidden)  # weight gradients
-    recompute = layers_fwd + lora_fwd if gc else 0
-    flops = T * (fwd + bwd + recompute)
-    passes = 3 if gc else 2
-    deq_traffic = passes * s.matmul_params * DEQUANT_BYTES_PER_PARAM if quant else 0
-    elementwise = T * a.layers * passes * ELEMENTWISE_BYTES_PER_UNIT * (a.hidden + a.intermediate)
-    gpu_t = flops / tflops + (deq_traffic + elementwise) / bw
-    n_lin = len(a.roles())
-    if compiled:
-        per_layer = COMPILED_LAYER_S + COMPILED_LORA_S * len(roles)
+    return fwd, bwd, (layers_fwd + lora_fwd if r.gc else 0)
+
+
+def _traffic_per_token(r: _Run, passes: int) -> float:
+    """Memory traffic per token of the memory-bound work, bytes: the element-wise work of each layer,
+    the adapters' own element-wise path, eager attention's score tensors and the loss over the vocab."""
+    a = r.a
+    units = ELEMENTWISE_BYTES_PER_UNIT * (a.hidden + a.intermediate)
+    units += LORA_BYTES_PER_UNIT * sum(sum(a.shape(role)) for role in r.roles) if r.inp.use_adapter else 0
+    per_layer = passes * units
+    if r.eager:  # heads x seq scores per token per layer; the backward moves about twice the forward
+        score = EAGER_SCORE_BYTES if not r.compiled else COMPILED_SCORE_BYTES
+        score += SOFTCAP_SCORE_BYTES if a.logit_softcap and not r.compiled else 0
+        per_layer += (passes + 1) * score * a.heads * r.seq
+    loss = LOSS_TRAFFIC_BYTES.get(r.loss_kind, 0) + (SOFTCAP_LOGIT_BYTES if a.logit_softcap and r.loss_kind == "plain" else 0)
+    return a.layers * per_layer + loss * a.vocab
+
+
+def _throughput(r: _Run, n_train: int, n_tensors: int, fused_optim: bool = False, loss_chunks: int = 0) -> tuple[float, float]:
+    """Tokens per second (estimate) and the share of the compute-bound speed it reaches.
+
+    time per micro-batch = softmax_p(host overhead, GPU time) + optimizer step / accumulation, where
+    host overhead = layers x passes x (per-layer + per-4-bit-linear + per-adapter + per-extra-kernel
+    costs) + per loss chunk, GPU time = matmul FLOPs / (efficiency x card TFLOP/s) + (dequantization +
+    element-wise + adapter + eager-score + loss traffic) / bandwidth; passes = forward + backward (+ a
+    recomputed forward with checkpointing). The frozen (4-bit) weights get no weight gradient.
+    """
+    inp, a = r.inp, r.a
+    T = inp.tokens
+    tflops = (inp.tflops or DEFAULT_TFLOPS) * 1e12 * MATMUL_EFFICIENCY
+    bw = (inp.bandwidth_gbs or DEFAULT_BANDWIDTH_GBS) * 1e9
+    fwd, bwd, recompute = _flops_per_token(r, n_train)
+    passes = 3 if r.gc else 2
+    deq_traffic = passes * r.s.matmul_params * DEQUANT_BYTES_PER_PARAM if r.quant else 0
+    gpu_t = T * (fwd + bwd + recompute) / tflops + (deq_traffic + T * _traffic_per_token(r, passes)) / bw
+    if r.compiled:  # Inductor fuses the extra norms' ops (a per-kernel cost here failed LOO: see OVERHEAD_KERNEL_S)
+        per_layer = COMPILED_LAYER_S + COMPILED_LORA_S * len(r.roles)
     else:
-        per_layer = OVERHEAD_LAYER_S + (OVERHEAD_4BIT_LINEAR_S * n_lin if quant else 0) + OVERHEAD_LORA_S * len(roles)
+        # Kernels eager layers launch beyond a Llama layer with SDPA: Gemma-2's two more norms,
+        # Qwen3's q/k norms (EXTRA_NORM_KERNELS each), eager attention's score ops, soft-capping.
+        extra = EXTRA_NORM_KERNELS * (a.norms_per_layer - 2 + (2 if a.qk_norm else 0))
+        extra += (EAGER_ATTN_KERNELS + (SOFTCAP_KERNELS if a.logit_softcap else 0)) if r.eager else 0
+        per_layer = (OVERHEAD_LAYER_S + (OVERHEAD_4BIT_LINEAR_S * len(a.roles()) if r.quant else 0)
+                     + OVERHEAD_LORA_S * len(r.roles) + OVERHEAD_KERNEL_S * extra)
     host_t = a.layers * passes * per_layer + OVERHEAD_MICRO_BATCH_S + LOSS_CHUNK_S * loss_chunks
     if inp.recipe == "fmllm" and inp.offload_embeddings in ("on", "auto") and not a.tied:
         host_t += 1e-3  # CPU lookup and a host-to-device copy per micro-batch
