@@ -288,8 +288,7 @@ def test_time_before_launch() -> None:
 
 
 _SPEED_POINTS = [p for p in POINTS if p.get("harness") == "runner" and p["measured"].get("tokens_per_second")
-                 and not p.get("speed_excluded") and not p.get("heldout")
-                 and not p.get("speed_heldout")]
+                 and not p.get("speed_excluded") and not p.get("heldout")]
 
 
 @pytest.mark.parametrize("point", _SPEED_POINTS, ids=[p["id"] for p in _SPEED_POINTS])
