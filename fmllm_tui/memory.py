@@ -309,6 +309,7 @@ class ArchSpec:
     norms_per_layer: int = 2
     qk_norm: bool = False
     logit_softcap: bool = False
+    attn_softcap: bool = False  # Gemma-2's attn_logit_softcapping: tanh keeps its scores for backward
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any] | ArchSpec) -> ArchSpec:
@@ -368,6 +369,7 @@ class ArchSpec:
             norms_per_layer=4 if gemma4 else 2,
             qk_norm=model_type in ("qwen3", "gemma3", "gemma3_text", "olmo2"),
             logit_softcap=bool(cfg.get("final_logit_softcapping")),
+            attn_softcap=bool(cfg.get("attn_logit_softcapping")),
         )
 
     # Shapes ------------------------------------------------------------------------------------
@@ -1048,7 +1050,9 @@ def _saved_per_token(r: _Run) -> int:
         norm2 = 4 * h
     qk = 4 * (a.q_dim + a.kv_dim) if a.qk_norm else 0
     if r.eager:
-        attn = c * 4 * a.q_dim + (4 + c) * a.heads * r.seq
+        # q and the repeated k, v (q-sized); the fp32 softmax and its 16-bit copy; with soft-capped
+        # scores tanh's output too. The attention output is saved by o's adapter, if anything.
+        attn = c * 3 * a.q_dim + (4 + c + (c if a.attn_softcap else 0)) * a.heads * r.seq
     else:
         kv_saved = a.q_dim if r.padded_mask else a.kv_dim
         attn = c * (2 * a.q_dim + 2 * kv_saved) + 4 * a.heads
@@ -1067,8 +1071,13 @@ def _adapters_saved_per_token(r: _Run) -> int:
         group = "attn" if role in _ROLES_ATTN_IN else "mlp" if role in _ROLES_MLP_IN else role
         if drop:
             adapters += (c + 1) * d_in  # dropout copy (cast to the compute dtype) + bool mask
+        elif r.autocast and not r.quant and not r.full_ft:
+            # A 16-bit base: peft casts each adapter's input to its fp32 weights and autocast casts
+            # it back, a new 16-bit copy per adapter (audited on the CPU against autograd).
+            adapters += c * d_in
         elif role == "o":
-            pass  # its input, the attention output, is saved by SDPA already
+            if r.eager:
+                adapters += c * d_in  # eager attention does not keep its output (SDPA does)
         elif role == "down":
             adapters += c * d_in  # the MLP product, otherwise not saved
         elif r.prep:
